@@ -1,0 +1,74 @@
+"""FactorDataset, the one dataset type every reader returns, and ``load_data`` that picks a reader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from factordiff.errors import FactordiffError
+from factordiff.factors import FactorSpec
+
+
+@dataclass
+class FactorDataset:
+    """Images with the value index of every factor.
+
+    Args:
+        images: (N, H, W, C) uint8 array (channels last, as image files store them).
+        factors: (N, K) int64 value indices into ``spec.factors[k].values``.
+        spec: the factors.
+        source: where the data came from (a path or ``"shapes"``), for messages and reports.
+    """
+
+    images: np.ndarray
+    factors: np.ndarray
+    spec: FactorSpec
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise FactordiffError(
+                f"{self.source}: images must be an (N, H, W, C) uint8 array, got {self.images.dtype} {self.images.shape}"
+            )
+        self.factors = self.spec.check_indices(self.factors, where=f"{self.source} factors")
+        if len(self.factors) != len(self.images):
+            raise FactordiffError(f"{self.source}: {len(self.images)} images but {len(self.factors)} factor rows")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+    def subset(self, mask_or_index: np.ndarray) -> "FactorDataset":
+        return FactorDataset(self.images[mask_or_index], self.factors[mask_or_index], self.spec, self.source)
+
+
+def load_data(ref: str, size: int = 32, factors: list[str] | None = None, n: int | None = None, seed: int = 0) -> FactorDataset:
+    """Load a dataset from a reference string.
+
+    ``shapes`` renders the built-in 3D Shapes replica (``n`` images, all combinations when None);
+    ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
+    factor table (``factors`` names the factor columns).
+    """
+    kind, _, arg = ref.partition(":")
+    if kind == "shapes" and not arg:
+        from factordiff.data.shapes import replica
+
+        return replica(size=size, n=n, seed=seed)
+    if kind == "h5" and arg:
+        from factordiff.data.shapes import read_h5
+
+        return read_h5(Path(arg), size=size, n=n, seed=seed)
+    if kind == "table" and arg:
+        from factordiff.data.table import read_table
+
+        return read_table(Path(arg), factors=factors)
+    raise FactordiffError(f"--data: expected 'shapes', 'h5:FILE' or 'table:FILE.csv', got {ref!r}")

@@ -1,0 +1,141 @@
+"""FactorSpec: the one description of a dataset's factors of variation."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from factordiff.errors import FactordiffError
+
+Kind = Literal["categorical", "ordinal"]
+Value = float | str
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor of variation.
+
+    Args:
+        name: identifier used in tables, codes and the CLI (``--set name=value``).
+        values: the factor's values in their natural order; images store the *index* into this tuple.
+        kind: ``"ordinal"`` for continuous factors sampled on a grid (order and distance matter) or
+            ``"categorical"`` (no order).
+        role: optional free label, e.g. ``"biological"`` or ``"technical"``.
+    """
+
+    name: str
+    values: tuple[Value, ...]
+    kind: Kind = "categorical"
+    role: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise FactordiffError(f"factor name must be a non-empty string, got {self.name!r}")
+        if self.kind not in ("categorical", "ordinal"):
+            raise FactordiffError(f"factor {self.name}: kind must be 'categorical' or 'ordinal', got {self.kind!r}")
+        if len(self.values) < 1:
+            raise FactordiffError(f"factor {self.name}: needs at least one value")
+        if len(set(self.values)) != len(self.values):
+            raise FactordiffError(f"factor {self.name}: values must be distinct")
+        if self.kind == "ordinal" and not all(isinstance(v, (int, float)) for v in self.values):
+            raise FactordiffError(f"factor {self.name}: an ordinal factor needs numeric values")
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+    def index(self, value: Value) -> int:
+        """Index of ``value``; numeric values match to within 1e-6 of the declared grid."""
+        if self.kind == "ordinal" or all(isinstance(v, (int, float)) for v in self.values):
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                x = math.nan
+            if not math.isnan(x):
+                for i, v in enumerate(self.values):
+                    if abs(float(v) - x) <= 1e-6 * max(1.0, abs(float(v))):
+                        return i
+        for i, v in enumerate(self.values):
+            if str(v) == str(value):
+                return i
+        shown = ", ".join(str(v) for v in self.values[:20]) + (" ..." if self.size > 20 else "")
+        raise FactordiffError(f"factor {self.name}: unknown value {value!r}; expected one of {shown}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "values": list(self.values), "kind": self.kind, "role": self.role}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Factor":
+        return cls(d["name"], tuple(d["values"]), d.get("kind", "categorical"), d.get("role"))
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """An ordered set of factors; a grid combination is a tuple of value indices, one per factor."""
+
+    factors: tuple[Factor, ...]
+    _by_name: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.factors]
+        if len(set(names)) != len(names):
+            raise FactordiffError(f"factor names must be distinct, got {names}")
+        object.__setattr__(self, "_by_name", {n: i for i, n in enumerate(names)})
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.factors]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [f.size for f in self.factors]
+
+    @property
+    def grid_size(self) -> int:
+        return int(np.prod(self.sizes))
+
+    def __len__(self) -> int:
+        return len(self.factors)
+
+    def __getitem__(self, name: str) -> Factor:
+        return self.factors[self.position(name)]
+
+    def position(self, name: str) -> int:
+        """Column of factor ``name``; raises naming the known factors."""
+        if name not in self._by_name:
+            raise FactordiffError(f"unknown factor {name!r}; expected one of {', '.join(self.names)}")
+        return self._by_name[name]
+
+    def grid(self) -> np.ndarray:
+        """Every combination, (grid_size, K) int64, row-major with the last factor fastest."""
+        return np.stack(np.unravel_index(np.arange(self.grid_size), self.sizes), axis=1).astype(np.int64)
+
+    def ravel(self, indices: np.ndarray) -> np.ndarray:
+        """Row-major flat index of each combination in ``indices`` (N, K)."""
+        return np.ravel_multi_index(tuple(np.asarray(indices).T), self.sizes)
+
+    def values_of(self, indices: Sequence[int]) -> dict[str, Value]:
+        return {f.name: f.values[int(i)] for f, i in zip(self.factors, indices)}
+
+    def check_indices(self, indices: np.ndarray, where: str = "factors") -> np.ndarray:
+        """Validate an (N, K) array of value indices against the spec."""
+        a = np.asarray(indices)
+        if a.ndim != 2 or a.shape[1] != len(self):
+            raise FactordiffError(f"{where}: expected an (N, {len(self)}) array of value indices, got shape {a.shape}")
+        if a.size and (a.min() < 0 or np.any(a.max(axis=0) >= np.array(self.sizes))):
+            raise FactordiffError(f"{where}: value index out of range for sizes {self.sizes}")
+        return a.astype(np.int64)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [f.to_json() for f in self.factors]
+
+    @classmethod
+    def from_json(cls, data: list[dict[str, Any]]) -> "FactorSpec":
+        return cls(tuple(Factor.from_json(d) for d in data))
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json())
