@@ -1,0 +1,306 @@
+"""Typed experiment configuration: nested dataclasses, loaded strictly from JSON, YAML or TOML.
+
+Unknown fields, wrong types and out-of-range values are refused with a message naming the field
+(``train.lr: expected a number, got 'fast'``). The resolved config is saved as JSON in every run
+folder and beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from factordiff.data.splits import SPLIT_KINDS, SplitConfig
+from factordiff.errors import FactordiffError
+
+
+@dataclass
+class DataConfig:
+    """Args:
+    source: ``shapes``, ``h5:FILE`` or ``table:FILE.csv``.
+    size: image height and width in pixels the models work at.
+    n: number of images (shapes: rendered combinations; h5: sampled rows; None: all).
+    factors: factor columns of a table (None: all non-image columns).
+    """
+
+    source: str = "shapes"
+    size: int = 32
+    n: int | None = 60000
+    factors: list[str] | None = None
+
+
+@dataclass
+class DistillConfig:
+    """The supervised factor distiller (image -> one code block per factor).
+
+    Args:
+        code_dims: dimensions of each factor's code block.
+        width: channels of the first convolution (doubled at each downsampling).
+        steps: optimisation steps (upper bound; the time budget may stop earlier).
+        budget: share of the run's minutes for this stage.
+        batch_size, lr: Adam batch size and learning rate.
+        adversary_weight: weight of the penalty on what a block predicts about the other factors.
+        order_weight: weight of the loss keeping an ordinal factor's order on the block's first axis.
+    """
+
+    code_dims: int = 4
+    width: int = 32
+    steps: int = 3000
+    budget: float = 0.1
+    batch_size: int = 128
+    lr: float = 2e-3
+    adversary_weight: float = 0.1
+    order_weight: float = 1.0
+
+
+@dataclass
+class AutoencoderConfig:
+    """The latent autoencoder (diffusers AutoencoderKL, small widths); ``enabled=False`` means pixel space.
+
+    Args:
+        block_out_channels: channels per resolution level; the image is downsampled
+            ``len(block_out_channels) - 1`` times.
+        latent_channels: channels of the latent.
+        feature_weight: weight of the distiller-feature loss that keeps factor information.
+        kl_weight: weight of the KL term of the variational autoencoder.
+    """
+
+    enabled: bool = True
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    steps: int = 4000
+    budget: float = 0.25
+    batch_size: int = 64
+    lr: float = 1e-3
+    feature_weight: float = 0.1
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class DenoiserConfig:
+    """The diffusers UNet2DModel denoiser and its code adapter.
+
+    Args:
+        block_out_channels: UNet channels per resolution level.
+        layers_per_block: ResNet blocks per level.
+        attention: add self-attention at the lowest resolution.
+        prediction_type: ``v_prediction`` or ``epsilon``.
+        beta_schedule: diffusers beta schedule name (``squaredcos_cap_v2`` is the cosine schedule).
+        adapter_hidden: hidden width of each factor's adapter MLP.
+        cond_dropout: probability that each factor is replaced by its null embedding in training.
+        train_base: train the UNet with the adapter (joint); False freezes the base.
+    """
+
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 256])
+    layers_per_block: int = 2
+    attention: bool = False
+    prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    adapter_hidden: int = 256
+    cond_dropout: float = 0.1
+    train_base: bool = True
+    steps: int = 100000
+    budget: float = 0.65
+    batch_size: int = 64
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+
+
+@dataclass
+class TrainConfig:
+    """Args:
+    minutes: wall-clock budget of the whole fit (None: run every stage to its ``steps``).
+    seed: seeds data order, noise and initialisation.
+    checkpoint_every: steps between checkpoints.
+    keep_last: checkpoints kept per stage.
+    grad_clip: max gradient norm (0 disables).
+    threads: torch CPU threads (0: torch's default).
+    """
+
+    minutes: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    grad_clip: float = 1.0
+    threads: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    """Args:
+    sources: source images per kind of edit (seen, held-out).
+    steps: DDIM steps for inversion and for sampling.
+    guidance: classifier-free guidance weight on the changed factor (1 = none).
+    oracle_steps: optimisation steps of the oracle classifier.
+    """
+
+    sources: int = 100
+    steps: int = 50
+    guidance: float = 1.0
+    oracle_steps: int = 2000
+    oracle_images: int = 60000
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    def save(self, path: Path) -> None:
+        from factordiff.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists to tuples where declared)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except FactordiffError as e:
+                errors.append(str(e))
+        raise FactordiffError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise FactordiffError(f"{where}: expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise FactordiffError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise FactordiffError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FactordiffError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise FactordiffError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise FactordiffError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise FactordiffError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown fields and wrong types."""
+    if not isinstance(data, dict):
+        raise FactordiffError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise FactordiffError(f"{where}.{key}: unknown field; expected one of {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    _check_ranges(obj, where)
+    return obj
+
+
+_POSITIVE = {"size", "code_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden"}
+_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "kl_weight", "budget", "grad_clip", "threads", "minutes", "guidance"}
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if f.name in _POSITIVE and v <= 0:
+            raise FactordiffError(f"{where}.{f.name}: expected a positive number, got {v}")
+        if f.name in _NONNEGATIVE and v < 0:
+            raise FactordiffError(f"{where}.{f.name}: expected a number >= 0, got {v}")
+    if isinstance(obj, DenoiserConfig) and not 0 <= obj.cond_dropout < 1:
+        raise FactordiffError(f"{where}.cond_dropout: expected a probability in [0, 1), got {obj.cond_dropout}")
+    if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
+        raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")
+
+
+def parse_config_text(text: str, suffix: str, where: str) -> dict[str, Any]:
+    """Parse JSON (``.json``), TOML (``.toml``) or YAML (``.yaml``/``.yml``) text into a mapping."""
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise FactordiffError(f"{where}: expected a .json, .toml, .yaml or .yml file")
+    except FactordiffError:
+        raise
+    except Exception as e:  # each parser has its own error type; all mean "not valid syntax"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FactordiffError(f"{where}: not valid {suffix.lstrip('.').upper()} ({msg})") from None
+    return {} if data is None else data
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a RunConfig from a file (or defaults), then apply ``{"section.field": value}`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise FactordiffError(f"{path}: cannot read config ({e.__class__.__name__})") from None
+        data = parse_config_text(text, path.suffix.lower(), str(path))
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        node = data.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise FactordiffError(f"config.{section}: expected a mapping of fields")
+        node[name] = value
+    return from_dict(RunConfig, data, "config")

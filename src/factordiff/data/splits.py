@@ -1,0 +1,137 @@
+"""Held-out splits: which factor combinations no learning stage may see.
+
+Each split is a pure function of the FactorSpec, its parameters and a seed. ``heldout(spec, ...)``
+returns a predicate over combinations (an (N, K) array of value indices -> boolean mask), so the
+same split applies to the full grid, to a sampled replica, or to a table that covers only part of
+the grid.
+
+Kinds:
+- ``none``: nothing held out.
+- ``random``: a random fraction of all grid combinations.
+- ``composition``: a block of joint values of two factors (every value of each factor is still
+  seen with others), e.g. object_hue in {0.4, 0.5, 0.6} together with shape in {sphere, capsule}.
+- ``interpolation``: the inner values of one ordinal factor (every other value from the second to
+  the second-last).
+- ``extrapolation``: the values of one ordinal factor above a quantile threshold.
+- ``unseen_value``: one value of one factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+
+from factordiff.errors import FactordiffError
+from factordiff.factors import FactorSpec
+
+SplitKind = Literal["none", "random", "composition", "interpolation", "extrapolation", "unseen_value"]
+SPLIT_KINDS: tuple[str, ...] = ("none", "random", "composition", "interpolation", "extrapolation", "unseen_value")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Parameters of a held-out split.
+
+    Args:
+        kind: one of SPLIT_KINDS.
+        factors: factor names the split acts on (composition: two; interpolation, extrapolation and
+            unseen_value: one). Empty: chosen from the seed among eligible factors.
+        fraction: random: fraction of combinations held out; composition: fraction of each
+            factor's values in the held-out block; extrapolation: fraction of values at the top.
+        seed: seeds every random choice.
+    """
+
+    kind: SplitKind = "none"
+    factors: tuple[str, ...] = ()
+    fraction: float = 0.25
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "factors": list(self.factors)}
+
+
+@dataclass(frozen=True)
+class Split:
+    """A resolved split: the held-out predicate plus a description of what it holds out."""
+
+    config: SplitConfig
+    description: str
+    held_values: dict[str, list[int]] = field(default_factory=dict)
+    _predicate: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def heldout(self, indices: np.ndarray) -> np.ndarray:
+        """Boolean mask: True where a combination (row of value indices) is held out."""
+        idx = np.asarray(indices)
+        if self._predicate is None:
+            return np.zeros(len(idx), bool)
+        return self._predicate(idx)
+
+    def to_json(self) -> dict:
+        return {"config": self.config.to_json(), "description": self.description, "held_values": self.held_values}
+
+
+def _pick(spec: FactorSpec, names: tuple[str, ...], count: int, rng: np.random.Generator, ordinal: bool, min_size: int) -> list[int]:
+    if names:
+        if len(names) != count:
+            raise FactordiffError(f"split factors: expected {count} factor name(s), got {list(names)}")
+        pos = [spec.position(n) for n in names]
+    else:
+        ok = [k for k, f in enumerate(spec.factors) if f.size >= min_size and (f.kind == "ordinal" or not ordinal)]
+        if len(ok) < count:
+            raise FactordiffError(f"split: need {count} factor(s) with at least {min_size} values{' (ordinal)' if ordinal else ''}")
+        pos = sorted(rng.choice(ok, count, replace=False).tolist())
+    for k in pos:
+        f = spec.factors[k]
+        if f.size < min_size or (ordinal and f.kind != "ordinal"):
+            raise FactordiffError(f"split: factor {f.name} needs at least {min_size} {'ordinal ' if ordinal else ''}values")
+    return pos
+
+
+def _window(n: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """A cyclic window of about ``fraction * n`` consecutive values (at least 1, at most n - 1)."""
+    width = int(np.clip(round(fraction * n), 1, n - 1))
+    start = int(rng.integers(n))
+    return sorted((start + i) % n for i in range(width))
+
+
+def _values_in(column: int, values: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+    held = np.asarray(values)
+    return lambda idx: np.isin(idx[:, column], held)
+
+
+def make_split(spec: FactorSpec, config: SplitConfig) -> Split:
+    """Resolve ``config`` against ``spec`` into a Split (deterministic in spec, config and seed)."""
+    rng = np.random.default_rng(config.seed)
+    kind = config.kind
+    if not 0.0 < config.fraction < 1.0:
+        raise FactordiffError(f"split fraction: expected a number in (0, 1), got {config.fraction}")
+    if kind == "none":
+        return Split(config, "nothing held out")
+    if kind == "random":
+        flat = np.flatnonzero(rng.random(spec.grid_size) < config.fraction)
+        return Split(config, f"random {config.fraction:.0%} of combinations", {}, lambda idx: np.isin(spec.ravel(idx), flat))
+    if kind == "composition":
+        a, b = _pick(spec, config.factors, 2, rng, ordinal=False, min_size=2)
+        va = _window(spec.sizes[a], config.fraction, rng)
+        vb = _window(spec.sizes[b], config.fraction, rng)
+        fa, fb = spec.factors[a], spec.factors[b]
+        desc = f"{fa.name} in {[fa.values[i] for i in va]} together with {fb.name} in {[fb.values[i] for i in vb]}"
+        pa, pb = _values_in(a, va), _values_in(b, vb)
+        return Split(config, desc, {fa.name: va, fb.name: vb}, lambda idx: pa(idx) & pb(idx))
+    if kind == "interpolation":
+        (k,) = _pick(spec, config.factors, 1, rng, ordinal=True, min_size=3)
+        held = list(range(1, spec.sizes[k] - 1, 2))
+    elif kind == "extrapolation":
+        (k,) = _pick(spec, config.factors, 1, rng, ordinal=True, min_size=2)
+        n = spec.sizes[k]
+        held = list(range(n - int(np.clip(round(config.fraction * n), 1, n - 1)), n))
+    elif kind == "unseen_value":
+        (k,) = _pick(spec, config.factors, 1, rng, ordinal=False, min_size=2)
+        held = [int(rng.integers(1, spec.sizes[k] - 1)) if spec.sizes[k] > 2 else 1]
+    else:
+        raise FactordiffError(f"split kind: expected one of {', '.join(SPLIT_KINDS)}, got {kind!r}")
+    f = spec.factors[k]
+    desc = f"{kind}: {f.name} values {[f.values[i] for i in held]}"
+    return Split(config, desc, {f.name: held}, _values_in(k, held))

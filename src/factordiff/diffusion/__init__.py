@@ -1,0 +1,1 @@
+"""Denoiser, code adapters, guidance and samplers."""

@@ -1,0 +1,70 @@
+"""The one denoiser interface: ``denoiser(x, t, cond) -> prediction``.
+
+``Denoiser`` wraps a diffusers ``UNet2DModel`` (pixel or latent space) and an optional adapter
+that turns a ``Condition`` into the vector the UNet adds to its time embedding. Guidance and
+samplers call nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from factordiff.config import DenoiserConfig
+from factordiff.diffusion.adapters import TimeEmbeddingAdapter
+from factordiff.diffusion.condition import Condition
+
+
+def build_unet(cfg: DenoiserConfig, channels: int, size: int) -> UNet2DModel:
+    """A UNet2DModel with scale-shift time conditioning and an identity class-embedding input."""
+    levels = len(cfg.block_out_channels)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type="identity",
+        norm_num_groups=min(32, min(cfg.block_out_channels)),
+    )
+
+
+class Denoiser(nn.Module):
+    """UNet plus adapter. ``forward(x, t, cond)`` predicts v (or epsilon) for noisy input ``x``.
+
+    Args:
+        unet: the base network; with ``class_embed_type="identity"`` it adds ``class_labels`` to its
+            time embedding, and the base model is the UNet called with zeros there.
+        adapter: turns a Condition into that vector; None for an unconditional denoiser.
+    """
+
+    def __init__(self, unet: UNet2DModel, adapter: TimeEmbeddingAdapter | None = None):
+        super().__init__()
+        self.unet, self.adapter = unet, adapter
+        self.emb_dim = unet.config.block_out_channels[0] * 4
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        if self.adapter is not None and cond is None:
+            raise ValueError("this denoiser is conditioned: pass a Condition (codes and present mask)")
+        if self.adapter is None and cond is not None:
+            raise ValueError("this denoiser is unconditional: it takes no Condition")
+        if cond is not None and len(cond) != len(x):
+            raise ValueError(f"Condition has {len(cond)} rows for a batch of {len(x)}")
+        if t.ndim == 0:
+            t = t.expand(len(x))
+        emb = self.adapter(cond) if cond is not None else x.new_zeros(len(x), self.emb_dim)
+        return self.unet(x, t, class_labels=emb).sample
+
+    def base_parameters(self) -> list[nn.Parameter]:
+        return list(self.unet.parameters())
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [] if self.adapter is None else list(self.adapter.parameters())

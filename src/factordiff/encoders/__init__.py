@@ -1,0 +1,1 @@
+"""Encoders: images to factor codes, one block per factor."""

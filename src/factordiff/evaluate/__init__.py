@@ -1,0 +1,1 @@
+"""Evaluation: disentanglement metrics, oracle-judged counterfactuals, distances and latent analysis."""

@@ -1,0 +1,203 @@
+"""FactorModel: the trained bundle (distiller, optional autoencoder, denoiser, value prototypes) and
+the operations users call on it: codes, inversion, generation and counterfactual edits.
+
+A model folder holds ``config.json`` (the run config, the factors and derived numbers) and one
+safetensors file per part, as diffusers' ``save_pretrained`` folders do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from factordiff.config import RunConfig, from_dict
+from factordiff.diffusion.adapters import TimeEmbeddingAdapter
+from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
+from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.denoiser import Denoiser, build_unet
+from factordiff.diffusion.guidance import Guidance
+from factordiff.diffusion.sampling import ddim_invert, ddim_sample
+from factordiff.encoders.distill import FactorDistiller
+from factordiff.errors import FactordiffError
+from factordiff.factors import FactorSpec
+from factordiff.train import map_batches
+
+CONFIG = "config.json"
+
+
+def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1]."""
+    x = torch.as_tensor(images)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
+    return x.detach().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class ModelShape:
+    """What the parts were built for: image channels and size, and the latent scale."""
+
+    channels: int
+    size: int
+    latent_scale: float = 1.0
+
+
+def build_distiller(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> FactorDistiller:
+    return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width)
+
+
+def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> Denoiser:
+    if cfg.autoencoder.enabled:
+        channels, size = cfg.autoencoder.latent_channels, latent_size(cfg.autoencoder, shape.size)
+    else:
+        channels, size = shape.channels, shape.size
+    unet = build_unet(cfg.denoiser, channels, size)
+    adapter = TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, cfg.denoiser.block_out_channels[0] * 4, cfg.denoiser.adapter_hidden)
+    return Denoiser(unet, adapter)
+
+
+class FactorModel:
+    """Counterfactual generator over a FactorSpec.
+
+    Args:
+        config: the run config the parts were built from.
+        spec: the factors.
+        shape: image channels/size and latent scale.
+        distiller: image -> codes (B, K, D).
+        autoencoder: diffusers AutoencoderKL, or None for pixel-space diffusion.
+        denoiser: the conditioned UNet.
+        prototypes: per factor, the mean code block of each value, (n_values, D), NaN rows for
+            values no image had.
+    """
+
+    def __init__(self, config: RunConfig, spec: FactorSpec, shape: ModelShape, distiller, autoencoder, denoiser: Denoiser, prototypes: list[torch.Tensor] | None = None):
+        self.config, self.spec, self.shape = config, spec, shape
+        self.distiller, self.autoencoder, self.denoiser = distiller, autoencoder, denoiser
+        self.prototypes = prototypes or []
+        for m in self.modules().values():
+            m.eval().requires_grad_(False)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        parts = {"distiller": self.distiller, "denoiser": self.denoiser}
+        if self.autoencoder is not None:
+            parts["autoencoder"] = self.autoencoder
+        return parts
+
+    # --- codes -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def codes(self, images: np.ndarray) -> torch.Tensor:
+        """Codes (N, K, D) of uint8 images (N, H, W, C)."""
+        self._check_images(images)
+        return map_batches(lambda b: self.distiller(to_unit(b)), torch.from_numpy(images))
+
+    def _check_images(self, images: np.ndarray) -> None:
+        want = (self.shape.size, self.shape.size, self.shape.channels)
+        if images.ndim != 4 or images.shape[1:] != want:
+            raise FactordiffError(f"images: expected (N, {want[0]}, {want[1]}, {want[2]}) for this model, got {tuple(images.shape)}")
+
+    @torch.no_grad()
+    def set_prototypes(self, codes: torch.Tensor, factors: np.ndarray) -> None:
+        """Mean code block of every value of every factor, from codes and their value indices."""
+        self.prototypes = []
+        for k, f in enumerate(self.spec.factors):
+            proto = torch.full((f.size, codes.shape[2]), float("nan"))
+            for v in range(f.size):
+                m = torch.from_numpy(factors[:, k] == v)
+                if m.any():
+                    proto[v] = codes[m, k].mean(0)
+            self.prototypes.append(proto)
+
+    def prototype(self, factor: int, value: int) -> torch.Tensor:
+        block = self.prototypes[factor][value]
+        if torch.isnan(block).any():
+            f = self.spec.factors[factor]
+            raise FactordiffError(f"{f.name}={f.values[value]}: no image with this value was encoded; pass a reference image with --from")
+        return block
+
+    # --- latent space ----------------------------------------------------------------------
+    @torch.no_grad()
+    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the denoiser's space (scaled latent means, or the images)."""
+        if self.autoencoder is None:
+            return x
+        return map_batches(lambda b: self.autoencoder.encode(b).latent_dist.mean * self.shape.latent_scale, x)
+
+    @torch.no_grad()
+    def from_latent(self, z: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            return z
+        return map_batches(lambda b: self.autoencoder.decode(b / self.shape.latent_scale).sample, z)
+
+    # --- diffusion -------------------------------------------------------------------------
+    @torch.no_grad()
+    def invert(self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50) -> torch.Tensor:
+        """DDIM-invert uint8 images to x_T under their own codes (or ``codes``)."""
+        codes = self.codes(images) if codes is None else codes
+        z0 = self.to_latent(to_unit(images))
+        return ddim_invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps)
+
+    @torch.no_grad()
+    def generate(self, x_T: torch.Tensor, codes: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, present: torch.Tensor | None = None) -> np.ndarray:
+        """DDIM-sample from x_T under ``codes``; returns uint8 images."""
+        cond = Condition.full(codes) if present is None else Condition(codes, present)
+        out = [ddim_sample(self.denoiser, x_T[i : i + 256], cond.index(slice(i, i + 256)), self.config.denoiser, steps, guidance) for i in range(0, len(x_T), 256)]
+        return to_uint8(self.from_latent(torch.cat(out)))
+
+    @torch.no_grad()
+    def counterfactual(self, images: np.ndarray, factor: int, blocks: torch.Tensor, steps: int = 50, guidance: float = 1.0, x_T: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> np.ndarray:
+        """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
+
+        The source is DDIM-inverted under its own codes, the block is swapped, and the same x_T is
+        decoded under the new codes with guidance weight ``guidance`` on the changed factor.
+        """
+        codes = self.codes(images) if codes is None else codes
+        x_T = self.invert(images, codes, steps) if x_T is None else x_T
+        new = codes.clone()
+        new[:, factor] = blocks
+        return self.generate(x_T, new, steps, Guidance(factors={factor: guidance}))
+
+    # --- disk ------------------------------------------------------------------------------
+    def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder = Path(folder)
+        for name, m in self.modules().items():
+            atomic_save_tensors(m.state_dict(), folder / f"{name}.safetensors")
+        if self.prototypes:
+            atomic_save_tensors({f"{f.name}": p for f, p in zip(self.spec.factors, self.prototypes)}, folder / "prototypes.safetensors")
+        meta = {"run": self.config.to_json(), "factors": self.spec.to_json(), "shape": vars(self.shape), **(extra or {})}
+        atomic_write_json(folder / CONFIG, meta)
+
+    @classmethod
+    def load(cls, folder: Path) -> "FactorModel":
+        folder = Path(folder)
+        if not (folder / CONFIG).is_file():
+            raise FactordiffError(f"{folder}: no {CONFIG}; expected a model folder written by factordiff fit")
+        meta = read_json(folder / CONFIG)
+        try:
+            config = from_dict(RunConfig, meta["run"], f"{folder / CONFIG}:run")
+            spec = FactorSpec.from_json(meta["factors"])
+            shape = ModelShape(**meta["shape"])
+        except (KeyError, TypeError) as e:
+            raise FactordiffError(f"{folder / CONFIG}: missing or malformed entry {e}") from None
+        distiller = build_distiller(config, spec, shape)
+        denoiser = build_denoiser(config, spec, shape)
+        autoencoder = build_autoencoder(config.autoencoder, shape.channels, shape.size) if config.autoencoder.enabled else None
+        parts = {"distiller": distiller, "denoiser": denoiser, **({"autoencoder": autoencoder} if autoencoder is not None else {})}
+        for name, m in parts.items():
+            state = load_tensors(folder / f"{name}.safetensors")
+            try:
+                m.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise FactordiffError(f"{folder / (name + '.safetensors')}: weights do not fit the config ({str(e).splitlines()[0][:120]})") from None
+        prototypes = None
+        if (folder / "prototypes.safetensors").is_file():
+            t = load_tensors(folder / "prototypes.safetensors")
+            prototypes = [t[f.name] for f in spec.factors]
+        return cls(config, spec, shape, distiller, autoencoder, denoiser, prototypes)

@@ -1,0 +1,291 @@
+"""The one training loop: every model (distiller, autoencoder, denoiser, oracle) trains through it.
+
+A ``Stage`` names what to train: a module whose ``forward(batch, generator)`` returns
+``(loss, logs)``, the allow-list of parameters the optimizer may change, a deterministic batch
+source and a step or time budget. ``run_stage`` adds the rest: accelerate (CPU or GPUs, unchanged
+code), AdamW with warm-up, gradient clipping, EMA weights, a progress bar with loss, images/s and
+ETA, atomic checkpoints, exact resume, and a clean stop on NaN, SIGINT or SIGTERM.
+
+Exact resume: the data order is a pure function of (seed, stage, step) and every random draw
+comes from one torch.Generator whose state is checkpointed with the optimizer and EMA, so on CPU a
+run killed at any point and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from factordiff.checkpoint import latest_checkpoint, load_checkpoint, load_modules, module_tensors, save_checkpoint
+from factordiff.errors import FactordiffError
+
+Batch = dict[str, torch.Tensor]
+
+
+class Interrupted(FactordiffError):
+    """Training stopped by SIGINT or SIGTERM after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class ArrayBatches:
+    """Deterministic minibatches from in-memory tensors: the batch of a step depends only on
+    (seed, step), so a resumed run sees exactly the batches the interrupted one would have.
+
+    Args:
+        tensors: name -> tensor with the same first dimension N.
+        batch_size: rows per step.
+        seed: seeds the per-epoch permutations.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    batch_size: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        sizes = {len(t) for t in self.tensors.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"ArrayBatches: tensors must share a non-zero first dimension, got {sizes}")
+        self.n = sizes.pop()
+        self._perm_epoch, self._perm = -1, np.empty(0, np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perm
+
+    def indices(self, step: int) -> np.ndarray:
+        start = step * self.batch_size
+        out = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), self.n)
+            out.extend(self._permutation(epoch)[offset : offset + self.batch_size - len(out)].tolist())
+        return np.asarray(out)
+
+    def __call__(self, step: int) -> Batch:
+        idx = torch.from_numpy(self.indices(step))
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+@dataclass
+class Stage:
+    """One thing to train.
+
+    Args:
+        name: stage name, also the checkpoint prefix (``distill``, ``autoencoder``, ``denoiser``).
+        step_module: ``forward(batch, generator) -> (loss, logs)``; its submodules are saved.
+        trainable: the allow-list of parameters the optimizer updates; everything else stays fixed.
+        batches: ``batches(step) -> Batch``.
+        steps: number of optimisation steps.
+        lr: peak AdamW learning rate (linear warm-up over ``warmup`` steps, then constant).
+        seconds: wall-clock budget; the stage ends at ``steps`` or at this many seconds.
+        ema_decay: EMA decay of the trainable parameters (0: no EMA; the final weights are the raw ones).
+        weight_decay: AdamW weight decay.
+        images_per_step: for the images/s readout.
+    """
+
+    name: str
+    step_module: nn.Module
+    trainable: list[nn.Parameter]
+    batches: Callable[[int], Batch]
+    steps: int
+    lr: float
+    seconds: float | None = None
+    ema_decay: float = 0.0
+    warmup: int = 100
+    weight_decay: float = 0.0
+    images_per_step: int = 0
+    log: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class LoopOptions:
+    """Args:
+    seed: seeds the stage's torch.Generator.
+    checkpoints: folder for checkpoints (None: no checkpoints, no resume).
+    checkpoint_every: steps between checkpoints.
+    keep_last: checkpoints kept.
+    grad_clip: maximum gradient norm (0 disables clipping).
+    resume: continue from the newest checkpoint of the stage if there is one.
+    progress: show a progress bar.
+    """
+
+    seed: int = 0
+    checkpoints: Path | None = None
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    grad_clip: float = 1.0
+    resume: bool = False
+    progress: bool = True
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def _ema(stage: Stage):
+    if stage.ema_decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(stage.trainable, decay=stage.ema_decay, use_ema_warmup=True, power=3 / 4, foreach=True)
+
+
+def _lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+
+
+class _SignalFlag:
+    """Records SIGINT/SIGTERM while installed, so the loop can checkpoint and stop between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalFlag":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _checkpoint_state(stage: Stage, step: int, optimizer, scheduler, ema, gen: torch.Generator) -> dict[str, Any]:
+    return {
+        "stage": stage.name,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "generator": gen.get_state(),
+        "log": stage.log,
+    }
+
+
+def _restore(stage: Stage, folder: Path, optimizer, scheduler, ema, gen: torch.Generator) -> int:
+    weights, state = load_checkpoint(folder)
+    load_modules(dict(stage.step_module.named_children()), weights, str(folder))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    gen.set_state(state["generator"])
+    stage.log[:] = state["log"]
+    return int(state["step"])
+
+
+def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
+    """Train ``stage`` to its step or time budget; afterwards the trainable parameters hold the EMA
+    weights (or the raw ones without EMA). Returns the stage with its log filled in."""
+    accelerator = _accelerator()
+    device = accelerator.device
+    stage.step_module.to(device)
+    optimizer = torch.optim.AdamW(stage.trainable, lr=stage.lr, weight_decay=stage.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(stage.warmup))
+    module, optimizer = accelerator.prepare(stage.step_module, optimizer)
+    ema = _ema(stage)
+    gen = torch.Generator(device="cpu").manual_seed(opts.seed * 1009 + sum(map(ord, stage.name)))
+    ckpt_dir = Path(opts.checkpoints) if opts.checkpoints else None
+    step = 0
+    if opts.resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir, stage.name)) is not None:
+        step = _restore(stage, last, optimizer, scheduler, ema, gen)
+
+    def save(at: int) -> Path | None:
+        if ckpt_dir is None or not accelerator.is_main_process:
+            return None
+        weights = module_tensors(dict(stage.step_module.named_children()))
+        state = _checkpoint_state(stage, at, optimizer, scheduler, ema, gen)
+        return save_checkpoint(ckpt_dir / f"{stage.name}-{at:08d}", weights, state, opts.keep_last)
+
+    start_time, last_saved = time.monotonic(), step
+    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not opts.progress, unit="step", dynamic_ncols=True, mininterval=1.0)
+    with _SignalFlag() as flag:
+        while step < stage.steps:
+            if stage.seconds is not None and time.monotonic() - start_time >= stage.seconds:
+                break
+            batch = {k: v.to(device) for k, v in stage.batches(step).items()}
+            module.train()
+            loss, logs = module(batch, gen)
+            if not torch.isfinite(loss):
+                last = latest_checkpoint(ckpt_dir, stage.name) if ckpt_dir else None
+                kept = f"; last good checkpoint: {last}" if last else ""
+                raise FactordiffError(f"{stage.name}: loss became {loss.item()} at step {step}; stopped{kept}")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if opts.grad_clip > 0:
+                accelerator.clip_grad_norm_(stage.trainable, opts.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.step(stage.trainable)
+            step += 1
+            stage.log.append({"step": step, "loss": float(loss.item()), **logs})
+            _show(bar, stage, start_time, step - last_saved)
+            if step % opts.checkpoint_every == 0:
+                save(step)
+            if flag.signum is not None:
+                where = save(step)
+                bar.close()
+                name = signal.Signals(flag.signum).name
+                raise Interrupted(f"{name} at {stage.name} step {step}; checkpoint saved to {where}; continue with --resume", flag.signum)
+    bar.close()
+    if step % opts.checkpoint_every and step > last_saved:
+        save(step)
+    if ema is not None:
+        ema.copy_to(stage.trainable)
+    return stage
+
+
+def _show(bar: tqdm, stage: Stage, start: float, steps_done: int) -> None:
+    bar.update(1)
+    if bar.n % 10 == 0 or bar.n == stage.steps:
+        rate = steps_done * max(stage.images_per_step, 1) / max(time.monotonic() - start, 1e-9)
+        recent = stage.log[-10:]
+        bar.set_postfix(loss=f"{sum(r['loss'] for r in recent) / len(recent):.4f}", img_s=f"{rate:.0f}", refresh=False)
+
+
+def batches_of(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(x), batch_size):
+        yield x[i : i + batch_size]
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
+    return x.detach().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` in batches and concatenate."""
+    return torch.cat([fn(b) for b in batches_of(x, batch_size)]) if len(x) else x
+
+
+def step_count(seconds: float, per_step: float) -> int:
+    return max(1, int(math.floor(seconds / per_step)))
