@@ -1,0 +1,1 @@
+"""Evaluation: disentanglement metrics and friends."""
