@@ -7,25 +7,180 @@ A FactordiffError (bad input, impossible request) becomes one line on stderr and
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from factordiff.errors import FactordiffError
 
 
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from factordiff.quickstart import quickstart
+
+    metrics = quickstart(Path(args.out), minutes=args.minutes, size=args.size, from_scratch=args.from_scratch)
+    _print_summary(metrics)
+    print(f"report: {Path(args.out) / 'report.html'}")
+
+
+def _fit_overrides(args: argparse.Namespace) -> dict:
+    pairs = {
+        "data.source": args.data, "data.size": args.size, "data.factors": _csv_list(args.factors) if args.factors else None,
+        "split.kind": args.holdout, "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
+        "train.minutes": args.minutes, "train.seed": args.seed,
+    }
+    over = {k: v for k, v in pairs.items() if v is not None}
+    if args.data and not args.data.startswith("shapes"):
+        over.setdefault("data.n", None)
+    return over
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from factordiff.config import load_config
+    from factordiff.fit import fit
+
+    cfg = load_config(args.config, _fit_overrides(args))
+    result = fit(cfg, Path(args.out), resume=args.resume)
+    print(f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from factordiff.evaluate.suite import evaluate_run
+
+    _print_summary(evaluate_run(Path(args.run)))
+    print(f"metrics: {Path(args.run) / 'metrics.json'}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from factordiff.report import build_report
+
+    print(f"report: {build_report(Path(args.run))}")
+
+
+def _cmd_counterfactual(args: argparse.Namespace) -> None:
+    from factordiff.data.images import read_image
+    from factordiff.edit import edit_image, fit_image, parse_sets
+    from factordiff.evaluate.suite import load_run, save_png
+
+    if not args.set and not (args.from_ and args.factor):
+        raise FactordiffError("expected --set FACTOR=VALUE, or --from REF.png with --factor FACTOR")
+    if bool(args.from_) != bool(args.factor):
+        raise FactordiffError("--from and --factor go together: --from REF.png --factor FACTOR")
+    if Path(args.out).suffix.lower() != ".png":
+        raise FactordiffError(f"--out {args.out}: expected a .png path")
+    _, model = load_run(Path(args.run))
+    image = fit_image(model, read_image(Path(args.image)), args.image)
+    sets = parse_sets(model, args.set or [])
+    reference, factors = None, None
+    if args.from_:
+        reference = fit_image(model, read_image(Path(args.from_)), args.from_)
+        factors = [model.spec.position(n) for n in _csv_list(args.factor)]
+    out = edit_image(model, image, sets, reference, factors, steps=args.steps, guidance=args.guidance)
+    save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
+    print(f"wrote {args.out}")
+
+
+def _cmd_disentanglement(args: argparse.Namespace) -> None:
+    from factordiff.checkpoint import atomic_write_json
+    from factordiff.evaluate.disentanglement import format_table, load_and_score
+
+    blocks = [int(b) for b in _csv_list(args.blocks)] if args.blocks else None
+    scores = load_and_score(args.codes, args.factors, blocks=blocks, first_pc=args.first_pc, scale=args.scale)
+    print(format_table(scores))
+    if args.json:
+        atomic_write_json(Path(args.json), scores)
+
+
+def _print_summary(metrics: dict) -> None:
+    cf = metrics.get("counterfactual", {})
+    for kind in ("seen", "heldout"):
+        if cf.get(kind):
+            print(f"{kind:8s} effectiveness {cf[kind]['effectiveness']:.3f}  preservation {cf[kind]['preservation']:.3f}  ({cf[kind]['edits']} edits)")
+    if "reconstruction_mse" in metrics:
+        print(f"reconstruction_mse {metrics['reconstruction_mse']:.2e}")
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factordiff", description="Counterfactual images from factor-conditioned diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="train (or load the shipped model), evaluate and report on the built-in 3D Shapes replica")
+    p.add_argument("--minutes", type=float, help="train from scratch for this many minutes (default: start from the shipped pretrained model)")
+    p.add_argument("--size", type=_positive_int, default=32, help="image size in pixels (default 32)")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
+    p.add_argument("--from-scratch", action="store_true", help="ignore the shipped pretrained model")
+    p.set_defaults(handler=_cmd_quickstart)
+
+    p = sub.add_parser("fit", help="train a model on a dataset")
+    p.add_argument("--data", help="shapes | h5:FILE | table:FACTORS.csv")
+    p.add_argument("--holdout", help="none | random | composition | interpolation | extrapolation | unseen_value")
+    p.add_argument("--holdout-factors", help="factor names the split acts on, comma-separated")
+    p.add_argument("--factors", help="factor columns of a table, comma-separated (default: every non-image column)")
+    p.add_argument("--size", type=_positive_int, help="image size the models work at")
+    p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")
+    p.add_argument("--out", default="runs/fit", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("counterfactual", help="change factors of one image")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--image", required=True, help="source image")
+    p.add_argument("--set", action="append", metavar="FACTOR=VALUE", help="give FACTOR this value (repeatable)")
+    p.add_argument("--from", dest="from_", metavar="REF.png", help="take factor codes from this reference image")
+    p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--guidance", type=float, default=1.0, help="guidance weight on the changed factors (default 1)")
+    p.set_defaults(handler=_cmd_counterfactual)
+
+    p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
+    p.add_argument("run")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="write RUN/report.html from RUN/metrics.json")
+    p.add_argument("run")
+    p.set_defaults(handler=_cmd_report)
+
+    p = sub.add_parser("disentanglement", help="disentanglement_lib metrics of any codes")
+    p.add_argument("codes", help="CODES.npy, (N, D) float")
+    p.add_argument("factors", help="FACTORS.npy, (N, K) value indices")
+    p.add_argument("--blocks", help="code dimensions per factor block, e.g. 4,4,4")
+    p.add_argument("--first-pc", action="store_true", help="reduce each block to its first principal component (as DisDiff reports)")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)")
+    p.add_argument("--json", help="write the scores to this JSON file")
+    p.set_defaults(handler=_cmd_disentanglement)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from factordiff.train import Interrupted
+
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
+    except Interrupted as e:
+        print(f"factordiff {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except FactordiffError as e:
         print(f"factordiff {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"factordiff {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

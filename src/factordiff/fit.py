@@ -69,8 +69,6 @@ class _Budget:
 def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
     """Load the data and remove the held-out combinations: (all data, split, training data)."""
     data = load_data(cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed)
-    if data.size != cfg.data.size and cfg.data.source.startswith("table:"):
-        raise FactordiffError(f"{data.source}: images are {data.size}x{data.size}; set data.size to {data.size} or resize them")
     split = make_split(data.spec, cfg.split)
     train = data.subset(~split.heldout(data.factors))
     if len(train) == 0:

@@ -68,7 +68,13 @@ def load_data(ref: str, size: int = 32, factors: list[str] | None = None, n: int
 
         return read_h5(Path(arg), size=size, n=n, seed=seed)
     if kind == "table" and arg:
+        from factordiff.data.shapes import resize_images
         from factordiff.data.table import read_table
 
-        return read_table(Path(arg), factors=factors)
+        data = read_table(Path(arg), factors=factors)
+        if data.size != size:
+            if data.size % size:
+                raise FactordiffError(f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)")
+            data.images = resize_images(data.images, size)
+        return data
     raise FactordiffError(f"--data: expected 'shapes', 'h5:FILE' or 'table:FILE.csv', got {ref!r}")

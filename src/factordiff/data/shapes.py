@@ -245,7 +245,7 @@ def labels_to_indices(labels: np.ndarray, spec: FactorSpec, where: str) -> np.nd
         bad = np.abs(grid[j] - labels[:, k]) > 1e-3 * max(1.0, float(np.abs(grid).max()))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise FactordiffError(f"{where}: labels[{row}, {k}] = {labels[row, k]!r} is not a value of {f.name}")
+            raise FactordiffError(f"{where}: labels[{row}, {k}] = {float(labels[row, k])!r} is not a value of {f.name}")
         out[:, k] = j
     return out
 

@@ -1,0 +1,5 @@
+import sys
+
+from factordiff.cli import main
+
+sys.exit(main())

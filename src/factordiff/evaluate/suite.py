@@ -1,0 +1,195 @@
+"""``evaluate_run(RUN)``: every number and figure of a run's report, written to ``RUN/metrics.json``
+and ``RUN/figures/``.
+
+- the oracle (trained once per run on real images of every combination, saved in ``RUN/oracle``)
+  and its accuracy on fresh real images;
+- counterfactual effectiveness and preservation for seen and held-out targets;
+- DDIM inversion + regeneration error;
+- conditional samples from prototype codes, judged by the oracle, for seen and held-out combinations;
+- the figures: a counterfactual grid, held-out edits, a sample grid.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from factordiff.config import RunConfig, from_dict
+from factordiff.data.base import FactorDataset
+from factordiff.data.splits import Split, make_split
+from factordiff.evaluate.counterfactual import Edits, Oracle, accuracy, evaluate_counterfactuals, run_edits, train_oracle
+from factordiff.errors import FactordiffError
+from factordiff.model import FactorModel
+from factordiff.report import training_curves
+
+FIGURES = "figures"
+
+
+def load_run(run: Path) -> tuple[RunConfig, FactorModel]:
+    run = Path(run)
+    if not (run / "run_config.json").is_file():
+        raise FactordiffError(f"{run}: not a run folder (no run_config.json); expected the --out folder of factordiff fit")
+    if not (run / "model" / "config.json").is_file():
+        raise FactordiffError(f"{run}: no trained model in {run / 'model'}; finish the run with factordiff fit --resume --out {run}")
+    cfg = from_dict(RunConfig, read_json(run / "run_config.json"), str(run / "run_config.json"))
+    return cfg, FactorModel.load(run / "model")
+
+
+def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> FactorDataset:
+    """Real images of every combination for the oracle: fresh replica renders for the built-in data,
+    otherwise the whole dataset (held-out rows included: the oracle is the one learner that may see them)."""
+    if cfg.data.source == "shapes":
+        from factordiff.data.shapes import replica
+
+        return replica(cfg.data.size, n=n, seed=seed)
+    return data
+
+
+def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = True) -> tuple[Oracle, dict]:
+    """Load ``RUN/oracle`` or train it; returns the oracle and its accuracy on held-aside real images."""
+    folder = Path(run) / "oracle"
+    oracle = Oracle(data.spec.sizes, data.channels, data.size)
+    if (folder / "oracle.safetensors").is_file():
+        oracle.load_state_dict(load_tensors(folder / "oracle.safetensors"))
+        return oracle.eval().requires_grad_(False), read_json(folder / "accuracy.json")
+    e = cfg.evaluate
+    train = oracle_data(cfg, data, e.oracle_images, seed=cfg.train.seed + 1000)
+    test = oracle_data(cfg, data, 5000, seed=cfg.train.seed + 2000)
+    if test is train:  # a dataset from files: hold aside a tenth for the accuracy
+        rows = np.random.default_rng(cfg.train.seed).permutation(len(train))
+        cut = max(1, len(rows) // 10)
+        test, train = train.subset(np.sort(rows[:cut])), train.subset(np.sort(rows[cut:]))
+    oracle = train_oracle(train, steps=e.oracle_steps, seed=cfg.train.seed, progress=progress)
+    acc = accuracy(oracle, test)
+    atomic_save_tensors(oracle.state_dict(), folder / "oracle.safetensors")
+    atomic_write_json(folder / "accuracy.json", acc)
+    return oracle, acc
+
+
+@torch.no_grad()
+def conditional_samples(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int) -> dict:
+    """Sample from noise under the prototype codes of random combinations; oracle accuracy per factor
+    and for all factors at once, on seen and on held-out combinations."""
+    rng = np.random.default_rng(seed + 3)
+    grid = data.spec.grid()
+    held = split.heldout(grid)
+    out = {}
+    for kind, pool in (("seen", grid[~held]), ("heldout", grid[held])):
+        if len(pool) == 0:
+            continue
+        combos = pool[rng.choice(len(pool), n)]
+        codes = torch.stack([torch.stack([model.prototype(k, int(v)) for k, v in enumerate(c)]) for c in combos])
+        x_T = torch.randn((n,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed))
+        pred = oracle.predict(model.generate(x_T, codes, steps))
+        out[kind] = {"all_factors": float((pred == combos).all(1).mean()), "by_factor": {f.name: float((pred[:, k] == combos[:, k]).mean()) for k, f in enumerate(data.spec.factors)}, "samples": n}
+    return out
+
+
+def _latent_shape(model: FactorModel) -> tuple[int, int, int]:
+    cfg = model.denoiser.unet.config
+    return cfg.in_channels, cfg.sample_size, cfg.sample_size
+
+
+def _tile(images: np.ndarray, rows: int, cols: int, pad: int = 2, marks: np.ndarray | None = None) -> np.ndarray:
+    """Images (rows*cols, H, W, C) -> one uint8 RGB mosaic; ``marks`` outlines cells in red."""
+    h, w = images.shape[1:3]
+    rgb = images if images.shape[3] == 3 else np.repeat(images[..., :1], 3, axis=3)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(min(len(rgb), rows * cols)):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        if marks is not None and marks[i]:
+            canvas[y - pad : y + h + pad, x - pad : x + w + pad] = (220, 30, 30)
+        canvas[y : y + h, x : x + w] = rgb[i]
+    return canvas
+
+
+def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    tmp = path.with_name(path.name + ".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
+
+
+def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, rows: int, steps: int, guidance: float, seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Rows: seen source images; columns: the source, its DDIM reconstruction, then one column per
+    factor with that factor changed to another value. Returns the mosaic and what each row shows."""
+    rng = np.random.default_rng(seed + 5)
+    seen = np.flatnonzero(~split.heldout(data.factors))
+    sources = rng.choice(seen, rows, replace=False)
+    edits = Edits()
+    for s in sources:
+        for k, f in enumerate(data.spec.factors):
+            v = int(rng.integers(f.size - 1))
+            edits.add(int(s), k, v + (v >= data.factors[s, k]))
+    edited = run_edits(model, data, edits, steps, guidance)
+    src = data.images[sources]
+    codes = model.codes(src)
+    recon = model.generate(model.invert(src, codes, steps), codes, steps)
+    k = len(data.spec)
+    cells = np.concatenate([src[:, None], recon[:, None], edited.reshape(rows, k, *src.shape[1:])], 1)
+    captions = [{"source": data.spec.values_of(data.factors[s]), "targets": {data.spec.factors[j].name: data.spec.factors[j].values[edits.target[i * k + j]] for j in range(k)}} for i, s in enumerate(sources)]
+    return _tile(cells.reshape(-1, *src.shape[1:]), rows, k + 2), captions
+
+
+def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Conditional samples over the two factors of the held-out block (or the first two factors),
+    the others fixed; held-out cells are outlined in red."""
+    spec = data.spec
+    names = list(split.held_values) if len(split.held_values) == 2 else spec.names[:2]
+    a, b = spec.position(names[0]), spec.position(names[1])
+    base = data.factors[0].copy()
+    combos = []
+    for i in range(spec.sizes[a]):
+        for j in range(spec.sizes[b]):
+            c = base.copy()
+            c[a], c[b] = i, j
+            combos.append(c)
+    combos = np.array(combos)
+    codes = torch.stack([torch.stack([model.prototype(k, int(v)) for k, v in enumerate(c)]) for c in combos])
+    x_T = torch.randn((1,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed)).expand(len(combos), -1, -1, -1)
+    images = model.generate(x_T.contiguous(), codes, steps)
+    marks = split.heldout(combos)
+    info = {"rows": spec.factors[a].name, "row_values": list(spec.factors[a].values), "columns": spec.factors[b].name, "column_values": list(spec.factors[b].values), "fixed": spec.values_of(base)}
+    return _tile(images, spec.sizes[a], spec.sizes[b], marks=marks), info
+
+
+def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = True, per_factor: int | None = None) -> dict:
+    """Compute the run's metrics and figures; writes ``RUN/metrics.json`` and ``RUN/figures/*.png``."""
+    from factordiff.fit import prepare_data
+
+    run = Path(run)
+    cfg, model = load_run(run)
+    t0 = time.monotonic()
+    if data is None:
+        data, _, _ = prepare_data(cfg)
+    split = make_split(data.spec, cfg.split)
+    e = cfg.evaluate
+    oracle, oracle_acc = get_oracle(run, cfg, data, progress)
+    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed)
+    samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed)
+    grid, captions = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
+    save_png(grid, run / FIGURES / "counterfactuals.png")
+    sgrid, sinfo = sample_grid(model, data, split, e.steps, cfg.train.seed)
+    save_png(sgrid, run / FIGURES / "samples.png")
+    metrics = {
+        "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "steps": e.steps, "guidance": e.guidance},
+        "reconstruction_mse": cf["reconstruction"]["mse"],
+        "reconstruction": cf["reconstruction"],
+        "samples": samples,
+        "oracle_accuracy": oracle_acc,
+        "split": split.to_json(),
+        "figures": {"counterfactuals": {"file": f"{FIGURES}/counterfactuals.png", "columns": ["source", "reconstruction"] + data.spec.names, "rows": captions},
+                    "samples": {"file": f"{FIGURES}/samples.png", **sinfo}},
+        "training": training_curves(run / "train_log.jsonl"),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics

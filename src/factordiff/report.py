@@ -1,0 +1,130 @@
+"""``RUN/report.html``: one self-contained page (images inlined) built from ``RUN/metrics.json``,
+which holds every number the page shows, and the PNG figures in ``RUN/figures``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from factordiff.checkpoint import atomic_write_text, read_json
+from factordiff.errors import FactordiffError
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0}td,th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
+th:first-child,td:first-child{text-align:left}.good{color:#137333}.bad{color:#b3261e}
+img{image-rendering:pixelated;max-width:100%}.note{color:#555;font-size:.92em}
+"""
+
+
+def training_curves(log_path: Path, points: int = 200) -> dict[str, list[list[float]]]:
+    """Per stage, (step, mean loss) pairs averaged over windows so each stage has about ``points``."""
+    by_stage: dict[str, list[tuple[int, float]]] = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_stage.setdefault(row["stage"], []).append((row["step"], row["loss"]))
+    curves = {}
+    for stage, rows in by_stage.items():
+        w = max(1, len(rows) // points)
+        curves[stage] = [[rows[min(i + w, len(rows)) - 1][0], sum(r[1] for r in rows[i : i + w]) / len(rows[i : i + w])] for i in range(0, len(rows), w)]
+    return curves
+
+
+def _svg_curve(points: list[list[float]], title: str, width: int = 330, height: int = 180) -> str:
+    if len(points) < 2:
+        return ""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    lo, hi = min(ys), max(ys)
+    span_x, span_y = max(xs) - min(xs) or 1, hi - lo or 1
+    pts = " ".join(f"{30 + (x - min(xs)) / span_x * (width - 40):.1f},{10 + (hi - y) / span_y * (height - 40):.1f}" for x, y in points)
+    return (
+        f'<svg width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>'
+        f'<polyline fill="none" stroke="#1a73e8" stroke-width="1.5" points="{pts}"/>'
+        f'<text x="30" y="{height - 12}" font-size="11">step {min(xs)}–{max(xs)}</text>'
+        f'<text x="{width - 10}" y="{height - 12}" font-size="11" text-anchor="end">{html.escape(title)}</text>'
+        f'<text x="2" y="14" font-size="10">{hi:.3g}</text><text x="2" y="{height - 28}" font-size="10">{lo:.3g}</text></svg>'
+    )
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return html.escape(str(v))
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f"<p class=note>({html.escape(alt)}: figure missing)</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _counterfactual_table(cf: dict) -> str:
+    kinds = [k for k in ("seen", "heldout") if cf.get(k)]
+    if not kinds:
+        return "<p>No counterfactuals were evaluated.</p>"
+    factors = list(cf[kinds[0]]["effectiveness_by_factor"])
+    head = "".join(f"<th>{k} effectiveness</th><th>{k} preservation</th>" for k in kinds)
+    rows = []
+    for name in factors:
+        cells = "".join(f"<td>{_fmt(cf[k]['effectiveness_by_factor'].get(name))}</td><td>{_fmt(cf[k]['preservation_by_factor'].get(name))}</td>" for k in kinds)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    mean = "".join(f"<td><b>{_fmt(cf[k]['effectiveness'])}</b></td><td><b>{_fmt(cf[k]['preservation'])}</b></td>" for k in kinds)
+    edits = "".join(f"<td colspan=2>{cf[k]['edits']}</td>" for k in kinds)
+    return f"<table><tr><th>factor</th>{head}</tr>{''.join(rows)}<tr><td><b>mean</b></td>{mean}</tr><tr><td>edits</td>{edits}</tr></table>"
+
+
+def _kv_table(d: dict) -> str:
+    return "<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in d.items() if not isinstance(v, (dict, list))) + "</table>"
+
+
+def build_report(run: Path) -> Path:
+    """Write ``RUN/report.html`` from ``RUN/metrics.json`` and the figures; returns its path."""
+    run = Path(run)
+    if not (run / "metrics.json").is_file():
+        raise FactordiffError(f"{run}: no metrics.json; run factordiff evaluate {run} first")
+    m = read_json(run / "metrics.json")
+    cf = m.get("counterfactual", {})
+    parts = [f"<h1>factordiff report: {html.escape(run.name)}</h1>"]
+    parts.append(f"<p class=note>Held-out split: {html.escape(m.get('split', {}).get('description', '–'))}. "
+                 f"Edits: DDIM inversion and regeneration in {cf.get('steps', '–')} steps, guidance {cf.get('guidance', '–')} on the changed factor.</p>")
+    parts.append("<h2>Counterfactuals, judged by the oracle</h2>")
+    parts.append("<p class=note><i>Effectiveness</i>: share of edits of a factor that the oracle reads as the requested value. "
+                 "<i>Preservation</i>: share of edits of the other factors after which the oracle still reads this factor as in the source. "
+                 "<i>seen</i>: the edited combination was in the training data; <i>heldout</i>: it was held out from every learning stage.</p>")
+    parts.append(_counterfactual_table(cf))
+    figs = m.get("figures", {})
+    if "counterfactuals" in figs:
+        f = figs["counterfactuals"]
+        parts.append("<h2>Counterfactual grid</h2><p class=note>Rows: source images (seen combinations). Columns: "
+                     + ", ".join(html.escape(c) for c in f["columns"]) + " — each factor column shows the source with that factor changed.</p>")
+        parts.append(_img(run / f["file"], "counterfactual grid"))
+    if "samples" in figs:
+        f = figs["samples"]
+        parts.append(f"<h2>Samples</h2><p class=note>Generated from noise under prototype codes: rows {html.escape(f['rows'])}, columns {html.escape(f['columns'])}; "
+                     "other factors fixed; held-out combinations outlined in red.</p>")
+        parts.append(_img(run / f["file"], "sample grid"))
+    s = m.get("samples", {})
+    if s:
+        parts.append("<h2>Sample accuracy</h2><table><tr><th>combinations</th><th>all factors right</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in next(iter(s.values()))["by_factor"]) + "</tr>")
+        for kind, v in s.items():
+            parts.append(f"<tr><td>{kind}</td><td>{_fmt(v['all_factors'])}</td>" + "".join(f"<td>{_fmt(x)}</td>" for x in v["by_factor"].values()) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Reconstruction and oracle</h2>")
+    parts.append("<p class=note>DDIM inversion followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {})))
+    parts.append("<p class=note>Oracle accuracy per factor on fresh real images.</p>" + _kv_table(m.get("oracle_accuracy", {})))
+    curves = m.get("training", {})
+    if curves:
+        parts.append("<h2>Training</h2>" + "".join(_svg_curve(pts, f"{stage} loss") for stage, pts in curves.items()))
+    page = f"<!doctype html><html><head><meta charset=utf-8><title>factordiff {html.escape(run.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    out = run / "report.html"
+    atomic_write_text(out, page)
+    return out

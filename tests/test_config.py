@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from factordiff import FactordiffError
+from factordiff.config import RunConfig, load_config
+
+
+def test_defaults_and_json_round_trip(tmp_path):
+    cfg = load_config()
+    assert isinstance(cfg, RunConfig) and cfg.denoiser.prediction_type == "v_prediction"
+    cfg.save(tmp_path / "c.json")
+    assert load_config(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".json", '{"train": {"seed": 3}, "split": {"kind": "composition", "factors": ["a", "b"]}}'),
+    (".toml", '[train]\nseed = 3\n[split]\nkind = "composition"\nfactors = ["a", "b"]\n'),
+    (".yaml", "train:\n  seed: 3\nsplit:\n  kind: composition\n  factors: [a, b]\n"),
+])
+def test_formats(tmp_path, suffix, text):
+    (tmp_path / f"c{suffix}").write_text(text)
+    cfg = load_config(tmp_path / f"c{suffix}")
+    assert cfg.train.seed == 3 and cfg.split.factors == ("a", "b")
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"train": {"sed": 3}}, r"config.train.sed: unknown field"),
+    ({"trian": {}}, r"config.trian: unknown field"),
+    ({"train": {"seed": "3"}}, r"config.train.seed: expected an integer, got '3'"),
+    ({"denoiser": {"lr": "fast"}}, r"config.denoiser.lr: expected a number, got 'fast'"),
+    ({"autoencoder": {"enabled": "yes"}}, r"config.autoencoder.enabled: expected true or false"),
+    ({"denoiser": {"prediction_type": "x0"}}, r"config.denoiser.prediction_type: expected one of"),
+    ({"denoiser": {"block_out_channels": [16, "x"]}}, r"config.denoiser.block_out_channels\[1\]: expected an integer"),
+    ({"distill": {"steps": 0}}, r"config.distill.steps: expected a positive number"),
+    ({"train": 5}, r"config.train: expected a mapping"),
+    ({"split": {"kind": "diagonal"}}, r"config.split.kind: expected one of"),
+])
+def test_bad_fields_are_named(tmp_path, data, message):
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    with pytest.raises(FactordiffError, match=message):
+        load_config(tmp_path / "c.json")
+
+
+def test_bad_syntax_names_the_file(tmp_path):
+    (tmp_path / "c.json").write_text("{train: ")
+    with pytest.raises(FactordiffError, match=r"c.json: not valid JSON"):
+        load_config(tmp_path / "c.json")
+    (tmp_path / "c.ini").write_text("")
+    with pytest.raises(FactordiffError, match=r"expected a .json, .toml, .yaml or .yml file"):
+        load_config(tmp_path / "c.ini")

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from factordiff import Factor, FactorSpec, FactordiffError
+
+
+def spec() -> FactorSpec:
+    return FactorSpec((Factor("hue", (0.0, 0.5, 1.0), "ordinal"), Factor("shape", ("cube", "ball"))))
+
+
+def test_index_matches_numbers_and_strings():
+    s = spec()
+    assert s["hue"].index("0.5") == 1 and s["hue"].index(1.0) == 2
+    assert s["shape"].index("ball") == 1
+
+
+def test_unknown_value_and_factor_name_what_was_expected():
+    s = spec()
+    with pytest.raises(FactordiffError, match=r"factor hue: unknown value '0.7'; expected one of 0.0, 0.5, 1.0"):
+        s["hue"].index("0.7")
+    with pytest.raises(FactordiffError, match=r"unknown factor 'colour'; expected one of hue, shape"):
+        s.position("colour")
+
+
+def test_grid_is_row_major_with_last_factor_fastest():
+    g = spec().grid()
+    assert g.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1], [2, 0], [2, 1]]
+    assert spec().ravel(g).tolist() == list(range(6))
+
+
+def test_json_round_trip():
+    s = spec()
+    assert FactorSpec.from_json(s.to_json()) == s
+
+
+def test_check_indices_rejects_out_of_range():
+    with pytest.raises(FactordiffError, match="out of range"):
+        spec().check_indices(np.array([[3, 0]]))
