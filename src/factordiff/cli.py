@@ -62,6 +62,16 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {build_report(Path(args.run))}")
 
 
+def _cmd_analyze(args: argparse.Namespace) -> None:
+    from factordiff.evaluate.analysis import analyze_run
+    from factordiff.report import build_report
+
+    a = analyze_run(Path(args.run), images=args.images, metric_scale=args.metric_scale)
+    for variant, scores in a["disentanglement"].items():
+        print(variant, " ".join(f"{k}={v:.3f}" for k, v in scores.items() if isinstance(v, float)))
+    print(f"report: {build_report(Path(args.run))}")
+
+
 def _cmd_counterfactual(args: argparse.Namespace) -> None:
     from factordiff.data.images import read_image
     from factordiff.edit import edit_image, fit_image, parse_sets
@@ -154,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/report.html from RUN/metrics.json")
     p.add_argument("run")
     p.set_defaults(handler=_cmd_report)
+
+    p = sub.add_parser("analyze", help="latent-space analysis (metrics, traversals, interpolations, probes, projections) into the report")
+    p.add_argument("run")
+    p.add_argument("--images", type=_positive_int, default=5000, help="images whose codes are analysed (default 5000)")
+    p.add_argument("--metric-scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)")
+    p.set_defaults(handler=_cmd_analyze)
 
     p = sub.add_parser("disentanglement", help="disentanglement_lib metrics of any codes")
     p.add_argument("codes", help="CODES.npy, (N, D) float")

@@ -60,26 +60,29 @@ class DistillConfig:
 
 @dataclass
 class AutoencoderConfig:
-    """The latent autoencoder (diffusers AutoencoderKL, small widths); ``enabled=False`` means pixel space.
+    """The latent autoencoder; ``enabled=False`` means pixel-space diffusion.
 
     Args:
+        kind: ``conv`` (factordiff's compact residual autoencoder) or ``kl`` (diffusers AutoencoderKL).
         block_out_channels: channels per resolution level; the image is downsampled
             ``len(block_out_channels) - 1`` times.
+        layers_per_block: residual blocks per level.
         latent_channels: channels of the latent.
-        feature_weight: weight of the distiller-feature loss that keeps factor information.
-        kl_weight: weight of the KL term of the variational autoencoder.
+        feature_weight: weight of the distiller-probability divergence that keeps factor information.
+        latent_weight: weight of the latent regulariser (L2 for ``conv``, KL for ``kl``).
     """
 
     enabled: bool = True
+    kind: Literal["conv", "kl"] = "conv"
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     layers_per_block: int = 1
     latent_channels: int = 4
-    steps: int = 4000
-    budget: float = 0.25
-    batch_size: int = 64
+    steps: int = 20000
+    budget: float = 0.3
+    batch_size: int = 32
     lr: float = 1e-3
-    feature_weight: float = 0.1
-    kl_weight: float = 1e-6
+    feature_weight: float = 0.3
+    latent_weight: float = 1e-4
 
 
 @dataclass
@@ -144,7 +147,7 @@ class EvaluateConfig:
     sources: int = 100
     steps: int = 50
     guidance: float = 1.0
-    oracle_steps: int = 2000
+    oracle_steps: int = 1500
     oracle_images: int = 60000
 
 
@@ -244,7 +247,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 _POSITIVE = {"size", "code_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden"}
-_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "kl_weight", "budget", "grad_clip", "threads", "minutes", "guidance"}
+_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factordiff.checkpoint import atomic_write_json, load_tensors
+from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset, load_data
 from factordiff.data.splits import Split, make_split
@@ -86,12 +86,14 @@ def _stage_done(run: Path, name: str) -> bool:
 
 
 def _save_part(run: Path, name: str, module: torch.nn.Module, log: list[dict]) -> None:
-    from factordiff.checkpoint import atomic_save_tensors
-
+    """Write a finished stage: its log, then its weights (whose presence marks the stage done)."""
+    atomic_write_text(run / "logs" / f"{name}.jsonl", "".join(json.dumps({"stage": name, **row}) + "\n" for row in log))
     atomic_save_tensors(module.state_dict(), run / "model" / f"{name}.safetensors")
-    with open(run / "train_log.jsonl", "a") as f:
-        for row in log:
-            f.write(json.dumps({"stage": name, **row}) + "\n")
+
+
+def _join_logs(run: Path) -> None:
+    parts = [run / "logs" / f"{name}.jsonl" for name in STAGES]
+    atomic_write_text(run / "train_log.jsonl", "".join(p.read_text() for p in parts if p.is_file()))
 
 
 def _load_part(run: Path, name: str, module: torch.nn.Module) -> torch.nn.Module:
@@ -105,7 +107,9 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     if run.exists() and any(run.iterdir()) and not resume:
         raise FactordiffError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose another --out")
     if resume and not (run / "run_config.json").is_file():
-        raise FactordiffError(f"{run}: no run_config.json; nothing to resume (start it without --resume)")
+        if run.exists() and any(run.iterdir()):
+            raise FactordiffError(f"{run}: not a factordiff run folder (no run_config.json); nothing to resume")
+        resume = False  # killed before anything was written: start afresh
     if resume:
         saved = json.loads((run / "run_config.json").read_text())
         if saved != cfg.to_json():
@@ -116,7 +120,6 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         cfg.save(run / "run_config.json")
-        (run / "train_log.jsonl").write_text("")
         atomic_write_json(run / "split.json", split.to_json())
     shape = ModelShape(train.channels, train.size)
     budget = _Budget(cfg.train.minutes, {"distiller": cfg.distill.budget, "autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled else 0.0, "denoiser": cfg.denoiser.budget})
@@ -143,12 +146,12 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
             step = AutoencoderStep(autoencoder, distiller, a)
             stage = Stage("autoencoder", step, list(autoencoder.parameters()), ArrayBatches({"images": images}, a.batch_size, cfg.train.seed + 1),
                           a.steps, a.lr, budget.seconds("autoencoder"), ema_decay=0.999, images_per_step=a.batch_size)
-            _save_part(run, "autoencoder", run_stage(stage, opts).step_module.vae, stage.log)
+            _save_part(run, "autoencoder", run_stage(stage, opts).step_module.autoencoder, stage.log)
         else:
             budget.seconds("autoencoder")
         autoencoder = _load_part(run, "autoencoder", autoencoder)
         with torch.no_grad():
-            means = map_batches(lambda b: autoencoder.encode(to_unit(b)).latent_dist.mean, images[:4096])
+            means = map_batches(lambda b: autoencoder.encode(to_unit(b)), images[:4096])
         shape.latent_scale = float(1.0 / means.std())
 
     torch.manual_seed(cfg.train.seed + 2)
@@ -169,4 +172,5 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     model = FactorModel(cfg, train.spec, shape, distiller, autoencoder, denoiser)
     model.set_prototypes(model.codes(dataset.images), dataset.factors)
     model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})
+    _join_logs(run)
     return FitResult(model, run, split, train, dataset)

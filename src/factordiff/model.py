@@ -128,13 +128,13 @@ class FactorModel:
         """Images in [-1, 1] -> the denoiser's space (scaled latent means, or the images)."""
         if self.autoencoder is None:
             return x
-        return map_batches(lambda b: self.autoencoder.encode(b).latent_dist.mean * self.shape.latent_scale, x)
+        return map_batches(lambda b: self.autoencoder.encode(b) * self.shape.latent_scale, x)
 
     @torch.no_grad()
     def from_latent(self, z: torch.Tensor) -> torch.Tensor:
         if self.autoencoder is None:
             return z
-        return map_batches(lambda b: self.autoencoder.decode(b / self.shape.latent_scale).sample, z)
+        return map_batches(lambda b: self.autoencoder.decode(b / self.shape.latent_scale), z)
 
     # --- diffusion -------------------------------------------------------------------------
     @torch.no_grad()

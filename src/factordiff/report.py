@@ -86,6 +86,35 @@ def _kv_table(d: dict) -> str:
     return "<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in d.items() if not isinstance(v, (dict, list))) + "</table>"
 
 
+def _analysis_section(run: Path, a: dict) -> str:
+    parts = ["<h2>Latent space</h2>"]
+    dis = a.get("disentanglement", {})
+    if dis:
+        keys = [k for k in dis["raw"] if k != "settings"]
+        variants = list(dis)
+        parts.append("<p class=note>disentanglement_lib protocols on the codes of "
+                     f"{a.get('images')} images; <i>first_pc</i>: each code block reduced to its first principal component (as DisDiff reports).</p>")
+        parts.append("<table><tr><th>metric</th>" + "".join(f"<th>{v}</th>" for v in variants) + "</tr>"
+                     + "".join(f"<tr><td>{k}</td>" + "".join(f"<td>{_fmt(dis[v].get(k))}</td>" for v in variants) + "</tr>" for k in keys) + "</table>")
+    pr = a.get("probes", {})
+    if pr:
+        cols = list(next(iter(pr.values())))
+        parts.append("<p class=note>Probes from codes to factors: logistic regression (held-out accuracy) and 5-way few-shot nearest-centroid accuracy.</p>")
+        parts.append("<table><tr><th>factor</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+                     + "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(v[c])}</td>" for c in cols) + "</tr>" for n, v in pr.items()) + "</table>")
+    figs = a.get("figures", {})
+    if "traversals" in figs:
+        parts.append("<h3>Traversals</h3><p class=note>One row per code block (" + ", ".join(map(html.escape, figs["traversals"]["rows"])) + "), moved from its lowest to its highest value.</p>" + _img(run / figs["traversals"]["file"], "traversals"))
+    if "interpolations" in figs:
+        sm = a.get("interpolation_smoothness", {})
+        spreads = ", ".join(f"{p['spread']:.3f}" for p in sm.get("paths", []))
+        parts.append(f"<h3>Interpolations</h3><p class=note>Codes interpolated linearly, x_T spherically. Smoothness spread per row (std/mean of consecutive feature distances; 0 = constant speed): {spreads}. "
+                     f"Perceptual path length: {_fmt(a.get('perceptual_path_length'))}.</p>" + _img(run / figs["interpolations"]["file"], "interpolations"))
+    if "projections" in figs:
+        parts.append("<h3>Projections</h3><p class=note>Rows: code blocks (first two principal components); columns: coloured by " + ", ".join(map(html.escape, figs["projections"]["columns"])) + ".</p>" + _img(run / figs["projections"]["file"], "projections"))
+    return "".join(parts)
+
+
 def build_report(run: Path) -> Path:
     """Write ``RUN/report.html`` from ``RUN/metrics.json`` and the figures; returns its path."""
     run = Path(run)
@@ -124,6 +153,8 @@ def build_report(run: Path) -> Path:
     curves = m.get("training", {})
     if curves:
         parts.append("<h2>Training</h2>" + "".join(_svg_curve(pts, f"{stage} loss") for stage, pts in curves.items()))
+    if "analysis" in m:
+        parts.append(_analysis_section(run, m["analysis"]))
     page = f"<!doctype html><html><head><meta charset=utf-8><title>factordiff {html.escape(run.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     out = run / "report.html"
     atomic_write_text(out, page)

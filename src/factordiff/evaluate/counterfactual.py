@@ -33,7 +33,7 @@ from factordiff.train import ArrayBatches, LoopOptions, Stage, map_batches, run_
 class Oracle(nn.Module):
     """Image -> one classifier per factor (evaluation only)."""
 
-    def __init__(self, sizes: list[int], in_channels: int, size: int, width: int = 32):
+    def __init__(self, sizes: list[int], in_channels: int, size: int, width: int = 16):
         super().__init__()
         self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
         self.heads = nn.ModuleList(nn.Linear(256, n) for n in sizes)

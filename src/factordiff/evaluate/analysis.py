@@ -1,0 +1,89 @@
+"""``analyze_run(RUN)``: the latent-space analysis of a run, added to ``RUN/metrics.json`` (key
+``analysis``) and ``RUN/figures/``, and so to the report.
+
+Disentanglement metrics of the model's codes (disentanglement_lib protocols, raw and with each block
+reduced to its first principal component), traversals of every block, interpolation strips with
+their smoothness, a perceptual-path-length estimate, linear and few-shot probes, projections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from factordiff.checkpoint import atomic_write_json, read_json
+from factordiff.data.splits import make_split
+from factordiff.errors import FactordiffError
+from factordiff.evaluate import latent
+from factordiff.evaluate.disentanglement import score_all
+from factordiff.evaluate.suite import FIGURES, _tile, get_oracle, load_run, save_png
+
+
+def code_metrics(codes: np.ndarray, factors: np.ndarray, scale: float = 1.0, seed: int = 0) -> dict:
+    """disentanglement_lib metrics on flattened codes, raw and first-principal-component per block."""
+    n, k, d = codes.shape
+    flat = codes.reshape(n, k * d).astype(np.float64)
+    raw = score_all(flat, factors, blocks=[d] * k, first_pc=False, scale=scale, seed=seed)
+    out = {"raw": raw}
+    if d > 1:
+        out["first_pc"] = score_all(flat, factors, blocks=[d] * k, first_pc=True, scale=scale, seed=seed)
+    return out
+
+
+def probes(codes: np.ndarray, factors: np.ndarray, names: list[str], seed: int = 0) -> dict:
+    flat = codes.reshape(len(codes), -1)
+    linear = latent.linear_probe(flat, factors, seed)
+    return {
+        name: {"linear": linear[k], **{f"5way_{s}shot": latent.few_shot(flat, factors[:, k], s, seed=seed) for s in (1, 5, 10)}}
+        for k, name in enumerate(names)
+    }
+
+
+def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps: int | None = None, progress: bool = True) -> dict:
+    """Compute the analysis and merge it into ``RUN/metrics.json``; returns the analysis section."""
+    from factordiff.fit import prepare_data
+
+    run = Path(run)
+    cfg, model = load_run(run)
+    if not (run / "metrics.json").is_file():
+        raise FactordiffError(f"{run}: no metrics.json; run factordiff evaluate {run} first")
+    data, _, _ = prepare_data(cfg)
+    split = make_split(data.spec, cfg.split)
+    steps = steps or cfg.evaluate.steps
+    rng = np.random.default_rng(cfg.train.seed + 11)
+    rows = np.sort(rng.choice(len(data), min(images, len(data)), replace=False))
+    codes = model.codes(data.images[rows]).numpy()
+    factors = data.factors[rows]
+    oracle, _ = get_oracle(run, cfg, data, progress)
+    extractor = oracle.backbone
+
+    seen = np.flatnonzero(~split.heldout(data.factors))
+    source = data.images[rng.choice(seen)]
+    frames = 8
+    trav = [latent.traversal(model, source, k, latent.block_axis(model, model.codes(data.images[rows[:512]]), k, frames), steps) for k in range(len(data.spec))]
+    save_png(_tile(np.concatenate(trav), len(trav), frames), run / FIGURES / "traversals.png")
+
+    pairs = rng.choice(seen, (3, 2), replace=False)
+    strips, smooth = [], []
+    for a, b in pairs:
+        path = latent.interpolation(model, data.images[a], data.images[b], frames, steps)
+        strips.append(path)
+        smooth.append(latent.path_smoothness(extractor, path))
+    save_png(_tile(np.concatenate(strips), len(strips), frames), run / FIGURES / "interpolations.png")
+    save_png(latent.block_projections(codes, factors), run / FIGURES / "projections.png", scale=1)
+
+    analysis = {
+        "disentanglement": code_metrics(codes, factors, metric_scale, cfg.train.seed),
+        "probes": probes(codes, factors, data.spec.names, cfg.train.seed),
+        "interpolation_smoothness": {"paths": smooth, "mean_spread": float(np.mean([s["spread"] for s in smooth]))},
+        "perceptual_path_length": latent.perceptual_path_length(model, extractor, data.images[seen], steps=min(steps, 20), seed=cfg.train.seed),
+        "images": len(rows),
+        "figures": {"traversals": {"file": f"{FIGURES}/traversals.png", "rows": data.spec.names, "frames": frames},
+                    "interpolations": {"file": f"{FIGURES}/interpolations.png", "pairs": [[int(a), int(b)] for a, b in pairs]},
+                    "projections": {"file": f"{FIGURES}/projections.png", "rows": "code blocks", "columns": data.spec.names}},
+    }
+    metrics = read_json(run / "metrics.json")
+    metrics["analysis"] = analysis
+    atomic_write_json(run / "metrics.json", metrics)
+    return analysis
