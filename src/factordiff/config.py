@@ -23,13 +23,13 @@ from factordiff.errors import FactordiffError
 class DataConfig:
     """Args:
     source: ``shapes``, ``h5:FILE`` or ``table:FILE.csv``.
-    size: image height and width in pixels the models work at.
+    size: image height and width the models work at (None: 32 for the replica, else the files' size).
     n: number of images (shapes: rendered combinations; h5: sampled rows; None: all).
     factors: factor columns of a table (None: all non-image columns).
     """
 
     source: str = "shapes"
-    size: int = 32
+    size: int | None = None
     n: int | None = 60000
     factors: list[str] | None = None
 
@@ -49,9 +49,9 @@ class DistillConfig:
     """
 
     code_dims: int = 4
-    width: int = 32
-    steps: int = 3000
-    budget: float = 0.1
+    width: int = 16
+    steps: int = 1500
+    budget: float = 0.08
     batch_size: int = 128
     lr: float = 2e-3
     adversary_weight: float = 0.1
@@ -77,11 +77,11 @@ class AutoencoderConfig:
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     layers_per_block: int = 1
     latent_channels: int = 4
-    steps: int = 20000
+    steps: int = 6000
     budget: float = 0.3
     batch_size: int = 32
     lr: float = 1e-3
-    feature_weight: float = 0.3
+    feature_weight: float = 0.1
     latent_weight: float = 1e-4
 
 
@@ -100,8 +100,8 @@ class DenoiserConfig:
         train_base: train the UNet with the adapter (joint); False freezes the base.
     """
 
-    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 256])
-    layers_per_block: int = 2
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    layers_per_block: int = 1
     attention: bool = False
     prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
@@ -109,10 +109,10 @@ class DenoiserConfig:
     adapter_hidden: int = 256
     cond_dropout: float = 0.1
     train_base: bool = True
-    steps: int = 100000
-    budget: float = 0.65
+    steps: int = 24000
+    budget: float = 0.62
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 4e-4
     ema_decay: float = 0.999
 
 
@@ -146,7 +146,7 @@ class EvaluateConfig:
 
     sources: int = 100
     steps: int = 50
-    guidance: float = 1.0
+    guidance: float = 2.0
     oracle_steps: int = 1500
     oracle_images: int = 60000
 

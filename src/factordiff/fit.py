@@ -69,6 +69,8 @@ class _Budget:
 def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
     """Load the data and remove the held-out combinations: (all data, split, training data)."""
     data = load_data(cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed)
+    if data.size < 16 or data.size & (data.size - 1):
+        raise FactordiffError(f"{data.source}: images are {data.size}x{data.size}; the models need a power of two of at least 16 (set --size)")
     split = make_split(data.spec, cfg.split)
     train = data.subset(~split.heldout(data.factors))
     if len(train) == 0:

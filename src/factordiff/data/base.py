@@ -51,9 +51,10 @@ class FactorDataset:
         return FactorDataset(self.images[mask_or_index], self.factors[mask_or_index], self.spec, self.source)
 
 
-def load_data(ref: str, size: int = 32, factors: list[str] | None = None, n: int | None = None, seed: int = 0) -> FactorDataset:
+def load_data(ref: str, size: int | None = None, factors: list[str] | None = None, n: int | None = None, seed: int = 0) -> FactorDataset:
     """Load a dataset from a reference string.
 
+    ``size`` is the image size to return (None: 32 for the replica, the files' own size otherwise).
     ``shapes`` renders the built-in 3D Shapes replica (``n`` images, all combinations when None);
     ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
     factor table (``factors`` names the factor columns).
@@ -62,7 +63,7 @@ def load_data(ref: str, size: int = 32, factors: list[str] | None = None, n: int
     if kind == "shapes" and not arg:
         from factordiff.data.shapes import replica
 
-        return replica(size=size, n=n, seed=seed)
+        return replica(size=size or 32, n=n, seed=seed)
     if kind == "h5" and arg:
         from factordiff.data.shapes import read_h5
 
@@ -72,7 +73,7 @@ def load_data(ref: str, size: int = 32, factors: list[str] | None = None, n: int
         from factordiff.data.table import read_table
 
         data = read_table(Path(arg), factors=factors)
-        if data.size != size:
+        if size is not None and data.size != size:
             if data.size % size:
                 raise FactordiffError(f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)")
             data.images = resize_images(data.images, size)

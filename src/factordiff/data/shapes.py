@@ -262,7 +262,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def read_h5(path: Path, size: int = 64, n: int | None = None, seed: int = 0) -> FactorDataset:
+def read_h5(path: Path, size: int | None = None, n: int | None = None, seed: int = 0) -> FactorDataset:
     """Read DeepMind's ``3dshapes.h5``: ``images`` (N, 64, 64, 3) uint8 and ``labels`` (N, 6) raw values."""
     import h5py
 
@@ -287,4 +287,4 @@ def read_h5(path: Path, size: int = 64, n: int | None = None, seed: int = 0) -> 
             rows = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
         imgs, labs = images[rows], np.asarray(labels[rows], dtype=np.float64)
     spec = shapes_spec()
-    return FactorDataset(resize_images(imgs, size), labels_to_indices(labs, spec, str(path)), spec, str(path))
+    return FactorDataset(resize_images(imgs, size or imgs.shape[1]), labels_to_indices(labs, spec, str(path)), spec, str(path))

@@ -46,7 +46,7 @@ def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> Facto
     if cfg.data.source == "shapes":
         from factordiff.data.shapes import replica
 
-        return replica(cfg.data.size, n=n, seed=seed)
+        return replica(data.size, n=n, seed=seed)
     return data
 
 
