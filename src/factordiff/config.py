@@ -117,6 +117,33 @@ class DenoiserConfig:
 
 
 @dataclass
+class UnsupervisedConfig:
+    """The unsupervised encoder (PDAE gradient estimator on a frozen base, DiffSiam segments).
+
+    With ``enabled``, no factor label reaches training: the stages are the autoencoder, the
+    unconditional base denoiser (the ``denoiser`` section) and then this encoder with its branch.
+
+    Args:
+        segments: S, code segments switched on progressively with the time step.
+        code_dims: dimensions of each segment.
+        width: channels of the encoder's first convolution.
+        branch_channels: UNet channels of the gradient-estimator branch.
+        snr_gamma: gamma of PDAE's loss weight snr^gamma / (1 + snr).
+    """
+
+    enabled: bool = False
+    segments: int = 6
+    code_dims: int = 4
+    width: int = 16
+    branch_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    steps: int = 12000
+    budget: float = 0.4
+    batch_size: int = 64
+    lr: float = 4e-4
+    snr_gamma: float = 0.1
+
+
+@dataclass
 class TrainConfig:
     """Args:
     minutes: wall-clock budget of the whole fit (None: run every stage to its ``steps``).
@@ -158,6 +185,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    unsupervised: UnsupervisedConfig = field(default_factory=UnsupervisedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -246,8 +274,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     return obj
 
 
-_POSITIVE = {"size", "code_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden"}
-_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance"}
+_POSITIVE = {"size", "code_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden", "segments"}
+_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance", "snr_gamma"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:

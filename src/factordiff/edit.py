@@ -44,13 +44,14 @@ def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | Non
     a reference image has (its code blocks). Returns the edited (H, W, C) uint8 image."""
     codes = model.codes(image[None])
     new = codes.clone()
+    blocks = model.factor_blocks
     for k, v in (sets or {}).items():
-        new[0, k] = model.prototype(k, v)
+        new[0, blocks[k]] = model.prototype(k, v)
     if reference is not None:
         ref = model.codes(reference[None])
         for k in factors or []:
-            new[0, k] = ref[0, k]
-    changed = sorted(set(sets or {}) | set(factors or []))
+            new[0, blocks[k]] = ref[0, blocks[k]]
+    changed = sorted({blocks[k] for k in set(sets or {}) | set(factors or [])})
     if not changed:
         raise FactordiffError("nothing to change: pass --set FACTOR=VALUE or --from REF.png --factor FACTOR")
     from factordiff.diffusion.guidance import Guidance

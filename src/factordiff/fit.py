@@ -1,8 +1,13 @@
 """``fit(config, out)``: train a FactorModel in three stages through the one training loop.
 
-1. the factor distiller on the training images and their labels;
-2. the latent autoencoder (skipped in pixel space), with the frozen distiller's codes in its loss;
-3. the denoiser and its adapter on (latent, codes) pairs of the training images.
+Supervised (the default):
+1. ``distiller``: the factor distiller on the training images and their labels;
+2. ``autoencoder``: the latent autoencoder (skipped in pixel space), with the frozen distiller in its loss;
+3. ``denoiser``: the UNet and its adapter on (latent, codes) pairs of the training images.
+
+Unsupervised (``unsupervised.enabled``; no label reaches any stage):
+1. ``autoencoder`` without the distiller term; 2. ``base``: an unconditional denoiser;
+3. ``encoder``: the segment encoder and the gradient-estimator branch on the frozen base.
 
 Held-out combinations are removed before stage 1; no stage sees them. Each finished stage's weights
 are written to ``RUN/model/`` and read back by the next stage, so a resumed run continues from
@@ -21,16 +26,17 @@ import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
-from factordiff.config import RunConfig
+from factordiff.config import RunConfig, from_dict
 from factordiff.data.base import FactorDataset, load_data
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.errors import FactordiffError
-from factordiff.model import FactorModel, ModelShape, build_denoiser, build_distiller, to_unit
+from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
+from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, map_batches, run_stage
 
-STAGES = ("distiller", "autoencoder", "denoiser")
+STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
 
 
 class DistillStep(torch.nn.Module):
@@ -103,19 +109,103 @@ def _load_part(run: Path, name: str, module: torch.nn.Module) -> torch.nn.Module
     return module.eval().requires_grad_(False)
 
 
-def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None) -> FitResult:
-    """Train every stage of a FactorModel into run folder ``out``; returns the trained model."""
-    run = Path(out)
+def _check_run_folder(cfg: RunConfig, run: Path, resume: bool) -> bool:
+    """Refuse to overwrite a run; on --resume, insist on the same config. Returns whether to resume."""
     if run.exists() and any(run.iterdir()) and not resume:
         raise FactordiffError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose another --out")
     if resume and not (run / "run_config.json").is_file():
         if run.exists() and any(run.iterdir()):
             raise FactordiffError(f"{run}: not a factordiff run folder (no run_config.json); nothing to resume")
-        resume = False  # killed before anything was written: start afresh
+        return False  # killed before anything was written: start afresh
     if resume:
-        saved = json.loads((run / "run_config.json").read_text())
-        if saved != cfg.to_json():
+        saved = from_dict(RunConfig, json.loads((run / "run_config.json").read_text()), str(run / "run_config.json"))
+        if saved.to_json() != cfg.to_json():
             raise FactordiffError(f"{run}: --resume with a config different from the run's run_config.json; pass the same options")
+    return resume
+
+
+@dataclass
+class _Fit:
+    """What every stage needs: the run folder, config, loop options, budget and training tensors."""
+
+    cfg: RunConfig
+    run: Path
+    opts: LoopOptions
+    budget: _Budget
+    train: FactorDataset
+    shape: ModelShape
+
+    @property
+    def images(self) -> torch.Tensor:
+        return torch.from_numpy(self.train.images)
+
+    def stage(self, name: str, step_module: torch.nn.Module, part: torch.nn.Module, trainable: list, tensors: dict, section, seed_offset: int, ema_decay: float = 0.999, warmup: int = 100) -> torch.nn.Module:
+        """Train one stage unless it is done, then load its saved part read-only."""
+        if not _stage_done(self.run, name):
+            batches = ArrayBatches(tensors, section.batch_size, self.cfg.train.seed + seed_offset)
+            stage = Stage(name, step_module, trainable, batches, section.steps, section.lr, self.budget.seconds(name), ema_decay=ema_decay, warmup=warmup, images_per_step=section.batch_size)
+            run_stage(stage, self.opts)
+            _save_part(self.run, name, part, stage.log)
+        else:
+            self.budget.seconds(name)
+        return _load_part(self.run, name, part)
+
+
+def _train_distiller(f: _Fit) -> torch.nn.Module:
+    torch.manual_seed(f.cfg.train.seed)
+    distiller = build_encoder(f.cfg, f.train.spec, f.shape)
+    tensors = {"images": f.images, "factors": torch.from_numpy(f.train.factors)}
+    return f.stage("distiller", DistillStep(distiller, f.cfg.distill), distiller, list(distiller.parameters()), tensors, f.cfg.distill, 0)
+
+
+def _train_autoencoder(f: _Fit, distiller: torch.nn.Module | None) -> torch.nn.Module | None:
+    if not f.cfg.autoencoder.enabled:
+        return None
+    a = f.cfg.autoencoder
+    torch.manual_seed(f.cfg.train.seed + 1)
+    autoencoder = build_autoencoder(a, f.shape.channels, f.shape.size)
+    autoencoder = f.stage("autoencoder", AutoencoderStep(autoencoder, distiller, a), autoencoder, list(autoencoder.parameters()), {"images": f.images}, a, 1)
+    with torch.no_grad():
+        means = map_batches(lambda b: autoencoder.encode(to_unit(b)), f.images[:4096])
+    f.shape.latent_scale = float(1.0 / means.std())
+    return autoencoder
+
+
+def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Module:
+    dn, denoiser = f.cfg.denoiser, model.denoiser
+    tensors = {} if _stage_done(f.run, "denoiser") else {"x": x, "codes": model.codes(f.train.images)}
+    denoiser.train().requires_grad_(True)
+    if not dn.train_base:
+        denoiser.unet.requires_grad_(False)
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    return f.stage("denoiser", DiffusionStep(denoiser, dn), denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
+
+
+def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Base denoiser without codes, then encoder + gradient-estimator branch on the frozen base."""
+    dn, u = f.cfg.denoiser, f.cfg.unsupervised
+    base = model.denoiser.base.train().requires_grad_(True)
+    base = f.stage("base", DiffusionStep(base, dn), base, list(base.parameters()), {"x": x}, dn, 2, dn.ema_decay, warmup=500)
+    model.denoiser.base = base
+    encoder, branch = model.encoder.train().requires_grad_(True), model.denoiser.branch.train().requires_grad_(True)
+    step = UnsupervisedStep(encoder, model.denoiser, dn.prediction_type, dn, u.snr_gamma)
+    if not _stage_done(f.run, "encoder"):  # the branch is saved as part of the denoiser, before the encoder marks the stage done
+        trainable = list(encoder.parameters()) + list(branch.parameters())
+        batches = ArrayBatches({"images": f.images, "x": x}, u.batch_size, f.cfg.train.seed + 3)
+        stage = Stage("encoder", step, trainable, batches, u.steps, u.lr, f.budget.seconds("encoder"), ema_decay=dn.ema_decay, warmup=500, images_per_step=u.batch_size)
+        run_stage(stage, f.opts)
+        atomic_save_tensors(model.denoiser.state_dict(), f.run / "model" / "denoiser.safetensors")
+        _save_part(f.run, "encoder", encoder, stage.log)
+    else:
+        f.budget.seconds("encoder")
+    _load_part(f.run, "denoiser", model.denoiser)
+    return _load_part(f.run, "encoder", encoder), model.denoiser
+
+
+def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None) -> FitResult:
+    """Train every stage of a FactorModel into run folder ``out``; returns the trained model."""
+    run = Path(out)
+    resume = _check_run_folder(cfg, run, resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset, split, train = data or prepare_data(cfg)
@@ -123,55 +213,24 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     if not resume:
         cfg.save(run / "run_config.json")
         atomic_write_json(run / "split.json", split.to_json())
-    shape = ModelShape(train.channels, train.size)
-    budget = _Budget(cfg.train.minutes, {"distiller": cfg.distill.budget, "autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled else 0.0, "denoiser": cfg.denoiser.budget})
-    opts = _options(cfg, run, resume, progress)
-    images, factors = torch.from_numpy(train.images), torch.from_numpy(train.factors)
-    torch.manual_seed(cfg.train.seed)
+    unsup = cfg.unsupervised.enabled
+    shares = {"autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled else 0.0}
+    shares.update({"base": cfg.denoiser.budget, "encoder": cfg.unsupervised.budget} if unsup else {"distiller": cfg.distill.budget, "denoiser": cfg.denoiser.budget})
+    order = ["autoencoder", "base", "encoder"] if unsup else ["distiller", "autoencoder", "denoiser"]
+    f = _Fit(cfg, run, _options(cfg, run, resume, progress), _Budget(cfg.train.minutes, {k: shares[k] for k in order}), train, ModelShape(train.channels, train.size))
 
-    distiller = build_distiller(cfg, train.spec, shape)
-    if not _stage_done(run, "distiller"):
-        d = cfg.distill
-        stage = Stage("distiller", DistillStep(distiller, d), list(distiller.parameters()), ArrayBatches({"images": images, "factors": factors}, d.batch_size, cfg.train.seed),
-                      d.steps, d.lr, budget.seconds("distiller"), ema_decay=0.999, images_per_step=d.batch_size)
-        _save_part(run, "distiller", run_stage(stage, opts).step_module.distiller, stage.log)
-    else:
-        budget.seconds("distiller")
-    distiller = _load_part(run, "distiller", distiller)
-
-    autoencoder = None
-    if cfg.autoencoder.enabled:
-        a = cfg.autoencoder
-        torch.manual_seed(cfg.train.seed + 1)
-        autoencoder = build_autoencoder(a, shape.channels, shape.size)
-        if not _stage_done(run, "autoencoder"):
-            step = AutoencoderStep(autoencoder, distiller, a)
-            stage = Stage("autoencoder", step, list(autoencoder.parameters()), ArrayBatches({"images": images}, a.batch_size, cfg.train.seed + 1),
-                          a.steps, a.lr, budget.seconds("autoencoder"), ema_decay=0.999, images_per_step=a.batch_size)
-            _save_part(run, "autoencoder", run_stage(stage, opts).step_module.autoencoder, stage.log)
-        else:
-            budget.seconds("autoencoder")
-        autoencoder = _load_part(run, "autoencoder", autoencoder)
-        with torch.no_grad():
-            means = map_batches(lambda b: autoencoder.encode(to_unit(b)), images[:4096])
-        shape.latent_scale = float(1.0 / means.std())
-
+    distiller = None if unsup else _train_distiller(f)
+    autoencoder = _train_autoencoder(f, distiller)
     torch.manual_seed(cfg.train.seed + 2)
-    denoiser = build_denoiser(cfg, train.spec, shape)
-    model = FactorModel(cfg, train.spec, shape, distiller, autoencoder, denoiser)
-    codes = model.codes(train.images)
-    if not _stage_done(run, "denoiser"):
-        x = model.to_latent(to_unit(images))
-        dn = cfg.denoiser
-        denoiser.train().requires_grad_(True)
-        if not dn.train_base:
-            denoiser.unet.requires_grad_(False)
-        trainable = [p for p in denoiser.parameters() if p.requires_grad]
-        stage = Stage("denoiser", DiffusionStep(denoiser, dn), trainable, ArrayBatches({"x": x, "codes": codes}, dn.batch_size, cfg.train.seed + 2),
-                      dn.steps, dn.lr, budget.seconds("denoiser"), ema_decay=dn.ema_decay, warmup=500, images_per_step=dn.batch_size)
-        _save_part(run, "denoiser", run_stage(stage, opts).step_module.denoiser, stage.log)
-    denoiser = _load_part(run, "denoiser", denoiser)
-    model = FactorModel(cfg, train.spec, shape, distiller, autoencoder, denoiser)
+    encoder = distiller if distiller is not None else build_encoder(cfg, train.spec, f.shape)
+    model = FactorModel(cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape))
+    x = model.to_latent(to_unit(f.images)) if not _stage_done(run, order[-1]) else None
+    if unsup:
+        model.encoder, model.denoiser = _train_unsupervised(f, model, x)
+        model.factor_blocks = align_blocks(model.codes(train.images[:5000]).numpy(), train.factors[:5000], cfg.train.seed)
+    else:
+        model.denoiser = _train_denoiser(f, model, x)
+    model = FactorModel(cfg, train.spec, f.shape, model.encoder, autoencoder, model.denoiser, factor_blocks=model.factor_blocks)
     model.set_prototypes(model.codes(dataset.images), dataset.factors)
     model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})
     _join_logs(run)

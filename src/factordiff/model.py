@@ -1,4 +1,4 @@
-"""FactorModel: the trained bundle (distiller, optional autoencoder, denoiser, value prototypes) and
+"""FactorModel: the trained bundle (encoder, optional autoencoder, denoiser, value prototypes) and
 the operations users call on it: codes, inversion, generation and counterfactual edits.
 
 A model folder holds ``config.json`` (the run config, the factors and derived numbers) and one
@@ -7,7 +7,7 @@ safetensors file per part, as diffusers' ``save_pretrained`` folders do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,13 @@ from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.sampling import ddim_invert, ddim_sample
 from factordiff.encoders.distill import FactorDistiller
+from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, zero_output
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
 from factordiff.train import map_batches
 
 CONFIG = "config.json"
+MEAN_CODE = "__mean_code__"  # key of the mean code in prototypes.safetensors
 
 
 def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -50,15 +52,38 @@ class ModelShape:
     latent_scale: float = 1.0
 
 
-def build_distiller(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> FactorDistiller:
+def code_part(cfg: RunConfig) -> str:
+    """Name of the part that maps images to codes: the supervised distiller or the unsupervised encoder."""
+    return "encoder" if cfg.unsupervised.enabled else "distiller"
+
+
+def build_encoder(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
+    if cfg.unsupervised.enabled:
+        u = cfg.unsupervised
+        return SegmentEncoder(shape.channels, shape.size, u.segments, u.code_dims, u.width)
     return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width)
 
 
-def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> Denoiser:
+def denoiser_space(cfg: RunConfig, shape: ModelShape) -> tuple[int, int]:
+    """Channels and size of what the denoiser sees: the latent, or the image in pixel space."""
     if cfg.autoencoder.enabled:
-        channels, size = cfg.autoencoder.latent_channels, latent_size(cfg.autoencoder, shape.size)
-    else:
-        channels, size = shape.channels, shape.size
+        return cfg.autoencoder.latent_channels, latent_size(cfg.autoencoder, shape.size)
+    return shape.channels, shape.size
+
+
+def build_base(cfg: RunConfig, shape: ModelShape) -> Denoiser:
+    """The unconditional denoiser that the unsupervised encoder's branch sits on."""
+    return Denoiser(build_unet(cfg.denoiser, *denoiser_space(cfg, shape)))
+
+
+def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
+    channels, size = denoiser_space(cfg, shape)
+    if cfg.unsupervised.enabled:
+        u = cfg.unsupervised
+        branch_cfg = replace(cfg.denoiser, block_out_channels=list(u.branch_channels))
+        adapter = TimeEmbeddingAdapter(u.segments, u.code_dims, u.branch_channels[0] * 4, cfg.denoiser.adapter_hidden)
+        branch = zero_output(Denoiser(build_unet(branch_cfg, channels, size), adapter))
+        return GradientEstimatorDenoiser(build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps)
     unet = build_unet(cfg.denoiser, channels, size)
     adapter = TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, cfg.denoiser.block_out_channels[0] * 4, cfg.denoiser.adapter_hidden)
     return Denoiser(unet, adapter)
@@ -71,22 +96,27 @@ class FactorModel:
         config: the run config the parts were built from.
         spec: the factors.
         shape: image channels/size and latent scale.
-        distiller: image -> codes (B, K, D).
-        autoencoder: diffusers AutoencoderKL, or None for pixel-space diffusion.
+        encoder: image -> codes (B, blocks, D): the supervised distiller (one block per factor) or
+            the unsupervised segment encoder.
+        autoencoder: the latent autoencoder, or None for pixel-space diffusion.
         denoiser: the conditioned UNet.
         prototypes: per factor, the mean code block of each value, (n_values, D), NaN rows for
             values no image had.
+        factor_blocks: the code block that carries each factor (the identity for the distiller;
+            for the unsupervised encoder, the block that best predicts the factor).
     """
 
-    def __init__(self, config: RunConfig, spec: FactorSpec, shape: ModelShape, distiller, autoencoder, denoiser: Denoiser, prototypes: list[torch.Tensor] | None = None):
+    def __init__(self, config: RunConfig, spec: FactorSpec, shape: ModelShape, encoder, autoencoder, denoiser, prototypes: list[torch.Tensor] | None = None, factor_blocks: list[int] | None = None):
         self.config, self.spec, self.shape = config, spec, shape
-        self.distiller, self.autoencoder, self.denoiser = distiller, autoencoder, denoiser
+        self.encoder, self.autoencoder, self.denoiser = encoder, autoencoder, denoiser
         self.prototypes = prototypes or []
+        self.mean_code: torch.Tensor | None = None
+        self.factor_blocks = list(factor_blocks) if factor_blocks is not None else list(range(len(spec)))
         for m in self.modules().values():
             m.eval().requires_grad_(False)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        parts = {"distiller": self.distiller, "denoiser": self.denoiser}
+        parts = {code_part(self.config): self.encoder, "denoiser": self.denoiser}
         if self.autoencoder is not None:
             parts["autoencoder"] = self.autoencoder
         return parts
@@ -96,7 +126,7 @@ class FactorModel:
     def codes(self, images: np.ndarray) -> torch.Tensor:
         """Codes (N, K, D) of uint8 images (N, H, W, C)."""
         self._check_images(images)
-        return map_batches(lambda b: self.distiller(to_unit(b)), torch.from_numpy(images))
+        return map_batches(lambda b: self.encoder(to_unit(b)), torch.from_numpy(images))
 
     def _check_images(self, images: np.ndarray) -> None:
         want = (self.shape.size, self.shape.size, self.shape.channels)
@@ -107,13 +137,23 @@ class FactorModel:
     def set_prototypes(self, codes: torch.Tensor, factors: np.ndarray) -> None:
         """Mean code block of every value of every factor, from codes and their value indices."""
         self.prototypes = []
+        self.mean_code = codes.mean(0)
         for k, f in enumerate(self.spec.factors):
             proto = torch.full((f.size, codes.shape[2]), float("nan"))
             for v in range(f.size):
                 m = torch.from_numpy(factors[:, k] == v)
                 if m.any():
-                    proto[v] = codes[m, k].mean(0)
+                    proto[v] = codes[m, self.factor_blocks[k]].mean(0)
             self.prototypes.append(proto)
+
+    def compose(self, values: np.ndarray) -> torch.Tensor:
+        """Codes (N, blocks, D) for combinations of value indices (N, K): the mean code with each
+        factor's block set to its value's prototype."""
+        shape = (len(values), max(self.factor_blocks) + 1, self.prototypes[0].shape[1])
+        codes = self.mean_code.expand(shape).clone() if self.mean_code is not None else torch.zeros(shape)
+        for k in range(len(self.spec)):
+            codes[:, self.factor_blocks[k]] = torch.stack([self.prototype(k, int(v)) for v in values[:, k]])
+        return codes
 
     def prototype(self, factor: int, value: int) -> torch.Tensor:
         block = self.prototypes[factor][value]
@@ -156,13 +196,14 @@ class FactorModel:
         """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
 
         The source is DDIM-inverted under its own codes, the block is swapped, and the same x_T is
-        decoded under the new codes with guidance weight ``guidance`` on the changed factor.
+        decoded under the new codes with guidance weight ``guidance`` on the changed block.
         """
         codes = self.codes(images) if codes is None else codes
         x_T = self.invert(images, codes, steps) if x_T is None else x_T
+        block = self.factor_blocks[factor]
         new = codes.clone()
-        new[:, factor] = blocks
-        return self.generate(x_T, new, steps, Guidance(factors={factor: guidance}))
+        new[:, block] = blocks
+        return self.generate(x_T, new, steps, Guidance(factors={block: guidance}))
 
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
@@ -170,8 +211,9 @@ class FactorModel:
         for name, m in self.modules().items():
             atomic_save_tensors(m.state_dict(), folder / f"{name}.safetensors")
         if self.prototypes:
-            atomic_save_tensors({f"{f.name}": p for f, p in zip(self.spec.factors, self.prototypes)}, folder / "prototypes.safetensors")
-        meta = {"run": self.config.to_json(), "factors": self.spec.to_json(), "shape": vars(self.shape), **(extra or {})}
+            tensors = {f"{f.name}": p for f, p in zip(self.spec.factors, self.prototypes)}
+            atomic_save_tensors({**tensors, MEAN_CODE: self.mean_code}, folder / "prototypes.safetensors")
+        meta = {"run": self.config.to_json(), "factors": self.spec.to_json(), "shape": vars(self.shape), "factor_blocks": self.factor_blocks, **(extra or {})}
         atomic_write_json(folder / CONFIG, meta)
 
     @classmethod
@@ -186,10 +228,10 @@ class FactorModel:
             shape = ModelShape(**meta["shape"])
         except (KeyError, TypeError) as e:
             raise FactordiffError(f"{folder / CONFIG}: missing or malformed entry {e}") from None
-        distiller = build_distiller(config, spec, shape)
+        encoder = build_encoder(config, spec, shape)
         denoiser = build_denoiser(config, spec, shape)
         autoencoder = build_autoencoder(config.autoencoder, shape.channels, shape.size) if config.autoencoder.enabled else None
-        parts = {"distiller": distiller, "denoiser": denoiser, **({"autoencoder": autoencoder} if autoencoder is not None else {})}
+        parts = {code_part(config): encoder, "denoiser": denoiser, **({"autoencoder": autoencoder} if autoencoder is not None else {})}
         for name, m in parts.items():
             state = load_tensors(folder / f"{name}.safetensors")
             try:
@@ -200,4 +242,7 @@ class FactorModel:
         if (folder / "prototypes.safetensors").is_file():
             t = load_tensors(folder / "prototypes.safetensors")
             prototypes = [t[f.name] for f in spec.factors]
-        return cls(config, spec, shape, distiller, autoencoder, denoiser, prototypes)
+        model = cls(config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks"))
+        if prototypes is not None:
+            model.mean_code = t.get(MEAN_CODE)
+        return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from factordiff.checkpoint import atomic_write_json, read_json
 from factordiff.data.splits import make_split
@@ -18,6 +19,15 @@ from factordiff.errors import FactordiffError
 from factordiff.evaluate import latent
 from factordiff.evaluate.disentanglement import score_all
 from factordiff.evaluate.suite import FIGURES, _tile, get_oracle, load_run, save_png
+
+
+def block_names(model) -> list[str]:
+    """What each code block stands for: its factor, or for unsupervised segments the factors aligned to it."""
+    names = []
+    for j in range(model.encoder(torch.zeros(1, model.shape.channels, model.shape.size, model.shape.size)).shape[1]):
+        carried = [f.name for f, b in zip(model.spec.factors, model.factor_blocks) if b == j]
+        names.append(f"block {j}" + (f" ({', '.join(carried)})" if carried else ""))
+    return names
 
 
 def code_metrics(codes: np.ndarray, factors: np.ndarray, scale: float = 1.0, seed: int = 0) -> dict:
@@ -61,7 +71,8 @@ def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps:
     seen = np.flatnonzero(~split.heldout(data.factors))
     source = data.images[rng.choice(seen)]
     frames = 8
-    trav = [latent.traversal(model, source, k, latent.block_axis(model, model.codes(data.images[rows[:512]]), k, frames), steps) for k in range(len(data.spec))]
+    sample_codes = torch.from_numpy(codes[:512])
+    trav = [latent.traversal(model, source, k, latent.block_axis(model, sample_codes, k, frames), steps) for k in range(codes.shape[1])]
     save_png(_tile(np.concatenate(trav), len(trav), frames), run / FIGURES / "traversals.png")
 
     pairs = rng.choice(seen, (3, 2), replace=False)
@@ -79,7 +90,7 @@ def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps:
         "interpolation_smoothness": {"paths": smooth, "mean_spread": float(np.mean([s["spread"] for s in smooth]))},
         "perceptual_path_length": latent.perceptual_path_length(model, extractor, data.images[seen], steps=min(steps, 20), seed=cfg.train.seed),
         "images": len(rows),
-        "figures": {"traversals": {"file": f"{FIGURES}/traversals.png", "rows": data.spec.names, "frames": frames},
+        "figures": {"traversals": {"file": f"{FIGURES}/traversals.png", "rows": block_names(model), "frames": frames},
                     "interpolations": {"file": f"{FIGURES}/interpolations.png", "pairs": [[int(a), int(b)] for a, b in pairs]},
                     "projections": {"file": f"{FIGURES}/projections.png", "rows": "code blocks", "columns": data.spec.names}},
     }

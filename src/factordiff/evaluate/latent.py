@@ -47,9 +47,9 @@ def interpolation(model: FactorModel, image_a: np.ndarray, image_b: np.ndarray, 
 
 
 def block_axis(model: FactorModel, codes: torch.Tensor, k: int, frames: int) -> torch.Tensor:
-    """Points along block k: between the prototypes of the factor's first and last value when the
-    model has prototypes, else along the block's first principal axis (mean +- 2 std)."""
-    if model.prototypes and k < len(model.prototypes) and not torch.isnan(model.prototypes[k][[0, -1]]).any():
+    """Points along block k: between the prototypes of the first and last value of the factor that
+    block k carries (supervised blocks), else along the block's first principal axis (mean +- 2 std)."""
+    if model.prototypes and model.factor_blocks[k:k + 1] == [k] and not torch.isnan(model.prototypes[k][[0, -1]]).any():
         lo, hi = model.prototypes[k][0], model.prototypes[k][-1]
         return torch.stack([lo + (hi - lo) * u for u in np.linspace(0, 1, frames)])
     block = codes[:, k].numpy()

@@ -83,7 +83,7 @@ def conditional_samples(model: FactorModel, oracle: Oracle, data: FactorDataset,
         if len(pool) == 0:
             continue
         combos = pool[rng.choice(len(pool), n)]
-        codes = torch.stack([torch.stack([model.prototype(k, int(v)) for k, v in enumerate(c)]) for c in combos])
+        codes = model.compose(combos)
         x_T = torch.randn((n,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed))
         pred = oracle.predict(model.generate(x_T, codes, steps))
         out[kind] = {"all_factors": float((pred == combos).all(1).mean()), "by_factor": {f.name: float((pred[:, k] == combos[:, k]).mean()) for k, f in enumerate(data.spec.factors)}, "samples": n}
@@ -153,7 +153,7 @@ def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: in
             c[a], c[b] = i, j
             combos.append(c)
     combos = np.array(combos)
-    codes = torch.stack([torch.stack([model.prototype(k, int(v)) for k, v in enumerate(c)]) for c in combos])
+    codes = model.compose(combos)
     x_T = torch.randn((1,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed)).expand(len(combos), -1, -1, -1)
     images = model.generate(x_T.contiguous(), codes, steps)
     marks = split.heldout(combos)

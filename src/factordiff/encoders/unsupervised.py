@@ -1,0 +1,144 @@
+"""An unsupervised, diffusion-driven encoder: PDAE's gradient estimator on a frozen pretrained
+unconditional denoiser, with DiffSiam's time-step-segmented code. No factor labels are used.
+
+- PDAE (Zhang, Zhao & Lin, NeurIPS 2022): a pretrained unconditional denoiser stays frozen; an
+  encoder E(x_0) -> z and a gradient-estimator branch G(x_t, t, z) are trained so that the base's
+  prediction plus G fills the "posterior mean gap" that the code explains. The loss is the
+  denoising loss on the combined prediction, weighted by snr^gamma / (1 + snr) with gamma = 0.1
+  (PDAE's weighting, which favours the noisy, semantic end of the chain).
+- DiffSiam's hierarchical code: z is cut into S segments switched on progressively with the time
+  step: at step t the first ceil(S (t + 1) / T) segments are present and the others take their
+  learned null embedding, so segment k has to carry what is lost between the noise levels where
+  segments k - 1 and k switch on (fine details first, coarse attributes last).
+
+The branch is a diffusers UNet2DModel whose output convolution starts at zero, so the combined model
+equals the frozen base at initialisation; its code enters through the same TimeEmbeddingAdapter as
+the supervised model's. The encoder maps images to codes (B, S, D) like the distiller, so every
+metric, edit and report works on it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.denoiser import Denoiser
+from factordiff.diffusion.objective import noise_schedule
+from factordiff.encoders.backbone import ConvEncoder
+
+
+class SegmentEncoder(nn.Module):
+    """Image (B, C, S, S) in [-1, 1] -> code (B, segments, code_dims)."""
+
+    def __init__(self, in_channels: int, size: int, segments: int, code_dims: int, width: int = 16):
+        super().__init__()
+        self.segments, self.code_dims = segments, code_dims
+        self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
+        self.to_codes = nn.Linear(256, segments * code_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_codes(self.backbone(x)).view(len(x), self.segments, self.code_dims)
+
+
+def active_segments(t: torch.Tensor, segments: int, num_train_timesteps: int) -> torch.Tensor:
+    """(B, segments) bool: segment k is present at step t iff k < ceil(segments * (t + 1) / T)."""
+    t = t.reshape(-1).float()
+    count = torch.ceil(segments * (t + 1) / num_train_timesteps).clamp(1, segments)
+    return torch.arange(segments, device=t.device)[None] < count[:, None]
+
+
+class GradientEstimatorDenoiser(nn.Module):
+    """prediction(x, t, cond) = base(x, t) + branch(x, t, cond restricted to the active segments).
+
+    Args:
+        base: the frozen unconditional denoiser (a Denoiser without adapter).
+        branch: the code-conditioned gradient estimator (a Denoiser with adapter).
+        num_train_timesteps: T, for the segment schedule.
+    """
+
+    def __init__(self, base: Denoiser, branch: Denoiser, num_train_timesteps: int):
+        super().__init__()
+        self.base, self.branch, self.num_train_timesteps = base, branch, num_train_timesteps
+        self.base.requires_grad_(False)
+
+    @property
+    def unet(self):
+        return self.base.unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("this denoiser is conditioned: pass a Condition (codes and present mask)")
+        if t.ndim == 0:
+            t = t.expand(len(x))
+        segments = active_segments(t, cond.codes.shape[1], self.num_train_timesteps)
+        with torch.no_grad():
+            base = self.base(x, t)
+        return base + self.branch(x, t, Condition(cond.codes, cond.present & segments))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.branch.parameters())
+
+
+def zero_output(denoiser: Denoiser) -> Denoiser:
+    """Zero the UNet's output convolution so the branch starts as an exact no-op."""
+    nn.init.zeros_(denoiser.unet.conv_out.weight)
+    nn.init.zeros_(denoiser.unet.conv_out.bias)
+    return denoiser
+
+
+class UnsupervisedStep(nn.Module):
+    """Training step: encode x_0 (the image), noise its latent, and regress epsilon with PDAE's weighting.
+
+    The frozen base and the branch predict in the base's parametrisation (v or epsilon); the error is
+    measured on epsilon, eps_hat = sqrt(alpha_bar) v_hat + sqrt(1 - alpha_bar) x_t for v-prediction.
+    """
+
+    def __init__(self, encoder: SegmentEncoder, denoiser: GradientEstimatorDenoiser, prediction_type: str, schedule_cfg, snr_gamma: float = 0.1):
+        super().__init__()
+        self.encoder, self.denoiser = encoder, denoiser
+        self.prediction_type, self.snr_gamma = prediction_type, snr_gamma
+        self.schedule = noise_schedule(schedule_cfg)
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x0 = batch["x"]
+        codes = self.encoder(batch["images"].permute(0, 3, 1, 2).float().div(127.5).sub(1.0))
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        t = torch.randint(0, self.schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
+        x_t = self.schedule.add_noise(x0, noise, t)
+        pred = self.denoiser(x_t, t, Condition.full(codes))
+        a2 = self.schedule.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        eps = a2.sqrt() * pred + (1 - a2).sqrt() * x_t if self.prediction_type == "v_prediction" else pred
+        snr = a2 / (1 - a2)
+        weight = snr**self.snr_gamma / (1 + snr)
+        loss = (weight * (eps - noise) ** 2).mean()
+        return loss, {}
+
+
+
+def align_blocks(codes, factors, seed: int = 0) -> list[int]:
+    """For each factor, the code segment whose linear probe predicts it best (held-out accuracy).
+
+    Only evaluation and editing use this alignment; it is fitted on training images after the
+    encoder is trained, so no label ever reaches the encoder.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(codes))
+    cut = int(0.7 * len(codes))
+    tr, te = perm[:cut], perm[cut:]
+    out = []
+    for k in range(factors.shape[1]):
+        scores = []
+        for j in range(codes.shape[1]):
+            x = codes[:, j]
+            mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
+            if len(np.unique(factors[tr, k])) < 2:
+                scores.append(0.0)
+                continue
+            clf = LogisticRegression(max_iter=500).fit((x[tr] - mu) / sd, factors[tr, k])
+            scores.append(clf.score((x[te] - mu) / sd, factors[te, k]))
+        out.append(int(np.argmax(scores)))
+    return out
