@@ -119,3 +119,12 @@ def test_entry_point_prints_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "factordiff", "report", str(tmp_path)], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert "no metrics.json" in p.stderr
+
+
+def test_run_folder_with_config_but_no_trained_model(tiny_run, tmp_path, source_png, capsys):
+    import shutil
+
+    shutil.copy(tiny_run / "run_config.json", tmp_path / "run_config.json")
+    for argv in (["evaluate", str(tmp_path)], ["counterfactual", str(tmp_path), "--image", str(source_png), "--set", "shape=cube", "--out", str(tmp_path / "o.png")]):
+        code, _, err = run_cli(capsys, *argv)
+        assert_one_line_error(code, err, "no trained model", "--resume")

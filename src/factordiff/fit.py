@@ -202,8 +202,12 @@ def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[t
     return _load_part(f.run, "encoder", encoder), model.denoiser
 
 
-def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None) -> FitResult:
-    """Train every stage of a FactorModel into run folder ``out``; returns the trained model."""
+def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None, encoder_only: bool = False) -> FitResult:
+    """Train every stage of a FactorModel into run folder ``out``; returns the trained model.
+
+    ``encoder_only`` stops a supervised run after the distiller (the result's model then has no
+    autoencoder and an untrained denoiser): what the latent-space benchmarks need.
+    """
     run = Path(out)
     resume = _check_run_folder(cfg, run, resume)
     if cfg.train.threads:
@@ -220,6 +224,8 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     f = _Fit(cfg, run, _options(cfg, run, resume, progress), _Budget(cfg.train.minutes, {k: shares[k] for k in order}), train, ModelShape(train.channels, train.size))
 
     distiller = None if unsup else _train_distiller(f)
+    if encoder_only and distiller is not None:
+        return FitResult(FactorModel(cfg, train.spec, f.shape, distiller, None, build_denoiser(cfg, train.spec, f.shape)), run, split, train, dataset)
     autoencoder = _train_autoencoder(f, distiller)
     torch.manual_seed(cfg.train.seed + 2)
     encoder = distiller if distiller is not None else build_encoder(cfg, train.spec, f.shape)
