@@ -21,9 +21,8 @@ from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.diffusion.sampling import ddim_invert, ddim_sample
-from factordiff.encoders.distill import FactorDistiller
+from factordiff.encoders.distill import DistillStep, FactorDistiller
 from factordiff.evaluate.counterfactual import Oracle, OracleStep
-from factordiff.fit import DistillStep
 from factordiff.model import ModelShape, build_denoiser
 
 OUT = Path(__file__).parent / "results" / "speed.json"

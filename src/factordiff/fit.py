@@ -32,20 +32,12 @@ from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.errors import FactordiffError
+from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
 from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, map_batches, run_stage
 
 STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
-
-
-class DistillStep(torch.nn.Module):
-    def __init__(self, distiller, cfg):
-        super().__init__()
-        self.distiller, self.cfg = distiller, cfg
-
-    def forward(self, batch, gen):
-        return self.distiller.loss(to_unit(batch["images"]), batch["factors"], self.cfg.adversary_weight, self.cfg.order_weight)
 
 
 @dataclass

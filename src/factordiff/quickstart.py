@@ -12,7 +12,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from factordiff.config import RunConfig, from_dict, load_config
+from factordiff.config import RunConfig, load_config
 from factordiff.errors import FactordiffError
 
 DEFAULT_MINUTES = 15.0
@@ -62,8 +62,3 @@ def quickstart(out: Path = Path("runs/quickstart"), minutes: float | None = None
     build_report(out)
     return metrics
 
-
-def _config_of(run: Path) -> RunConfig:
-    from factordiff.checkpoint import read_json
-
-    return from_dict(RunConfig, read_json(run / "run_config.json"), str(run / "run_config.json"))

@@ -13,12 +13,11 @@ run killed at any point and resumed ends with the same weights as an uninterrupt
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -219,7 +218,7 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
         state = _checkpoint_state(stage, at, optimizer, scheduler, ema, gen)
         return save_checkpoint(ckpt_dir / f"{stage.name}-{at:08d}", weights, state, opts.keep_last)
 
-    start_time, last_saved = time.monotonic(), step
+    start_time, start_step = time.monotonic(), step
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not opts.progress, unit="step", dynamic_ncols=True, mininterval=1.0)
     with _SignalFlag() as flag:
         while step < stage.steps:
@@ -242,7 +241,7 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
                 ema.step(stage.trainable)
             step += 1
             stage.log.append({"step": step, "loss": float(loss.item()), **logs})
-            _show(bar, stage, start_time, step - last_saved)
+            _show(bar, stage, start_time, step - start_step)
             if step % opts.checkpoint_every == 0:
                 save(step)
             if flag.signum is not None:
@@ -251,7 +250,7 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
                 name = signal.Signals(flag.signum).name
                 raise Interrupted(f"{name} at {stage.name} step {step}; checkpoint saved to {where}; continue with --resume", flag.signum)
     bar.close()
-    if step % opts.checkpoint_every and step > last_saved:
+    if step % opts.checkpoint_every and step > start_step:
         save(step)
     if ema is not None:
         ema.copy_to(stage.trainable)
@@ -266,26 +265,7 @@ def _show(bar: tqdm, stage: Stage, start: float, steps_done: int) -> None:
         bar.set_postfix(loss=f"{sum(r['loss'] for r in recent) / len(recent):.4f}", img_s=f"{rate:.0f}", refresh=False)
 
 
-def batches_of(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for i in range(0, len(x), batch_size):
-        yield x[i : i + batch_size]
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
-    return x.detach().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 @torch.no_grad()
 def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Apply ``fn`` to ``x`` in batches and concatenate."""
-    return torch.cat([fn(b) for b in batches_of(x, batch_size)]) if len(x) else x
-
-
-def step_count(seconds: float, per_step: float) -> int:
-    return max(1, int(math.floor(seconds / per_step)))
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x

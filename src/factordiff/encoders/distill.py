@@ -86,3 +86,15 @@ class FactorDistiller(nn.Module):
         """Per-factor accuracy of the block classifiers, (K,)."""
         pred = torch.stack([lg.argmax(1) for lg in self.logits(self(x))], 1)
         return (pred == y).float().mean(0)
+
+
+class DistillStep(nn.Module):
+    """Training step of the distiller for the training loop: images (uint8) and value indices."""
+
+    def __init__(self, distiller: FactorDistiller, cfg):
+        super().__init__()
+        self.distiller, self.cfg = distiller, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch["images"].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        return self.distiller.loss(x, batch["factors"], self.cfg.adversary_weight, self.cfg.order_weight)
