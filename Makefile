@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/speed.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

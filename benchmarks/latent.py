@@ -1,7 +1,10 @@
 """Latent-space numbers on the Shapes replica: disentanglement_lib metrics of the supervised
 distiller and of the unsupervised encoder, written to benchmarks/results/latent.json.
 
-    python benchmarks/latent.py [--size 64] [--unsupervised-minutes 60] [--out runs/latent]
+    python benchmarks/latent.py [--part distiller|unsupervised|both] [--size 64]
+                                [--unsupervised-minutes 60] [--out runs/latent]
+
+Each part replaces its own entry in the results file and keeps the other's.
 
 Codes of 15,000 replica images (10,000 train / 5,000 test points as disentanglement_lib uses),
 nothing held out (as disentanglement papers train on the whole grid). The replica is factordiff's
@@ -43,24 +46,26 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--images", type=int, default=60000, help="training images rendered")
     ap.add_argument("--unsupervised-minutes", type=float, default=60.0)
-    ap.add_argument("--skip-unsupervised", action="store_true")
+    ap.add_argument("--part", choices=("distiller", "unsupervised", "both"), default="both")
     ap.add_argument("--out", default="runs/latent")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    results: dict = {"size": args.size, "points": 15000, "published_shapes3d": PUBLISHED,
+    results: dict = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results |= {"size": args.size, "points": 15000, "published_shapes3d": PUBLISHED,
                      "note": "factordiff's procedural replica of 3D Shapes, not the original dataset"}
     common = {"data.size": args.size, "data.n": args.images, "split.kind": "none", "train.threads": 2}
-    t = time.time()
-    sup = fit(load_config(None, common), out / "distiller", progress=True, encoder_only=True)
-    results["distiller"] = {"train_seconds": round(time.time() - t), "command": "fit(encoder_only=True) with " + json.dumps(common),
-                            **scores(sup.model, args.size, 15000, seed=101)}
-    if not args.skip_unsupervised:
+    if args.part in ("distiller", "both"):
+        t = time.time()
+        sup = fit(load_config(None, common), out / "distiller", progress=True, encoder_only=True)
+        results["distiller"] = {"train_seconds": round(time.time() - t), "command": "python benchmarks/latent.py --part distiller",
+                                "config": common, **scores(sup.model, args.size, 15000, seed=101)}
+    if args.part in ("unsupervised", "both"):
         over = {**common, "unsupervised.enabled": True, "train.minutes": args.unsupervised_minutes,
                 "autoencoder.block_out_channels": [32, 64, 128, 128] if args.size == 64 else [32, 64, 128]}
         t = time.time()
         uns = fit(load_config(None, over), out / "unsupervised", progress=True)
-        results["unsupervised"] = {"train_seconds": round(time.time() - t), "config": over, "factor_blocks": uns.model.factor_blocks,
+        results["unsupervised"] = {"train_seconds": round(time.time() - t), "command": f"python benchmarks/latent.py --part unsupervised --unsupervised-minutes {args.unsupervised_minutes:g}", "config": over, "factor_blocks": uns.model.factor_blocks,
                                    **scores(uns.model, args.size, 15000, seed=101)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, default=float) + "\n")

@@ -83,14 +83,14 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
         raise FactordiffError("--from and --factor go together: --from REF.png --factor FACTOR")
     if Path(args.out).suffix.lower() != ".png":
         raise FactordiffError(f"--out {args.out}: expected a .png path")
-    _, model = load_run(Path(args.run))
+    cfg, model = load_run(Path(args.run))
     image = fit_image(model, read_image(Path(args.image)), args.image)
     sets = parse_sets(model, args.set or [])
     reference, factors = None, None
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
         factors = [model.spec.position(n) for n in _csv_list(args.factor)]
-    out = edit_image(model, image, sets, reference, factors, steps=args.steps, guidance=args.guidance)
+    out = edit_image(model, image, sets, reference, factors, steps=args.steps, guidance=cfg.evaluate.guidance if args.guidance is None else args.guidance)
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
 
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--guidance", type=float, default=1.0, help="guidance weight on the changed factors (default 1)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, 2)")
     p.set_defaults(handler=_cmd_counterfactual)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
