@@ -38,7 +38,7 @@ PUBLISHED = {  # Shapes3D, as reported by the papers
 def scores(model, size: int, n: int, seed: int) -> dict:
     data = replica(size, n=n, seed=seed)
     codes = model.codes(data.images).numpy()
-    return code_metrics(codes, data.factors, scale=1.0, seed=0)
+    return code_metrics(codes, data.factors, scale=1.0, seed=0, progress=True)
 
 
 def main() -> None:

@@ -100,7 +100,7 @@ def _cmd_disentanglement(args: argparse.Namespace) -> None:
     from factordiff.evaluate.disentanglement import format_table, load_and_score
 
     blocks = [int(b) for b in _csv_list(args.blocks)] if args.blocks else None
-    scores = load_and_score(args.codes, args.factors, blocks=blocks, first_pc=args.first_pc, scale=args.scale)
+    scores = load_and_score(args.codes, args.factors, blocks=blocks, first_pc=args.first_pc, scale=args.scale, progress=True)
     print(format_table(scores))
     if args.json:
         atomic_write_json(Path(args.json), scores)

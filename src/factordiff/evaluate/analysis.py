@@ -30,14 +30,14 @@ def block_names(model) -> list[str]:
     return names
 
 
-def code_metrics(codes: np.ndarray, factors: np.ndarray, scale: float = 1.0, seed: int = 0) -> dict:
+def code_metrics(codes: np.ndarray, factors: np.ndarray, scale: float = 1.0, seed: int = 0, progress: bool = False) -> dict:
     """disentanglement_lib metrics on flattened codes, raw and first-principal-component per block."""
     n, k, d = codes.shape
     flat = codes.reshape(n, k * d).astype(np.float64)
-    raw = score_all(flat, factors, blocks=[d] * k, first_pc=False, scale=scale, seed=seed)
+    raw = score_all(flat, factors, blocks=[d] * k, first_pc=False, scale=scale, seed=seed, progress=progress)
     out = {"raw": raw}
     if d > 1:
-        out["first_pc"] = score_all(flat, factors, blocks=[d] * k, first_pc=True, scale=scale, seed=seed)
+        out["first_pc"] = score_all(flat, factors, blocks=[d] * k, first_pc=True, scale=scale, seed=seed, progress=progress)
     return out
 
 
@@ -85,7 +85,7 @@ def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps:
     save_png(latent.block_projections(codes, factors), run / FIGURES / "projections.png", scale=1)
 
     analysis = {
-        "disentanglement": code_metrics(codes, factors, metric_scale, cfg.train.seed),
+        "disentanglement": code_metrics(codes, factors, metric_scale, cfg.train.seed, progress),
         "probes": probes(codes, factors, data.spec.names, cfg.train.seed),
         "interpolation_smoothness": {"paths": smooth, "mean_spread": float(np.mean([s["spread"] for s in smooth]))},
         "perceptual_path_length": latent.perceptual_path_length(model, extractor, data.images[seen], steps=min(steps, 20), seed=cfg.train.seed),

@@ -34,11 +34,13 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
+from joblib import Parallel, delayed
 from sklearn.decomposition import PCA
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import mutual_info_score, roc_auc_score
 from sklearn.svm import LinearSVC
+from tqdm.auto import tqdm
 
 from factordiff.errors import FactordiffError
 
@@ -221,12 +223,20 @@ def _top_two_gap(matrix: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
+def _fit_gbt(x_train, y, seed: int) -> GradientBoostingClassifier:
+    return GradientBoostingClassifier(random_state=seed).fit(x_train, y)
+
+
 def _importance_gbt(x_train, y_train, x_test, y_test, seed: int) -> tuple[np.ndarray, float, float]:
-    """One default GradientBoostingClassifier per factor: |feature_importances_| and accuracies."""
+    """One default GradientBoostingClassifier per factor: |feature_importances_| and accuracies.
+
+    The factors' models are independent, so they are fitted in parallel threads (tree fitting
+    releases the GIL); each has ``random_state=seed``, so the result does not depend on the order.
+    """
     importance = np.zeros((x_train.shape[1], y_train.shape[1]))
+    models = Parallel(n_jobs=-1, prefer="threads")(delayed(_fit_gbt)(x_train, y_train[:, k], seed) for k in range(y_train.shape[1]))
     acc_train, acc_test = [], []
-    for k in range(y_train.shape[1]):
-        model = GradientBoostingClassifier(random_state=seed).fit(x_train, y_train[:, k])
+    for k, model in enumerate(models):
         importance[:, k] = np.abs(model.feature_importances_)
         acc_train.append(np.mean(model.predict(x_train) == y_train[:, k]))
         acc_test.append(np.mean(model.predict(x_test) == y_test[:, k]))
@@ -599,6 +609,7 @@ def score_all(
     first_pc: bool = False,
     scale: float = 1.0,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict:
     """All disentanglement_lib metrics with its default settings, as one flat dict.
 
@@ -614,6 +625,7 @@ def score_all(
             needs ``blocks``.
         scale: in (0, 1]; multiplies every num_train / num_test / num_eval (1.0 = disentanglement_lib).
         seed: random seed of every metric.
+        progress: show a progress bar over the metrics (DCI's gradient boosting takes minutes).
 
     Returns:
         The keys of ``SCORE_KEYS`` plus ``settings`` (points, blocks, first_pc, seed, scale,
@@ -628,17 +640,30 @@ def score_all(
     if first_pc:
         codes = reduce_blocks(codes, sizes)
     plan = _plan(codes.shape[0], float(scale))
-    d = dci(codes, factors, **plan["dci"], seed=seed)
-    me = modularity_explicitness(codes, factors, **plan["modularity_explicitness"], seed=seed)
+    jobs = {
+        "dci": lambda: dci(codes, factors, **plan["dci"], seed=seed),
+        "mig": lambda: mig(codes, factors, **plan["mig"], seed=seed),
+        "sap": lambda: sap(codes, factors, **plan["sap"], seed=seed),
+        "factorvae": lambda: factor_vae(codes, factors, **plan["factorvae"], seed=seed)["eval_accuracy"],
+        "betavae": lambda: beta_vae(codes, factors, **plan["betavae"], seed=seed)["eval_accuracy"],
+        "modularity_explicitness": lambda: modularity_explicitness(codes, factors, **plan["modularity_explicitness"], seed=seed),
+    }
+    done = {}
+    with tqdm(total=len(jobs), desc="metrics", unit="metric", disable=not progress) as bar:
+        for name, job in jobs.items():
+            bar.set_postfix_str(name)
+            done[name] = job()
+            bar.update()
+    d, me = done["dci"], done["modularity_explicitness"]
     scores = {
         "dci_disentanglement": d["disentanglement"],
         "dci_completeness": d["completeness"],
         "dci_informativeness_test": d["informativeness_test"],
         "dci_informativeness_train": d["informativeness_train"],
-        "mig": mig(codes, factors, **plan["mig"], seed=seed),
-        "sap": sap(codes, factors, **plan["sap"], seed=seed),
-        "factorvae": factor_vae(codes, factors, **plan["factorvae"], seed=seed)["eval_accuracy"],
-        "betavae": beta_vae(codes, factors, **plan["betavae"], seed=seed)["eval_accuracy"],
+        "mig": done["mig"],
+        "sap": done["sap"],
+        "factorvae": done["factorvae"],
+        "betavae": done["betavae"],
         "modularity": me["modularity"],
         "explicitness": me["explicitness_test"],
     }
@@ -674,6 +699,7 @@ def load_and_score(
     blocks: list[int] | None = None,
     first_pc: bool = False,
     scale: float = 1.0,
+    progress: bool = False,
 ) -> dict:
     """Load codes and factors from ``.npy`` files, validate them and run :func:`score_all` (seed 0).
 
@@ -682,7 +708,7 @@ def load_and_score(
     """
     codes = _load_npy(codes_path, "codes")
     factors = _load_npy(factors_path, "factors")
-    return score_all(codes, factors, blocks=blocks, first_pc=first_pc, scale=scale, seed=0)
+    return score_all(codes, factors, blocks=blocks, first_pc=first_pc, scale=scale, seed=0, progress=progress)
 
 
 def format_table(scores: dict) -> str:
