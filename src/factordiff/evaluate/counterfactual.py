@@ -135,34 +135,47 @@ def _scores(spec: FactorSpec, edits: Edits, src: np.ndarray, pred: np.ndarray) -
     }
 
 
-def run_edits(model: FactorModel, data: FactorDataset, edits: Edits, steps: int, guidance: float) -> np.ndarray:
-    """Generate every edit; returns uint8 images in the order of ``edits``."""
+def run_edits(model: FactorModel, data: FactorDataset, edits: Edits, steps: int, guidance: float, bar=None) -> np.ndarray:
+    """Generate every edit; returns uint8 images in the order of ``edits``.
+
+    ``bar`` (a tqdm bar or None) advances by the number of images after the inversion and after
+    each factor's edits."""
     src = data.images[np.asarray(edits.source)]
     codes = model.codes(src)
     x_T = model.invert(src, codes, steps)
+    if bar is not None:
+        bar.update(len(src))
     out = np.empty_like(src)
     for k in sorted(set(edits.factor)):
         rows = np.flatnonzero(np.asarray(edits.factor) == k)
         blocks = torch.stack([model.prototype(k, edits.target[i]) for i in rows])
         out[rows] = model.counterfactual(src[rows], k, blocks, steps, guidance, x_T=x_T[rows], codes=codes[rows])
+        if bar is not None:
+            bar.update(len(rows))
     return out
 
 
-def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, per_factor: int = 100, steps: int = 50, guidance: float = 1.0, seed: int = 0) -> tuple[dict, dict]:
+def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, per_factor: int = 100, steps: int = 50, guidance: float = 1.0, seed: int = 0, progress: bool = False) -> tuple[dict, dict]:
     """Effectiveness and preservation on seen and held-out targets, and the DDIM reconstruction error.
 
     Returns (metrics, examples) where examples holds a few sources with their edits for figures.
+    The progress bar counts DDIM passes over one image (an inversion or an edit).
     """
+    from tqdm.auto import tqdm
+
     metrics: dict = {}
     examples: dict = {}
-    for kind, edits in plan_edits(data, split, per_factor, seed).items():
+    plans = plan_edits(data, split, per_factor, seed)
+    bar = tqdm(total=2 * sum(len(e) for e in plans.values()), desc="counterfactuals", unit="img", disable=not progress)
+    for kind, edits in plans.items():
         if not len(edits):
             metrics[kind] = None
             continue
-        images = run_edits(model, data, edits, steps, guidance)
+        images = run_edits(model, data, edits, steps, guidance, bar)
         src = data.factors[np.asarray(edits.source)]
         metrics[kind] = _scores(data.spec, edits, src, oracle.predict(images))
         examples[kind] = (edits, images)
+    bar.close()
     metrics["reconstruction"] = reconstruction(model, oracle, data, split, min(len(data), 4 * per_factor), steps, seed)
     return metrics, examples
 

@@ -173,7 +173,7 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     split = make_split(data.spec, cfg.split)
     e = cfg.evaluate
     oracle, oracle_acc = get_oracle(run, cfg, data, progress)
-    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed)
+    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed, progress=progress)
     samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed)
     grid, captions = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     save_png(grid, run / FIGURES / "counterfactuals.png")
