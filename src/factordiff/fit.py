@@ -222,7 +222,7 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     torch.manual_seed(cfg.train.seed + 2)
     encoder = distiller if distiller is not None else build_encoder(cfg, train.spec, f.shape)
     model = FactorModel(cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape))
-    x = model.to_latent(to_unit(f.images)) if not _stage_done(run, order[-1]) else None
+    x = model.to_latent(to_unit(f.images), "encoding to latents" if f.opts.progress else None) if not _stage_done(run, order[-1]) else None
     if unsup:
         model.encoder, model.denoiser = _train_unsupervised(f, model, x)
         model.factor_blocks = align_blocks(model.codes(train.images[:5000]).numpy(), train.factors[:5000], cfg.train.seed)

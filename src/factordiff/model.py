@@ -164,11 +164,12 @@ class FactorModel:
 
     # --- latent space ----------------------------------------------------------------------
     @torch.no_grad()
-    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> the denoiser's space (scaled latent means, or the images)."""
+    def to_latent(self, x: torch.Tensor, desc: str | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> the denoiser's space (scaled latent means, or the images);
+        ``desc`` shows a progress bar."""
         if self.autoencoder is None:
             return x
-        return map_batches(lambda b: self.autoencoder.encode(b) * self.shape.latent_scale, x)
+        return map_batches(lambda b: self.autoencoder.encode(b) * self.shape.latent_scale, x, desc=desc)
 
     @torch.no_grad()
     def from_latent(self, z: torch.Tensor) -> torch.Tensor:

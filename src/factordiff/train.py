@@ -266,6 +266,14 @@ def _show(bar: tqdm, stage: Stage, start: float, steps_done: int) -> None:
 
 
 @torch.no_grad()
-def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Apply ``fn`` to ``x`` in batches and concatenate."""
-    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x
+def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256, desc: str | None = None) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` in batches and concatenate; with ``desc``, show a progress bar."""
+    if not len(x):
+        return x
+    starts = range(0, len(x), batch_size)
+    with tqdm(total=len(x), desc=desc, unit="img", disable=desc is None, leave=False) as bar:
+        out = []
+        for i in starts:
+            out.append(fn(x[i : i + batch_size]))
+            bar.update(len(out[-1]))
+    return torch.cat(out)
