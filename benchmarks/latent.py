@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
+    command = "python " + shlex.join(sys.argv)
     results: dict = json.loads(OUT.read_text()) if OUT.is_file() else {}
     results |= {"size": args.size, "points": 15000, "published_shapes3d": PUBLISHED,
                      "note": "factordiff's procedural replica of 3D Shapes, not the original dataset"}
@@ -58,14 +61,14 @@ def main() -> None:
     if args.part in ("distiller", "both"):
         t = time.time()
         sup = fit(load_config(None, common), out / "distiller", progress=True, encoder_only=True)
-        results["distiller"] = {"train_seconds": round(time.time() - t), "command": "python benchmarks/latent.py --part distiller",
+        results["distiller"] = {"train_seconds": round(time.time() - t), "command": command,
                                 "config": common, **scores(sup.model, args.size, 15000, seed=101)}
     if args.part in ("unsupervised", "both"):
         over = {**common, "unsupervised.enabled": True, "train.minutes": args.unsupervised_minutes,
                 "autoencoder.block_out_channels": [32, 64, 128, 128] if args.size == 64 else [32, 64, 128]}
         t = time.time()
         uns = fit(load_config(None, over), out / "unsupervised", progress=True)
-        results["unsupervised"] = {"train_seconds": round(time.time() - t), "command": f"python benchmarks/latent.py --part unsupervised --unsupervised-minutes {args.unsupervised_minutes:g}", "config": over, "factor_blocks": uns.model.factor_blocks,
+        results["unsupervised"] = {"train_seconds": round(time.time() - t), "command": command, "config": over, "factor_blocks": uns.model.factor_blocks,
                                    **scores(uns.model, args.size, 15000, seed=101)}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, default=float) + "\n")

@@ -270,10 +270,9 @@ def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bat
     """Apply ``fn`` to ``x`` in batches and concatenate; with ``desc``, show a progress bar."""
     if not len(x):
         return x
-    starts = range(0, len(x), batch_size)
+    out = []
     with tqdm(total=len(x), desc=desc, unit="img", disable=desc is None, leave=False) as bar:
-        out = []
-        for i in starts:
+        for i in range(0, len(x), batch_size):
             out.append(fn(x[i : i + batch_size]))
             bar.update(len(out[-1]))
     return torch.cat(out)
