@@ -64,3 +64,41 @@ def test_pickle_files_are_refused(tmp_path):
 def test_model_folder_without_config(tmp_path):
     with pytest.raises(FactordiffError, match="no config.json"):
         FactorModel.load(tmp_path)
+
+
+def test_ordinal_blocks_hold_one_position_and_categorical_blocks_are_free(tiny_run):
+    model = FactorModel.load(tiny_run / "model")
+    codes = model.codes(replica(16, n=64, seed=4).images)
+    for k, factor in enumerate(model.spec.factors):
+        rest = codes[:, k, 1:].abs().amax().item()
+        if factor.kind == "ordinal":
+            assert rest == 0.0, factor.name
+        else:
+            assert rest > 0.0, factor.name
+    assert codes[:, :, 0].std(0).min() > 0
+
+
+def test_free_blocks_when_ordinal_dims_is_code_dims():
+    from factordiff.encoders.distill import FactorDistiller
+
+    enc = FactorDistiller([3, 4], [True, False], 3, 16, code_dims=4, width=8, ordinal_dims=4)
+    assert enc(torch.randn(5, 3, 16, 16)).abs().amin(0).gt(0).all()
+    assert "mask" not in enc.state_dict()
+
+
+def test_shipped_pretrained_model_loads_and_reads_its_factors():
+    """The weights that `factordiff quickstart` copies: its config (free ordinal blocks) and its
+    weights still fit the code, and its distiller recovers the factors of replica images of the
+    combinations it trained on (held-out object_hue x shape combinations are read less well)."""
+    from importlib.resources import files
+
+    from factordiff.data.splits import make_split
+
+    model = FactorModel.load(files("factordiff") / "pretrained" / "shapes32" / "model")
+    data = replica(32, n=256, seed=12)
+    codes = model.codes(data.images)
+    assert codes.shape == (256, 6, 4) and codes[:, :, 1:].abs().amax() > 0
+    pred = np.stack([lg.argmax(1).numpy() for lg in model.encoder.logits(codes)], axis=1)
+    seen = ~make_split(model.spec, model.config.split).heldout(data.factors)
+    assert 100 < seen.sum() < 256
+    assert (pred[seen] == data.factors[seen]).mean(0).min() >= 0.97

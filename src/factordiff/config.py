@@ -46,6 +46,9 @@ class DistillConfig:
         batch_size, lr: Adam batch size and learning rate.
         adversary_weight: weight of the penalty on what a block predicts about the other factors.
         order_weight: weight of the loss keeping an ordinal factor's order on the block's first axis.
+        ordinal_dims: dimensions an ordinal factor's block uses; the others are held at zero, so
+            the block is the value's position on its grid. Set it to ``code_dims`` for free blocks
+            (the shipped ``shapes32`` model was trained that way).
     """
 
     code_dims: int = 4
@@ -56,6 +59,7 @@ class DistillConfig:
     lr: float = 2e-3
     adversary_weight: float = 0.1
     order_weight: float = 1.0
+    ordinal_dims: int = 1
 
 
 @dataclass
@@ -274,7 +278,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     return obj
 
 
-_POSITIVE = {"size", "code_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden", "segments"}
+_POSITIVE = {"size", "code_dims", "ordinal_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden", "segments"}
 _NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance", "snr_gamma"}
 
 

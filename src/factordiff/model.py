@@ -61,7 +61,8 @@ def build_encoder(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.
     if cfg.unsupervised.enabled:
         u = cfg.unsupervised
         return SegmentEncoder(shape.channels, shape.size, u.segments, u.code_dims, u.width)
-    return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width)
+    return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width,
+                           cfg.distill.ordinal_dims)
 
 
 def denoiser_space(cfg: RunConfig, shape: ModelShape) -> tuple[int, int]:

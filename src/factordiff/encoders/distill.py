@@ -5,7 +5,10 @@ Each block is trained to carry its factor and nothing else:
 - *carry*: a linear classifier on block k predicts factor k (cross-entropy);
 - *order*: for an ordinal factor, the block's first axis regresses the value's position on the
   grid, scaled to [-1, 1], so unseen inner values land between their neighbours and the order
-  of values is kept (extrapolated values continue the line);
+  of values is kept (extrapolated values continue the line). By default an ordinal factor's
+  block *is* that position: its other axes are held at zero (``ordinal_dims=1``), so one code
+  dimension carries the factor, as single-dimension metrics (MIG, DCI completeness) read it; a
+  categorical factor's values get a free ``code_dims``-dimensional embedding;
 - *nothing else*: an adversary per block tries to predict every other factor from the block, and
   the encoder is trained through a gradient-reversal layer (Ganin & Lempitsky 2015) to defeat it.
 """
@@ -44,12 +47,21 @@ class FactorDistiller(nn.Module):
         in_channels, size: image channels and height/width.
         code_dims: D, dimensions of each block.
         width: channels of the backbone's first convolution.
+        ordinal_dims: dimensions an ordinal factor's block uses (the rest of it is zero);
+            ``None`` uses all ``code_dims``.
     """
 
-    def __init__(self, sizes: list[int], ordinal: list[bool], in_channels: int, size: int, code_dims: int = 4, width: int = 32):
+    def __init__(self, sizes: list[int], ordinal: list[bool], in_channels: int, size: int, code_dims: int = 4, width: int = 32,
+                 ordinal_dims: int | None = 1):
         super().__init__()
         self.sizes, self.ordinal, self.code_dims = list(sizes), list(ordinal), code_dims
         k = len(sizes)
+        used = min(code_dims, ordinal_dims or code_dims)
+        self.dims = [used if o else code_dims for o in self.ordinal]
+        mask = torch.zeros(k, code_dims)
+        for j, d in enumerate(self.dims):
+            mask[j, :d] = 1.0
+        self.register_buffer("mask", mask, persistent=False)
         self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
         self.to_codes = nn.Linear(256, k * code_dims)
         self.classifiers = nn.ModuleList(nn.Linear(code_dims, n) for n in sizes)
@@ -57,7 +69,7 @@ class FactorDistiller(nn.Module):
         self.adversaries = nn.ModuleList(nn.Sequential(nn.Linear(code_dims, 64), nn.SiLU(), nn.Linear(64, m)) for m in others)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_codes(self.backbone(x)).view(len(x), len(self.sizes), self.code_dims)
+        return self.to_codes(self.backbone(x)).view(len(x), len(self.sizes), self.code_dims) * self.mask
 
     def logits(self, codes: torch.Tensor) -> list[torch.Tensor]:
         """Each block's class logits for its own factor."""
