@@ -60,9 +60,10 @@ def main() -> None:
     common = {"data.size": args.size, "data.n": args.images, "split.kind": "none", "train.threads": 2}
     if args.part in ("distiller", "both"):
         t = time.time()
-        sup = fit(load_config(None, common), out / "distiller", progress=True, encoder_only=True)
+        over = {**common, "distill.ordinal_dims": 1}  # one axis per ordinal factor (see the README)
+        sup = fit(load_config(None, over), out / "distiller", progress=True, encoder_only=True)
         results["distiller"] = {"train_seconds": round(time.time() - t), "command": command,
-                                "config": common, **scores(sup.model, args.size, 15000, seed=101)}
+                                "config": over, **scores(sup.model, args.size, 15000, seed=101)}
     if args.part in ("unsupervised", "both"):
         over = {**common, "unsupervised.enabled": True, "train.minutes": args.unsupervised_minutes,
                 "autoencoder.block_out_channels": [32, 64, 128, 128] if args.size == 64 else [32, 64, 128]}

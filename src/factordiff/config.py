@@ -46,9 +46,10 @@ class DistillConfig:
         batch_size, lr: Adam batch size and learning rate.
         adversary_weight: weight of the penalty on what a block predicts about the other factors.
         order_weight: weight of the loss keeping an ordinal factor's order on the block's first axis.
-        ordinal_dims: dimensions an ordinal factor's block uses; the others are held at zero, so
-            the block is the value's position on its grid. Set it to ``code_dims`` for free blocks
-            (the shipped ``shapes32`` model was trained that way).
+        ordinal_dims: dimensions an ordinal factor's block uses, the others held at zero; ``1``
+            makes the block the value's position on its grid (one code dimension per factor, as
+            MIG and DCI completeness read codes); ``None`` (default) leaves blocks free, which
+            conditions the generator better in the one comparison made so far (docs/design.md).
     """
 
     code_dims: int = 4
@@ -59,7 +60,7 @@ class DistillConfig:
     lr: float = 2e-3
     adversary_weight: float = 0.1
     order_weight: float = 1.0
-    ordinal_dims: int = 1
+    ordinal_dims: int | None = None
 
 
 @dataclass

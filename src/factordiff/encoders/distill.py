@@ -5,10 +5,10 @@ Each block is trained to carry its factor and nothing else:
 - *carry*: a linear classifier on block k predicts factor k (cross-entropy);
 - *order*: for an ordinal factor, the block's first axis regresses the value's position on the
   grid, scaled to [-1, 1], so unseen inner values land between their neighbours and the order
-  of values is kept (extrapolated values continue the line). By default an ordinal factor's
-  block *is* that position: its other axes are held at zero (``ordinal_dims=1``), so one code
+  of values is kept (extrapolated values continue the line). With ``ordinal_dims=1`` an
+  ordinal factor's block *is* that position: its other axes are held at zero, so one code
   dimension carries the factor, as single-dimension metrics (MIG, DCI completeness) read it; a
-  categorical factor's values get a free ``code_dims``-dimensional embedding;
+  categorical factor's values always get a free ``code_dims``-dimensional embedding;
 - *nothing else*: an adversary per block tries to predict every other factor from the block, and
   the encoder is trained through a gradient-reversal layer (Ganin & Lempitsky 2015) to defeat it.
 """
@@ -52,7 +52,7 @@ class FactorDistiller(nn.Module):
     """
 
     def __init__(self, sizes: list[int], ordinal: list[bool], in_channels: int, size: int, code_dims: int = 4, width: int = 32,
-                 ordinal_dims: int | None = 1):
+                 ordinal_dims: int | None = None):
         super().__init__()
         self.sizes, self.ordinal, self.code_dims = list(sizes), list(ordinal), code_dims
         k = len(sizes)
