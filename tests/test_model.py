@@ -87,11 +87,10 @@ def test_shipped_pretrained_model_loads_and_reads_its_factors():
     """The weights that `factordiff quickstart` copies: its config (free ordinal blocks) and its
     weights still fit the code, and its distiller recovers the factors of replica images of the
     combinations it trained on (held-out object_hue x shape combinations are read less well)."""
-    from importlib.resources import files
-
     from factordiff.data.splits import make_split
+    from factordiff.quickstart import pretrained_run
 
-    model = FactorModel.load(files("factordiff") / "pretrained" / "shapes32" / "model")
+    model = FactorModel.load(pretrained_run(32) / "model")
     data = replica(32, n=256, seed=12)
     codes = model.codes(data.images)
     assert codes.shape == (256, 6, 4) and codes[:, :, 1:].abs().amax() > 0

@@ -56,11 +56,8 @@ class FactorDistiller(nn.Module):
         super().__init__()
         self.sizes, self.ordinal, self.code_dims = list(sizes), list(ordinal), code_dims
         k = len(sizes)
-        used = min(code_dims, ordinal_dims or code_dims)
-        self.dims = [used if o else code_dims for o in self.ordinal]
-        mask = torch.zeros(k, code_dims)
-        for j, d in enumerate(self.dims):
-            mask[j, :d] = 1.0
+        mask = torch.ones(k, code_dims)
+        mask[torch.tensor(self.ordinal, dtype=torch.bool), ordinal_dims or code_dims:] = 0.0
         self.register_buffer("mask", mask, persistent=False)
         self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
         self.to_codes = nn.Linear(256, k * code_dims)
