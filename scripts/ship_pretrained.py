@@ -1,10 +1,14 @@
 """Copy a finished run into the package as the quickstart's pretrained starting point.
 
     python scripts/ship_pretrained.py RUN [--size 32]
+    python scripts/ship_pretrained.py --prototypes-only [--size 32]
 
 Writes ``src/factordiff/pretrained/shapes{size}/``: the run's config, split, full training log and
 its model, with the network weights stored as float16 (half the size; they are cast back to
-float32 on load, and the quickstart's numbers are measured on these float16 weights). The
+float32 on load, and the quickstart's numbers are measured on these float16 weights). The value
+prototypes and the mean code are then recomputed with those shipped weights from the training
+images only (the run's data rendered again from its config, held-out combinations removed), and
+stored as float32. ``--prototypes-only`` does only that last step on the shipped folder. The
 README in that folder names the command that trained the run.
 """
 
@@ -15,20 +19,17 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
-from factordiff.checkpoint import atomic_save_tensors, load_tensors
+from factordiff.checkpoint import atomic_save_tensors, load_tensors, read_json
+from factordiff.config import RunConfig, from_dict
+from factordiff.fit import prepare_data
+from factordiff.model import PROTOTYPES, FactorModel
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "factordiff" / "pretrained"
 HALF = ("distiller", "encoder", "autoencoder", "denoiser")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--size", type=int, default=32)
-    args = ap.parse_args()
-    run, dest = args.run, PACKAGE / f"shapes{args.size}"
+def ship_weights(run: Path, dest: Path) -> dict:
+    """Copy the run into ``dest`` with float16 network weights; returns the last step of each stage."""
     if not (run / "model" / "config.json").is_file():
         raise SystemExit(f"{run}: no finished model in {run / 'model'}")
     if dest.exists():
@@ -46,7 +47,35 @@ def main() -> None:
     for line in (run / "train_log.jsonl").read_text().splitlines():
         row = json.loads(line)
         steps[row["stage"]] = row["step"]
-    print(json.dumps({"shipped": str(dest), "steps": steps}))
+    return steps
+
+
+def ship_prototypes(dest: Path) -> dict:
+    """Recompute ``dest/model/prototypes.safetensors`` with the shipped weights from the training
+    images only; returns the number of training images and the values left without a prototype."""
+    cfg = from_dict(RunConfig, read_json(dest / "run_config.json"), str(dest / "run_config.json"))
+    _, _, train = prepare_data(cfg)
+    model = FactorModel.load(dest / "model")
+    model.set_prototypes(model.codes(train.images), train.factors)
+    atomic_save_tensors({k: v.float() for k, v in model.prototype_tensors().items()}, dest / "model" / PROTOTYPES)
+    missing = [f"{f.name}={f.values[v]}" for k, f in enumerate(model.spec.factors) for v in range(f.size) if not model.has_prototype(k, v)]
+    return {"train_images": len(train), "values_without_prototype": missing}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path, nargs="?", help="the finished run folder to ship (not with --prototypes-only)")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--prototypes-only", action="store_true", help="only recompute the shipped model's prototypes from its training images")
+    args = ap.parse_args()
+    dest = PACKAGE / f"shapes{args.size}"
+    if (args.run is None) != args.prototypes_only:
+        raise SystemExit("pass RUN, or --prototypes-only without RUN")
+    report = {"shipped": str(dest)}
+    if args.run is not None:
+        report["steps"] = ship_weights(args.run, dest)
+    report["prototypes"] = ship_prototypes(dest)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

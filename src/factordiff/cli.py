@@ -32,7 +32,9 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
     pairs = {
         "data.source": args.data, "data.size": args.size, "data.factors": _csv_list(args.factors) if args.factors else None,
         "split.kind": args.holdout, "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
-        "train.minutes": args.minutes, "train.seed": args.seed,
+        "split.where": args.holdout_where, "train.minutes": args.minutes, "train.seed": args.seed,
+        "profiles.normalize": args.normalize, "profiles.controls": args.controls, "profiles.moa": args.moa,
+        "profiles.max_missing": args.max_missing, "profiles.roles": _csv_list(args.roles) if args.roles else None,
     }
     over = {k: v for k, v in pairs.items() if v is not None}
     if args.data and not args.data.startswith("shapes"):
@@ -45,12 +47,30 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from factordiff.fit import fit
 
     cfg = load_config(args.config, _fit_overrides(args))
+    if cfg.data.source.startswith("profiles:"):
+        from factordiff.profile_model import fit_profiles
+
+        model, data = fit_profiles(cfg, Path(args.out), resume=args.resume)
+        c = data.table.cleaning
+        print(f"{data.table.source}: {c['rows']} of {c['rows_read']} rows, {c['features']} features; dropped {len(c['columns_dropped_missing'])} "
+              f"column(s) with more than {c['max_missing']:.0%} missing, then {c['rows_dropped_missing']} row(s) with missing values, "
+              f"{len(c['columns_dropped_constant'])} constant column(s); normalisation: {data.normalization['normalize']}")
+        print(f"trained {int(data.train.sum())} rows ({data.split.description}); model: {Path(args.out) / 'model'}")
+        return
     result = fit(cfg, Path(args.out), resume=args.resume)
     print(f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from factordiff.evaluate.suite import evaluate_run
+    from factordiff.profile_model import is_profile_run
+
+    if is_profile_run(Path(args.run)):
+        from factordiff.evaluate.profile_suite import evaluate_profile_run, summary_lines
+
+        print("\n".join(summary_lines(evaluate_profile_run(Path(args.run)))))
+        print(f"metrics: {Path(args.run) / 'metrics.json'}")
+        return
 
     _print_summary(evaluate_run(Path(args.run)))
     print(f"metrics: {Path(args.run) / 'metrics.json'}")
@@ -95,6 +115,17 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _cmd_regenerate(args: argparse.Namespace) -> None:
+    from factordiff.profile_model import is_profile_run, regenerate_table
+
+    if not is_profile_run(Path(args.run)):
+        raise FactordiffError(f"{args.run}: not a profile run (no model/config.json of kind profiles); regenerate works on runs of fit --data profiles:TABLE")
+    r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
+    for v in r["unseen_values"]:
+        print(f"note: {v} has no training row; generated with that factor's code absent (from the other factors)")
+    print(f"wrote {r['rows']} regenerated rows to {r['out']}")
+
+
 def _cmd_disentanglement(args: argparse.Namespace) -> None:
     from factordiff.checkpoint import atomic_write_json
     from factordiff.evaluate.disentanglement import format_table, load_and_score
@@ -106,11 +137,32 @@ def _cmd_disentanglement(args: argparse.Namespace) -> None:
         atomic_write_json(Path(args.json), scores)
 
 
+def _num(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def _print_summary(metrics: dict) -> None:
     cf = metrics.get("counterfactual", {})
     for kind in ("seen", "heldout"):
         if cf.get(kind):
-            print(f"{kind:8s} effectiveness {cf[kind]['effectiveness']:.3f}  preservation {cf[kind]['preservation']:.3f}  ({cf[kind]['edits']} edits)")
+            c = cf[kind]
+            print(f"{kind:8s} effectiveness {_num(c['effectiveness'])}  preservation {_num(c['preservation'])}  all_right {_num(c.get('all_right'))}  ({c['edits']} edits)")
+    pairs = cf.get("heldout_pairs")
+    if pairs and pairs.get("absent"):
+        print(f"heldout pairs: not measured ({pairs['absent']})")
+    elif pairs:
+        print(f"heldout pairs ({' + '.join(pairs['factors'])}) effectiveness {_num(pairs['effectiveness'])}  preservation {_num(pairs['preservation'])}  "
+              f"all_right {_num(pairs['all_right'])}  ({pairs['edits']} edits)")
+    samples = metrics.get("samples", {})
+    if samples:
+        g = metrics.get("samples_guidance", {})
+        form = f" ({g['form']} guidance {g['weight']:g})" if g else ""
+        print(f"samples{form} all factors right: " + "  ".join(f"{k} {_num(v['all_factors'])}" for k, v in samples.items()))
+    sound = metrics.get("soundness")
+    if sound:
+        comp = "  ".join(f"x{n} L1 {_num(v['l1'], 4)} agree {_num(v['oracle_agreement'])}" for n, v in sound["composition"].items())
+        rev = sound["reversibility"]
+        print(f"soundness null edit {comp}  |  A->B->A L1 {_num(rev['l1'], 4)} agree {_num(rev['oracle_agreement'])}")
     if "reconstruction_mse" in metrics:
         print(f"reconstruction_mse {metrics['reconstruction_mse']:.2e}")
 
@@ -134,10 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_quickstart)
 
     p = sub.add_parser("fit", help="train a model on a dataset")
-    p.add_argument("--data", help="shapes | h5:FILE | table:FACTORS.csv")
+    p.add_argument("--data", help="shapes | h5:FILE | table:FACTORS.csv | profiles:TABLE (.csv, .csv.gz, .parquet)")
     p.add_argument("--holdout", help="none | random | composition | interpolation | extrapolation | unseen_value")
     p.add_argument("--holdout-factors", help="factor names the split acts on, comma-separated")
-    p.add_argument("--factors", help="factor columns of a table, comma-separated (default: every non-image column)")
+    p.add_argument("--factors", help="factor columns of a table, comma-separated (default: every non-image column; profiles: every Metadata_* column with more than one value that is not an identifier)")
+    p.add_argument("--holdout-where", action="append", metavar="F=V,G=W", help="hold out rows matching every pair (repeatable; any one condition holds a row out)")
+    p.add_argument("--normalize", choices=["none", "plate", "controls"], help="profiles: per-plate robust z-score to the plate's training rows or controls (default none)")
+    p.add_argument("--controls", metavar="F=V", help="profiles: the control condition, e.g. Metadata_Compound=DMSO")
+    p.add_argument("--moa", metavar="COLUMN", help="profiles: the mechanism-of-action column (unseen-perturbation retrieval)")
+    p.add_argument("--max-missing", type=float, help="profiles: drop feature columns with a larger share of missing values (default 0.05)")
+    p.add_argument("--roles", metavar="F=ROLE,...", help="profiles: biological or technical per factor (default from the name: batch, plate, well, ... are technical)")
     p.add_argument("--size", type=_positive_int, help="image size the models work at")
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
@@ -156,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, 2)")
     p.set_defaults(handler=_cmd_counterfactual)
+
+    p = sub.add_parser("regenerate", help="profiles: regenerate rows of a profile run's table with factors changed (a virtual experiment)")
+    p.add_argument("run", help="run folder of fit --data profiles:TABLE")
+    p.add_argument("--where", action="append", metavar="F=V,G=W", help="rows to regenerate: matching every pair (repeatable: any condition); default all rows")
+    p.add_argument("--set", action="append", required=True, metavar="F=V,G=W", help="the new factor values")
+    p.add_argument("--out", required=True, help="output .csv or .csv.gz")
+    p.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's profiles.sample_steps)")
+    p.set_defaults(handler=_cmd_regenerate)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
     p.add_argument("run")

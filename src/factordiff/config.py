@@ -101,7 +101,18 @@ class DenoiserConfig:
         prediction_type: ``v_prediction`` or ``epsilon``.
         beta_schedule: diffusers beta schedule name (``squaredcos_cap_v2`` is the cosine schedule).
         adapter_hidden: hidden width of each factor's adapter MLP.
-        cond_dropout: probability that each factor is replaced by its null embedding in training.
+        cond_dropout: probability that each factor is replaced by its null embedding in training
+            (and, separately, that all factors are).
+        dropout_schedule: ``independent`` (the above alone) or ``with_singles``: in addition, with
+            probability ``single_prob`` a training row keeps exactly one factor, drawn uniformly,
+            and every other factor takes its null embedding (what ``composed`` guidance asks for).
+        single_prob: the share of training rows with one factor alone under ``with_singles``.
+        coind_weight: weight of CoInD's conditional-independence loss, the mean square of
+            eps(c_i) + eps(c_j) - eps(c_ij) - eps(null) on one random factor pair per row, in the
+            model's prediction space (0: off). CoInD used about 1; too large a weight makes the
+            model ignore its conditions.
+        coind_rows: rows of each batch the CoInD loss is computed on (None: all); each costs four
+            extra rows of the denoiser's forward pass.
         train_base: train the UNet with the adapter (joint); False freezes the base.
     """
 
@@ -113,6 +124,10 @@ class DenoiserConfig:
     num_train_timesteps: int = 1000
     adapter_hidden: int = 256
     cond_dropout: float = 0.1
+    dropout_schedule: Literal["independent", "with_singles"] = "independent"
+    single_prob: float = 0.0
+    coind_weight: float = 0.0
+    coind_rows: int | None = None
     train_base: bool = True
     steps: int = 24000
     budget: float = 0.62
@@ -173,14 +188,65 @@ class EvaluateConfig:
     sources: source images per kind of edit (seen, held-out).
     steps: DDIM steps for inversion and for sampling.
     guidance: classifier-free guidance weight on the changed factor (1 = none).
+    guidance_form: how samples from noise combine the factors' conditions: ``joint`` (one condition
+        with every factor), ``composed`` (per-factor conditions summed) or ``nested`` (factors
+        added one at a time); see ``factordiff.diffusion.guidance``.
+    sample_guidance: guidance weight of every factor in samples from noise (joint: ordinary
+        classifier-free guidance, 1 = none; composed and nested: each factor's weight).
+    soundness_sources: source images of the soundness measures (each costs 12 inversions and
+        12 generations).
     oracle_steps: optimisation steps of the oracle classifier.
     """
 
     sources: int = 100
     steps: int = 50
     guidance: float = 2.0
+    guidance_form: Literal["joint", "composed", "nested"] = "joint"
+    sample_guidance: float = 1.0
+    soundness_sources: int = 32
     oracle_steps: int = 1500
     oracle_images: int = 60000
+
+
+@dataclass
+class ProfilesConfig:
+    """Profile tables (``data.source = "profiles:TABLE"``): cleaning, the MLP denoiser, evaluation.
+
+    Args:
+        roles: ``"FACTOR=biological"`` or ``"FACTOR=technical"`` per factor (others: technical when
+            the name says batch, plate, well, source, date..., else biological).
+        max_missing: feature columns with a larger share of missing values are dropped, then rows
+            with any missing value.
+        normalize: ``none`` (the table is already normalised), ``plate`` (robust z-score to each
+            plate's training rows) or ``controls`` (to each plate's training control rows).
+        plate_column: the plate column for ``normalize`` (None: the metadata column named *Plate).
+        controls: the control condition ``"FACTOR=VALUE"`` (e.g. ``Metadata_Compound=DMSO``).
+        moa: metadata column with the mechanism of action, for the unseen-perturbation retrieval.
+        width, depth: the MLP denoiser's hidden width and residual blocks.
+        code_dims: dimensions of each factor's code (a learned embedding of its value; an
+            ordinal factor's code is a function of its position on the factor's axis).
+        steps, batch_size, lr: training of the denoiser with its codes.
+        cond_dropout: probability that each factor is absent in a training example (and that all are).
+        guidance_biological, guidance_technical: guidance weight on changed factors of each role.
+        sample_steps: DDIM steps for inversion and regeneration.
+    """
+
+    roles: list[str] = field(default_factory=list)
+    max_missing: float = 0.05
+    normalize: Literal["none", "plate", "controls"] = "none"
+    plate_column: str | None = None
+    controls: str | None = None
+    moa: str | None = None
+    width: int = 128
+    depth: int = 2
+    code_dims: int = 16
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 1e-3
+    cond_dropout: float = 0.2
+    guidance_biological: float = 2.0
+    guidance_technical: float = 2.0
+    sample_steps: int = 50
 
 
 @dataclass
@@ -193,6 +259,7 @@ class RunConfig:
     unsupervised: UnsupervisedConfig = field(default_factory=UnsupervisedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -279,8 +346,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     return obj
 
 
-_POSITIVE = {"size", "code_dims", "ordinal_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden", "segments"}
-_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance", "snr_gamma"}
+_POSITIVE = {"size", "code_dims", "ordinal_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden", "segments", "depth", "sample_steps", "coind_rows", "soundness_sources"}
+_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance", "snr_gamma", "max_missing", "guidance_biological", "guidance_technical", "coind_weight", "sample_guidance"}
 
 
 def _check_ranges(obj: Any, where: str) -> None:
@@ -292,8 +359,10 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise FactordiffError(f"{where}.{f.name}: expected a positive number, got {v}")
         if f.name in _NONNEGATIVE and v < 0:
             raise FactordiffError(f"{where}.{f.name}: expected a number >= 0, got {v}")
-    if isinstance(obj, DenoiserConfig) and not 0 <= obj.cond_dropout < 1:
+    if isinstance(obj, (DenoiserConfig, ProfilesConfig)) and not 0 <= obj.cond_dropout < 1:
         raise FactordiffError(f"{where}.cond_dropout: expected a probability in [0, 1), got {obj.cond_dropout}")
+    if isinstance(obj, DenoiserConfig) and not 0 <= obj.single_prob <= 1:
+        raise FactordiffError(f"{where}.single_prob: expected a probability in [0, 1], got {obj.single_prob}")
     if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
         raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")
 

@@ -73,6 +73,25 @@ class Factor:
         return cls(d["name"], tuple(d["values"]), d.get("kind", "categorical"), d.get("role"))
 
 
+def _short(name: str) -> str:
+    low = name.lower()
+    for prefix in ("image_metadata_", "metadata_"):
+        if low.startswith(prefix):
+            return low[len(prefix):]
+    return low
+
+
+def parse_pairs(text: str, where: str) -> list[tuple[str, str]]:
+    """``"F=V,G=W"`` -> ``[("F", "V"), ("G", "W")]``; a malformed pair raises naming ``where``."""
+    pairs = []
+    for part in (p.strip() for p in text.split(",")):
+        name, eq, value = part.partition("=")
+        if not part or not eq or not name.strip() or not value.strip():
+            raise FactordiffError(f"{where}: expected FACTOR=VALUE pairs separated by commas, got {text!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
 @dataclass(frozen=True)
 class FactorSpec:
     """An ordered set of factors; a grid combination is a tuple of value indices, one per factor."""
@@ -109,6 +128,16 @@ class FactorSpec:
         if name not in self._by_name:
             raise FactordiffError(f"unknown factor {name!r}; expected one of {', '.join(self.names)}")
         return self._by_name[name]
+
+    def resolve(self, name: str) -> int:
+        """Position of ``name``, also accepting a table column's name without its ``Metadata_``
+        prefix, in any case (``compound`` for ``Metadata_Compound``)."""
+        if name in self._by_name:
+            return self._by_name[name]
+        short = {_short(n): i for i, n in enumerate(self.names)}
+        if _short(name) in short:
+            return short[_short(name)]
+        return self.position(name)
 
     def grid(self) -> np.ndarray:
         """Every combination, (grid_size, K) int64, row-major with the last factor fastest."""

@@ -9,7 +9,8 @@ Unsupervised (``unsupervised.enabled``; no label reaches any stage):
 1. ``autoencoder`` without the distiller term; 2. ``base``: an unconditional denoiser;
 3. ``encoder``: the segment encoder and the gradient-estimator branch on the frozen base.
 
-Held-out combinations are removed before stage 1; no stage sees them. Each finished stage's weights
+Held-out combinations are removed before stage 1; no stage sees them, nor do the statistics fitted
+on codes afterwards (block alignment, value prototypes, mean code). Each finished stage's weights
 are written to ``RUN/model/`` and read back by the next stage, so a resumed run continues from
 exactly the same state as an uninterrupted one. The time budget (``train.minutes``) is shared by
 the stages in proportion to their ``budget``; time a stage does not use passes to the next.
@@ -101,9 +102,10 @@ def _load_part(run: Path, name: str, module: torch.nn.Module) -> torch.nn.Module
     return module.eval().requires_grad_(False)
 
 
-def _check_run_folder(cfg: RunConfig, run: Path, resume: bool) -> bool:
-    """Refuse to overwrite a run; on --resume, insist on the same config. Returns whether to resume."""
-    if run.exists() and any(run.iterdir()) and not resume:
+def _check_run_folder(cfg: RunConfig, run: Path, resume: bool, keep: tuple[str, ...] = ()) -> bool:
+    """Refuse to overwrite a run (files named in ``keep`` do not count); on --resume, insist on the
+    same config. Returns whether to resume."""
+    if run.exists() and any(p.name not in keep for p in run.iterdir()) and not resume:
         raise FactordiffError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose another --out")
     if resume and not (run / "run_config.json").is_file():
         if run.exists() and any(run.iterdir()):
@@ -194,14 +196,17 @@ def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[t
     return _load_part(f.run, "encoder", encoder), model.denoiser
 
 
-def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None, encoder_only: bool = False) -> FitResult:
+def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None, encoder_only: bool = False,
+        keep: tuple[str, ...] = ()) -> FitResult:
     """Train every stage of a FactorModel into run folder ``out``; returns the trained model.
 
-    ``encoder_only`` stops a supervised run after the distiller (the result's model then has no
-    autoencoder and an untrained denoiser): what the latent-space benchmarks need.
+    ``data``: (all data, split, training data) as ``prepare_data`` returns them; only the training
+    data reaches the model. ``encoder_only`` stops a supervised run after the distiller (the
+    result's model then has no autoencoder and an untrained denoiser): what the latent-space
+    benchmarks need. ``keep``: names of files that may already be in ``out`` (quickstart's marker).
     """
     run = Path(out)
-    resume = _check_run_folder(cfg, run, resume)
+    resume = _check_run_folder(cfg, run, resume, keep)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset, split, train = data or prepare_data(cfg)
@@ -229,7 +234,7 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     else:
         model.denoiser = _train_denoiser(f, model, x)
     model = FactorModel(cfg, train.spec, f.shape, model.encoder, autoencoder, model.denoiser, factor_blocks=model.factor_blocks)
-    model.set_prototypes(model.codes(dataset.images), dataset.factors)
+    model.set_prototypes(model.codes(train.images), train.factors)  # training images only: nothing held out
     model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})
     _join_logs(run)
     return FitResult(model, run, split, train, dataset)

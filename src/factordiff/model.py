@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from factordiff.factors import FactorSpec
 from factordiff.train import map_batches
 
 CONFIG = "config.json"
+PROTOTYPES = "prototypes.safetensors"
 MEAN_CODE = "__mean_code__"  # key of the mean code in prototypes.safetensors
 
 
@@ -101,8 +102,8 @@ class FactorModel:
             the unsupervised segment encoder.
         autoencoder: the latent autoencoder, or None for pixel-space diffusion.
         denoiser: the conditioned UNet.
-        prototypes: per factor, the mean code block of each value, (n_values, D), NaN rows for
-            values no image had.
+        prototypes: per factor, the mean code block of each value over the training images,
+            (n_values, D), NaN rows for values no training image had (held out by the split).
         factor_blocks: the code block that carries each factor (the identity for the distiller;
             for the unsupervised encoder, the block that best predicts the factor).
     """
@@ -136,7 +137,8 @@ class FactorModel:
 
     @torch.no_grad()
     def set_prototypes(self, codes: torch.Tensor, factors: np.ndarray) -> None:
-        """Mean code block of every value of every factor, from codes and their value indices."""
+        """Mean code block of every value of every factor, and the mean code, from codes and their
+        value indices. ``fit`` passes the training images only: nothing held out reaches them."""
         self.prototypes = []
         self.mean_code = codes.mean(0)
         for k, f in enumerate(self.spec.factors):
@@ -147,21 +149,25 @@ class FactorModel:
                     proto[v] = codes[m, self.factor_blocks[k]].mean(0)
             self.prototypes.append(proto)
 
-    def compose(self, values: np.ndarray) -> torch.Tensor:
+    def compose(self, values: np.ndarray, block: Callable[[int, int], torch.Tensor] | None = None) -> torch.Tensor:
         """Codes (N, blocks, D) for combinations of value indices (N, K): the mean code with each
-        factor's block set to its value's prototype."""
+        factor's block set to ``block(factor, value)``, by default the value's prototype."""
+        block = block or self.prototype
         shape = (len(values), max(self.factor_blocks) + 1, self.prototypes[0].shape[1])
         codes = self.mean_code.expand(shape).clone() if self.mean_code is not None else torch.zeros(shape)
         for k in range(len(self.spec)):
-            codes[:, self.factor_blocks[k]] = torch.stack([self.prototype(k, int(v)) for v in values[:, k]])
+            codes[:, self.factor_blocks[k]] = torch.stack([block(k, int(v)) for v in values[:, k]])
         return codes
 
+    def has_prototype(self, factor: int, value: int) -> bool:
+        """Whether some training image had this value (so that it has a prototype)."""
+        return bool(self.prototypes) and not torch.isnan(self.prototypes[factor][value]).any()
+
     def prototype(self, factor: int, value: int) -> torch.Tensor:
-        block = self.prototypes[factor][value]
-        if torch.isnan(block).any():
+        if not self.has_prototype(factor, value):
             f = self.spec.factors[factor]
-            raise FactordiffError(f"{f.name}={f.values[value]}: no image with this value was encoded; pass a reference image with --from")
-        return block
+            raise FactordiffError(f"{f.name}={f.values[value]}: no training image had this value, so it has no prototype code; pass a reference image with --from")
+        return self.prototypes[factor][value]
 
     # --- latent space ----------------------------------------------------------------------
     @torch.no_grad()
@@ -213,10 +219,14 @@ class FactorModel:
         for name, m in self.modules().items():
             atomic_save_tensors(m.state_dict(), folder / f"{name}.safetensors")
         if self.prototypes:
-            tensors = {f"{f.name}": p for f, p in zip(self.spec.factors, self.prototypes)}
-            atomic_save_tensors({**tensors, MEAN_CODE: self.mean_code}, folder / "prototypes.safetensors")
+            atomic_save_tensors(self.prototype_tensors(), folder / PROTOTYPES)
         meta = {"run": self.config.to_json(), "factors": self.spec.to_json(), "shape": vars(self.shape), "factor_blocks": self.factor_blocks, **(extra or {})}
         atomic_write_json(folder / CONFIG, meta)
+
+    def prototype_tensors(self) -> dict[str, torch.Tensor]:
+        """What ``prototypes.safetensors`` holds: one (n_values, D) float32 tensor per factor name,
+        and the mean code under ``MEAN_CODE``."""
+        return {**{f.name: p for f, p in zip(self.spec.factors, self.prototypes)}, MEAN_CODE: self.mean_code}
 
     @classmethod
     def load(cls, folder: Path) -> "FactorModel":
@@ -241,8 +251,8 @@ class FactorModel:
             except RuntimeError as e:
                 raise FactordiffError(f"{folder / (name + '.safetensors')}: weights do not fit the config ({str(e).splitlines()[0][:120]})") from None
         prototypes = None
-        if (folder / "prototypes.safetensors").is_file():
-            t = load_tensors(folder / "prototypes.safetensors")
+        if (folder / PROTOTYPES).is_file():
+            t = load_tensors(folder / PROTOTYPES)
             prototypes = [t[f.name] for f in spec.factors]
         model = cls(config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks"))
         if prototypes is not None:

@@ -4,6 +4,10 @@ With no ``--minutes`` it starts from the small pretrained model shipped in the p
 ``factordiff fit`` with the documented command in its folder's README, training log beside it);
 with ``--minutes N`` (or ``--from-scratch``) it trains every stage from scratch in that budget.
 Either way it then trains the oracle, evaluates the counterfactuals and writes the report.
+
+Its output folder holds ``quickstart.json`` (what it did), written before anything else, so that a
+later quickstart replaces an earlier one's output (finished or interrupted) and nothing else: a
+folder without the marker (a ``factordiff fit`` run, say) is refused.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from factordiff.checkpoint import atomic_write_json
 from factordiff.config import RunConfig, load_config
 from factordiff.errors import FactordiffError
 
 DEFAULT_MINUTES = 15.0
+MARKER = "quickstart.json"  # marks a folder as a quickstart's output, which the next quickstart may replace
 
 
 def quickstart_config(size: int = 32, minutes: float | None = DEFAULT_MINUTES) -> RunConfig:
@@ -34,10 +40,14 @@ def pretrained_run(size: int) -> Path | None:
 
 
 def _prepare_out(out: Path) -> None:
+    """Leave ``out`` an empty folder: create it, or replace an earlier quickstart's output (it holds
+    MARKER); refuse anything else, so that no other run is ever deleted."""
+    if out.exists() and not out.is_dir():
+        raise FactordiffError(f"{out}: is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
-        if not (out / "run_config.json").is_file():
-            raise FactordiffError(f"{out}: exists and is not a factordiff run folder; choose another --out")
-        shutil.rmtree(out)  # a previous quickstart run: start again
+        if not (out / MARKER).is_file():
+            raise FactordiffError(f"{out}: not empty and not a quickstart's output (no {MARKER}); quickstart replaces only its own output: choose another --out")
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -50,15 +60,18 @@ def quickstart(out: Path = Path("runs/quickstart"), minutes: float | None = None
     out = Path(out)
     pretrained = pretrained_run(size)
     use_pretrained = pretrained is not None and minutes is None and not from_scratch
+    minutes = None if use_pretrained else (DEFAULT_MINUTES if minutes is None else minutes)
     _prepare_out(out)
+    done = {"command": "factordiff quickstart", "size": size, "start": "pretrained" if use_pretrained else "scratch",
+            "pretrained": str(pretrained) if use_pretrained else None, "minutes": minutes}
+    atomic_write_json(out / MARKER, {**done, "finished": False})  # first, so that even an interrupted quickstart is recognised
     if use_pretrained:
         shutil.copytree(pretrained, out, dirs_exist_ok=True)
         print(f"starting from the pretrained model in {pretrained} (train from scratch with --minutes N)")
     else:
-        cfg = quickstart_config(size, minutes if minutes is not None else DEFAULT_MINUTES)
-        shutil.rmtree(out)
-        fit(cfg, out, progress=progress)
+        fit(quickstart_config(size, minutes), out, progress=progress, keep=(MARKER,))
     metrics = evaluate_run(out, progress=progress)
     build_report(out)
+    atomic_write_json(out / MARKER, {**done, "finished": True})
     return metrics
 

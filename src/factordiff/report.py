@@ -78,8 +78,45 @@ def _counterfactual_table(cf: dict) -> str:
         cells = "".join(f"<td>{_fmt(cf[k]['effectiveness_by_factor'].get(name))}</td><td>{_fmt(cf[k]['preservation_by_factor'].get(name))}</td>" for k in kinds)
         rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
     mean = "".join(f"<td><b>{_fmt(cf[k]['effectiveness'])}</b></td><td><b>{_fmt(cf[k]['preservation'])}</b></td>" for k in kinds)
-    edits = "".join(f"<td colspan=2>{cf[k]['edits']}</td>" for k in kinds)
-    return f"<table><tr><th>factor</th>{head}</tr>{''.join(rows)}<tr><td><b>mean</b></td>{mean}</tr><tr><td>edits</td>{edits}</tr></table>"
+    rows.append(f"<tr><td><b>mean</b></td>{mean}</tr>")
+    rows.append("<tr><td><b>all factors right</b></td>" + "".join(f"<td colspan=2><b>{_fmt(cf[k].get('all_right'))}</b></td>" for k in kinds) + "</tr>")
+    counts = {"edits": "edits", "targets_from_reference": "target code from a reference image (value has no prototype)",
+              "skipped": "skipped (no image has the target value)"}
+    for key, label in counts.items():
+        if key == "edits" or any(cf[k].get(key) for k in kinds):
+            rows.append(f"<tr><td>{label}</td>" + "".join(f"<td colspan=2>{cf[k].get(key, 0)}</td>" for k in kinds) + "</tr>")
+    return f"<table><tr><th>factor</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _pairs_section(p: dict | None) -> str:
+    """Two-factor edits into held-out combinations, or why there are none."""
+    if not p:
+        return ""
+    parts = ["<h3>Two factors at once, into held-out combinations</h3>"]
+    if p.get("absent"):
+        return "".join(parts) + f"<p class=note>Not measured: {html.escape(p['absent'])}.</p>"
+    names = " and ".join(html.escape(n) for n in p.get("factors", []))
+    parts.append(f"<p class=note>Each edit changes {names} of a training combination into a held-out value pair (both code blocks swapped, "
+                 "guidance on both). <i>Effectiveness</i>: share of edits with both changed factors read as requested; <i>preservation</i>: "
+                 "mean over the other factors of the share still read as the source's.</p>")
+    by = "".join(f"<tr><td>{html.escape(n)} read as requested</td><td>{_fmt(v)}</td></tr>" for n, v in p.get("effectiveness_by_factor", {}).items())
+    parts.append(f"<table><tr><td><b>effectiveness</b></td><td><b>{_fmt(p['effectiveness'])}</b></td></tr>{by}"
+                 f"<tr><td><b>preservation</b></td><td><b>{_fmt(p['preservation'])}</b></td></tr>"
+                 f"<tr><td><b>all factors right</b></td><td><b>{_fmt(p['all_right'])}</b></td></tr><tr><td>edits</td><td>{p['edits']}</td></tr></table>")
+    return "".join(parts)
+
+
+def _soundness_section(s: dict) -> str:
+    """Composition (repeated null edits) and reversibility (A -> B -> A)."""
+    rows = [(f"null edit applied {n} time{'s' if n != '1' else ''}", v) for n, v in s.get("composition", {}).items()]
+    rows.append(("A &rarr; B &rarr; A (one factor changed and back)", s.get("reversibility", {})))
+    body = "".join(f"<tr><td>{label}</td><td>{_fmt(v.get('l1'))}</td><td>{_fmt(v.get('oracle_agreement'))}</td></tr>" for label, v in rows)
+    return ("<h2>Counterfactual soundness</h2><p class=note>After Monteiro et al. (ICLR 2023), on "
+            f"{s.get('sources', '–')} training-combination sources. <i>Composition</i>: the null edit (invert and regenerate under the source's own codes) "
+            "applied repeatedly should leave the image unchanged. <i>Reversibility</i>: changing a factor and changing it back should return the source. "
+            "<i>L1</i>: mean absolute pixel difference to the source, pixels in [0, 1]; <i>oracle agreement</i>: share of images on which the oracle reads "
+            "every factor as the source's.</p>"
+            f"<table><tr><th>edit</th><th>L1</th><th>oracle agreement</th></tr>{body}</table>")
 
 
 def _kv_table(d: dict) -> str:
@@ -115,12 +152,51 @@ def _analysis_section(run: Path, a: dict) -> str:
     return "".join(parts)
 
 
+def _profile_sections(m: dict) -> list[str]:
+    """The profile run's figures: cleaning, each held-out task (model beside the baselines), mAP."""
+    c = m.get("cleaning", {})
+    parts = [f"<p class=note>Held out: {html.escape(m.get('split', {}).get('description', '–'))} ({m['rows']['heldout']} rows; {m['rows']['train']} training rows). "
+             f"Table: {c.get('rows')} of {c.get('rows_read')} rows and {c.get('features')} features kept; {len(c.get('columns_dropped_missing', []))} feature column(s) "
+             f"with more than {c.get('max_missing', 0):.0%} missing values dropped, then {c.get('rows_dropped_missing')} row(s) with missing values, "
+             f"{len(c.get('columns_dropped_constant', []))} constant column(s). Normalisation: {html.escape(str(m.get('normalization', {}).get('normalize')))}.</p>"]
+    parts.append("<h2>Held-out conditions</h2><p class=note><i>mean error</i>: mean over features of |mean(generated) - mean(real held-out)|, "
+                 "features standardised by the training rows; <i>energy</i>: energy distance in the same units (0 = same distribution). "
+                 "<i>read_as_target</i>: share of generated rows an oracle (logistic regression on every real row) reads as the requested value; "
+                 "<i>read_as_source</i>: share whose biological factor is still read as the source's; <i>moa_hits</i>: share whose nearest "
+                 "training profile has the true mechanism of action. Baselines: copy the source, mean shift, nearest training condition, additive ridge model.</p>")
+    for task in m.get("tasks", []):
+        parts.append(f"<h3>{html.escape(task['condition'])} ({html.escape(task['kind'])})</h3>")
+        if task["kind"] == "skipped":
+            parts.append(f"<p>{html.escape(task['reason'])}</p>")
+            continue
+        cols = list(next(iter(task["methods"].values())))
+        best = {k: min(r[k] for r in task["methods"].values()) for k in ("mean_error", "energy")}
+        rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td class={'good' if best.get(k) == r[k] else ''}>{_fmt(r[k])}</td>" for k in cols) + "</tr>"
+                       for n, r in task["methods"].items())
+        parts.append(f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows.</p>"
+                     f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr>{rows}</table>")
+    r = m.get("retrieval")
+    if r:
+        parts.append("<h2>Perturbation retrieval (copairs mAP)</h2><p class=note>Positives: rows of the same perturbation in another plate; negatives: controls. "
+                     "<i>model</i> and <i>mean_shift</i>: training perturbation rows regenerated from same-plate controls; <i>copy_control_null</i>: those controls unchanged.</p>")
+        parts.append("<table><tr><th>rows</th><th>mAP</th><th>significant share</th><th>groups</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(v['map'])}</td><td>{_fmt(v['significant'])}</td><td>{v['groups']}</td></tr>" for n, v in r.items()) + "</table>")
+    parts.append("<p class=note>Oracle cross-validated accuracy on real rows: " + html.escape(", ".join(f"{k} {v:.3f}" for k, v in m.get("oracle_accuracy", {}).items())) + "</p>")
+    return parts
+
+
 def build_report(run: Path) -> Path:
     """Write ``RUN/report.html`` from ``RUN/metrics.json`` and the figures; returns its path."""
     run = Path(run)
     if not (run / "metrics.json").is_file():
         raise FactordiffError(f"{run}: no metrics.json; run factordiff evaluate {run} first")
     m = read_json(run / "metrics.json")
+    if m.get("kind") == "profiles":
+        parts = [f"<h1>factordiff report: {html.escape(run.name)} (profiles)</h1>", *_profile_sections(m)]
+        curves = training_curves(run / "train_log.jsonl")
+        if curves:
+            parts.append("<h2>Training</h2>" + "".join(_svg_curve(pts, f"{stage} loss") for stage, pts in curves.items()))
+        return _write_page(run, parts)
     cf = m.get("counterfactual", {})
     parts = [f"<h1>factordiff report: {html.escape(run.name)}</h1>"]
     parts.append(f"<p class=note>Held-out split: {html.escape(m.get('split', {}).get('description', '–'))}. "
@@ -130,6 +206,7 @@ def build_report(run: Path) -> Path:
                  "<i>Preservation</i>: share of edits of the other factors after which the oracle still reads this factor as in the source. "
                  "<i>seen</i>: the edited combination was in the training data; <i>heldout</i>: it was held out from every learning stage.</p>")
     parts.append(_counterfactual_table(cf))
+    parts.append(_pairs_section(cf.get("heldout_pairs")))
     figs = m.get("figures", {})
     if "counterfactuals" in figs:
         f = figs["counterfactuals"]
@@ -143,10 +220,14 @@ def build_report(run: Path) -> Path:
         parts.append(_img(run / f["file"], "sample grid"))
     s = m.get("samples", {})
     if s:
-        parts.append("<h2>Sample accuracy</h2><table><tr><th>combinations</th><th>all factors right</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in next(iter(s.values()))["by_factor"]) + "</tr>")
+        g = m.get("samples_guidance", {"form": "joint", "weight": 1.0})
+        parts.append(f"<h2>Sample accuracy</h2><p class=note>Samples from noise under prototype codes, {html.escape(str(g['form']))} guidance, weight {_fmt(g['weight'])} "
+                     "on every factor (joint at weight 1: no guidance); read by the oracle.</p><table><tr><th>combinations</th><th>all factors right</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in next(iter(s.values()))["by_factor"]) + "</tr>")
         for kind, v in s.items():
             parts.append(f"<tr><td>{kind}</td><td>{_fmt(v['all_factors'])}</td>" + "".join(f"<td>{_fmt(x)}</td>" for x in v["by_factor"].values()) + "</tr>")
         parts.append("</table>")
+    if m.get("soundness"):
+        parts.append(_soundness_section(m["soundness"]))
     parts.append("<h2>Reconstruction and oracle</h2>")
     parts.append("<p class=note>DDIM inversion followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {})))
     parts.append("<p class=note>Oracle accuracy per factor on fresh real images.</p>" + _kv_table(m.get("oracle_accuracy", {})))
@@ -155,6 +236,10 @@ def build_report(run: Path) -> Path:
         parts.append("<h2>Training</h2>" + "".join(_svg_curve(pts, f"{stage} loss") for stage, pts in curves.items()))
     if "analysis" in m:
         parts.append(_analysis_section(run, m["analysis"]))
+    return _write_page(run, parts)
+
+
+def _write_page(run: Path, parts: list[str]) -> Path:
     page = f"<!doctype html><html><head><meta charset=utf-8><title>factordiff {html.escape(run.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     out = run / "report.html"
     atomic_write_text(out, page)

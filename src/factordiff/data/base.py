@@ -78,4 +78,4 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
                 raise FactordiffError(f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)")
             data.images = resize_images(data.images, size)
         return data
-    raise FactordiffError(f"--data: expected 'shapes', 'h5:FILE' or 'table:FILE.csv', got {ref!r}")
+    raise FactordiffError(f"--data: expected 'shapes', 'h5:FILE', 'table:FILE.csv' or 'profiles:TABLE', got {ref!r}")

@@ -14,6 +14,9 @@ Kinds:
   the second-last).
 - ``extrapolation``: the values of one ordinal factor above a quantile threshold.
 - ``unseen_value``: one value of one factor.
+
+Any kind can add conditions by value (``where``, the CLI's repeatable ``--holdout-where
+"F=V,G=W"``): a row matching every pair of any one condition is held out too.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from factordiff.errors import FactordiffError
-from factordiff.factors import FactorSpec
+from factordiff.factors import FactorSpec, parse_pairs
 
 SplitKind = Literal["none", "random", "composition", "interpolation", "extrapolation", "unseen_value"]
 SPLIT_KINDS: tuple[str, ...] = ("none", "random", "composition", "interpolation", "extrapolation", "unseen_value")
@@ -41,15 +44,18 @@ class SplitConfig:
         fraction: random: fraction of combinations held out; composition: fraction of each
             factor's values in the held-out block; extrapolation: fraction of values at the top.
         seed: seeds every random choice.
+        where: conditions by value, each ``"F=V,G=W"``; rows matching every pair of one of them
+            are held out as well (factor names may drop a ``Metadata_`` prefix).
     """
 
     kind: SplitKind = "none"
     factors: tuple[str, ...] = ()
     fraction: float = 0.25
     seed: int = 0
+    where: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {**asdict(self), "factors": list(self.factors)}
+        return {**asdict(self), "factors": list(self.factors), "where": list(self.where)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,14 @@ class Split:
         return self._predicate(idx)
 
     def to_json(self) -> dict:
-        return {"config": self.config.to_json(), "description": self.description, "held_values": self.held_values}
+        return {"config": self.config.to_json(), "description": self.description, "held_values": self.held_values, "held_where": self.held_where}
+
+    @property
+    def held_where(self) -> list[dict[str, str]]:
+        """The ``where`` conditions resolved to factor names and values, one mapping each."""
+        return [dict(c) for c in self._where]
+
+    _where: tuple[tuple[tuple[str, str], ...], ...] = ()
 
 
 def _pick(spec: FactorSpec, names: tuple[str, ...], count: int, rng: np.random.Generator, ordinal: bool, min_size: int) -> list[int]:
@@ -101,8 +114,54 @@ def _values_in(column: int, values: list[int]) -> Callable[[np.ndarray], np.ndar
     return lambda idx: np.isin(idx[:, column], held)
 
 
+def where_conditions(spec: FactorSpec, texts: tuple[str, ...] | list[str], what: str = "--holdout-where") -> list[list[tuple[int, int]]]:
+    """Each ``"F=V,G=W"`` resolved to ``[(factor position, value index), ...]``; unknown names or
+    values raise naming them."""
+    out = []
+    for text in texts:
+        pairs = []
+        for name, value in parse_pairs(text, what):
+            try:
+                k = spec.resolve(name)
+                pairs.append((k, spec.factors[k].index(value)))
+            except FactordiffError as e:
+                raise FactordiffError(f"{what} {text!r}: {e}") from None
+        out.append(pairs)
+    return out
+
+
+def match_where(indices: np.ndarray, conditions: list[list[tuple[int, int]]]) -> np.ndarray:
+    """True for rows (value indices) that match every pair of at least one condition."""
+    idx = np.asarray(indices)
+    hit = np.zeros(len(idx), bool)
+    for pairs in conditions:
+        m = np.ones(len(idx), bool)
+        for k, v in pairs:
+            m &= idx[:, k] == v
+        hit |= m
+    return hit
+
+
 def make_split(spec: FactorSpec, config: SplitConfig) -> Split:
-    """Resolve ``config`` against ``spec`` into a Split (deterministic in spec, config and seed)."""
+    """Resolve ``config`` against ``spec`` into a Split (deterministic in spec, config and seed);
+    rows matching a ``where`` condition are held out in addition to the kind's."""
+    split = _make_kind_split(spec, config)
+    if not config.where:
+        return split
+    conds = where_conditions(spec, config.where)
+    kind_pred = split._predicate
+    named = tuple(tuple((spec.factors[k].name, str(spec.factors[k].values[v])) for k, v in pairs) for pairs in conds)
+    text = "; ".join(", ".join(f"{n}={v}" for n, v in c) for c in named)
+    desc = text if config.kind == "none" else f"{split.description}; and {text}"
+
+    def predicate(idx: np.ndarray) -> np.ndarray:
+        where = match_where(idx, conds)
+        return where if kind_pred is None else where | kind_pred(idx)
+
+    return Split(config, desc, split.held_values, predicate, named)
+
+
+def _make_kind_split(spec: FactorSpec, config: SplitConfig) -> Split:
     rng = np.random.default_rng(config.seed)
     kind = config.kind
     if not 0.0 < config.fraction < 1.0:

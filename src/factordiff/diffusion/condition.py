@@ -55,3 +55,13 @@ class Condition:
 
     def to(self, device: torch.device | str) -> "Condition":
         return Condition(self.codes.to(device), self.present.to(device))
+
+
+def check_condition(conditioned: bool, cond: Condition | None, batch: int) -> None:
+    """Raise naming what a denoiser expected: a Condition of ``batch`` rows iff it is ``conditioned``."""
+    if conditioned and cond is None:
+        raise ValueError("this denoiser is conditioned: pass a Condition (codes and present mask)")
+    if not conditioned and cond is not None:
+        raise ValueError("this denoiser is unconditional: it takes no Condition")
+    if cond is not None and len(cond) != batch:
+        raise ValueError(f"Condition has {len(cond)} rows for a batch of {batch}")

@@ -13,7 +13,7 @@ from torch import nn
 
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
-from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.condition import Condition, check_condition
 
 
 def build_unet(cfg: DenoiserConfig, channels: int, size: int) -> UNet2DModel:
@@ -52,12 +52,7 @@ class Denoiser(nn.Module):
         self.emb_dim = unet.config.block_out_channels[0] * 4
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
-        if self.adapter is not None and cond is None:
-            raise ValueError("this denoiser is conditioned: pass a Condition (codes and present mask)")
-        if self.adapter is None and cond is not None:
-            raise ValueError("this denoiser is unconditional: it takes no Condition")
-        if cond is not None and len(cond) != len(x):
-            raise ValueError(f"Condition has {len(cond)} rows for a batch of {len(x)}")
+        check_condition(self.adapter is not None, cond, len(x))
         if t.ndim == 0:
             t = t.expand(len(x))
         emb = self.adapter(cond) if cond is not None else x.new_zeros(len(x), self.emb_dim)

@@ -1,5 +1,7 @@
 """The denoiser's training objective: v-prediction (Salimans & Ho 2022) or epsilon-prediction
-with diffusers' noise schedule, and per-factor condition dropout for classifier-free guidance."""
+with diffusers' noise schedule, per-factor condition dropout for classifier-free guidance, and
+optionally CoInD's conditional-independence loss (Gaudi, Sreekumar & Boddeti, ICLR 2025) for
+composed guidance."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from torch.nn import functional as F
 
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.condition import Condition
-from factordiff.diffusion.denoiser import Denoiser
 
 
 def noise_schedule(cfg: DenoiserConfig) -> DDPMScheduler:
@@ -24,23 +25,84 @@ def drop_factors(present: torch.Tensor, p: float, gen: torch.Generator) -> torch
     return present & keep.to(present.device) & ~none.to(present.device)
 
 
-class DiffusionStep(nn.Module):
-    """Training step: noise x_0 at a uniform random t and regress the target (v or epsilon)."""
+def keep_singles(present: torch.Tensor, full: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """With probability ``p`` a row keeps exactly one factor of ``full``, drawn uniformly ("factor k
+    alone", what composed guidance asks the model for); other rows keep ``present``."""
+    single = torch.rand(present.shape[0], generator=gen) < p
+    k = torch.randint(0, present.shape[1], (present.shape[0],), generator=gen)
+    alone = F.one_hot(k, present.shape[1]).bool().to(present.device) & full
+    return torch.where(single.to(present.device)[:, None], alone, present)
 
-    def __init__(self, denoiser: Denoiser, cfg: DenoiserConfig):
+
+def factor_pairs(rows: int, num_factors: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniformly random pair of distinct factors (i, j) per row."""
+    if num_factors < 2:
+        raise ValueError(f"denoiser.coind_weight > 0 needs at least two factors, got {num_factors}")
+    i = torch.randint(0, num_factors, (rows,), generator=gen)
+    j = (i + torch.randint(1, num_factors, (rows,), generator=gen)) % num_factors
+    return i, j
+
+
+def coind_conditions(codes: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> Condition:
+    """c_i, c_j, c_ij and u (only i, only j, only i and j, none present) stacked along the batch."""
+    num = codes.shape[1]
+    only_i, only_j = F.one_hot(i, num).bool().to(codes.device), F.one_hot(j, num).bool().to(codes.device)
+    present = torch.cat([only_i, only_j, only_i | only_j, torch.zeros_like(only_i)])
+    return Condition(codes.repeat(4, 1, 1), present)
+
+
+def coind_residual(preds: torch.Tensor) -> torch.Tensor:
+    """eps(c_i) + eps(c_j) - eps(c_ij) - eps(u) from predictions stacked as ``coind_conditions``.
+
+    Zero when the factors i and j are conditionally independent given x_t (CoInD: the score of
+    p(x | c_i, c_j) is then the sum of the scores of p(x | c_i) and p(x | c_j) minus that of p(x)).
+    At fixed x_t and t, v = eps / alpha_t - (sigma_t / alpha_t) x_t; the coefficients (1, 1, -1, -1)
+    sum to 0, so the v residual is the epsilon residual divided by alpha_t: it vanishes in one space
+    exactly when it does in the other."""
+    e_i, e_j, e_ij, e_u = preds.chunk(4)
+    return e_i + e_j - e_ij - e_u
+
+
+class DiffusionStep(nn.Module):
+    """Training step: noise x_0 at a uniform random t and regress the target (v or epsilon).
+
+    Codes come with the batch (``codes``, from a frozen encoder), or are computed from the batch's
+    value indices (``factors``) by ``embedder``, which then trains with the denoiser.
+
+    Conditions are dropped per ``cfg.cond_dropout`` (and, with ``cfg.dropout_schedule =
+    "with_singles"``, a row keeps one factor alone with probability ``cfg.single_prob``). With
+    ``cfg.coind_weight > 0`` the loss adds ``coind_weight`` times the mean square (over rows and
+    elements, as the regression's) of ``coind_residual`` for one random factor pair per row (the
+    first ``cfg.coind_rows`` rows; None: all), on the same x_t and t and in the same forward pass
+    as the regression. With the defaults the step draws exactly the random numbers it always did.
+    """
+
+    def __init__(self, denoiser: nn.Module, cfg: DenoiserConfig, embedder: nn.Module | None = None):
         super().__init__()
-        self.denoiser, self.cfg = denoiser, cfg
+        self.denoiser, self.cfg, self.embedder = denoiser, cfg, embedder
         self.schedule = noise_schedule(cfg)
 
     def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, codes = batch["x"], batch.get("codes")
+        x0 = batch["x"]
+        codes = self.embedder(batch["factors"]) if self.embedder is not None else batch.get("codes")
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         t = torch.randint(0, self.cfg.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
         x_t = self.schedule.add_noise(x0, noise, t)
         target = self.schedule.get_velocity(x0, noise, t) if self.cfg.prediction_type == "v_prediction" else noise
-        cond = None
-        if codes is not None:
-            full = Condition.full(codes)
-            cond = Condition(codes, drop_factors(full.present, self.cfg.cond_dropout, gen))
-        loss = F.mse_loss(self.denoiser(x_t, t, cond), target)
-        return loss, {}
+        if codes is None:
+            return F.mse_loss(self.denoiser(x_t, t, None), target), {}
+        full = Condition.full(codes)
+        present = drop_factors(full.present, self.cfg.cond_dropout, gen)
+        if self.cfg.dropout_schedule == "with_singles":
+            present = keep_singles(present, full.present, self.cfg.single_prob, gen)
+        cond = Condition(codes, present)
+        if self.cfg.coind_weight <= 0:
+            return F.mse_loss(self.denoiser(x_t, t, cond), target), {}
+        n = len(x0) if self.cfg.coind_rows is None else min(len(x0), self.cfg.coind_rows)
+        i, j = factor_pairs(n, codes.shape[1], gen)
+        extra = coind_conditions(codes[:n], i, j)
+        reps = [1] * (x_t.ndim - 1)
+        preds = self.denoiser(torch.cat([x_t, x_t[:n].repeat(4, *reps)]), torch.cat([t, t[:n].repeat(4)]), cond.cat(extra))
+        mse = F.mse_loss(preds[: len(x0)], target)
+        coind = coind_residual(preds[len(x0) :]).pow(2).mean()
+        return mse + self.cfg.coind_weight * coind, {"mse": float(mse.detach()), "coind": float(coind.detach())}

@@ -4,6 +4,9 @@
 Disentanglement metrics of the model's codes (disentanglement_lib protocols, raw and with each block
 reduced to its first principal component), traversals of every block, interpolation strips with
 their smoothness, a perceptual-path-length estimate, linear and few-shot probes, projections.
+
+Every statistic here is fitted on codes of training images only (the metrics' predictors, the
+probes, the PCAs): no held-out combination reaches them.
 """
 
 from __future__ import annotations
@@ -62,13 +65,13 @@ def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps:
     split = make_split(data.spec, cfg.split)
     steps = steps or cfg.evaluate.steps
     rng = np.random.default_rng(cfg.train.seed + 11)
-    rows = np.sort(rng.choice(len(data), min(images, len(data)), replace=False))
+    seen = np.flatnonzero(~split.heldout(data.factors))  # the training images
+    rows = np.sort(rng.choice(seen, min(images, len(seen)), replace=False))
     codes = model.codes(data.images[rows]).numpy()
     factors = data.factors[rows]
     oracle, _ = get_oracle(run, cfg, data, progress)
     extractor = oracle.backbone
 
-    seen = np.flatnonzero(~split.heldout(data.factors))
     source = data.images[rng.choice(seen)]
     frames = 8
     sample_codes = torch.from_numpy(codes[:512])

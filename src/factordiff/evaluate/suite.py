@@ -5,8 +5,13 @@ and ``RUN/figures/``.
   and its accuracy on fresh real images;
 - counterfactual effectiveness and preservation for seen and held-out targets;
 - DDIM inversion + regeneration error;
-- conditional samples from prototype codes, judged by the oracle, for seen and held-out combinations;
+- conditional samples from prototype codes, judged by the oracle, for seen and held-out combinations
+  (``evaluate.guidance_form`` and ``evaluate.sample_guidance`` choose how the factors are composed);
+- two-factor edits into held-out combinations and the soundness measures (``counterfactual.py``);
 - the figures: a counterfactual grid, held-out edits, a sample grid.
+
+Prototypes come from training images only; a value no training image had takes its code block from
+a real image with that value (``TargetCodes``), and every section counts how often it did.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_t
 from factordiff.config import RunConfig, from_dict
 from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split, make_split
-from factordiff.evaluate.counterfactual import Edits, Oracle, accuracy, evaluate_counterfactuals, run_edits, train_oracle
+from factordiff.diffusion.guidance import Guidance
+from factordiff.evaluate.counterfactual import Edits, Oracle, TargetCodes, accuracy, evaluate_counterfactuals, run_edits, soundness, train_oracle
 from factordiff.errors import FactordiffError
 from factordiff.model import FactorModel
 from factordiff.report import training_curves
@@ -30,14 +36,18 @@ from factordiff.report import training_curves
 FIGURES = "figures"
 
 
-def load_run(run: Path) -> tuple[RunConfig, FactorModel]:
+def read_run_config(run: Path) -> RunConfig:
+    """The run's config, after checking that ``run`` is a run folder with a trained model."""
     run = Path(run)
     if not (run / "run_config.json").is_file():
         raise FactordiffError(f"{run}: not a run folder (no run_config.json); expected the --out folder of factordiff fit")
     if not (run / "model" / "config.json").is_file():
         raise FactordiffError(f"{run}: no trained model in {run / 'model'}; finish the run with factordiff fit --resume --out {run}")
-    cfg = from_dict(RunConfig, read_json(run / "run_config.json"), str(run / "run_config.json"))
-    return cfg, FactorModel.load(run / "model")
+    return from_dict(RunConfig, read_json(run / "run_config.json"), str(run / "run_config.json"))
+
+
+def load_run(run: Path) -> tuple[RunConfig, FactorModel]:
+    return read_run_config(run), FactorModel.load(Path(run) / "model")
 
 
 def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> FactorDataset:
@@ -72,21 +82,33 @@ def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = 
 
 
 @torch.no_grad()
-def conditional_samples(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int) -> dict:
-    """Sample from noise under the prototype codes of random combinations; oracle accuracy per factor
-    and for all factors at once, on seen and on held-out combinations."""
+def conditional_samples(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int, guidance: Guidance | None = None) -> dict:
+    """Sample from noise under the prototype codes of random combinations (with ``guidance``, whose
+    form composes the factors); oracle accuracy per factor (``by_factor``) and for all factors at
+    once (``all_factors``), on seen and on held-out combinations.
+
+    A value without a prototype takes a reference image's block (counted in ``codes_from_reference``);
+    combinations with a value that no image has are left out (``combinations_skipped``)."""
     rng = np.random.default_rng(seed + 3)
     grid = data.spec.grid()
     held = split.heldout(grid)
+    targets = TargetCodes(model, data, seed + 3)
     out = {}
     for kind, pool in (("seen", grid[~held]), ("heldout", grid[held])):
         if len(pool) == 0:
             continue
+        possible = targets.possible(pool)
+        skipped, pool = int((~possible).sum()), pool[possible]
+        if len(pool) == 0:
+            out[kind] = {"all_factors": None, "by_factor": {}, "samples": 0, "codes_from_reference": 0, "combinations_skipped": skipped}
+            continue
         combos = pool[rng.choice(len(pool), n)]
-        codes = model.compose(combos)
+        before = targets.from_reference
+        codes = model.compose(combos, targets.block)
         x_T = torch.randn((n,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed))
-        pred = oracle.predict(model.generate(x_T, codes, steps))
-        out[kind] = {"all_factors": float((pred == combos).all(1).mean()), "by_factor": {f.name: float((pred[:, k] == combos[:, k]).mean()) for k, f in enumerate(data.spec.factors)}, "samples": n}
+        pred = oracle.predict(model.generate(x_T, codes, steps, guidance))
+        out[kind] = {"all_factors": float((pred == combos).all(1).mean()), "by_factor": {f.name: float((pred[:, k] == combos[:, k]).mean()) for k, f in enumerate(data.spec.factors)}, "samples": n,
+                     "codes_from_reference": targets.from_reference - before, "combinations_skipped": skipped}
     return out
 
 
@@ -118,30 +140,33 @@ def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
     tmp.replace(path)
 
 
-def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, rows: int, steps: int, guidance: float, seed: int) -> tuple[np.ndarray, list[dict]]:
+def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, rows: int, steps: int, guidance: float, seed: int) -> tuple[np.ndarray, list[dict], int]:
     """Rows: seen source images; columns: the source, its DDIM reconstruction, then one column per
-    factor with that factor changed to another value. Returns the mosaic and what each row shows."""
+    factor with that factor changed to another value (one with a prototype or a reference image).
+    Returns the mosaic, what each row shows and how many target blocks came from reference images."""
     rng = np.random.default_rng(seed + 5)
     seen = np.flatnonzero(~split.heldout(data.factors))
     sources = rng.choice(seen, rows, replace=False)
+    targets = TargetCodes(model, data, seed + 5)
     edits = Edits()
     for s in sources:
-        for k, f in enumerate(data.spec.factors):
-            v = int(rng.integers(f.size - 1))
-            edits.add(int(s), k, v + (v >= data.factors[s, k]))
-    edited = run_edits(model, data, edits, steps, guidance)
+        for k in range(len(data.spec)):
+            others = [v for v in np.flatnonzero(targets.available[k]) if v != data.factors[s, k]]
+            edits.add(int(s), k, int(others[rng.integers(len(others))]))
+    edited = run_edits(model, data, edits, steps, guidance, targets=targets)
     src = data.images[sources]
     codes = model.codes(src)
     recon = model.generate(model.invert(src, codes, steps), codes, steps)
     k = len(data.spec)
     cells = np.concatenate([src[:, None], recon[:, None], edited.reshape(rows, k, *src.shape[1:])], 1)
     captions = [{"source": data.spec.values_of(data.factors[s]), "targets": {data.spec.factors[j].name: data.spec.factors[j].values[edits.target[i * k + j]] for j in range(k)}} for i, s in enumerate(sources)]
-    return _tile(cells.reshape(-1, *src.shape[1:]), rows, k + 2), captions
+    return _tile(cells.reshape(-1, *src.shape[1:]), rows, k + 2), captions, targets.from_reference
 
 
-def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: int, seed: int) -> tuple[np.ndarray, dict]:
+def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: int, seed: int, guidance: Guidance | None = None) -> tuple[np.ndarray, dict]:
     """Conditional samples over the two factors of the held-out block (or the first two factors),
-    the others fixed; held-out cells are outlined in red."""
+    the others fixed; held-out cells are outlined in red. A value without a prototype takes a
+    reference image's block; a cell with a value that no image has stays grey."""
     spec = data.spec
     names = list(split.held_values) if len(split.held_values) == 2 else spec.names[:2]
     a, b = spec.position(names[0]), spec.position(names[1])
@@ -153,11 +178,16 @@ def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: in
             c[a], c[b] = i, j
             combos.append(c)
     combos = np.array(combos)
-    codes = model.compose(combos)
-    x_T = torch.randn((1,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed)).expand(len(combos), -1, -1, -1)
-    images = model.generate(x_T.contiguous(), codes, steps)
+    targets = TargetCodes(model, data, seed)
+    possible = targets.possible(combos)
+    images = np.full((len(combos), data.size, data.size, data.channels), 128, np.uint8)
+    if possible.any():
+        codes = model.compose(combos[possible], targets.block)
+        x_T = torch.randn((1,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed)).expand(len(codes), -1, -1, -1)
+        images[possible] = model.generate(x_T.contiguous(), codes, steps, guidance)
     marks = split.heldout(combos)
-    info = {"rows": spec.factors[a].name, "row_values": list(spec.factors[a].values), "columns": spec.factors[b].name, "column_values": list(spec.factors[b].values), "fixed": spec.values_of(base)}
+    info = {"rows": spec.factors[a].name, "row_values": list(spec.factors[a].values), "columns": spec.factors[b].name, "column_values": list(spec.factors[b].values), "fixed": spec.values_of(base),
+            "codes_from_reference": targets.from_reference, "cells_skipped": int((~possible).sum())}
     return _tile(images, spec.sizes[a], spec.sizes[b], marks=marks), info
 
 
@@ -174,19 +204,25 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     e = cfg.evaluate
     oracle, oracle_acc = get_oracle(run, cfg, data, progress)
     cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed, progress=progress)
-    samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed)
-    grid, captions = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
+    sample_guidance = Guidance(all=e.sample_guidance, form=e.guidance_form)  # joint at weight 1: the plain conditional model
+    samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed, guidance=sample_guidance)
+    sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed)
+    grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     save_png(grid, run / FIGURES / "counterfactuals.png")
-    sgrid, sinfo = sample_grid(model, data, split, e.steps, cfg.train.seed)
+    sgrid, sinfo = sample_grid(model, data, split, e.steps, cfg.train.seed, sample_guidance)
     save_png(sgrid, run / FIGURES / "samples.png")
     metrics = {
-        "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "steps": e.steps, "guidance": e.guidance},
+        "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "heldout_pairs": cf["heldout_pairs"], "steps": e.steps, "guidance": e.guidance},
         "reconstruction_mse": cf["reconstruction"]["mse"],
         "reconstruction": cf["reconstruction"],
         "samples": samples,
+        "samples_guidance": {"form": e.guidance_form, "weight": e.sample_guidance},
+        "soundness": sound,
         "oracle_accuracy": oracle_acc,
         "split": split.to_json(),
-        "figures": {"counterfactuals": {"file": f"{FIGURES}/counterfactuals.png", "columns": ["source", "reconstruction"] + data.spec.names, "rows": captions},
+        "missing_prototypes": [f"{f.name}={f.values[v]}" for k, f in enumerate(data.spec.factors) for v in range(f.size) if not model.has_prototype(k, v)],
+        "figures": {"counterfactuals": {"file": f"{FIGURES}/counterfactuals.png", "columns": ["source", "reconstruction"] + data.spec.names, "rows": captions,
+                                        "targets_from_reference": grid_refs},
                     "samples": {"file": f"{FIGURES}/samples.png", **sinfo}},
         "training": training_curves(run / "train_log.jsonl"),
         "seconds": round(time.monotonic() - t0, 1),

@@ -1,0 +1,139 @@
+"""Profile benchmark: the virtual experiment regenerator on real public Cell Painting profiles,
+the model beside the four baselines, into ``benchmarks/results/profiles.json``.
+
+    python benchmarks/profiles.py [--data ../shared/data/real] [--week Week4] [--seeds 0,1,2]
+
+- BBBC021 (per-well means, 10 weekly batches; only DMSO spans the weeks): DMSO of one week held
+  out and regenerated from the DMSO wells of the other weeks (truth: the real held-out wells), and
+  one compound per mechanism of action held out entirely and generated from same-plate controls
+  with its MoA, concentration and week (its own code absent).
+- LINCS plate SQ00015054 (one plate, 58 compounds at 6 doses): the top dose of eight compounds
+  held out and regenerated from their other doses, and one compound per MoA (for MoAs with two
+  or more compounds, at most eight) held out entirely.
+
+Every learner (the model and the baselines) sees training rows only; the oracles that read batch
+and compound (logistic regressions) see every real row, as an evaluation oracle may.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bbbc021 import bbbc021_table  # noqa: E402
+
+from factordiff.checkpoint import atomic_write_json  # noqa: E402
+from factordiff.config import load_config  # noqa: E402
+from factordiff.evaluate.profile_suite import evaluate_profile_run, summary_lines  # noqa: E402
+from factordiff.profile_model import fit_profiles  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "profiles.json"
+
+
+def one_per_moa(table: pd.DataFrame, compound: str, moa: str, control: str, limit: int = 99) -> list[str]:
+    """For each MoA with two or more compounds, its alphabetically first compound (at most ``limit``)."""
+    t = table[(table[compound] != control) & table[moa].notna() & (table[moa] != "unknown")]
+    groups = t.groupby(moa)[compound].unique()
+    picks = sorted(sorted(map(str, c))[0] for c in groups if len(c) >= 2)
+    return picks[:limit]
+
+
+def run_case(name: str, table: Path, factors: list[str], where: list[str], controls: str, moa: str, work: Path, steps: int, seed: int) -> dict:
+    cfg = load_config(None, {"data.source": f"profiles:{table}", "data.factors": factors, "split.where": where, "profiles.controls": controls,
+                             "profiles.moa": moa, "profiles.steps": steps, "train.seed": seed, "train.threads": 2})
+    # steps is the config default unless --steps says otherwise; the command below then needs a config
+    out = work / f"{name}-seed{seed}"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    t0 = time.monotonic()
+    fit_profiles(cfg, out, progress=True)
+    fit_s = time.monotonic() - t0
+    metrics = evaluate_profile_run(out, progress=True)
+    print("\n".join([name, *summary_lines(metrics)]), flush=True)
+    command = ["factordiff", "fit", "--data", f"profiles:{table.name}", "--factors", ",".join(factors), *sum((["--holdout-where", w] for w in where), []),
+               "--controls", controls, "--moa", moa, "--seed", str(seed)]
+    return {"dataset": name, "seed": seed, "fit_seconds": round(fit_s, 1), "evaluate_seconds": metrics["seconds"], "steps": steps,
+            "command": shlex.join(command), "metrics": metrics}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per dataset, task and method: each figure's mean over seeds with its min and max."""
+    out: dict = {}
+    for r in runs:
+        d = out.setdefault(r["dataset"], {"tasks": {}, "retrieval": {}})
+        for task in r["metrics"]["tasks"]:
+            t = d["tasks"].setdefault(task["condition"], {"kind": task["kind"]})
+            for method, figs in task.get("methods", {}).items():
+                for k, v in figs.items():
+                    t.setdefault(method, {}).setdefault(k, []).append(v)
+            if "real_heldout_moa_hits" in task:
+                t.setdefault("real_heldout", {}).setdefault("moa_hits", []).append(task["real_heldout_moa_hits"])
+        for name, v in r["metrics"].get("retrieval", {}).items():
+            d["retrieval"].setdefault(name, {}).setdefault("map", []).append(v["map"])
+
+    def stats(v):
+        return {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)} if isinstance(v, list) else v
+
+    def walk(x):
+        return {k: walk(v) if isinstance(v, dict) else stats(v) for k, v in x.items()}
+
+    return walk(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
+    ap.add_argument("--week", default="Week4", help="BBBC021 week whose DMSO wells are held out")
+    ap.add_argument("--steps", type=int, default=4000, help="training steps of each model (the config default)")
+    ap.add_argument("--seeds", default="0,1,2", help="one model per seed: the spread between seeds is part of the result")
+    ap.add_argument("--work", default="runs/bench-profiles")
+    ap.add_argument("--only", choices=["bbbc021", "lincs"], help="run one dataset only")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    data, work = Path(a.data), Path(a.work)
+    seeds = [int(x) for x in a.seeds.split(",")]
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if a.only in (None, "bbbc021"):
+        table = bbbc021_table(data / "bbbc021-profiles")
+        path = work / "bbbc021.csv.gz"
+        table.to_csv(path, index=False)
+        held = one_per_moa(table, "Metadata_Compound", "Metadata_MoA", "DMSO")
+        where = [f"Metadata_Compound=DMSO,Metadata_Batch={a.week}"] + [f"Metadata_Compound={c}" for c in held]
+        for seed in seeds:
+            rows.append(run_case("bbbc021", path, ["Metadata_Compound", "Metadata_Concentration", "Metadata_MoA", "Metadata_Batch"], where,
+                                 "Metadata_Compound=DMSO", "Metadata_MoA", work, a.steps, seed))
+    if a.only in (None, "lincs"):
+        path = data / "lincs-SQ00015054" / "SQ00015054_normalized_feature_select.csv.gz"
+        table = pd.read_csv(path)
+        comp, dose, moa = "Metadata_broad_sample", "Metadata_mmoles_per_liter", "Metadata_moa"
+        held = one_per_moa(table, comp, moa, "DMSO", limit=8)
+        treated = sorted(set(table.loc[(table[comp] != "DMSO"), comp]) - set(held))[:8]
+        top = [f"{comp}={c},{dose}={table.loc[table[comp] == c, dose].max()}" for c in treated]
+        for seed in seeds:
+            rows.append(run_case("lincs", path, [comp, dose, moa], top + [f"{comp}={c}" for c in held], f"{comp}=DMSO", moa, work, a.steps, seed))
+    result = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
+              "command": "python " + shlex.join(sys.argv), "runs": rows}
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() and a.only else None
+    if previous:
+        keep = [r for r in previous.get("runs", []) if r["dataset"] != a.only]
+        result["runs"] = keep + rows
+    result["summary"] = summarize(result["runs"])
+    atomic_write_json(RESULTS, result)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Codes straight from metadata: where every row's factor values are known (profile tables), the
+code block of a factor is a learned function of its value, trained with the denoiser.
+
+- a categorical factor's block is a learned embedding of its value (scLDM's class embeddings);
+- an ordinal factor's block is a small MLP of the value's position on the factor's axis, so a
+  dose that no training row had still has a code (interpolated between its neighbours).
+
+Values that no training row had are never looked up for a categorical factor: ``seen`` marks the
+values the training rows cover, and ``present`` (below) makes such a factor absent (its learned
+null) instead of reading an untrained embedding row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from factordiff.factors import FactorSpec
+
+
+def axis_positions(spec: FactorSpec) -> list[torch.Tensor]:
+    """Per ordinal factor, each value's position on its axis in [-1, 1] (by rank on the grid);
+    an empty tensor for categorical factors."""
+    out = []
+    for f in spec.factors:
+        n = f.size
+        out.append(torch.linspace(-1.0, 1.0, n) if f.kind == "ordinal" and n > 1 else torch.zeros(n if f.kind == "ordinal" else 0))
+    return out
+
+
+class MetadataEmbedder(nn.Module):
+    """Value indices (B, K) -> codes (B, K, D).
+
+    Args:
+        spec: the factors (sizes and kinds).
+        code_dims: D.
+        hidden: width of the ordinal factors' position MLPs.
+    """
+
+    def __init__(self, spec: FactorSpec, code_dims: int, hidden: int = 64):
+        super().__init__()
+        self.code_dims = code_dims
+        self.ordinal = [f.kind == "ordinal" for f in spec.factors]
+        self.tables = nn.ModuleList(nn.Embedding(f.size, code_dims) if not o else nn.Identity() for f, o in zip(spec.factors, self.ordinal))
+        self.curves = nn.ModuleList(nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, code_dims)) if o else nn.Identity() for o in self.ordinal)
+        for k, pos in enumerate(axis_positions(spec)):
+            self.register_buffer(f"pos{k}", pos, persistent=False)
+
+    def forward(self, factors: torch.Tensor) -> torch.Tensor:
+        blocks = []
+        for k, o in enumerate(self.ordinal):
+            idx = factors[:, k]
+            if o:
+                blocks.append(self.curves[k](getattr(self, f"pos{k}")[idx][:, None]))
+            else:
+                blocks.append(self.tables[k](idx))
+        return torch.stack(blocks, 1)
+
+
+def seen_values(spec: FactorSpec, factors: np.ndarray) -> list[np.ndarray]:
+    """Per factor, a bool array over its values: True where some (training) row has the value."""
+    return [np.isin(np.arange(f.size), factors[:, k]) for k, f in enumerate(spec.factors)]
+
+
+def present(spec: FactorSpec, seen: list[np.ndarray], factors: np.ndarray) -> np.ndarray:
+    """(N, K) bool: a factor is present unless it is categorical and its value was never seen."""
+    out = np.ones(factors.shape, bool)
+    for k, f in enumerate(spec.factors):
+        if f.kind != "ordinal":
+            out[:, k] = seen[k][factors[:, k]]
+    return out

@@ -1,0 +1,196 @@
+"""``evaluate_profile_run(RUN)``: every figure of a profile run's report (see
+``evaluate/profiling.py`` for what each means), for the model and each baseline, into
+``RUN/metrics.json``.
+
+Tasks follow from the run's ``--holdout-where`` conditions:
+- a condition with a technical factor (``Metadata_Compound=DMSO,Metadata_Batch=Week4``) is a
+  *transfer*: training rows matching its other pairs (DMSO of other weeks) are regenerated with the
+  technical factors set (Week4) and compared with the real held-out rows;
+- a condition on other factors whose remaining pairs match training rows (a compound at a
+  held-out dose) is a transfer of those factors;
+- a condition on the perturbation alone (a compound held out entirely) is an *unseen*
+  perturbation: generated from same-plate controls with its other factors (MoA, dose, batch) and its
+  own code absent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from factordiff.checkpoint import atomic_write_json
+from factordiff.data.profiles import plate_column
+from factordiff.data.splits import where_conditions
+from factordiff.errors import FactordiffError
+from factordiff.evaluate.profiling import (BASELINES, baseline_rows, fit_oracles, mean_average_precision, moa_hits, read_share, standardizer,
+                                           truth_distances)
+from factordiff.factors import parse_pairs
+from factordiff.profile_model import ProfileData, ProfileModel, control_rows, load_profile_run, metadata_column, prepare_profiles
+
+
+def _plate(data: ProfileData, cfg) -> str | None:
+    try:
+        return cfg.profiles.plate_column or plate_column(data.table)
+    except FactordiffError:
+        return None
+
+
+def _methods(model: ProfileModel, data: ProfileData, src: np.ndarray, target: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    x, f = data.features, data.table.factors
+    out = {"model": model.regenerate(x[src], f[src], target)}
+    for b in BASELINES:
+        out[b] = baseline_rows(b, data.table.spec, x, f, data.train, src, target, seed)
+    return out
+
+
+def _same_plate_sources(data: ProfileData, rows: np.ndarray, pool: np.ndarray, plate: str | None, seed: int) -> np.ndarray:
+    """For each row, a pool row of the same plate when there is one, else any pool row."""
+    rng = np.random.default_rng(seed)
+    plates = data.table.metadata[plate] if plate else None
+    out = []
+    for r in rows:
+        cand = pool[plates[pool] == plates[r]] if plates is not None else pool
+        out.append(rng.choice(cand if len(cand) else pool))
+    return np.asarray(out)
+
+
+def _transfer(model, data, cfg, pairs, set_ids, truth, oracles, scale, seed) -> dict:
+    spec, f = data.table.spec, data.table.factors
+    keep = [(k, v) for k, v in pairs if k not in set_ids]
+    src = np.flatnonzero(data.train & np.all([f[:, k] == v for k, v in keep], axis=0)) if keep else np.flatnonzero(data.train)
+    rng = np.random.default_rng(seed)
+    if len(src) > 2000:
+        src = np.sort(rng.choice(src, 2000, replace=False))
+    target = f[src].copy()
+    for k, v in pairs:
+        if k in set_ids:
+            target[:, k] = v
+    methods = _methods(model, data, src, target, seed)
+    res = {"sources": int(len(src)), "truth_rows": int(len(truth)), "set": [spec.factors[k].name for k in set_ids], "methods": {}}
+    for name, rows in methods.items():
+        r = truth_distances(rows, data.features[truth], scale)
+        for k, (clf, _) in oracles.items():
+            fa = spec.factors[k]
+            if k in set_ids:
+                r[f"read_as_target.{fa.name}"] = read_share(clf, rows, target[:, k], scale)
+            elif fa.role == "biological":
+                r[f"read_as_source.{fa.name}"] = read_share(clf, rows, f[src, k], scale)
+        res["methods"][name] = r
+    return res
+
+
+def _unseen(model, data, cfg, pairs, truth, controls, plate, scale, seed) -> dict:
+    spec, f = data.table.spec, data.table.factors
+    pool = np.flatnonzero(data.train & controls)
+    src = _same_plate_sources(data, truth, pool, plate, seed)
+    target = f[truth]
+    methods = _methods(model, data, src, target, seed)
+    res = {"sources": int(len(src)), "truth_rows": int(len(truth)), "methods": {}}
+    moa = cfg.profiles.moa
+    if moa:
+        column = metadata_column(data.table, moa, "profiles.moa")
+        ref = np.flatnonzero(data.train & ~controls)
+        labels = data.table.metadata[column]
+        want = labels[truth]
+        res["real_heldout_moa_hits"] = moa_hits(data.features[truth], want, data.features[ref], labels[ref], scale)
+    for name, rows in methods.items():
+        r = truth_distances(rows, data.features[truth], scale)
+        if moa:
+            r["moa_hits"] = moa_hits(rows, want, data.features[ref], labels[ref], scale)
+        res["methods"][name] = r
+    return res
+
+
+def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500) -> dict:
+    """copairs mAP of perturbations against controls: real rows, rows regenerated from same-plate
+    training controls into each training perturbation row's factors, and those controls unchanged."""
+    group = metadata_column(data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls")
+    meta, f = data.table.metadata, data.table.factors
+    real = mean_average_precision(meta, scale(data.features), group, controls, plate, seed)
+    rng = np.random.default_rng(seed)
+    treated = np.flatnonzero(data.train & ~controls)
+    if len(treated) > limit:
+        treated = np.sort(rng.choice(treated, limit, replace=False))
+    pool = np.flatnonzero(data.train & controls)
+    src = _same_plate_sources(data, treated, pool, plate, seed)
+    regenerated = model.regenerate(data.features[src], f[src], f[treated])
+    ctrl = np.flatnonzero(controls & data.train)
+    rows = np.concatenate([treated, ctrl])
+    sub = {k: v[rows] for k, v in meta.items()}
+    is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(ctrl), bool)]
+    out = {"real": real}
+    for name, x in (("model", regenerated), ("copy_control_null", data.features[src]),
+                    ("mean_shift", baseline_rows("mean_shift", data.table.spec, data.features, f, data.train, src, f[treated], seed))):
+        out[name] = mean_average_precision(sub, scale(np.concatenate([x, data.features[ctrl]])), group, is_ctrl, plate, seed)
+    for v in out.values():
+        v.pop("by_group", None)
+    return out
+
+
+def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
+    """Evaluate a profile run; writes and returns ``RUN/metrics.json``."""
+    run = Path(run)
+    t0 = time.monotonic()
+    cfg, model = load_profile_run(run)
+    data = prepare_profiles(cfg)
+    spec, f = data.table.spec, data.table.factors
+    seed = cfg.train.seed
+    scale = standardizer(data.features[data.train])
+    controls = control_rows(data.table, cfg.profiles.controls)
+    plate = _plate(data, cfg)
+    technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
+    oracle_ids = [k for k in range(len(spec)) if spec.factors[k].size > 1 and spec.factors[k].size < len(f) // 2]
+    oracles = fit_oracles(spec, data.features, f, scale, oracle_ids, seed)
+    metrics: dict = {"kind": "profiles", "split": data.split.to_json(), "cleaning": data.table.cleaning, "normalization": data.normalization,
+                     "rows": {"train": int(data.train.sum()), "heldout": int((~data.train).sum())},
+                     "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc) in oracles.items()}, "tasks": []}
+    conditions = where_conditions(spec, cfg.split.where)
+    perturbation = None
+    if cfg.profiles.controls:
+        name = parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0]
+        perturbation = spec.resolve(name) if _is_factor(spec, name) else None
+    for text, pairs in tqdm(list(zip(cfg.split.where, conditions)), desc="held-out conditions", disable=not progress):
+        truth = np.flatnonzero(np.all([f[:, k] == v for k, v in pairs], axis=0))
+        set_ids = [k for k, _ in pairs if k in technical] or [k for k, _ in pairs if spec.factors[k].kind == "ordinal"]
+        keep = [(k, v) for k, v in pairs if k not in set_ids]
+        has_sources = bool(set_ids) and (not keep or (data.train & np.all([f[:, k] == v for k, v in keep], axis=0)).any())
+        task = {"condition": text}
+        if has_sources:
+            task.update(kind="transfer", **_transfer(model, data, cfg, pairs, set_ids, truth, oracles, scale, seed))
+        elif controls is not None and perturbation is not None and perturbation in [k for k, _ in pairs]:
+            task.update(kind="unseen", **_unseen(model, data, cfg, pairs, truth, controls, plate, scale, seed))
+        else:
+            task.update(kind="skipped", reason="no training rows to regenerate from and no controls configured")
+        metrics["tasks"].append(task)
+    if controls is not None:
+        metrics["retrieval"] = _retrieval(model, data, cfg, controls, plate, scale, seed)
+    metrics["seconds"] = round(time.monotonic() - t0, 1)
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def _is_factor(spec, name: str) -> bool:
+    try:
+        spec.resolve(name)
+        return True
+    except FactordiffError:
+        return False
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """A few lines for the terminal: each task's distances to the truth, model beside baselines."""
+    lines = []
+    for task in metrics.get("tasks", []):
+        if task.get("kind") == "skipped":
+            lines.append(f"{task['condition']}: skipped ({task['reason']})")
+            continue
+        lines.append(f"{task['condition']} ({task['kind']}, {task['sources']} sources, {task['truth_rows']} real held-out rows):")
+        for name, r in task["methods"].items():
+            extra = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith(("read_as", "moa")))
+            lines.append(f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}  {extra}")
+    for name, r in metrics.get("retrieval", {}).items():
+        lines.append(f"mAP {name:18s} {r['map']:.3f} (significant {r['significant']:.2f} of {r['groups']})")
+    return lines

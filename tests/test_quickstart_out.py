@@ -1,0 +1,104 @@
+"""``factordiff quickstart --out DIR`` replaces only an earlier quickstart's output, never another run."""
+
+import json
+
+import pytest
+
+from conftest import tiny_config
+from factordiff import FactordiffError
+from factordiff.cli import main
+from factordiff.fit import _check_run_folder
+from factordiff.quickstart import MARKER, _prepare_out
+
+
+def fit_run(folder):
+    """A folder that looks like a finished ``factordiff fit`` run."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "run_config.json").write_text("{}")
+    (folder / "model" / "denoiser.safetensors").write_bytes(b"40 minutes of training")
+    return folder
+
+
+def contents(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def cheap_quickstart(monkeypatch):
+    """quickstart with evaluation, report and fit replaced by stubs (the pretrained copy is real)."""
+    import factordiff.evaluate.suite
+    import factordiff.fit
+    import factordiff.report
+
+    calls = {}
+    monkeypatch.setattr(factordiff.evaluate.suite, "evaluate_run", lambda out, progress=True: {"stub": True})
+    monkeypatch.setattr(factordiff.report, "build_report", lambda out: out / "report.html")
+
+    def fake_fit(cfg, out, progress=True, keep=()):
+        _check_run_folder(cfg, out, False, keep)  # fit's own check: the marker alone must pass
+        calls["marker_before_fit"] = (out / MARKER).is_file()
+        (out / "run_config.json").write_text("{}")
+        if calls.get("crash"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(factordiff.fit, "fit", fake_fit)
+    return calls
+
+
+def test_cli_refuses_to_delete_a_fit_run(tmp_path, capsys, cheap_quickstart):
+    run = fit_run(tmp_path / "run")
+    before = contents(run)
+    assert main(["quickstart", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "not a quickstart's output" in err[0]
+    assert contents(run) == before
+
+
+def test_prepare_out_refuses_any_other_folder_and_files(tmp_path):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "a.txt").write_text("mine")
+    with pytest.raises(FactordiffError, match="not a quickstart's output"):
+        _prepare_out(other)
+    assert (other / "a.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FactordiffError, match="not a folder"):
+        _prepare_out(tmp_path / "file")
+
+
+def test_prepare_out_replaces_a_quickstart_output_and_accepts_empty_or_absent(tmp_path):
+    old = fit_run(tmp_path / "old")
+    (old / MARKER).write_text("{}")
+    _prepare_out(old)
+    assert old.is_dir() and not any(old.iterdir())
+    _prepare_out(old)  # empty
+    _prepare_out(tmp_path / "new" / "deep")  # absent
+    assert (tmp_path / "new" / "deep").is_dir()
+
+
+def test_fit_accepts_a_folder_holding_only_the_marker_when_told(tmp_path):
+    cfg = tiny_config()
+    (tmp_path / MARKER).write_text("{}")
+    assert _check_run_folder(cfg, tmp_path, False, keep=(MARKER,)) is False
+    with pytest.raises(FactordiffError, match="not empty"):
+        _check_run_folder(cfg, tmp_path, False)
+
+
+def test_quickstart_marks_its_output_and_replaces_it_next_time(tmp_path, cheap_quickstart):
+    from factordiff.quickstart import quickstart
+
+    out = tmp_path / "qs"
+    quickstart(out, progress=False)
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["start"] == "pretrained" and marker["finished"] is True
+    assert (out / "model" / "config.json").is_file()
+    (out / "stale.txt").write_text("from the first quickstart")
+    cheap_quickstart["crash"] = True
+    with pytest.raises(KeyboardInterrupt):  # a from-scratch quickstart interrupted during fit
+        quickstart(out, minutes=1.0, progress=False)
+    assert cheap_quickstart["marker_before_fit"] and not (out / "stale.txt").exists()
+    assert json.loads((out / MARKER).read_text())["finished"] is False
+    cheap_quickstart["crash"] = False
+    quickstart(out, minutes=1.0, progress=False)  # the interrupted output is still recognised and replaced
+    assert json.loads((out / MARKER).read_text()) == {**marker, "start": "scratch", "pretrained": None, "minutes": 1.0}
+    assert not (out / "model").exists()
