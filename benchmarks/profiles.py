@@ -48,11 +48,10 @@ def one_per_moa(table: pd.DataFrame, compound: str, moa: str, control: str, limi
     return picks[:limit]
 
 
-def run_case(name: str, table: Path, factors: list[str], where: list[str], controls: str, moa: str, work: Path, steps: int, seed: int) -> dict:
+def run_case(name: str, table: Path, factors: list[str], where: list[str], controls: str, moa: str, work: Path, steps: int, seed: int, residual: str) -> dict:
     cfg = load_config(None, {"data.source": f"profiles:{table}", "data.factors": factors, "split.where": where, "profiles.controls": controls,
-                             "profiles.moa": moa, "profiles.steps": steps, "train.seed": seed, "train.threads": 2})
-    # steps is the config default unless --steps says otherwise; the command below then needs a config
-    out = work / f"{name}-seed{seed}"
+                             "profiles.moa": moa, "profiles.steps": steps, "profiles.residual": residual, "train.seed": seed, "train.threads": 2})
+    out = work / f"{name}-{residual}-seed{seed}"
     if out.exists():
         import shutil
 
@@ -61,18 +60,18 @@ def run_case(name: str, table: Path, factors: list[str], where: list[str], contr
     fit_profiles(cfg, out, progress=True)
     fit_s = time.monotonic() - t0
     metrics = evaluate_profile_run(out, progress=True)
-    print("\n".join([name, *summary_lines(metrics)]), flush=True)
+    print("\n".join([f"{name} residual={residual} seed={seed}", *summary_lines(metrics)]), flush=True)
     command = ["factordiff", "fit", "--data", f"profiles:{table.name}", "--factors", ",".join(factors), *sum((["--holdout-where", w] for w in where), []),
                "--controls", controls, "--moa", moa, "--seed", str(seed)]
-    return {"dataset": name, "seed": seed, "fit_seconds": round(fit_s, 1), "evaluate_seconds": metrics["seconds"], "steps": steps,
-            "command": shlex.join(command), "metrics": metrics}
+    return {"dataset": name, "residual": residual, "seed": seed, "fit_seconds": round(fit_s, 1), "evaluate_seconds": metrics["seconds"], "steps": steps,
+            "command": shlex.join(command) + (f"  # config: profiles.residual = {residual!r}" if residual != "none" else ""), "metrics": metrics}
 
 
 def summarize(runs: list[dict]) -> dict:
     """Per dataset, task and method: each figure's mean over seeds with its min and max."""
     out: dict = {}
     for r in runs:
-        d = out.setdefault(r["dataset"], {"tasks": {}, "retrieval": {}})
+        d = out.setdefault(f"{r['dataset']} (residual {r['residual']})", {"tasks": {}, "retrieval": {}})
         for task in r["metrics"]["tasks"]:
             t = d["tasks"].setdefault(task["condition"], {"kind": task["kind"]})
             for method, figs in task.get("methods", {}).items():
@@ -92,18 +91,65 @@ def summarize(runs: list[dict]) -> dict:
     return walk(out)
 
 
+def markdown(runs: list[dict]) -> str:
+    """README tables: per dataset and model variant, each method's figures averaged over the tasks
+    of a kind, then over seeds (min-max over seeds in brackets)."""
+    groups: dict = {}
+    for r in runs:
+        g = groups.setdefault((r["dataset"], r["residual"]), {})
+        per_kind: dict = {}
+        for task in r["metrics"]["tasks"]:
+            for method, figs in task.get("methods", {}).items():
+                row = per_kind.setdefault(task["kind"], {}).setdefault(method, {})
+                row.setdefault("mean error", []).append(figs["mean_error"])
+                row.setdefault("energy", []).append(figs["energy"])
+                reads = [v for k, v in figs.items() if k.startswith("read_as_target")]
+                keeps = [v for k, v in figs.items() if k.startswith("read_as_source")]
+                if reads:
+                    row.setdefault("read as target", []).append(float(np.mean(reads)))
+                if keeps:
+                    row.setdefault("biology kept", []).append(float(np.mean(keeps)))
+                if "moa_hits" in figs:
+                    row.setdefault("MoA hits", []).append(figs["moa_hits"])
+            if "real_heldout_moa_hits" in task:
+                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault("MoA hits", []).append(task["real_heldout_moa_hits"])
+        for kind, methods in per_kind.items():
+            for method, figs in methods.items():
+                for k, v in figs.items():
+                    g.setdefault(kind, {}).setdefault(method, {}).setdefault(k, []).append(float(np.mean(v)))
+        for name, v in r["metrics"].get("retrieval", {}).items():
+            g.setdefault("retrieval", {}).setdefault(name, {}).setdefault("mAP", []).append(v["map"])
+    f = lambda v: f"{np.mean(v):.3f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+    lines = []
+    for (dataset, residual), g in groups.items():
+        for kind, methods in g.items():
+            cols = list(dict.fromkeys(c for m in methods.values() for c in m))
+            n = len(next(iter(next(iter(methods.values())).values())))
+            lines += [f"**{dataset}**, profiles.residual = {residual}, {kind} ({n} seed{'s' if n > 1 else ''})", "",
+                      "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            lines += [f"| {m} | " + " | ".join(f(v[c]) if c in v else "" for c in cols) + " |" for m, v in methods.items()] + [""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
     ap.add_argument("--week", default="Week4", help="BBBC021 week whose DMSO wells are held out")
     ap.add_argument("--steps", type=int, default=4000, help="training steps of each model (the config default)")
-    ap.add_argument("--seeds", default="0,1,2", help="one model per seed: the spread between seeds is part of the result")
+    ap.add_argument("--seeds", default="0,1,2", help="BBBC021: one model per seed, the spread between seeds is part of the result")
+    ap.add_argument("--lincs-seeds", default="0")
+    ap.add_argument("--residuals", default="none,ridge", help="profiles.residual variants to run")
     ap.add_argument("--work", default="runs/bench-profiles")
     ap.add_argument("--only", choices=["bbbc021", "lincs"], help="run one dataset only")
+    ap.add_argument("--table", action="store_true", help="print the README tables from the results file and stop")
     a = ap.parse_args()
+    if a.table:
+        print(markdown(json.loads(RESULTS.read_text())["runs"]))
+        return
     torch.set_num_threads(2)
     data, work = Path(a.data), Path(a.work)
     seeds = [int(x) for x in a.seeds.split(",")]
+    residuals = a.residuals.split(",")
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     if a.only in (None, "bbbc021"):
@@ -112,9 +158,10 @@ def main() -> None:
         table.to_csv(path, index=False)
         held = one_per_moa(table, "Metadata_Compound", "Metadata_MoA", "DMSO")
         where = [f"Metadata_Compound=DMSO,Metadata_Batch={a.week}"] + [f"Metadata_Compound={c}" for c in held]
-        for seed in seeds:
-            rows.append(run_case("bbbc021", path, ["Metadata_Compound", "Metadata_Concentration", "Metadata_MoA", "Metadata_Batch"], where,
-                                 "Metadata_Compound=DMSO", "Metadata_MoA", work, a.steps, seed))
+        for residual in residuals:
+            for seed in seeds:
+                rows.append(run_case("bbbc021", path, ["Metadata_Compound", "Metadata_Concentration", "Metadata_MoA", "Metadata_Batch"], where,
+                                     "Metadata_Compound=DMSO", "Metadata_MoA", work, a.steps, seed, residual))
     if a.only in (None, "lincs"):
         path = data / "lincs-SQ00015054" / "SQ00015054_normalized_feature_select.csv.gz"
         table = pd.read_csv(path)
@@ -122,13 +169,14 @@ def main() -> None:
         held = one_per_moa(table, comp, moa, "DMSO", limit=8)
         treated = sorted(set(table.loc[(table[comp] != "DMSO"), comp]) - set(held))[:8]
         top = [f"{comp}={c},{dose}={table.loc[table[comp] == c, dose].max()}" for c in treated]
-        for seed in seeds:
-            rows.append(run_case("lincs", path, [comp, dose, moa], top + [f"{comp}={c}" for c in held], f"{comp}=DMSO", moa, work, a.steps, seed))
+        for residual in residuals:
+            for seed in [int(x) for x in a.lincs_seeds.split(",")]:
+                rows.append(run_case("lincs", path, [comp, dose, moa], top + [f"{comp}={c}" for c in held], f"{comp}=DMSO", moa, work, a.steps, seed, residual))
     result = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
               "command": "python " + shlex.join(sys.argv), "runs": rows}
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() and a.only else None
     if previous:
-        keep = [r for r in previous.get("runs", []) if r["dataset"] != a.only]
+        keep = [r for r in previous.get("runs", []) if r["dataset"] != a.only]  # the other dataset's runs stay
         result["runs"] = keep + rows
     result["summary"] = summarize(result["runs"])
     atomic_write_json(RESULTS, result)

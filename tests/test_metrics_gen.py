@@ -139,3 +139,17 @@ def test_samples_per_guidance_form_on_the_tiny_model(tiny_run):
     for form in ("composed", "nested"):
         out = conditional_samples(*args, guidance=Guidance(all=2.0, form=form))
         assert all(_share(out[k]["all_factors"]) for k in ("seen", "heldout"))
+
+
+def test_heldout_readout_of_the_codes(tiny_run, tiny_metrics):
+    """Distiller read-out on seen versus held-out images: accuracy of its own head and linear R^2
+    per factor, the read-out fitted on training images only."""
+    ro = tiny_metrics["distiller_readout"]
+    assert set(ro) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
+    for row in ro.values():
+        assert set(row) == {"r2_seen", "r2_heldout", "accuracy_seen", "accuracy_heldout"}
+        assert _share(row["accuracy_seen"]) and _share(row["accuracy_heldout"])
+        assert np.isfinite(row["r2_seen"]) and row["r2_seen"] <= 1.0 and row["r2_heldout"] <= 1.0
+    from factordiff.report import build_report
+
+    assert "Held-out read-out of the codes" in build_report(tiny_run).read_text()

@@ -235,3 +235,28 @@ def test_config_roles_parse():
     from factordiff.profile_model import prepare_profiles
 
     assert prepare_profiles(cfg).table.spec["Metadata_Plate"].role == "biological"
+
+
+def test_residual_ridge_model_round_trip(tmp_path):
+    """profiles.residual = ridge: the additive model is fitted on training rows, saved and loaded,
+    and to_space/from_space invert each other; the untrained adapter leaves regeneration at the
+    additive shift plus the denoiser's own round trip."""
+    from factordiff.evaluate.profiling import baseline_rows
+    from factordiff.profile_model import ProfileModel, fit_profiles, prepare_profiles
+
+    cfg = load_config(None, {"data.source": f"profiles:{SAMPLE}", "data.factors": FACTORS.split(","), "split.where": [HOLDOUT],
+                             "profiles.residual": "ridge", "profiles.width": 32, "profiles.depth": 1, "profiles.code_dims": 4,
+                             "profiles.steps": 30, "profiles.batch_size": 32, "profiles.sample_steps": 5, "denoiser.adapter_hidden": 16})
+    model, data = fit_profiles(cfg, tmp_path / "run", progress=False)
+    loaded = ProfileModel.load(tmp_path / "run" / "model")
+    assert loaded.additive is not None
+    torch.testing.assert_close(loaded.additive[0], model.additive[0])
+    f, x = data.table.factors, data.features
+    np.testing.assert_allclose(loaded.from_space(loaded.to_space(x[:5], f[:5]), f[:5]), x[:5], rtol=1e-4, atol=1e-3)
+    # the additive part of a regeneration is the ridge baseline's shift (same training rows, same alpha)
+    src = np.flatnonzero(data.train)[:4]
+    target = f[src].copy()
+    target[:, 3] = data.table.spec.factors[3].index("Week10")
+    shift = loaded.from_space(loaded.to_space(x[src], f[src]), target) - x[src]
+    ridge = baseline_rows("linear", data.table.spec, loaded.standardize(x).numpy(), f, data.train, src, target) - loaded.standardize(x[src]).numpy()
+    np.testing.assert_allclose(shift / loaded.std.numpy(), ridge, rtol=1e-3, atol=1e-3)

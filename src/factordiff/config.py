@@ -229,6 +229,10 @@ class ProfilesConfig:
         cond_dropout: probability that each factor is absent in a training example (and that all are).
         guidance_biological, guidance_technical: guidance weight on changed factors of each role.
         sample_steps: DDIM steps for inversion and regeneration.
+        residual: ``none`` (the denoiser models the standardised profile) or ``ridge`` (an additive
+            ridge model of the profile on one-hot factors, fitted on training rows, carries each
+            factor's mean effect and the denoiser models what it leaves: the residual and the
+            interactions between factors).
     """
 
     roles: list[str] = field(default_factory=list)
@@ -244,9 +248,10 @@ class ProfilesConfig:
     batch_size: int = 128
     lr: float = 1e-3
     cond_dropout: float = 0.2
-    guidance_biological: float = 2.0
-    guidance_technical: float = 2.0
+    guidance_biological: float = 1.0
+    guidance_technical: float = 1.0
     sample_steps: int = 50
+    residual: Literal["none", "ridge"] = "none"
 
 
 @dataclass

@@ -30,7 +30,7 @@ from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.mlp import MLPDenoiser
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.diffusion.sampling import ddim_invert, ddim_sample
-from factordiff.encoders.metadata import MetadataEmbedder, present, seen_values
+from factordiff.encoders.metadata import MetadataEmbedder, fit_additive, one_hot, present, seen_values
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
@@ -111,18 +111,20 @@ class ProfileModel:
         seen: per factor, which values the training rows have.
         embedder: value indices -> codes.
         denoiser: the conditioned MLP.
+        additive: with ``profiles.residual = "ridge"``, the ridge model's weights (P, F) and
+            intercept (F,) in standardised units; the denoiser then works on what it leaves.
     """
 
     def __init__(self, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean: torch.Tensor, std: torch.Tensor, seen: list[np.ndarray],
-                 embedder: MetadataEmbedder, denoiser: MLPDenoiser):
+                 embedder: MetadataEmbedder, denoiser: MLPDenoiser, additive: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.config, self.spec, self.feature_names = config, spec, list(feature_names)
         self.mean, self.std, self.seen = mean, std, seen
-        self.embedder, self.denoiser = embedder, denoiser
+        self.embedder, self.denoiser, self.additive = embedder, denoiser, additive
         for m in (embedder, denoiser):
             m.eval().requires_grad_(False)
 
     @classmethod
-    def build(cls, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean=None, std=None, seen=None) -> "ProfileModel":
+    def build(cls, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean=None, std=None, seen=None, additive=None) -> "ProfileModel":
         p, f = config.profiles, len(feature_names)
         embedder = MetadataEmbedder(spec, p.code_dims)
         adapter = TimeEmbeddingAdapter(len(spec), p.code_dims, p.width, config.denoiser.adapter_hidden)
@@ -130,13 +132,27 @@ class ProfileModel:
         mean = torch.zeros(f) if mean is None else mean
         std = torch.ones(f) if std is None else std
         seen = seen if seen is not None else [np.ones(fa.size, bool) for fa in spec.factors]
-        return cls(config, spec, feature_names, mean, std, seen, embedder, denoiser)
+        return cls(config, spec, feature_names, mean, std, seen, embedder, denoiser, additive)
 
     def standardize(self, x: np.ndarray) -> torch.Tensor:
         return (torch.as_tensor(x, dtype=torch.float32) - self.mean) / self.std
 
     def unstandardize(self, z: torch.Tensor) -> np.ndarray:
         return (z * self.std + self.mean).numpy()
+
+    def prior(self, factors: np.ndarray) -> torch.Tensor | float:
+        """The additive model's prediction for value indices (N, K) (0 without one)."""
+        if self.additive is None:
+            return 0.0
+        w, b = self.additive
+        return torch.from_numpy(one_hot(self.spec, factors)) @ w + b
+
+    def to_space(self, x: np.ndarray, factors: np.ndarray) -> torch.Tensor:
+        """Profiles -> what the denoiser models: standardised, less the additive prediction."""
+        return self.standardize(x) - self.prior(factors)
+
+    def from_space(self, z: torch.Tensor, factors: np.ndarray) -> np.ndarray:
+        return self.unstandardize(z + self.prior(factors))
 
     def condition(self, factors: np.ndarray) -> Condition:
         codes = self.embedder(torch.as_tensor(factors, dtype=torch.long))
@@ -150,13 +166,13 @@ class ProfileModel:
     @torch.no_grad()
     def invert(self, x: np.ndarray, factors: np.ndarray, steps: int | None = None) -> torch.Tensor:
         steps = steps or self.config.profiles.sample_steps
-        return ddim_invert(self.denoiser, self.standardize(x), self.condition(factors), self.config.denoiser, steps)
+        return ddim_invert(self.denoiser, self.to_space(x, factors), self.condition(factors), self.config.denoiser, steps)
 
     @torch.no_grad()
     def generate(self, x_T: torch.Tensor, factors: np.ndarray, changed: list[int] | None = None, steps: int | None = None) -> np.ndarray:
         steps = steps or self.config.profiles.sample_steps
         z = ddim_sample(self.denoiser, x_T, self.condition(factors), self.config.denoiser, steps, self.guidance(changed or []))
-        return self.unstandardize(z)
+        return self.from_space(z, factors)
 
     @torch.no_grad()
     def regenerate(self, x: np.ndarray, factors: np.ndarray, target: np.ndarray, steps: int | None = None, desc: str | None = None) -> np.ndarray:
@@ -184,7 +200,8 @@ class ProfileModel:
         folder = Path(folder)
         atomic_save_tensors({**{f"embedder.{k}": v for k, v in self.embedder.state_dict().items()},
                              **{f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()},
-                             "mean": self.mean, "std": self.std}, folder / "profile_model.safetensors")
+                             "mean": self.mean, "std": self.std, **({"additive.w": self.additive[0], "additive.b": self.additive[1]} if self.additive else {})},
+                            folder / "profile_model.safetensors")
         meta = {"kind": "profiles", "run": self.config.to_json(), "factors": self.spec.to_json(), "features": self.feature_names,
                 "seen": [s.tolist() for s in self.seen], **(extra or {})}
         atomic_write_json(folder / "config.json", meta)
@@ -200,7 +217,10 @@ class ProfileModel:
         except (KeyError, TypeError) as e:
             raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
         t = load_tensors(folder / "profile_model.safetensors")
-        model = cls.build(config, spec, names, t["mean"], t["std"], seen)
+        additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None
+        if (additive is None) != (config.profiles.residual == "none"):
+            raise FactordiffError(f"{folder / 'profile_model.safetensors'}: the additive model's weights do not match profiles.residual = {config.profiles.residual!r}")
+        model = cls.build(config, spec, names, t["mean"], t["std"], seen, additive)
         for name, m in (("embedder", model.embedder), ("denoiser", model.denoiser)):
             state = {k[len(name) + 1:]: v for k, v in t.items() if k.startswith(name + ".")}
             try:
@@ -233,12 +253,14 @@ def fit_profiles(cfg: RunConfig, out: Path, resume: bool = False, progress: bool
     std = torch.where(std > 0, std, torch.ones_like(std))
     torch.manual_seed(cfg.train.seed)
     spec = data.table.spec
-    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen_values(spec, data.table.factors[data.train]))
     p = cfg.profiles
+    ftrain = data.table.factors[data.train]
+    additive = fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy()) if p.residual == "ridge" else None
+    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen_values(spec, ftrain), additive)
     model.embedder.train().requires_grad_(True)
     model.denoiser.train().requires_grad_(True)
     step = DiffusionStep(model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder)
-    batches = ArrayBatches({"x": model.standardize(x), "factors": torch.from_numpy(data.table.factors[data.train])}, min(p.batch_size, len(x)), cfg.train.seed + 2)
+    batches = ArrayBatches({"x": model.to_space(x, ftrain), "factors": torch.from_numpy(ftrain)}, min(p.batch_size, len(x)), cfg.train.seed + 2)
     seconds = None if cfg.train.minutes is None else 60 * cfg.train.minutes
     trainable = list(model.embedder.parameters()) + list(model.denoiser.parameters())
     stage = Stage("profiles", step, trainable, batches, p.steps, p.lr, seconds, ema_decay=cfg.denoiser.ema_decay, warmup=200, images_per_step=batches.batch_size)

@@ -231,6 +231,13 @@ def build_report(run: Path) -> Path:
     parts.append("<h2>Reconstruction and oracle</h2>")
     parts.append("<p class=note>DDIM inversion followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {})))
     parts.append("<p class=note>Oracle accuracy per factor on fresh real images.</p>" + _kv_table(m.get("oracle_accuracy", {})))
+    ro = m.get("distiller_readout", {})
+    if ro:
+        cols = list(next(iter(ro.values())))
+        parts.append("<h2>Held-out read-out of the codes</h2><p class=note>Per factor: the encoder's own accuracy and the R<sup>2</sup> of a linear read-out of the value index "
+                     "(scaled to [0, 1]) from the whole code, fitted on training images, on other training-split images (<i>seen</i>) and on held-out images.</p>"
+                     "<table><tr><th>factor</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+                     + "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in cols) + "</tr>" for n, v in ro.items()) + "</table>")
     curves = m.get("training", {})
     if curves:
         parts.append("<h2>Training</h2>" + "".join(_svg_curve(pts, f"{stage} loss") for stage, pts in curves.items()))

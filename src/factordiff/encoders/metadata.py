@@ -70,3 +70,17 @@ def present(spec: FactorSpec, seen: list[np.ndarray], factors: np.ndarray) -> np
         if f.kind != "ordinal":
             out[:, k] = seen[k][factors[:, k]]
     return out
+
+
+def one_hot(spec: FactorSpec, factors: np.ndarray) -> np.ndarray:
+    """(N, sum of factor sizes) one-hot encoding of value indices (N, K), factor after factor."""
+    return np.concatenate([np.eye(f.size, dtype=np.float32)[factors[:, k]] for k, f in enumerate(spec.factors)], axis=1)
+
+
+def fit_additive(spec: FactorSpec, factors: np.ndarray, z: np.ndarray, alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression of ``z`` (N, F) on one-hot factors: weights (P, F) and intercept (F,). A value
+    no row has gets a zero weight."""
+    from sklearn.linear_model import Ridge
+
+    model = Ridge(alpha=alpha).fit(one_hot(spec, factors), z)
+    return torch.from_numpy(model.coef_.T.astype(np.float32).copy()), torch.from_numpy(np.asarray(model.intercept_, np.float32))

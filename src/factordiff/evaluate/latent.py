@@ -170,3 +170,37 @@ def block_projections(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
         r, col = divmod(i, k_factors)
         grid[r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = c
     return grid
+
+
+def heldout_readout(model: FactorModel, data, split, n: int = 2000, seed: int = 0) -> dict:
+    """How the codes read out factors on seen versus held-out images (Schott et al. 2022).
+
+    Per factor: the encoder's own accuracy (the distiller's class head; absent for the
+    unsupervised encoder) and the R^2 of a linear read-out of the factor's value index scaled to
+    [0, 1] from the whole code, the read-out fitted on training images only and scored on other
+    training-split images (``seen``) and on held-out images (``heldout``).
+    """
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(seed)
+    held = split.heldout(data.factors)
+    seen_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    if not len(held_rows):
+        return {}
+    fit_rows = rng.choice(seen_rows, min(n, len(seen_rows) // 2), replace=False)
+    test_seen = rng.choice(np.setdiff1d(seen_rows, fit_rows), min(n, len(seen_rows) - len(fit_rows)), replace=False)
+    test_held = rng.choice(held_rows, min(n, len(held_rows)), replace=False)
+    codes = {name: model.codes(data.images[rows]) for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))}
+    flat = {k: v.reshape(len(v), -1).numpy() for k, v in codes.items()}
+    heads = model.encoder.logits if hasattr(model.encoder, "logits") else None
+    out = {}
+    for k, f in enumerate(data.spec.factors):
+        target = {name: data.factors[rows, k] / max(1, f.size - 1) for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))}
+        probe = Ridge(alpha=1e-3).fit(flat["fit"], target["fit"])
+        row = {f"r2_{name}": float(r2_score(target[name], probe.predict(flat[name]))) for name in ("seen", "heldout")}
+        if heads is not None:
+            for name, rows in (("seen", test_seen), ("heldout", test_held)):
+                row[f"accuracy_{name}"] = float((heads(codes[name])[k].argmax(1).numpy() == data.factors[rows, k]).mean())
+        out[f.name] = row
+    return out

@@ -105,11 +105,11 @@ def _unseen(model, data, cfg, pairs, truth, controls, plate, scale, seed) -> dic
 
 
 def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500) -> dict:
-    """copairs mAP of perturbations against controls: real rows, rows regenerated from same-plate
-    training controls into each training perturbation row's factors, and those controls unchanged."""
+    """copairs mAP of perturbations against the training controls, over the same training
+    perturbation rows: real, regenerated from same-plate training controls into each row's factors,
+    those controls unchanged (the copy-the-control null), and the mean-shift baseline."""
     group = metadata_column(data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls")
     meta, f = data.table.metadata, data.table.factors
-    real = mean_average_precision(meta, scale(data.features), group, controls, plate, seed)
     rng = np.random.default_rng(seed)
     treated = np.flatnonzero(data.train & ~controls)
     if len(treated) > limit:
@@ -121,8 +121,8 @@ def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500
     rows = np.concatenate([treated, ctrl])
     sub = {k: v[rows] for k, v in meta.items()}
     is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(ctrl), bool)]
-    out = {"real": real}
-    for name, x in (("model", regenerated), ("copy_control_null", data.features[src]),
+    out = {}
+    for name, x in (("real", data.features[treated]), ("model", regenerated), ("copy_control_null", data.features[src]),
                     ("mean_shift", baseline_rows("mean_shift", data.table.spec, data.features, f, data.train, src, f[treated], seed))):
         out[name] = mean_average_precision(sub, scale(np.concatenate([x, data.features[ctrl]])), group, is_ctrl, plate, seed)
     for v in out.values():

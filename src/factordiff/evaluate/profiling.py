@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from factordiff.encoders.metadata import one_hot
 from factordiff.factors import FactorSpec
 
 
@@ -49,10 +50,6 @@ def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
 def truth_distances(generated: np.ndarray, real: np.ndarray, scale) -> dict[str, float]:
     g, r = scale(generated), scale(real)
     return {"mean_error": float(np.abs(g.mean(0) - r.mean(0)).mean()), "energy": energy_distance(g, r)}
-
-
-def one_hot(spec: FactorSpec, factors: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.eye(f.size)[factors[:, k]] for k, f in enumerate(spec.factors)], axis=1)
 
 
 def baseline_rows(name: str, spec: FactorSpec, x: np.ndarray, factors: np.ndarray, train: np.ndarray, src: np.ndarray, target: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -118,22 +115,28 @@ def read_share(oracle, rows: np.ndarray, want: np.ndarray, scale) -> float:
 
 def mean_average_precision(meta: dict[str, np.ndarray], x: np.ndarray, group: str, controls: np.ndarray, plate: str | None, seed: int = 0) -> dict:
     """copairs mAP of each non-control group against the controls (positives: same ``group``, in a
-    different plate when ``plate`` is given; negatives: control rows). Returns the mean over groups,
+    different plate when ``plate`` is given and the rows span several plates; negatives: control rows). Returns the mean over groups,
     the share of groups significant at 0.05 (corrected), and per-group values."""
     import pandas as pd
     from copairs.map import average_precision, mean_average_precision as map_
+    from copairs.matching import UnpairedException
 
     ref = "Metadata_reference_index"
     frame = pd.DataFrame({group: meta[group], **({plate: meta[plate]} if plate else {})})
     frame[ref] = np.where(controls, np.arange(len(frame)), -1)  # copairs' assign_reference_index: controls unique, others -1
     feats = pd.DataFrame(x)
-    ap = average_precision(frame, feats.to_numpy(), pos_sameby=[group, ref], pos_diffby=[plate] if plate else [], neg_sameby=[],
-                           neg_diffby=[group, ref], progress_bar=False)
+    across = bool(plate) and len(np.unique(meta[plate])) > 1  # one plate: positives can only share it
+    try:
+        ap = average_precision(frame, feats.to_numpy(), pos_sameby=[group, ref], pos_diffby=[plate] if across else [], neg_sameby=[],
+                               neg_diffby=[group, ref], progress_bar=False)
+    except UnpairedException:
+        return {"map": float("nan"), "significant": float("nan"), "groups": 0, "positives_across_plates": across}
     ap = ap[ap[ref] == -1].dropna(subset=["average_precision"])
     if ap.empty:
-        return {"map": float("nan"), "significant": float("nan"), "groups": 0}
+        return {"map": float("nan"), "significant": float("nan"), "groups": 0, "positives_across_plates": across}
     m = map_(ap, sameby=[group], null_size=10000, threshold=0.05, seed=seed, progress_bar=False)
     return {"map": float(m["mean_average_precision"].mean()), "significant": float(m["below_corrected_p"].mean()), "groups": int(len(m)),
+            "positives_across_plates": across,
             "by_group": {str(g): float(v) for g, v in zip(m[group], m["mean_average_precision"])}}
 
 

@@ -29,6 +29,7 @@ from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.counterfactual import Edits, Oracle, TargetCodes, accuracy, evaluate_counterfactuals, run_edits, soundness, train_oracle
+from factordiff.evaluate.latent import heldout_readout
 from factordiff.errors import FactordiffError
 from factordiff.model import FactorModel
 from factordiff.report import training_curves
@@ -207,6 +208,7 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     sample_guidance = Guidance(all=e.sample_guidance, form=e.guidance_form)  # joint at weight 1: the plain conditional model
     samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed, guidance=sample_guidance)
     sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed)
+    readout = heldout_readout(model, data, split, seed=cfg.train.seed)
     grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     save_png(grid, run / FIGURES / "counterfactuals.png")
     sgrid, sinfo = sample_grid(model, data, split, e.steps, cfg.train.seed, sample_guidance)
@@ -218,6 +220,7 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
         "samples": samples,
         "samples_guidance": {"form": e.guidance_form, "weight": e.sample_guidance},
         "soundness": sound,
+        "distiller_readout": readout,
         "oracle_accuracy": oracle_acc,
         "split": split.to_json(),
         "missing_prototypes": [f"{f.name}={f.values[v]}" for k, f in enumerate(data.spec.factors) for v in range(f.size) if not model.has_prototype(k, v)],
