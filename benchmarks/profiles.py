@@ -111,6 +111,10 @@ def markdown(runs: list[dict]) -> str:
                     row.setdefault("biology kept", []).append(float(np.mean(keeps)))
                 if "moa_hits" in figs:
                     row.setdefault("MoA hits", []).append(figs["moa_hits"])
+            for k, v in task.get("real_heldout_read_as_target", {}).items():
+                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows (oracle out of fold)", {}).setdefault("read as target", []).append(v)
+            for k, v in task.get("real_heldout_read_as_target", {}).items():
+                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows (oracle out of fold)", {}).setdefault("read as target", []).append(v)
             if "real_heldout_moa_hits" in task:
                 per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault("MoA hits", []).append(task["real_heldout_moa_hits"])
         for kind, methods in per_kind.items():

@@ -208,6 +208,7 @@ def test_evaluate_and_report(profile_run):
     assert set(task["methods"]) == {"model", "copy", "mean_shift", "nearest", "linear"}
     for r in task["methods"].values():
         assert r["mean_error"] >= 0 and np.isfinite(r["energy"]) and 0 <= r["read_as_target.Metadata_Batch"] <= 1
+    assert 0 <= task["real_heldout_read_as_target"]["Metadata_Batch"] <= 1
     assert {"real", "model", "copy_control_null", "mean_shift"} <= set(m["retrieval"])
     assert main(["report", str(profile_run)]) == 0
     html = (profile_run / "report.html").read_text()

@@ -173,7 +173,9 @@ def _profile_sections(m: dict) -> list[str]:
         best = {k: min(r[k] for r in task["methods"].values()) for k in ("mean_error", "energy")}
         rows = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td class={'good' if best.get(k) == r[k] else ''}>{_fmt(r[k])}</td>" for k in cols) + "</tr>"
                        for n, r in task["methods"].items())
-        parts.append(f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows.</p>"
+        ceiling = "".join(f" The oracle, cross-validated, reads the real held-out rows themselves as the target {html.escape(k)} on {_fmt(v)}."
+                          for k, v in task.get("real_heldout_read_as_target", {}).items())
+        parts.append(f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows.{ceiling}</p>"
                      f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr>{rows}</table>")
     r = m.get("retrieval")
     if r:

@@ -72,13 +72,16 @@ def _transfer(model, data, cfg, pairs, set_ids, truth, oracles, scale, seed) -> 
     res = {"sources": int(len(src)), "truth_rows": int(len(truth)), "set": [spec.factors[k].name for k in set_ids], "methods": {}}
     for name, rows in methods.items():
         r = truth_distances(rows, data.features[truth], scale)
-        for k, (clf, _) in oracles.items():
+        for k, (clf, _, _) in oracles.items():
             fa = spec.factors[k]
             if k in set_ids:
                 r[f"read_as_target.{fa.name}"] = read_share(clf, rows, target[:, k], scale)
             elif fa.role == "biological":
                 r[f"read_as_source.{fa.name}"] = read_share(clf, rows, f[src, k], scale)
         res["methods"][name] = r
+    # the ceiling: the oracle's out-of-fold reading of the real held-out rows themselves
+    res["real_heldout_read_as_target"] = {spec.factors[k].name: float((oracles[k][2][truth] == v).mean()) for k, v in pairs
+                                          if k in set_ids and k in oracles and oracles[k][2] is not None}
     return res
 
 
@@ -146,7 +149,7 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     oracles = fit_oracles(spec, data.features, f, scale, oracle_ids, seed)
     metrics: dict = {"kind": "profiles", "split": data.split.to_json(), "cleaning": data.table.cleaning, "normalization": data.normalization,
                      "rows": {"train": int(data.train.sum()), "heldout": int((~data.train).sum())},
-                     "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc) in oracles.items()}, "tasks": []}
+                     "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc, _) in oracles.items()}, "tasks": []}
     conditions = where_conditions(spec, cfg.split.where)
     perturbation = None
     if cfg.profiles.controls:
@@ -191,6 +194,8 @@ def summary_lines(metrics: dict) -> list[str]:
         for name, r in task["methods"].items():
             extra = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith(("read_as", "moa")))
             lines.append(f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}  {extra}")
+        for k, v in task.get("real_heldout_read_as_target", {}).items():
+            lines.append(f"  the real held-out rows themselves are read as the target {k} on {v:.3f} (oracle out of fold)")
     for name, r in metrics.get("retrieval", {}).items():
         lines.append(f"mAP {name:18s} {r['map']:.3f} (significant {r['significant']:.2f} of {r['groups']})")
     return lines
