@@ -47,7 +47,9 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from factordiff.fit import fit
 
     cfg = load_config(args.config, _fit_overrides(args))
-    if cfg.data.source.startswith("profiles:"):
+    from factordiff.profile_model import is_profile_source
+
+    if is_profile_source(cfg.data.source):
         from factordiff.profile_model import fit_profiles
 
         model, data = fit_profiles(cfg, Path(args.out), resume=args.resume)

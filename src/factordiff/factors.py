@@ -73,7 +73,8 @@ class Factor:
         return cls(d["name"], tuple(d["values"]), d.get("kind", "categorical"), d.get("role"))
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
+    """A column name without its ``Metadata_`` / ``Image_Metadata_`` prefix, lower-cased."""
     low = name.lower()
     for prefix in ("image_metadata_", "metadata_"):
         if low.startswith(prefix):
@@ -134,9 +135,9 @@ class FactorSpec:
         prefix, in any case (``compound`` for ``Metadata_Compound``)."""
         if name in self._by_name:
             return self._by_name[name]
-        short = {_short(n): i for i, n in enumerate(self.names)}
-        if _short(name) in short:
-            return short[_short(name)]
+        short = {short_name(n): i for i, n in enumerate(self.names)}
+        if short_name(name) in short:
+            return short[short_name(name)]
         return self.position(name)
 
     def grid(self) -> np.ndarray:

@@ -32,7 +32,7 @@ from factordiff.diffusion.objective import DiffusionStep
 from factordiff.diffusion.sampling import ddim_invert, ddim_sample
 from factordiff.encoders.metadata import MetadataEmbedder, fit_additive, one_hot, present, seen_values
 from factordiff.errors import FactordiffError
-from factordiff.factors import FactorSpec, parse_pairs
+from factordiff.factors import FactorSpec, parse_pairs, short_name
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
 
 PREFIX = "profiles:"
@@ -90,13 +90,9 @@ def metadata_column(table: ProfileTable, name: str, where: str) -> str:
     """A metadata column by name, also without its ``Metadata_`` prefix and in any case."""
     if name in table.metadata:
         return name
-    try:
-        return table.spec.names[table.spec.resolve(name)]
-    except FactordiffError:
-        pass
-    low = {c.lower().removeprefix("metadata_"): c for c in table.metadata}
-    if name.lower().removeprefix("metadata_") in low:
-        return low[name.lower().removeprefix("metadata_")]
+    short = {short_name(c): c for c in table.metadata}
+    if short_name(name) in short:
+        return short[short_name(name)]
     raise FactordiffError(f"{where}: unknown column {name!r}; metadata columns are {', '.join(list(table.metadata)[:15])}")
 
 
@@ -290,7 +286,7 @@ def select_rows(table: ProfileTable, where: list[str]) -> np.ndarray:
         for name, value in parse_pairs(text, "--where"):
             column = metadata_column(table, name, "--where")
             col = table.metadata[column]
-            if name in table.spec.names or column in table.spec.names:
+            if column in table.spec.names:
                 k = table.spec.position(column)
                 try:
                     m &= table.factors[:, k] == table.spec.factors[k].index(value)

@@ -57,7 +57,7 @@ def _same_plate_sources(data: ProfileData, rows: np.ndarray, pool: np.ndarray, p
     return np.asarray(out)
 
 
-def _transfer(model, data, cfg, pairs, set_ids, truth, oracles, scale, seed) -> dict:
+def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
     spec, f = data.table.spec, data.table.factors
     keep = [(k, v) for k, v in pairs if k not in set_ids]
     src = np.flatnonzero(data.train & np.all([f[:, k] == v for k, v in keep], axis=0)) if keep else np.flatnonzero(data.train)
@@ -85,7 +85,7 @@ def _transfer(model, data, cfg, pairs, set_ids, truth, oracles, scale, seed) -> 
     return res
 
 
-def _unseen(model, data, cfg, pairs, truth, controls, plate, scale, seed) -> dict:
+def _unseen(model, data, cfg, truth, controls, plate, scale, seed) -> dict:
     spec, f = data.table.spec, data.table.factors
     pool = np.flatnonzero(data.train & controls)
     src = _same_plate_sources(data, truth, pool, plate, seed)
@@ -153,8 +153,8 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     conditions = where_conditions(spec, cfg.split.where)
     perturbation = None
     if cfg.profiles.controls:
-        name = parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0]
-        perturbation = spec.resolve(name) if _is_factor(spec, name) else None
+        column = metadata_column(data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls")
+        perturbation = spec.position(column) if column in spec.names else None
     for text, pairs in tqdm(list(zip(cfg.split.where, conditions)), desc="held-out conditions", disable=not progress):
         truth = np.flatnonzero(np.all([f[:, k] == v for k, v in pairs], axis=0))
         set_ids = [k for k, _ in pairs if k in technical] or [k for k, _ in pairs if spec.factors[k].kind == "ordinal"]
@@ -162,9 +162,9 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
         has_sources = bool(set_ids) and (not keep or (data.train & np.all([f[:, k] == v for k, v in keep], axis=0)).any())
         task = {"condition": text}
         if has_sources:
-            task.update(kind="transfer", **_transfer(model, data, cfg, pairs, set_ids, truth, oracles, scale, seed))
+            task.update(kind="transfer", **_transfer(model, data, pairs, set_ids, truth, oracles, scale, seed))
         elif controls is not None and perturbation is not None and perturbation in [k for k, _ in pairs]:
-            task.update(kind="unseen", **_unseen(model, data, cfg, pairs, truth, controls, plate, scale, seed))
+            task.update(kind="unseen", **_unseen(model, data, cfg, truth, controls, plate, scale, seed))
         else:
             task.update(kind="skipped", reason="no training rows to regenerate from and no controls configured")
         metrics["tasks"].append(task)
@@ -173,14 +173,6 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     metrics["seconds"] = round(time.monotonic() - t0, 1)
     atomic_write_json(run / "metrics.json", metrics)
     return metrics
-
-
-def _is_factor(spec, name: str) -> bool:
-    try:
-        spec.resolve(name)
-        return True
-    except FactordiffError:
-        return False
 
 
 def summary_lines(metrics: dict) -> list[str]:
