@@ -35,6 +35,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "split.where": args.holdout_where, "train.minutes": args.minutes, "train.seed": args.seed,
         "profiles.normalize": args.normalize, "profiles.controls": args.controls, "profiles.moa": args.moa,
         "profiles.max_missing": args.max_missing, "profiles.roles": _csv_list(args.roles) if args.roles else None,
+        "denoiser.adapter": args.adapter, "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base),
     }
     over = {k: v for k, v in pairs.items() if v is not None}
     if args.data and not args.data.startswith("shapes"):
@@ -199,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-missing", type=float, help="profiles: drop feature columns with a larger share of missing values (default 0.05)")
     p.add_argument("--roles", metavar="F=ROLE,...", help="profiles: biological or technical per factor (default from the name: batch, plate, well, ... are technical)")
     p.add_argument("--size", type=_positive_int, help="image size the models work at")
+    p.add_argument("--adapter", choices=["embed", "tokens", "shift"], help="how codes enter the UNet: time embedding, cross-attention tokens, or a shift branch (default embed)")
+    p.add_argument("--base", choices=["joint", "frozen"], help="train the UNet with the adapter, or first alone and then frozen (default joint)")
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")

@@ -50,6 +50,8 @@ class DistillConfig:
             makes the block the value's position on its grid (one code dimension per factor, as
             MIG and DCI completeness read codes); ``None`` (default) leaves blocks free, which
             conditions the generator better in the one comparison made so far (docs/design.md).
+        pool: the backbone's pooling of its last 4x4 feature map: ``flatten`` (position kept) or
+            ``flatten+mean`` (the map's mean over positions as well; ``encoders/backbone.py``).
     """
 
     code_dims: int = 4
@@ -61,6 +63,7 @@ class DistillConfig:
     adversary_weight: float = 0.1
     order_weight: float = 1.0
     ordinal_dims: int | None = None
+    pool: Literal["flatten", "flatten+mean"] = "flatten"
 
 
 @dataclass
@@ -113,7 +116,16 @@ class DenoiserConfig:
             model ignore its conditions.
         coind_rows: rows of each batch the CoInD loss is computed on (None: all); each costs four
             extra rows of the denoiser's forward pass.
-        train_base: train the UNet with the adapter (joint); False freezes the base.
+        adapter: how the codes enter the UNet (``diffusion/adapters.py``): ``embed`` (per-factor
+            MLPs summed into the time embedding), ``tokens`` (one token per factor, read by
+            cross-attention layers added after the mid block and each up block) or ``shift`` (a
+            second UNet of ``branch_channels`` reads the codes and adds its prediction to the
+            base's, PDAE's gradient estimator). Each is an exact no-op at initialisation.
+        token_dim: width of each factor's token (``tokens``).
+        branch_channels: UNet channels per level of the ``shift`` branch.
+        train_base: train the UNet with the adapter (joint). False: a ``base`` stage first trains
+            the UNet alone, unconditionally, on half of the denoiser's time budget (and up to
+            ``steps``), then the UNet stays frozen while the adapter trains.
     """
 
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
@@ -128,6 +140,9 @@ class DenoiserConfig:
     single_prob: float = 0.0
     coind_weight: float = 0.0
     coind_rows: int | None = None
+    adapter: Literal["embed", "tokens", "shift"] = "embed"
+    token_dim: int = 64
+    branch_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     train_base: bool = True
     steps: int = 24000
     budget: float = 0.62

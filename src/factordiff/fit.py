@@ -35,6 +35,7 @@ from factordiff.diffusion.objective import DiffusionStep
 from factordiff.errors import FactordiffError
 from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
+from factordiff.diffusion.denoiser import Denoiser
 from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, map_batches, run_stage
 
@@ -166,7 +167,12 @@ def _train_autoencoder(f: _Fit, distiller: torch.nn.Module | None) -> torch.nn.M
 
 
 def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Module:
+    """The conditioned denoiser; with ``denoiser.train_base`` False, a ``base`` stage first trains its
+    UNet alone (unconditional), which then stays frozen while the adapter trains."""
     dn, denoiser = f.cfg.denoiser, model.denoiser
+    if not dn.train_base:
+        base = Denoiser(denoiser.unet).train().requires_grad_(True)  # shares the UNet: the stage loads the trained base into it
+        f.stage("base", DiffusionStep(base, dn), base, list(base.parameters()), {} if _stage_done(f.run, "base") else {"x": x}, dn, 4, dn.ema_decay, warmup=500)
     tensors = {} if _stage_done(f.run, "denoiser") else {"x": x, "codes": model.codes(f.train.images)}
     denoiser.train().requires_grad_(True)
     if not dn.train_base:
@@ -216,8 +222,12 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
         atomic_write_json(run / "split.json", split.to_json())
     unsup = cfg.unsupervised.enabled
     shares = {"autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled else 0.0}
-    shares.update({"base": cfg.denoiser.budget, "encoder": cfg.unsupervised.budget} if unsup else {"distiller": cfg.distill.budget, "denoiser": cfg.denoiser.budget})
-    order = ["autoencoder", "base", "encoder"] if unsup else ["distiller", "autoencoder", "denoiser"]
+    frozen = not unsup and not cfg.denoiser.train_base
+    if unsup:
+        shares.update(base=cfg.denoiser.budget, encoder=cfg.unsupervised.budget)
+    else:
+        shares.update(distiller=cfg.distill.budget, base=cfg.denoiser.budget / 2 if frozen else 0.0, denoiser=cfg.denoiser.budget / (2 if frozen else 1))
+    order = ["autoencoder", "base", "encoder"] if unsup else ["distiller", "autoencoder", *(["base"] if frozen else []), "denoiser"]
     f = _Fit(cfg, run, _options(cfg, run, resume, progress), _Budget(cfg.train.minutes, {k: shares[k] for k in order}), train, ModelShape(train.channels, train.size))
 
     distiller = None if unsup else _train_distiller(f)

@@ -16,7 +16,7 @@ import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from factordiff.config import RunConfig, from_dict
-from factordiff.diffusion.adapters import TimeEmbeddingAdapter
+from factordiff.diffusion.adapters import TimeEmbeddingAdapter, TokenAdapter, token_channels
 from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
@@ -63,7 +63,7 @@ def build_encoder(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.
         u = cfg.unsupervised
         return SegmentEncoder(shape.channels, shape.size, u.segments, u.code_dims, u.width)
     return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width,
-                           cfg.distill.ordinal_dims)
+                           cfg.distill.ordinal_dims, cfg.distill.pool)
 
 
 def denoiser_space(cfg: RunConfig, shape: ModelShape) -> tuple[int, int]:
@@ -78,17 +78,27 @@ def build_base(cfg: RunConfig, shape: ModelShape) -> Denoiser:
     return Denoiser(build_unet(cfg.denoiser, *denoiser_space(cfg, shape)))
 
 
-def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
+def _shift(cfg: RunConfig, shape: ModelShape, blocks: int, code_dims: int, branch_channels: list[int], segmented: bool) -> GradientEstimatorDenoiser:
+    """A base UNet plus a code-conditioned branch UNet whose prediction is added to the base's."""
     channels, size = denoiser_space(cfg, shape)
+    adapter = TimeEmbeddingAdapter(blocks, code_dims, branch_channels[0] * 4, cfg.denoiser.adapter_hidden)
+    branch = zero_output(Denoiser(build_unet(replace(cfg.denoiser, block_out_channels=list(branch_channels)), channels, size), adapter))
+    return GradientEstimatorDenoiser(build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps, segmented)
+
+
+def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
+    """The conditioned denoiser: the unsupervised encoder's segmented branch, or the supervised
+    codes through ``denoiser.adapter``."""
+    dn = cfg.denoiser
     if cfg.unsupervised.enabled:
         u = cfg.unsupervised
-        branch_cfg = replace(cfg.denoiser, block_out_channels=list(u.branch_channels))
-        adapter = TimeEmbeddingAdapter(u.segments, u.code_dims, u.branch_channels[0] * 4, cfg.denoiser.adapter_hidden)
-        branch = zero_output(Denoiser(build_unet(branch_cfg, channels, size), adapter))
-        return GradientEstimatorDenoiser(build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps)
-    unet = build_unet(cfg.denoiser, channels, size)
-    adapter = TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, cfg.denoiser.block_out_channels[0] * 4, cfg.denoiser.adapter_hidden)
-    return Denoiser(unet, adapter)
+        return _shift(cfg, shape, u.segments, u.code_dims, u.branch_channels, segmented=True)
+    if dn.adapter == "shift":
+        return _shift(cfg, shape, len(spec), cfg.distill.code_dims, dn.branch_channels, segmented=False)
+    unet = build_unet(dn, *denoiser_space(cfg, shape))
+    if dn.adapter == "tokens":
+        return Denoiser(unet, TokenAdapter(len(spec), cfg.distill.code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden))
+    return Denoiser(unet, TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, dn.block_out_channels[0] * 4, dn.adapter_hidden))
 
 
 class FactorModel:

@@ -24,11 +24,12 @@ DEFAULT_MINUTES = 15.0
 MARKER = "quickstart.json"  # marks a folder as a quickstart's output, which the next quickstart may replace
 
 
-def quickstart_config(size: int = 32, minutes: float | None = DEFAULT_MINUTES) -> RunConfig:
-    """The quickstart experiment: 3D Shapes replica, object_hue x shape composition block held out."""
+def quickstart_config(size: int = 32, minutes: float | None = DEFAULT_MINUTES, overrides: dict | None = None) -> RunConfig:
+    """The quickstart experiment: 3D Shapes replica, object_hue x shape composition block held out
+    (``overrides``: further ``"section.field": value`` settings)."""
     path = resources.files("factordiff") / "configs" / "quickstart.json"
     with resources.as_file(path) as p:
-        cfg = load_config(p, {"data.size": size, "train.minutes": minutes})
+        cfg = load_config(p, {"data.size": size, "train.minutes": minutes, **(overrides or {})})
     return cfg
 
 

@@ -12,7 +12,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from factordiff.config import DenoiserConfig
-from factordiff.diffusion.adapters import TimeEmbeddingAdapter
+from factordiff.diffusion.adapters import TimeEmbeddingAdapter, TokenAdapter
 from factordiff.diffusion.condition import Condition, check_condition
 
 
@@ -43,18 +43,25 @@ class Denoiser(nn.Module):
     Args:
         unet: the base network; with ``class_embed_type="identity"`` it adds ``class_labels`` to its
             time embedding, and the base model is the UNet called with zeros there.
-        adapter: turns a Condition into that vector; None for an unconditional denoiser.
+        adapter: turns a Condition into that vector (``TimeEmbeddingAdapter``), or into tokens for
+            the cross-attention layers it adds to the UNet (``TokenAdapter``); None for an
+            unconditional denoiser.
     """
 
     def __init__(self, unet: UNet2DModel, adapter: TimeEmbeddingAdapter | None = None):
         super().__init__()
         self.unet, self.adapter = unet, adapter
         self.emb_dim = unet.config.block_out_channels[0] * 4
+        if isinstance(adapter, TokenAdapter):
+            adapter.attach(unet)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         check_condition(self.adapter is not None, cond, len(x))
         if t.ndim == 0:
             t = t.expand(len(x))
+        if isinstance(self.adapter, TokenAdapter):
+            with self.adapter.tokens(cond):
+                return self.unet(x, t, class_labels=x.new_zeros(len(x), self.emb_dim)).sample
         emb = self.adapter(cond) if cond is not None else x.new_zeros(len(x), self.emb_dim)
         return self.unet(x, t, class_labels=emb).sample
 

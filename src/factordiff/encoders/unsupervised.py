@@ -51,15 +51,20 @@ def active_segments(t: torch.Tensor, segments: int, num_train_timesteps: int) ->
 class GradientEstimatorDenoiser(nn.Module):
     """prediction(x, t, cond) = base(x, t) + branch(x, t, cond restricted to the active segments).
 
+    Also the supervised ``shift`` adapter (``denoiser.adapter = "shift"``), with ``segmented``
+    False: every code block the condition has present reaches the branch at every step.
+
     Args:
-        base: the frozen unconditional denoiser (a Denoiser without adapter).
+        base: the unconditional denoiser (a Denoiser without adapter); frozen at construction,
+            trained only where a caller sets its parameters trainable (``denoiser.train_base``).
         branch: the code-conditioned gradient estimator (a Denoiser with adapter).
         num_train_timesteps: T, for the segment schedule.
+        segmented: DiffSiam's schedule of code segments over the time steps.
     """
 
-    def __init__(self, base: Denoiser, branch: Denoiser, num_train_timesteps: int):
+    def __init__(self, base: Denoiser, branch: Denoiser, num_train_timesteps: int, segmented: bool = True):
         super().__init__()
-        self.base, self.branch, self.num_train_timesteps = base, branch, num_train_timesteps
+        self.base, self.branch, self.num_train_timesteps, self.segmented = base, branch, num_train_timesteps, segmented
         self.base.requires_grad_(False)
 
     @property
@@ -71,13 +76,11 @@ class GradientEstimatorDenoiser(nn.Module):
             raise ValueError("this denoiser is conditioned: pass a Condition (codes and present mask)")
         if t.ndim == 0:
             t = t.expand(len(x))
-        segments = active_segments(t, cond.codes.shape[1], self.num_train_timesteps)
-        with torch.no_grad():
+        if self.segmented:
+            cond = Condition(cond.codes, cond.present & active_segments(t, cond.codes.shape[1], self.num_train_timesteps))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.base.unet.conv_out.weight.requires_grad):
             base = self.base(x, t)
-        return base + self.branch(x, t, Condition(cond.codes, cond.present & segments))
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.branch.parameters())
+        return base + self.branch(x, t, cond)
 
 
 def zero_output(denoiser: Denoiser) -> Denoiser:

@@ -1,0 +1,152 @@
+"""Generalisation benchmark: the three adapters on the quickstart's composition split, then the best
+of them on the interpolation, extrapolation and unseen-value splits, every row at the same stated
+denoiser budget; one row per run in ``benchmarks/results/generalization.json``.
+
+    python benchmarks/generalization.py [--minutes 10] [--rows composition] [--best embed]
+
+- ``composition`` rows (``--adapters``): object_hue x shape block held out (the quickstart's split).
+  They start from the shipped quickstart model's distiller and autoencoder, which were trained on
+  this split's training images only, and train the denoiser (and, with ``--base frozen``, its base
+  first) for ``--minutes``.
+- ``interpolation``, ``extrapolation``, ``unseen_value`` rows (adapter ``--best``): every stage is
+  trained from scratch on that split's training images (the shipped encoders saw images these
+  splits hold out), with the stage shares of the config, so that the denoiser gets ``--minutes``.
+
+Each row: ``adapter``, ``train_base``, ``split`` (what it holds out), ``guidance_form``,
+``minutes`` (denoiser stages), ``samples_all_right`` (seen and held-out), ``edits_all_right``,
+``effectiveness`` and ``preservation`` (held-out single-factor edits), ``pairs_all_right``
+(two-factor edits into a held-out combination), ``probe_r2`` (held-out: the mean R^2 of a linear
+read-out of each factor from the distiller's codes) and ``command``. Rows of the same (split,
+adapter, base) replace earlier ones; ``--table`` prints the README table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from factordiff.checkpoint import atomic_write_json
+from factordiff.config import load_config
+from factordiff.evaluate.suite import evaluate_run
+from factordiff.fit import fit
+from factordiff.quickstart import pretrained_run
+
+RESULTS = Path(__file__).parent / "results" / "generalization.json"
+SPLITS = {
+    "composition": {"split.kind": "composition", "split.factors": ["object_hue", "shape"], "split.fraction": 0.4},
+    "interpolation": {"split.kind": "interpolation", "split.factors": ["object_hue"]},
+    "extrapolation": {"split.kind": "extrapolation", "split.factors": ["scale"], "split.fraction": 0.25},
+    "unseen_value": {"split.kind": "unseen_value", "split.factors": ["object_hue"]},
+}
+ENCODING_MINUTES = 1.0
+SHARES = {"distill.budget": 0.08, "autoencoder.budget": 0.3, "denoiser.budget": 0.62}
+
+
+def _from_shipped(out: Path, cfg) -> None:
+    """A run folder holding the shipped model's distiller and autoencoder (stages done) and this
+    row's config, so that ``fit(..., resume=True)`` trains only the denoiser stages."""
+    shipped = pretrained_run(32)
+    if shipped is None:
+        sys.exit("the shipped 32x32 quickstart model is missing from the package")
+    (out / "model").mkdir(parents=True)
+    for part in ("distiller", "autoencoder"):
+        shutil.copy(shipped / "model" / f"{part}.safetensors", out / "model")
+    shutil.copy(shipped / "split.json", out / "split.json")
+    cfg.save(out / "run_config.json")
+
+
+def _steps(out: Path, stage: str) -> int:
+    log = out / "logs" / f"{stage}.jsonl"
+    return sum(1 for _ in log.open()) if log.is_file() else 0
+
+
+def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> dict:
+    over = {**SPLITS[split], "data.source": "shapes", "data.size": 32, "data.n": 100000, "train.threads": 2, "train.checkpoint_every": 1000,
+            "denoiser.adapter": adapter, "denoiser.train_base": base == "joint", "denoiser.steps": 10**9, "evaluate.sample_guidance": 2.0}
+    shipped = split == "composition"
+    # the fit's clock also runs while the training images are encoded to latents and codes (about a
+    # minute here), before the denoiser starts: the composition rows get that minute on top
+    over["train.minutes"] = minutes + ENCODING_MINUTES if shipped else minutes / SHARES["denoiser.budget"]
+    if not shipped:
+        over.update(SHARES)
+    cfg = load_config(None, over)
+    out = work / f"{split}-{adapter}-{base}"
+    if out.exists():
+        shutil.rmtree(out)
+    if shipped:
+        _from_shipped(out, cfg)
+    t0 = time.monotonic()
+    fit(cfg, out, resume=shipped, progress=True)
+    fit_min = (time.monotonic() - t0) / 60
+    m = evaluate_run(out, progress=True)
+    readout = m.get("distiller_readout", {})
+    r2 = [v["r2_heldout"] for v in readout.values() if isinstance(v, dict) and v.get("r2_heldout") is not None]
+    cf, s = m["counterfactual"], m["samples"]
+    command = ["factordiff", "fit", "--holdout", SPLITS[split]["split.kind"], "--holdout-factors", ",".join(SPLITS[split]["split.factors"]),
+               "--adapter", adapter, "--base", base, "--minutes", f"{over['train.minutes']:g}"]
+    return {"split": split, "heldout": json.loads((out / "split.json").read_text()).get("description"), "adapter": adapter, "train_base": base == "joint",
+            "guidance_form": m.get("samples_guidance", {}).get("form", "joint"), "sample_guidance": m.get("samples_guidance", {}).get("weight"),
+            "minutes": minutes, "fit_minutes": round(fit_min, 1), "steps": {stage: _steps(out, stage) for stage in ("base", "denoiser") if _steps(out, stage)}, "encoders": "shipped quickstart model" if shipped else "trained in this run",
+            "samples_all_right_seen": s["seen"]["all_factors"], "samples_all_right_heldout": s["heldout"]["all_factors"],
+            "edits_all_right": cf["heldout"]["all_right"], "effectiveness": cf["heldout"]["effectiveness"], "preservation": cf["heldout"]["preservation"],
+            "pairs_all_right": cf.get("heldout_pairs", {}).get("all_right"), "probe_r2": float(np.mean(r2)) if r2 else None,
+            "command": shlex.join(command) + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else "")}
+
+
+def table(rows: list[dict]) -> str:
+    f = lambda v: "" if v is None else f"{v:.3f}"
+    lines = ["| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out | edits all right | effectiveness | preservation | pairs all right | probe R^2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['split']} ({r['heldout']}) | {r['adapter']} | {'joint' if r['train_base'] else 'frozen'} | {r['minutes']:g} | "
+                     + " | ".join(f(r[k]) for k in ("samples_all_right_seen", "samples_all_right_heldout", "edits_all_right", "effectiveness", "preservation",
+                                                   "pairs_all_right", "probe_r2")) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0, help="denoiser training minutes of every row (the stated budget)")
+    ap.add_argument("--rows", default="composition,interpolation,extrapolation,unseen_value", help="splits to run, comma-separated")
+    ap.add_argument("--adapters", default="embed,tokens,shift", help="adapters of the composition rows")
+    ap.add_argument("--best", default=None, help="adapter of the other splits' rows (default: the composition row with the best held-out samples)")
+    ap.add_argument("--base", choices=["joint", "frozen"], default="joint")
+    ap.add_argument("--work", default="runs/bench-generalization")
+    ap.add_argument("--table", action="store_true", help="print the README table from the results file and stop")
+    a = ap.parse_args()
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
+    if a.table:
+        print(table(previous["rows"]))
+        return
+    torch.set_num_threads(2)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = list(previous["rows"])
+
+    def record(row: dict) -> None:
+        rows[:] = [r for r in rows if (r["split"], r["adapter"], r["train_base"]) != (row["split"], row["adapter"], row["train_base"])] + [row]
+        atomic_write_json(RESULTS, {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                                    "date": time.strftime("%Y-%m-%d"), "command": "python " + shlex.join(sys.argv), "rows": rows})
+        print(table([row]), flush=True)
+
+    wanted = a.rows.split(",")
+    if "composition" in wanted:
+        for adapter in a.adapters.split(","):
+            record(run_row("composition", adapter, a.base, a.minutes, work))
+    best = a.best or max((r for r in rows if r["split"] == "composition"), key=lambda r: r["samples_all_right_heldout"], default={"adapter": "embed"})["adapter"]
+    for split in [s for s in wanted if s != "composition"]:
+        record(run_row(split, best, a.base, a.minutes, work))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
