@@ -34,7 +34,7 @@ from bbbc021 import bbbc021_table  # noqa: E402
 
 from factordiff.checkpoint import atomic_write_json  # noqa: E402
 from factordiff.config import load_config  # noqa: E402
-from factordiff.evaluate.profile_suite import evaluate_profile_run, summary_lines  # noqa: E402
+from factordiff.evaluate.profile_suite import evaluate_profile_run, guidance_sweep, summary_lines  # noqa: E402
 from factordiff.profile_model import fit_profiles  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "profiles.json"
@@ -113,8 +113,6 @@ def markdown(runs: list[dict]) -> str:
                     row.setdefault("MoA hits", []).append(figs["moa_hits"])
             for k, v in task.get("real_heldout_read_as_target", {}).items():
                 per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows (oracle out of fold)", {}).setdefault("read as target", []).append(v)
-            for k, v in task.get("real_heldout_read_as_target", {}).items():
-                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows (oracle out of fold)", {}).setdefault("read as target", []).append(v)
             if "real_heldout_moa_hits" in task:
                 per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault("MoA hits", []).append(task["real_heldout_moa_hits"])
         for kind, methods in per_kind.items():
@@ -135,6 +133,22 @@ def markdown(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(sweep: dict) -> str:
+    """The guidance sweep: per weight, the model's figures averaged over seeds (min-max)."""
+    by: dict = {}
+    for r in sweep["rows"]:
+        d = by.setdefault((r["condition"], r["guidance_technical"]), {})
+        for k, v in r.items():
+            if k in ("mean_error", "energy") or k.startswith(("read_as_target", "read_as_source")):
+                d.setdefault("read as target" if k.startswith("read_as_target") else "biology kept" if k.startswith("read_as_source") else k.replace("_", " "), []).append(v)
+    f = lambda v: f"{np.mean(v):.3f} ({min(v):.2f}-{max(v):.2f})"
+    lines = [f"**bbbc021**, model (residual none) by guidance weight on the changed technical factor (`{sweep['command']}`)", "",
+             "| condition | weight | mean error | energy | read as target | biology kept |", "|---|---|---|---|---|---|"]
+    for (cond, w), d in by.items():
+        lines.append(f"| {cond} | {w:g} | " + " | ".join(f(d[k]) if k in d else "" for k in ("mean error", "energy", "read as target", "biology kept")) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
@@ -146,9 +160,26 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-profiles")
     ap.add_argument("--only", choices=["bbbc021", "lincs"], help="run one dataset only")
     ap.add_argument("--table", action="store_true", help="print the README tables from the results file and stop")
+    ap.add_argument("--sweep", metavar="W,W,...", help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at each "
+                    "guidance weight on the technical factor, into the results file's guidance_sweep")
     a = ap.parse_args()
     if a.table:
-        print(markdown(json.loads(RESULTS.read_text())["runs"]))
+        saved = json.loads(RESULTS.read_text())
+        print(markdown(saved["runs"]) + ("\n" + sweep_table(saved["guidance_sweep"]) if "guidance_sweep" in saved else ""))
+        return
+    if a.sweep:
+        torch.set_num_threads(2)
+        weights = [float(w) for w in a.sweep.split(",")]
+        rows = []
+        for seed in [int(x) for x in a.seeds.split(",")]:
+            run = Path(a.work) / f"bbbc021-none-seed{seed}"
+            if not (run / "run_config.json").is_file():
+                sys.exit(f"{run}: no such run; run the benchmark without --sweep first")
+            rows += [{"seed": seed, **r} for r in guidance_sweep(run, weights)]
+        saved = json.loads(RESULTS.read_text())
+        saved["guidance_sweep"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+        atomic_write_json(RESULTS, saved)
+        print(sweep_table(saved["guidance_sweep"]))
         return
     torch.set_num_threads(2)
     data, work = Path(a.data), Path(a.work)

@@ -133,6 +133,42 @@ def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500
     return out
 
 
+def _oracle_ids(spec, rows: int) -> list[int]:
+    """Factors an oracle reads: more than one value, and fewer than half as many values as rows."""
+    return [k for k in range(len(spec)) if 1 < spec.factors[k].size < rows // 2]
+
+
+def _task(data: ProfileData, pairs: list[tuple[int, int]], technical: list[int]) -> tuple[np.ndarray, list[int], bool]:
+    """A held-out condition's real rows, the factors a transfer sets (the technical ones, else the
+    ordinal ones), and whether training rows match the rest of the condition (a transfer)."""
+    spec, f = data.table.spec, data.table.factors
+    truth = np.flatnonzero(np.all([f[:, k] == v for k, v in pairs], axis=0))
+    set_ids = [k for k, _ in pairs if k in technical] or [k for k, _ in pairs if spec.factors[k].kind == "ordinal"]
+    keep = [(k, v) for k, v in pairs if k not in set_ids]
+    return truth, set_ids, bool(set_ids) and (not keep or (data.train & np.all([f[:, k] == v for k, v in keep], axis=0)).any())
+
+
+def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> list[dict]:
+    """The run's transfer tasks regenerated at each guidance weight on the changed technical factors
+    (``profiles.guidance_technical``): how reading as the target trades against the distance to the
+    real held-out rows. One dict per (condition, weight) with the model's figures."""
+    cfg, model = load_profile_run(run)
+    data = prepare_profiles(cfg)
+    spec, f = data.table.spec, data.table.factors
+    scale = standardizer(data.features[data.train])
+    technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
+    oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), cfg.train.seed)
+    out = []
+    for text, pairs in zip(cfg.split.where, where_conditions(spec, cfg.split.where)):
+        truth, set_ids, has_sources = _task(data, pairs, technical)
+        if not has_sources or not set(set_ids) <= set(technical):
+            continue
+        for w in tqdm(weights, desc=f"guidance sweep {text}", disable=not progress):
+            model.config.profiles.guidance_technical = w
+            out.append({"condition": text, "guidance_technical": w, **_transfer(model, data, pairs, set_ids, truth, oracles, scale, cfg.train.seed)["methods"]["model"]})
+    return out
+
+
 def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     """Evaluate a profile run; writes and returns ``RUN/metrics.json``."""
     run = Path(run)
@@ -145,8 +181,7 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     controls = control_rows(data.table, cfg.profiles.controls)
     plate = _plate(data, cfg)
     technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
-    oracle_ids = [k for k in range(len(spec)) if spec.factors[k].size > 1 and spec.factors[k].size < len(f) // 2]
-    oracles = fit_oracles(spec, data.features, f, scale, oracle_ids, seed)
+    oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), seed)
     metrics: dict = {"kind": "profiles", "split": data.split.to_json(), "cleaning": data.table.cleaning, "normalization": data.normalization,
                      "rows": {"train": int(data.train.sum()), "heldout": int((~data.train).sum())},
                      "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc, _) in oracles.items()}, "tasks": []}
@@ -156,10 +191,7 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
         column = metadata_column(data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls")
         perturbation = spec.position(column) if column in spec.names else None
     for text, pairs in tqdm(list(zip(cfg.split.where, conditions)), desc="held-out conditions", disable=not progress):
-        truth = np.flatnonzero(np.all([f[:, k] == v for k, v in pairs], axis=0))
-        set_ids = [k for k, _ in pairs if k in technical] or [k for k, _ in pairs if spec.factors[k].kind == "ordinal"]
-        keep = [(k, v) for k, v in pairs if k not in set_ids]
-        has_sources = bool(set_ids) and (not keep or (data.train & np.all([f[:, k] == v for k, v in keep], axis=0)).any())
+        truth, set_ids, has_sources = _task(data, pairs, technical)
         task = {"condition": text}
         if has_sources:
             task.update(kind="transfer", **_transfer(model, data, pairs, set_ids, truth, oracles, scale, seed))
