@@ -129,6 +129,26 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
     print(f"wrote {r['rows']} regenerated rows to {r['out']}")
 
 
+def _cmd_fields(args: argparse.Namespace) -> None:
+    from factordiff.data.cells import check_fields, join_metadata, open_fields, write_index
+
+    fields = open_fields(args.source, args.channels, Path(args.root) if args.root else None, args.plate)
+    for spec in args.join or []:
+        table, sep, pairs = spec.rpartition(":")
+        on = dict(p.split("=", 1) for p in _csv_list(pairs)) if sep and all("=" in p for p in _csv_list(pairs)) else None
+        if not on:
+            raise FactordiffError(f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. platemap.csv:Metadata_Well=well")
+        fields = join_metadata(fields, Path(table), on)
+    summary = check_fields(fields, args.bit_depth)
+    print(f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels {', '.join(summary['channels'])}")
+    for name, (lo, mid, hi) in summary["percentiles_1_50_99.9"].items():
+        print(f"  {name:10s} intensity percentiles 1 / 50 / 99.9: {lo:g} / {mid:g} / {hi:g}")
+    print(f"  metadata: {', '.join(summary['metadata'])}")
+    if args.out:
+        write_index(fields, Path(args.out))
+        print(f"wrote {args.out}")
+
+
 def _cmd_disentanglement(args: argparse.Namespace) -> None:
     from factordiff.checkpoint import atomic_write_json
     from factordiff.evaluate.disentanglement import format_table, load_and_score
@@ -189,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_quickstart)
 
     p = sub.add_parser("fit", help="train a model on a dataset")
-    p.add_argument("--data", help="shapes | h5:FILE | table:FACTORS.csv | profiles:TABLE (.csv, .csv.gz, .parquet)")
+    p.add_argument("--data", help="shapes | cellsim | h5:FILE | table:FACTORS.csv | profiles:TABLE (.csv, .csv.gz, .parquet)")
     p.add_argument("--holdout", help="none | random | composition | interpolation | extrapolation | unseen_value")
     p.add_argument("--holdout-factors", help="factor names the split acts on, comma-separated")
     p.add_argument("--factors", help="factor columns of a table, comma-separated (default: every non-image column; profiles: every Metadata_* column with more than one value that is not an identifier)")
@@ -241,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=_positive_int, default=5000, help="images whose codes are analysed (default 5000)")
     p.add_argument("--metric-scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)")
     p.set_defaults(handler=_cmd_analyze)
+
+    p = sub.add_parser("fields", help="read and check every field of a Cell Painting image set (phenix:DIR, load_data:TABLE, rxrx:CSV, bbbc021:CSV, npy:CSV)")
+    p.add_argument("source", help="phenix:DIR | load_data:TABLE | rxrx:metadata.csv | bbbc021:BBBC021_v1_image.csv | npy:INDEX.csv")
+    p.add_argument("--channels", help="phenix/rxrx: NAME=NUMBER in the wanted order (DNA=5,ER=2,RNA=6,AGP=3,Mito=4); load_data/npy: names (default DNA,ER,RNA,AGP,Mito)")
+    p.add_argument("--root", help="folder that relative image paths resolve against (default: the table's folder)")
+    p.add_argument("--plate", help="phenix: the plate (barcode) of the folder (default: the folder's name)")
+    p.add_argument("--join", action="append", metavar="TABLE:COL=COL", help="add a plate map or compound table's columns, matched on field metadata column = table column (repeatable)")
+    p.add_argument("--bit-depth", type=int, choices=[8, 16], help="refuse files of another bit depth")
+    p.add_argument("--out", help="write a load_data-style index CSV of the fields")
+    p.set_defaults(handler=_cmd_fields)
 
     p = sub.add_parser("disentanglement", help="disentanglement_lib metrics of any codes")
     p.add_argument("codes", help="CODES.npy, (N, D) float")

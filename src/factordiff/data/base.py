@@ -56,6 +56,7 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
 
     ``size`` is the image size to return (None: 32 for the replica, the files' own size otherwise).
     ``shapes`` renders the built-in 3D Shapes replica (``n`` images, all combinations when None);
+    ``cellsim`` the built-in 5-channel Cell Painting assay (``n`` fields, 12,000 when None, 64x64);
     ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
     factor table (``factors`` names the factor columns).
     """
@@ -64,6 +65,10 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
         from factordiff.data.shapes import replica
 
         return replica(size=size or 32, n=n, seed=seed)
+    if kind == "cellsim" and not arg:
+        from factordiff.data.cellsim import cellsim
+
+        return cellsim(size=size or 64, n=n, seed=seed)
     if kind == "h5" and arg:
         from factordiff.data.shapes import read_h5
 
@@ -78,4 +83,4 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
                 raise FactordiffError(f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)")
             data.images = resize_images(data.images, size)
         return data
-    raise FactordiffError(f"--data: expected 'shapes', 'h5:FILE', 'table:FILE.csv' or 'profiles:TABLE', got {ref!r}")
+    raise FactordiffError(f"--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv' or 'profiles:TABLE', got {ref!r}")

@@ -1,0 +1,65 @@
+"""cellsim, the built-in Cell Painting assay: deterministic, valid nesting of plates in batches in
+sources, ground truth that separates biology from technique, and compound effects that follow
+from structure (an unseen compound's SMILES gives its effect)."""
+
+import numpy as np
+import pytest
+
+from factordiff import FactordiffError
+from factordiff.data.base import load_data
+from factordiff.data.cellsim import (COMPOUNDS, CONTROL, biology, cellsim, cellsim_spec, compound_effect, morgan, render, sample_factors, technique,
+                                     to_uint8)
+
+
+def test_cellsim_is_deterministic_multichannel_and_validly_nested():
+    a, b = cellsim(32, n=40, seed=3), load_data("cellsim", size=32, n=40, seed=3)
+    assert a.images.shape == (40, 32, 32, 5) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.factors, b.factors)
+    assert not np.array_equal(a.images, cellsim(32, n=40, seed=4).images)
+    f = sample_factors(2000, seed=0)
+    assert np.array_equal(f[:, 4], f[:, 5] // 2) and np.array_equal(f[:, 3], f[:, 4] // 2)  # plate -> batch -> source
+    assert ((f[:, 0] == 0) == (f[:, 1] == 0)).all()  # DMSO, and only DMSO, at dose 0
+    roles = {fa.name: fa.role for fa in cellsim_spec().factors}
+    assert roles == {"compound": "biological", "dose": "biological", "cell_line": "biological", "source": "technical", "batch": "technical",
+                     "plate": "technical"}
+    with pytest.raises(FactordiffError, match="power of two"):
+        cellsim(48, n=2)
+
+
+def test_ground_truth_separates_biology_from_technique():
+    base = biology("nocodazole", 10.0, "A549")
+    assert np.allclose(biology(CONTROL, 0.0, "A549"), biology(CONTROL, 0.0, "A549"))
+    assert not np.allclose(base, biology(CONTROL, 0.0, "A549"))  # a compound changes morphology
+    assert not np.allclose(base, biology("nocodazole", 0.1, "A549"))  # and its dose does
+    assert np.allclose(biology("nocodazole", 0.0, "A549"), biology(CONTROL, 0.0, "A549"))  # no dose, no effect
+    t1, t2 = technique("source_1", "batch_1", "plate_1"), technique("source_1", "batch_2", "plate_3")
+    assert not np.allclose(t1["gain"], t2["gain"]) and t1["blur"] == t2["blur"]  # the batch changes gains, the source's microscope stays
+    # the same cells (same seed and index) imaged in two batches: every channel's intensity changes, the mask of the cells does not
+    spec = cellsim_spec()
+    row = np.array([[spec["compound"].index("colchicine"), 3, 0, 0, 0, 0]])
+    other = row.copy()
+    other[0, 4:] = [1, 2]
+    x, y = render(row, 64, seed=0)[0].astype(float), render(other, 64, seed=0)[0].astype(float)
+    assert np.corrcoef(x[0].ravel(), y[0].ravel())[0, 1] > 0.9 and not np.allclose(x.mean((1, 2)), y.mean((1, 2)), rtol=0.05)
+
+
+def test_compound_effects_follow_structure_and_unseen_smiles_work():
+    names = [n for n in COMPOUNDS if n != CONTROL]
+    eff = compound_effect([COMPOUNDS[n] for n in names])
+    assert eff.shape == (len(names), 9) and np.abs(eff).max() <= 1 and np.abs(eff).max() > 0.3
+    assert len({tuple(np.round(e, 6)) for e in eff}) == len(names)  # every compound has its own effect
+    fp = morgan([COMPOUNDS[n] for n in names])
+    assert fp.shape == (len(names), 1024) and (fp.sum(1) > 0).all()
+    # the same fingerprint, the same effect: an effect is a function of structure, not of the name
+    assert np.allclose(compound_effect(COMPOUNDS["caffeine"]), eff[names.index("caffeine")])
+    new = biology("ethanol", 10.0, "A549", smiles="CCO")  # a compound outside the library, by its SMILES
+    assert new.shape == (9,) and not np.allclose(new, biology(CONTROL, 0.0, "A549"))
+    with pytest.raises(FactordiffError, match="not a valid molecule"):
+        morgan(["C1CC"])
+    with pytest.raises(FactordiffError, match="not in cellsim's library"):
+        biology("unknownol", 1.0, "A549")
+
+
+def test_fixed_8_bit_scale():
+    x = np.array([0, 63, 64, 16383, 16384, 65535], np.uint16)
+    assert list(to_uint8(x)) == [0, 0, 1, 255, 255, 255]
