@@ -17,7 +17,6 @@ of a linear read-out (Schott et al. 2022: value index scaled to [0, 1]) on seen 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shlex
 import sys

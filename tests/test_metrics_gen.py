@@ -11,7 +11,7 @@ from factordiff.cli import _print_summary
 from factordiff.data.shapes import replica
 from factordiff.data.splits import SplitConfig, make_split
 from factordiff.diffusion.guidance import Guidance
-from factordiff.evaluate.counterfactual import Edits, PairEdits, TargetCodes, plan_edits, plan_pair_edits, score_edits
+from factordiff.evaluate.counterfactual import TargetCodes, plan_edits, plan_pair_edits, score_edits
 
 
 class FakeOracle:

@@ -243,7 +243,7 @@ def test_residual_ridge_model_round_trip(tmp_path):
     and to_space/from_space invert each other; the untrained adapter leaves regeneration at the
     additive shift plus the denoiser's own round trip."""
     from factordiff.evaluate.profiling import baseline_rows
-    from factordiff.profile_model import ProfileModel, fit_profiles, prepare_profiles
+    from factordiff.profile_model import ProfileModel, fit_profiles
 
     cfg = load_config(None, {"data.source": f"profiles:{SAMPLE}", "data.factors": FACTORS.split(","), "split.where": [HOLDOUT],
                              "profiles.residual": "ridge", "profiles.width": 32, "profiles.depth": 1, "profiles.code_dims": 4,

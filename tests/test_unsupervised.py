@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import torch
 
 from conftest import tiny_config

@@ -7,7 +7,6 @@ A FactordiffError (bad input, impossible request) becomes one line on stderr and
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
@@ -122,7 +121,13 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
     from factordiff.profile_model import is_profile_run, regenerate_table
 
     if not is_profile_run(Path(args.run)):
-        raise FactordiffError(f"{args.run}: not a profile run (no model/config.json of kind profiles); regenerate works on runs of fit --data profiles:TABLE")
+        from factordiff.edit import regenerate_images
+
+        if not (Path(args.run) / "model" / "config.json").is_file():
+            raise FactordiffError(f"{args.run}: not a factordiff run folder (no model/config.json)")
+        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps or 50, limit=args.limit)
+        print(f"wrote {r['images']} regenerated images ({r['edit']}) and their table to {r['out']}")
+        return
     r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
     for v in r["unseen_values"]:
         print(f"note: {v} has no training row; generated with that factor's code absent (from the other factors)")
@@ -240,11 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, 2)")
     p.set_defaults(handler=_cmd_counterfactual)
 
-    p = sub.add_parser("regenerate", help="profiles: regenerate rows of a profile run's table with factors changed (a virtual experiment)")
-    p.add_argument("run", help="run folder of fit --data profiles:TABLE")
+    p = sub.add_parser("regenerate", help="regenerate the rows of a profile table, or the images of a run, with factors changed (a virtual experiment)")
+    p.add_argument("run", help="run folder of fit (profiles:TABLE, or images: cellsim, shapes, table:...)")
     p.add_argument("--where", action="append", metavar="F=V,G=W", help="rows to regenerate: matching every pair (repeatable: any condition); default all rows")
     p.add_argument("--set", action="append", required=True, metavar="F=V,G=W", help="the new factor values")
-    p.add_argument("--out", required=True, help="output .csv or .csv.gz")
+    p.add_argument("--out", required=True, help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)")
+    p.add_argument("--limit", type=_positive_int, help="images: regenerate at most this many of the matching images")
     p.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's profiles.sample_steps)")
     p.set_defaults(handler=_cmd_regenerate)
 

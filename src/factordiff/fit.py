@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors

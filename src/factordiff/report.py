@@ -119,6 +119,37 @@ def _soundness_section(s: dict) -> str:
             f"<table><tr><th>edit</th><th>L1</th><th>oracle agreement</th></tr>{body}</table>")
 
 
+def _cells_section(c: dict) -> str:
+    """Cell Painting figures (evaluate/cells.py), each beside its null."""
+    if c.get("absent"):
+        return ""
+    parts = ["<h2>Cell Painting: virtual experiments</h2>"]
+    b = c.get("batch_swap")
+    if b:
+        parts.append("<p class=note>Training images of a compound regenerated into a batch that compound was never seen in ("
+                     + html.escape(", ".join(b["combinations"])) + f"; {b['edits']} edits). <i>Target batch</i>: share the oracle reads as the target batch; "
+                     "<i>biology kept</i>: share whose compound, dose and cell line it still reads as the source's. Distances to the real held-out images "
+                     "over the oracle's features (per channel: the other channels replaced by their mean).</p>"
+                     "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>Frechet, all channels</th><th>KID</th>"
+                     + "".join(f"<th>Frechet {html.escape(k)}</th>" for k in b["frechet"] if k != "all") + "</tr>")
+        for name, rates, dist in (("model", b, b), ("copy the source", b["copy_source"], b["copy_source_distances"])):
+            parts.append(f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td><td>{_fmt(rates['biology_kept_rate'])}</td>"
+                         f"<td>{_fmt(dist['frechet']['all'])}</td><td>{_fmt(dist['kernel']['all'])}</td>"
+                         + "".join(f"<td>{_fmt(v)}</td>" for k, v in dist["frechet"].items() if k != "all") + "</tr>")
+        parts.append("</table>")
+    u = c.get("unseen_compound")
+    if u:
+        parts.append("<p class=note>Compounds no training image had, generated from same-batch controls with codes from their structure: share of images "
+                     "closer (oracle features) to the real compound's mean than to the controls'.</p><table><tr><th>compound</th><th>model</th><th>copy the control</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(r['compound'])}</td><td>{_fmt(r['closer_than_control'])}</td><td>{_fmt(r['copy_control_closer'])}</td></tr>" for r in u["by_compound"])
+                     + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td><td>{_fmt(u['copy_control'])}</td></tr></table>")
+    mp = c.get("map")
+    if mp:
+        parts.append("<p class=note>Compound retrieval against controls (copairs mAP over oracle features): real treated images, controls regenerated into "
+                     "each compound, and the controls themselves.</p>" + _kv_table(mp))
+    return "".join(parts)
+
+
 def _kv_table(d: dict) -> str:
     return "<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in d.items() if not isinstance(v, (dict, list))) + "</table>"
 
@@ -230,6 +261,8 @@ def build_report(run: Path) -> Path:
         parts.append("</table>")
     if m.get("soundness"):
         parts.append(_soundness_section(m["soundness"]))
+    if any(k in m for k in ("batch_swap", "unseen_compound", "map")):
+        parts.append(_cells_section(m))
     parts.append("<h2>Reconstruction and oracle</h2>")
     parts.append("<p class=note>DDIM inversion followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {})))
     parts.append("<p class=note>Oracle accuracy per factor on fresh real images.</p>" + _kv_table(m.get("oracle_accuracy", {})))

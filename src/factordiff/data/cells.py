@@ -115,7 +115,7 @@ def _read_plane(path: Path, channel: str) -> np.ndarray:
     return plane
 
 
-def _table(path: Path) -> "pd.DataFrame":  # noqa: F821
+def _table(path: Path):
     import pandas as pd
 
     if not path.is_file():

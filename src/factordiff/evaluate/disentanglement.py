@@ -28,7 +28,6 @@ All classifiers keep scikit-learn's default hyperparameters as disentanglement_l
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 

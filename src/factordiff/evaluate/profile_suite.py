@@ -86,7 +86,7 @@ def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
 
 
 def _unseen(model, data, cfg, truth, controls, plate, scale, seed) -> dict:
-    spec, f = data.table.spec, data.table.factors
+    f = data.table.factors
     pool = np.flatnonzero(data.train & controls)
     src = _same_plate_sources(data, truth, pool, plate, seed)
     target = f[truth]

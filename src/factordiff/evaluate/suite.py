@@ -52,12 +52,16 @@ def load_run(run: Path) -> tuple[RunConfig, FactorModel]:
 
 
 def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> FactorDataset:
-    """Real images of every combination for the oracle: fresh replica renders for the built-in data,
+    """Real images of every combination for the oracle: fresh renders for the built-in data (replica, cellsim),
     otherwise the whole dataset (held-out rows included: the oracle is the one learner that may see them)."""
     if cfg.data.source == "shapes":
         from factordiff.data.shapes import replica
 
         return replica(data.size, n=n, seed=seed)
+    if cfg.data.source == "cellsim":  # fresh fields; rendering is slower than the replica's, so at most 20,000
+        from factordiff.data.cellsim import cellsim
+
+        return cellsim(data.size, n=min(n, 20000), seed=seed)
     return data
 
 
@@ -132,9 +136,22 @@ def _tile(images: np.ndarray, rows: int, cols: int, pad: int = 2, marks: np.ndar
     return canvas
 
 
+def composite(array: np.ndarray) -> np.ndarray:
+    """An (H, W, C) uint8 image for display: grayscale, RGB and RGBA as they are; 2 or 5+ channels
+    (a Cell Painting field: DNA, ER, RNA, AGP, Mito) as RGB with the first channel blue, the mean of
+    the next half green and the mean of the rest red."""
+    c = array.shape[2] if array.ndim == 3 else 1
+    if c in (1, 3, 4):
+        return array[..., 0] if array.ndim == 3 and c == 1 else array
+    rest = list(range(1, c))
+    green, red = rest[: max(1, len(rest) // 2)], rest[max(1, len(rest) // 2):] or rest
+    x = array.astype(np.float32)
+    return np.stack([x[..., red].mean(-1), x[..., green].mean(-1), x[..., 0]], -1).round().astype(np.uint8)
+
+
 def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(array)
+    img = Image.fromarray(composite(array))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     tmp = path.with_name(path.name + ".tmp.png")
     img.save(tmp)
@@ -209,6 +226,16 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed, guidance=sample_guidance)
     sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed)
     readout = heldout_readout(model, data, split, seed=cfg.train.seed)
+    cells = None
+    if {"compound", "batch"} <= set(data.spec.names):
+        from factordiff.edit import channel_names
+        from factordiff.evaluate.cells import evaluate_cells
+
+        library = None
+        if cfg.data.source == "cellsim":
+            from factordiff.data.cellsim import COMPOUNDS as library
+        cells = evaluate_cells(model, oracle, data, split, channel_names(model), e.steps, e.guidance, n=per_factor or e.sources, seed=cfg.train.seed,
+                               library=library)
     grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     save_png(grid, run / FIGURES / "counterfactuals.png")
     sgrid, sinfo = sample_grid(model, data, split, e.steps, cfg.train.seed, sample_guidance)
@@ -221,6 +248,7 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
         "samples_guidance": {"form": e.guidance_form, "weight": e.sample_guidance},
         "soundness": sound,
         "distiller_readout": readout,
+        **(cells or {}),  # batch_swap, frechet, unseen_compound, map (evaluate/cells.py)
         "oracle_accuracy": oracle_acc,
         "split": split.to_json(),
         "missing_prototypes": [f"{f.name}={f.values[v]}" for k, f in enumerate(data.spec.factors) for v in range(f.size) if not model.has_prototype(k, v)],

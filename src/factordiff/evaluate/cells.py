@@ -1,0 +1,183 @@
+"""Cell Painting figures of an image run whose factors include ``compound`` and ``batch`` (cellsim,
+or a table with those factors), each beside the copy-the-source (or copy-the-control) null:
+
+- ``batch_swap``: training images of a compound regenerated into a batch that compound was never
+  seen in (the held-out compound x batch combinations), with the batch's plate and source set to
+  one of that batch's (plates nest in batches, batches in sources). ``target_batch_rate``: share the
+  oracle reads as the target batch; ``biology_kept_rate``: share whose compound, dose and cell line
+  the oracle still reads as the source's (the source's ground truth);
+- ``frechet.<channel>`` and ``frechet.all``, ``kernel.all``: Frechet and kernel (KID) distances
+  between the regenerated images and the real held-out images of the same combinations, over the
+  oracle's features (an encoder trained in factordiff on the assay); a channel's distance reads
+  images in which every other channel is replaced by its mean over the real images;
+- ``unseen_compound``: a compound no training image has, generated from same-batch control images
+  with its code from its structure (``edit.compound_code``); ``closer_than_control``: share of the
+  generated images whose features are closer to the real compound's mean than to the controls'
+  (the null: the control images themselves);
+- ``map``: copairs mAP of compound retrieval against controls, over oracle features, for real
+  treated images, for controls regenerated into each of those compounds, and for the controls
+  themselves (``copy_control``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from factordiff.data.base import FactorDataset
+from factordiff.data.splits import Split
+from factordiff.diffusion.guidance import Guidance
+from factordiff.model import FactorModel, to_unit
+from factordiff.train import map_batches
+
+CONTROL = "DMSO"
+
+
+def oracle_features(oracle, images: np.ndarray) -> np.ndarray:
+    """The oracle backbone's 256 features of uint8 images (N, H, W, C)."""
+    with torch.no_grad():
+        return map_batches(lambda b: oracle.backbone(to_unit(b)), torch.from_numpy(images), 256).numpy().astype(np.float64)
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b``."""
+    from scipy import linalg
+
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(ca @ cb)
+    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * np.real(root)))
+
+
+def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased squared MMD with the polynomial kernel (x.y / d + 1)^3 (KID)."""
+    d = a.shape[1]
+    k = lambda x, y: (x @ y.T / d + 1) ** 3
+    m, n = len(a), len(b)
+    kaa, kbb = k(a, a), k(b, b)
+    return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1)) - 2 * k(a, b).mean())
+
+
+def _distances(oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str, ...], fill: np.ndarray) -> dict:
+    out = {"all": frechet(oracle_features(oracle, generated), oracle_features(oracle, real))}
+    out_k = kernel_distance(oracle_features(oracle, generated), oracle_features(oracle, real))
+    for c, name in enumerate(names):
+        keep = lambda x: np.where(np.arange(x.shape[-1]) == c, x, fill).astype(np.uint8)
+        out[name] = frechet(oracle_features(oracle, keep(generated)), oracle_features(oracle, keep(real)))
+    return {"frechet": out, "kernel": {"all": out_k}}
+
+
+def _regenerate(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int, guidance: float) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), 64):
+        x = images[i : i + 64]
+        codes = model.codes(x)
+        new = codes.clone()
+        for k, b in blocks.items():
+            new[:, model.factor_blocks[k]] = b
+        x_T = model.invert(x, codes, steps)
+        out.append(model.generate(x_T, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks})))
+    return np.concatenate(out) if out else images[:0]
+
+
+def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float) -> np.ndarray:
+    """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
+    blocks), batched by identical targets."""
+    f = data.factors
+    out = np.empty((len(src), *data.images.shape[1:]), np.uint8)
+    keys = [tuple(int(f[r, k]) for k in factors) for r in target_rows]
+    for key in sorted(set(keys)):
+        idx = np.flatnonzero([k == key for k in keys])
+        blocks = {k: model.prototype(k, v) for k, v in zip(factors, key) if model.has_prototype(k, v)}
+        out[idx] = _regenerate(model, data.images[src[idx]], blocks, steps, guidance)
+    return out
+
+
+def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split, channels: tuple[str, ...], steps: int, guidance: float, n: int = 100,
+                   seed: int = 0, library: dict[str, str] | None = None) -> dict:
+    """The figures above; factors are found by name (compound, batch, and plate, source, dose,
+    cell_line where the data has them)."""
+    spec, f = data.spec, data.factors
+    pos = {name: spec.position(name) for name in ("compound", "batch", "plate", "source", "dose", "cell_line") if name in spec.names}
+    if "compound" not in pos or "batch" not in pos:
+        return {"absent": "the data has no compound and batch factors"}
+    rng = np.random.default_rng(seed + 11)
+    held = split.heldout(f)
+    train = ~held
+    kc, kb = pos["compound"], pos["batch"]
+    biology = [pos[k] for k in ("compound", "dose", "cell_line") if k in pos]
+    fill = np.rint(data.images[rng.choice(len(data), min(2000, len(data)), replace=False)].reshape(-1, data.channels).mean(0)).astype(np.uint8)
+    out: dict = {}
+
+    # batch swap into held-out compound x batch combinations
+    combos = sorted({(int(c), int(b)) for c, b in f[held][:, [kc, kb]]})
+    combos = [(c, b) for c, b in combos if (train & (f[:, kc] == c)).any() and (train & (f[:, kb] == b)).any()]
+    if combos:
+        src, target_rows = [], []
+        for c, b in combos:
+            pool = np.flatnonzero(train & (f[:, kc] == c) & (f[:, kb] != b))
+            real = np.flatnonzero(held & (f[:, kc] == c) & (f[:, kb] == b))
+            if not len(pool) or not len(real):
+                continue
+            for s in rng.choice(pool, max(1, n // len(combos)), replace=len(pool) < n // len(combos)):
+                r = rng.choice(real)
+                src.append(s)
+                target_rows.append(r)
+        src, target_rows = np.asarray(src), np.asarray(target_rows)
+        technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
+        generated = _regenerate_into(model, data, src, target_rows, technical, steps, guidance)
+        pred, pred_copy = oracle.predict(generated), oracle.predict(data.images[src])
+        want_b = f[target_rows, kb]
+        kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
+        real_imgs = data.images[np.unique(target_rows)]
+        out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos],
+                             "target_batch_rate": float((pred[:, kb] == want_b).mean()), "biology_kept_rate": kept(pred),
+                             "copy_source": {"target_batch_rate": float((pred_copy[:, kb] == want_b).mean()), "biology_kept_rate": kept(pred_copy)},
+                             **_distances(oracle, generated, real_imgs, channels, fill),
+                             "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill)}
+        out["frechet"] = out["batch_swap"]["frechet"]
+
+    # an unseen compound, by its structure
+    compounds = [str(v) for v in spec.factors[kc].values]
+    unseen = [c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()]
+    if unseen and library and CONTROL in compounds:
+        from factordiff.edit import compound_code
+
+        ctrl = compounds.index(CONTROL)
+        res = []
+        feats_ctrl = oracle_features(oracle, data.images[np.flatnonzero(f[:, kc] == ctrl)[:500]]).mean(0)
+        gen_all, null_all = [], []
+        for c in unseen:
+            real = np.flatnonzero(f[:, kc] == c)
+            pool = np.flatnonzero(train & (f[:, kc] == ctrl))
+            chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
+            sources = np.asarray([rng.choice(pool[f[pool, kb] == f[r, kb]]) if (f[pool, kb] == f[r, kb]).any() else rng.choice(pool) for r in chosen])
+            blocks = {kc: compound_code(model, kc, library[compounds[c]], library)}
+            if "dose" in pos:
+                blocks[pos["dose"]] = model.prototype(pos["dose"], int(f[chosen[0], pos["dose"]]))
+            gen = _regenerate(model, data.images[sources], blocks, steps, guidance)
+            true_mean = oracle_features(oracle, data.images[real]).mean(0)
+            closer = lambda x: (np.linalg.norm(oracle_features(oracle, x) - true_mean, axis=1) < np.linalg.norm(oracle_features(oracle, x) - feats_ctrl, axis=1))
+            res.append({"compound": compounds[c], "images": int(len(gen)), "closer_than_control": float(closer(gen).mean()),
+                        "copy_control_closer": float(closer(data.images[sources]).mean())})
+            gen_all.append(closer(gen)), null_all.append(closer(data.images[sources]))
+        out["unseen_compound"] = {"closer_than_control": float(np.concatenate(gen_all).mean()), "copy_control": float(np.concatenate(null_all).mean()),
+                                  "by_compound": res}
+
+    # compound retrieval (mAP) against controls
+    if CONTROL in compounds:
+        from factordiff.evaluate.profiling import mean_average_precision
+
+        ctrl = compounds.index(CONTROL)
+        treated = np.flatnonzero(train & (f[:, kc] != ctrl))
+        treated = rng.choice(treated, min(len(treated), 2 * n), replace=False)
+        pool = np.flatnonzero(train & (f[:, kc] == ctrl))
+        sources = np.asarray([rng.choice(pool[f[pool, kb] == f[r, kb]]) if (f[pool, kb] == f[r, kb]).any() else rng.choice(pool) for r in treated])
+        generated = _regenerate_into(model, data, sources, treated, biology, steps, guidance)
+        controls = rng.choice(pool, min(len(pool), n), replace=False)
+        meta = {"Metadata_compound": np.r_[f[treated, kc], f[controls, kc]].astype(str), "Metadata_plate": np.r_[f[treated, pos.get("plate", kb)], f[controls, pos.get("plate", kb)]].astype(str)}
+        is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(controls), bool)]
+        feats_c = oracle_features(oracle, data.images[controls])
+        out["map"] = {name: mean_average_precision(meta, np.concatenate([oracle_features(oracle, x), feats_c]), "Metadata_compound", is_ctrl, "Metadata_plate", seed)["map"]
+                      for name, x in (("real", data.images[treated]), ("generated", generated), ("copy_control", data.images[sources]))}
+    return out
