@@ -16,6 +16,14 @@ def test_cellsim_is_deterministic_multichannel_and_validly_nested():
     assert a.images.shape == (40, 32, 32, 5) and a.images.dtype == np.uint8
     assert np.array_equal(a.images, b.images) and np.array_equal(a.factors, b.factors)
     assert not np.array_equal(a.images, cellsim(32, n=40, seed=4).images)
+    # another seed draws other cells of the same assay: 30 fields of one condition have (nearly) the
+    # same mean intensity per channel under either seed, and not under another batch's instrument
+    rows = np.repeat(sample_factors(1, 0), 30, 0)
+    other = rows.copy()
+    other[:, 5] = (other[:, 5] + 2) % 8
+    other[:, 4], other[:, 3] = other[:, 5] // 2, other[:, 5] // 4
+    x, y, z = (render(r, 32, seed=s).astype(float).mean((0, 2, 3)) for r, s in ((rows, 3), (rows, 4), (other, 3)))
+    assert np.allclose(x, y, rtol=0.08) and not np.allclose(x, z, rtol=0.08)
     f = sample_factors(2000, seed=0)
     assert np.array_equal(f[:, 4], f[:, 5] // 2) and np.array_equal(f[:, 3], f[:, 4] // 2)  # plate -> batch -> source
     assert ((f[:, 0] == 0) == (f[:, 1] == 0)).all()  # DMSO, and only DMSO, at dose 0

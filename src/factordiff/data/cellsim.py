@@ -55,6 +55,7 @@ BIO_PARAMS = ("nucleus_size", "cell_size", "elongation", "dna", "er", "nucleoli"
 _BASE = {"A549": (5.5, 12.0, 1.15, 1.0, 1.0, 3.0, 1.0, 10.0, 1.0), "U2OS": (6.5, 14.0, 1.45, 0.85, 1.2, 4.0, 0.8, 14.0, 0.9)}
 EFFECT_SCALE = 0.45  # log-scale change of each parameter at the top dose for a unit effect
 FINGERPRINT_BITS = 1024
+ASSAY_SEED = 0  # fixes the assay's chemistry and instruments; a dataset's seed only draws fields and cells
 
 
 def cellsim_spec() -> FactorSpec:
@@ -204,7 +205,8 @@ def sample_factors(n: int, seed: int = 0) -> np.ndarray:
 
 def render(factors: np.ndarray, size: int = 64, seed: int = 0, index_offset: int = 0) -> np.ndarray:
     """Fields (N, 5, size, size) uint16 for value-index rows ``factors``; field i's cells and well
-    come from (seed, index_offset + i)."""
+    come from (seed, index_offset + i). The assay itself (each compound's effect, each plate's
+    technique) is the same for every seed: ASSAY_SEED."""
     spec = cellsim_spec()
     bio_cache: dict[tuple, np.ndarray] = {}
     tech_cache: dict[tuple, dict] = {}
@@ -213,10 +215,10 @@ def render(factors: np.ndarray, size: int = 64, seed: int = 0, index_offset: int
         comp, dose, line, src, batch, plate = (spec.factors[k].values[row[k]] for k in range(6))
         key = (comp, dose, line)
         if key not in bio_cache:
-            bio_cache[key] = biology(comp, float(dose), line, seed)
+            bio_cache[key] = biology(comp, float(dose), line, ASSAY_SEED)
         tkey = (src, batch, plate)
         if tkey not in tech_cache:
-            tech_cache[tkey] = technique(src, batch, plate, seed)
+            tech_cache[tkey] = technique(src, batch, plate, ASSAY_SEED)
         rng = np.random.default_rng([seed, 7, index_offset + i])
         well = (int(rng.integers(0, 16)), int(rng.integers(0, 24)))
         out[i] = render_field(bio_cache[key], tech_cache[tkey], size, rng, well)

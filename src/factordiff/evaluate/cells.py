@@ -59,8 +59,8 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _distances(oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str, ...], fill: np.ndarray) -> dict:
-    out = {"all": frechet(oracle_features(oracle, generated), oracle_features(oracle, real))}
-    out_k = kernel_distance(oracle_features(oracle, generated), oracle_features(oracle, real))
+    g, r = oracle_features(oracle, generated), oracle_features(oracle, real)
+    out, out_k = {"all": frechet(g, r)}, kernel_distance(g, r)
     for c, name in enumerate(names):
         keep = lambda x: np.where(np.arange(x.shape[-1]) == c, x, fill).astype(np.uint8)
         out[name] = frechet(oracle_features(oracle, keep(generated)), oracle_features(oracle, keep(real)))
@@ -113,12 +113,13 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
     combos = sorted({(int(c), int(b)) for c, b in f[held][:, [kc, kb]]})
     combos = [(c, b) for c, b in combos if (train & (f[:, kc] == c)).any() and (train & (f[:, kb] == b)).any()]
     if combos:
-        src, target_rows = [], []
+        src, target_rows, truth = [], [], []
         for c, b in combos:
             pool = np.flatnonzero(train & (f[:, kc] == c) & (f[:, kb] != b))
             real = np.flatnonzero(held & (f[:, kc] == c) & (f[:, kb] == b))
             if not len(pool) or not len(real):
                 continue
+            truth.extend(real)
             for s in rng.choice(pool, max(1, n // len(combos)), replace=len(pool) < n // len(combos)):
                 r = rng.choice(real)
                 src.append(s)
@@ -129,7 +130,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         pred, pred_copy = oracle.predict(generated), oracle.predict(data.images[src])
         want_b = f[target_rows, kb]
         kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
-        real_imgs = data.images[np.unique(target_rows)]
+        real_imgs = data.images[np.asarray(truth)]  # every real image of the held-out combinations
         out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos],
                              "target_batch_rate": float((pred[:, kb] == want_b).mean()), "biology_kept_rate": kept(pred),
                              "copy_source": {"target_batch_rate": float((pred_copy[:, kb] == want_b).mean()), "biology_kept_rate": kept(pred_copy)},
@@ -157,7 +158,10 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 blocks[pos["dose"]] = model.prototype(pos["dose"], int(f[chosen[0], pos["dose"]]))
             gen = _regenerate(model, data.images[sources], blocks, steps, guidance)
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
-            closer = lambda x: (np.linalg.norm(oracle_features(oracle, x) - true_mean, axis=1) < np.linalg.norm(oracle_features(oracle, x) - feats_ctrl, axis=1))
+
+            def closer(x: np.ndarray) -> np.ndarray:
+                feats = oracle_features(oracle, x)
+                return np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - feats_ctrl, axis=1)
             res.append({"compound": compounds[c], "images": int(len(gen)), "closer_than_control": float(closer(gen).mean()),
                         "copy_control_closer": float(closer(data.images[sources]).mean())})
             gen_all.append(closer(gen)), null_all.append(closer(data.images[sources]))
