@@ -135,7 +135,8 @@ def test_rxrx_layout_reads_8_bit_pngs_by_channel_number(tmp_path):
     root = tmp_path / "rxrx1"
     rows = [{"site_id": "HEPG2-01_1_B02_1", "well_id": "HEPG2-01_1_B02", "cell_type": "HEPG2", "dataset": "train", "experiment": "HEPG2-01",
              "plate": 1, "well": "B02", "site": 1, "well_type": "treatment", "sirna": "s21721", "sirna_id": 855}]
-    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False) if root.mkdir() is None else None
+    root.mkdir()
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     for w in range(1, 7):
         p = root / "images" / "HEPG2-01" / "Plate1" / f"B02_s1_w{w}.png"
         p.parent.mkdir(parents=True, exist_ok=True)

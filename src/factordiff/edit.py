@@ -60,6 +60,24 @@ def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | Non
     return model.generate(x_T, new, steps, Guidance(factors={k: guidance for k in changed}))[0]
 
 
+@torch.no_grad()
+def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int = 50, guidance: float = 2.0) -> np.ndarray:
+    """Images (N, H, W, C) uint8 with the code block of each factor in ``blocks`` (factor -> (D,)
+    block) replaced: DDIM inversion under their own codes, regeneration under the new ones with
+    guidance on the changed blocks, in chunks of 64."""
+    from factordiff.diffusion.guidance import Guidance
+
+    out = []
+    for i in range(0, len(images), 64):
+        x = images[i : i + 64]
+        codes = model.codes(x)
+        new = codes.clone()
+        for k, b in blocks.items():
+            new[:, model.factor_blocks[k]] = b
+        out.append(model.generate(model.invert(x, codes, steps), new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks})))
+    return np.concatenate(out) if out else images[:0]
+
+
 def channel_names(model: FactorModel) -> tuple[str, ...]:
     if model.config.data.source == "cellsim":
         from factordiff.data.cellsim import CHANNELS
@@ -104,7 +122,6 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int = 
     from tqdm.auto import tqdm
 
     from factordiff.data.splits import match_where, where_conditions
-    from factordiff.diffusion.guidance import Guidance
     from factordiff.evaluate.suite import load_run
     from factordiff.factors import parse_pairs
     from factordiff.fit import prepare_data
@@ -119,7 +136,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int = 
     if not len(rows):
         raise FactordiffError(f"--where {' / '.join(where)}: no image of {data.source} matches")
     rows = rows[:limit] if limit else rows
-    blocks, new_blocks, target_text = model.factor_blocks, {}, {}
+    new_blocks, target_text = {}, {}
     for text in sets:
         for name, value in parse_pairs(text, "--set"):
             k = spec.resolve(name)
@@ -145,13 +162,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int = 
     bar = tqdm(total=len(rows), desc="regenerating", unit="img")
     for i in range(0, len(rows), 64):
         chunk = rows[i : i + 64]
-        images = data.images[chunk]
-        codes = model.codes(images)
-        new = codes.clone()
-        for k, b in new_blocks.items():
-            new[:, blocks[k]] = b
-        x_T = model.invert(images, codes, steps)
-        edited = model.generate(x_T, new, steps, Guidance(factors={blocks[k]: guidance for k in new_blocks}))
+        edited = edit_blocks(model, data.images[chunk], new_blocks, steps, guidance)
         for j, (src, img) in enumerate(zip(chunk, edited)):
             rec = {f"Metadata_{f.name}": str(f.values[data.factors[src, q]]) for q, f in enumerate(spec.factors)}
             rec.update({f"Metadata_{n}": v for n, v in target_text.items()})

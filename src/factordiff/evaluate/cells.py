@@ -26,7 +26,7 @@ import torch
 
 from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split
-from factordiff.diffusion.guidance import Guidance
+from factordiff.edit import compound_code, edit_blocks
 from factordiff.model import FactorModel, to_unit
 from factordiff.train import map_batches
 
@@ -67,19 +67,6 @@ def _distances(oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str
     return {"frechet": out, "kernel": {"all": out_k}}
 
 
-def _regenerate(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int, guidance: float) -> np.ndarray:
-    out = []
-    for i in range(0, len(images), 64):
-        x = images[i : i + 64]
-        codes = model.codes(x)
-        new = codes.clone()
-        for k, b in blocks.items():
-            new[:, model.factor_blocks[k]] = b
-        x_T = model.invert(x, codes, steps)
-        out.append(model.generate(x_T, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks})))
-    return np.concatenate(out) if out else images[:0]
-
-
 def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets."""
@@ -89,7 +76,7 @@ def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, t
     for key in sorted(set(keys)):
         idx = np.flatnonzero([k == key for k in keys])
         blocks = {k: model.prototype(k, v) for k, v in zip(factors, key) if model.has_prototype(k, v)}
-        out[idx] = _regenerate(model, data.images[src[idx]], blocks, steps, guidance)
+        out[idx] = edit_blocks(model, data.images[src[idx]], blocks, steps, guidance)
     return out
 
 
@@ -142,7 +129,6 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
     compounds = [str(v) for v in spec.factors[kc].values]
     unseen = [c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()]
     if unseen and library and CONTROL in compounds:
-        from factordiff.edit import compound_code
 
         ctrl = compounds.index(CONTROL)
         res = []
@@ -156,7 +142,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
             blocks = {kc: compound_code(model, kc, library[compounds[c]], library)}
             if "dose" in pos:
                 blocks[pos["dose"]] = model.prototype(pos["dose"], int(f[chosen[0], pos["dose"]]))
-            gen = _regenerate(model, data.images[sources], blocks, steps, guidance)
+            gen = edit_blocks(model, data.images[sources], blocks, steps, guidance)
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
 
             def closer(x: np.ndarray) -> np.ndarray:
