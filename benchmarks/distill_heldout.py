@@ -1,7 +1,7 @@
 """Held-out distillation: how the distiller reads factors on images of held-out combinations, and
 which technique narrows the gap to seen images; into ``benchmarks/results/distill_heldout.json``.
 
-    python benchmarks/distill_heldout.py [--variants baseline,pooled,adversary] [--seeds 0,1]
+    python benchmarks/distill_heldout.py [--variants baseline,adversary] [--seeds 0,1]
 
 The quickstart's data and split (32x32 replica, 100,000 images, object_hue x shape block held out)
 and its distiller config; only the distiller is trained (``fit(..., encoder_only=True)``), on the
@@ -10,7 +10,9 @@ of a linear read-out (Schott et al. 2022: value index scaled to [0, 1]) on seen 
 (``evaluate/latent.heldout_readout``). Variants:
 
 - ``baseline``: the shipped config (flattened 4x4 feature map, adversary weight 0.1);
-- ``pooled``: ``distill.pool = "flatten+mean"``, the map's mean over positions joins it;
+- ``pooled`` (measured on seed 0 at commit 6fcbfb7, then removed with its option: held-out
+  accuracy 0.890 and R^2 0.697 against the baseline's 0.906 and 0.763): ``distill.pool =
+  "flatten+mean"``, the map's mean over positions joined the flattened map;
 - ``adversary``: adversary weight 0.5, a stronger push to keep other factors out of each block.
 """
 
@@ -32,7 +34,7 @@ from factordiff.fit import fit
 from factordiff.quickstart import quickstart_config
 
 RESULTS = Path(__file__).parent / "results" / "distill_heldout.json"
-VARIANTS = {"baseline": {}, "pooled": {"distill.pool": "flatten+mean"}, "adversary": {"distill.adversary_weight": 0.5}}
+VARIANTS = {"baseline": {}, "adversary": {"distill.adversary_weight": 0.5}}
 HELD = ("object_hue", "shape")
 
 

@@ -88,8 +88,7 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
     fit(cfg, out, resume=shipped, progress=True)
     fit_min = (time.monotonic() - t0) / 60
     m = evaluate_run(out, progress=True)
-    readout = m.get("distiller_readout", {})
-    r2 = [v["r2_heldout"] for v in readout.values() if isinstance(v, dict) and v.get("r2_heldout") is not None]
+    probe = probe_summary(m.get("distiller_readout", {}))
     cf, s = m["counterfactual"], m["samples"]
     command = ["factordiff", "fit", "--holdout", SPLITS[split]["split.kind"], "--holdout-factors", ",".join(SPLITS[split]["split.factors"]),
                "--adapter", adapter, "--base", base, "--minutes", f"{over['train.minutes']:g}"]
@@ -98,19 +97,47 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
             "minutes": minutes, "fit_minutes": round(fit_min, 1), "steps": {stage: _steps(out, stage) for stage in ("base", "denoiser") if _steps(out, stage)}, "encoders": "shipped quickstart model" if shipped else "trained in this run",
             "samples_all_right_seen": s["seen"]["all_factors"], "samples_all_right_heldout": s["heldout"]["all_factors"],
             "edits_all_right": cf["heldout"]["all_right"], "effectiveness": cf["heldout"]["effectiveness"], "preservation": cf["heldout"]["preservation"],
-            "pairs_all_right": cf.get("heldout_pairs", {}).get("all_right"), "probe_r2": float(np.mean(r2)) if r2 else None,
+            "pairs_all_right": cf.get("heldout_pairs", {}).get("all_right"), **probe,
             "command": shlex.join(command) + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else "")}
+
+
+def probe_summary(readout: dict) -> dict:
+    """``probe_r2``: the mean held-out R^2 over the factors where it is defined (held-out images with
+    more than one value of the factor); ``probe_mae``: the mean held-out absolute error of the
+    read-out over every factor, in units of each factor's range."""
+    rows = [v for v in readout.values() if isinstance(v, dict)]
+    r2 = [v["r2_heldout"] for v in rows if v.get("r2_heldout") is not None]
+    mae = [v["mae_heldout"] for v in rows if v.get("mae_heldout") is not None]
+    return {"probe_r2": float(np.mean(r2)) if r2 else None, "probe_mae": float(np.mean(mae)) if mae else None}
 
 
 def table(rows: list[dict]) -> str:
     f = lambda v: "" if v is None else f"{v:.3f}"
-    lines = ["| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out | edits all right | effectiveness | preservation | pairs all right | probe R^2 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out | edits all right | effectiveness | preservation | pairs all right | probe R^2 | probe error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['split']} ({r['heldout']}) | {r['adapter']} | {'joint' if r['train_base'] else 'frozen'} | {r['minutes']:g} | "
                      + " | ".join(f(r[k]) for k in ("samples_all_right_seen", "samples_all_right_heldout", "edits_all_right", "effectiveness", "preservation",
-                                                   "pairs_all_right", "probe_r2")) + " |")
+                                                   "pairs_all_right", "probe_r2", "probe_mae")) + " |")
     return "\n".join(lines)
+
+
+def rescore(previous: dict, work: Path) -> None:
+    """Recompute ``probe_r2``/``probe_mae`` of every row whose run folder is in ``work``."""
+    from factordiff.data.splits import make_split
+    from factordiff.evaluate.latent import heldout_readout
+    from factordiff.evaluate.suite import load_run
+    from factordiff.fit import prepare_data
+
+    for row in previous["rows"]:
+        run = work / f"{row['split']}-{row['adapter']}-{'joint' if row['train_base'] else 'frozen'}"
+        if not (run / "model").is_dir():
+            continue
+        cfg, model = load_run(run)
+        data, _, _ = prepare_data(cfg)
+        row.update(probe_summary(heldout_readout(model, data, make_split(data.spec, cfg.split), seed=cfg.train.seed)))
+    atomic_write_json(RESULTS, previous)
+    print(table(previous["rows"]))
 
 
 def main() -> None:
@@ -122,10 +149,14 @@ def main() -> None:
     ap.add_argument("--base", choices=["joint", "frozen"], default="joint")
     ap.add_argument("--work", default="runs/bench-generalization")
     ap.add_argument("--table", action="store_true", help="print the README table from the results file and stop")
+    ap.add_argument("--rescore-probes", action="store_true", help="recompute every row's probe figures from its run folder in --work, then stop")
     a = ap.parse_args()
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
     if a.table:
         print(table(previous["rows"]))
+        return
+    if a.rescore_probes:
+        rescore(previous, Path(a.work))
         return
     torch.set_num_threads(2)
     work = Path(a.work)

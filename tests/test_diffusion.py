@@ -10,7 +10,7 @@ from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance, guided_prediction
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.diffusion.sampling import ddim_invert, ddim_sample
+from factordiff.diffusion.sampling import ddim_invert, ddim_sample, invert, sample
 
 CFG = DenoiserConfig(block_out_channels=[16, 32], layers_per_block=1, adapter_hidden=16)
 
@@ -130,3 +130,19 @@ def test_ddim_sampling_of_the_gaussian_has_the_right_moments():
     x_T = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     x0 = ddim_sample(den, x_T, None, CFG, steps=50)
     assert abs(x0.mean().item() - 0.3) < 0.02 and abs(x0.std().item() - 0.5) < 0.02
+
+
+def test_dpmsolver_round_trip_is_second_order_and_beats_ddim_at_fewer_steps():
+    """DPM-Solver++(2M) with its inverse scheduler, exact Gaussian denoiser: measured round-trip
+    mean |x - x_rec| 0.036 / 0.0094 / 0.0019 at 10 / 20 / 50 steps (DDIM: 0.110 / 0.059 / 0.025),
+    sample std 0.501 at 20 steps (exact 0.5; DDIM 0.464)."""
+    from dataclasses import replace
+
+    cfg, den = replace(CFG, sampler="dpmsolver++"), GaussianDenoiser(mu=0.3, s=0.5)
+    x0 = 0.3 + 0.5 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    err = {k: (sample(den, invert(den, x0, None, cfg, k), None, cfg, k) - x0).abs().mean().item() for k in (20, 50)}
+    assert err[20] < 0.015 and err[50] < 0.3 * err[20]  # first order would give 0.4
+    _, ddim50 = _round_trip_error(50)
+    assert err[20] < 0.5 * ddim50.mean().item()
+    x = sample(den, torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1)), None, cfg, 20)
+    assert abs(x.mean().item() - 0.3) < 0.02 and abs(x.std().item() - 0.5) < 0.02

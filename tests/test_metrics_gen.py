@@ -108,7 +108,7 @@ def test_evaluation_reports_all_right_pairs_samples_and_soundness(tiny_run, tiny
     assert p["edits"] == 3  # evaluate.sources of the tiny config
     for kind in ("seen", "heldout"):
         assert _share(m["samples"][kind]["all_factors"]) and all(_share(v) for v in m["samples"][kind]["by_factor"].values())
-    assert m["samples_guidance"] == {"form": "joint", "weight": 1.0}
+    assert m["samples_guidance"] == {"form": "joint", "weight": 1.0, "steps": 5}
     s = m["soundness"]
     assert s["sources"] == 32 and set(s["composition"]) == {"1", "10"}
     for v in [*s["composition"].values(), s["reversibility"]]:
@@ -147,9 +147,27 @@ def test_heldout_readout_of_the_codes(tiny_run, tiny_metrics):
     ro = tiny_metrics["distiller_readout"]
     assert set(ro) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
     for row in ro.values():
-        assert set(row) == {"r2_seen", "r2_heldout", "accuracy_seen", "accuracy_heldout"}
+        assert set(row) == {"r2_seen", "r2_heldout", "mae_seen", "mae_heldout", "accuracy_seen", "accuracy_heldout"}
         assert _share(row["accuracy_seen"]) and _share(row["accuracy_heldout"])
-        assert np.isfinite(row["r2_seen"]) and row["r2_seen"] <= 1.0 and row["r2_heldout"] <= 1.0
+        assert np.isfinite(row["r2_seen"]) and row["r2_seen"] <= 1.0 and (row["r2_heldout"] is None or row["r2_heldout"] <= 1.0)
+        assert 0 <= row["mae_seen"] and 0 <= row["mae_heldout"]
     from factordiff.report import build_report
 
     assert "Held-out read-out of the codes" in build_report(tiny_run).read_text()
+
+
+def test_heldout_readout_r2_is_none_for_one_held_out_value():
+    """An unseen-value split holds out one value: R^2 over it is undefined (None), not -1e27."""
+    import torch
+
+    from factordiff.evaluate.latent import heldout_readout
+
+    data = replica(16, n=400, seed=0)
+    k = data.spec.position("object_hue")
+    held = data.factors[:, k] == 7
+    split = SimpleNamespace(heldout=lambda f: f[:, k] == 7)
+    model = SimpleNamespace(codes=lambda im: torch.from_numpy(np.random.default_rng(len(im)).normal(size=(len(im), 6, 2)).astype(np.float32)),
+                            encoder=object())
+    ro = heldout_readout(model, data, split, n=200)
+    assert held.any() and ro["object_hue"]["r2_heldout"] is None and np.isfinite(ro["object_hue"]["mae_heldout"])
+    assert ro["scale"]["r2_heldout"] is not None

@@ -83,16 +83,15 @@ def test_ordinal_dims_one_makes_an_ordinal_block_one_axis_and_leaves_categorical
     assert "mask" not in one.state_dict() and set(one.state_dict()) == set(free.state_dict())
 
 
-def test_pooled_backbone_adds_the_position_mean_and_keeps_the_state_dict_names():
-    from factordiff.encoders.backbone import ConvEncoder
+def test_a_removed_option_still_loads_at_its_one_value_and_is_refused_otherwise():
+    """distill.pool was measured (worse held-out read-out) and removed: configs of earlier runs,
+    the shipped one included, hold pool = flatten and still load; flatten+mean is refused."""
+    from factordiff.config import DistillConfig, from_dict
+    from factordiff.errors import FactordiffError
 
-    torch.manual_seed(0)
-    flat, pooled = ConvEncoder(3, 16, 8, 32), ConvEncoder(3, 16, 8, 32, pool="flatten+mean")
-    assert set(flat.state_dict()) == set(pooled.state_dict())  # shipped weights keep loading
-    assert pooled.head[1].in_features == flat.head[1].in_features + 32  # 4x4 map of 32 channels, plus its mean
-    assert pooled(torch.randn(2, 3, 16, 16)).shape == (2, 32)
-    with pytest.raises(ValueError, match="pool"):
-        ConvEncoder(3, 16, 8, 32, pool="max")
+    assert from_dict(DistillConfig, {"pool": "flatten", "width": 8}).width == 8
+    with pytest.raises(FactordiffError, match="distill.pool: this option was removed"):
+        from_dict(DistillConfig, {"pool": "flatten+mean"}, "distill")
 
 
 def test_shipped_pretrained_model_loads_and_reads_its_factors():

@@ -45,6 +45,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
 def _cmd_fit(args: argparse.Namespace) -> None:
     from factordiff.config import load_config
     from factordiff.fit import fit
+    from factordiff.train import process
 
     cfg = load_config(args.config, _fit_overrides(args))
     from factordiff.profile_model import is_profile_source
@@ -60,7 +61,8 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         print(f"trained {int(data.train.sum())} rows ({data.split.description}); model: {Path(args.out) / 'model'}")
         return
     result = fit(cfg, Path(args.out), resume=args.resume)
-    print(f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}")
+    if process()[2]:  # under accelerate launch, one line from the main process
+        print(f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -112,7 +114,7 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
         factors = [model.spec.position(n) for n in _csv_list(args.factor)]
-    out = edit_image(model, image, sets, reference, factors, steps=args.steps, guidance=cfg.evaluate.guidance if args.guidance is None else args.guidance)
+    out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=cfg.evaluate.guidance if args.guidance is None else args.guidance)
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
 
@@ -125,13 +127,24 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
 
         if not (Path(args.run) / "model" / "config.json").is_file():
             raise FactordiffError(f"{args.run}: not a factordiff run folder (no model/config.json)")
-        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps or 50, limit=args.limit)
+        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps, limit=args.limit)
         print(f"wrote {r['images']} regenerated images ({r['edit']}) and their table to {r['out']}")
         return
     r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
     for v in r["unseen_values"]:
         print(f"note: {v} has no training row; generated with that factor's code absent (from the other factors)")
     print(f"wrote {r['rows']} regenerated rows to {r['out']}")
+
+
+def _cmd_pack(args: argparse.Namespace) -> None:
+    from factordiff.data.base import load_data
+    from factordiff.data.shards import describe, pack
+
+    if args.source.startswith("shards:"):
+        raise FactordiffError(f"{args.source}: already packed")
+    data = load_data(args.source, size=args.size, factors=_csv_list(args.factors) if args.factors else None, n=args.n, seed=args.seed)
+    index = pack(data, Path(args.out), shard_size=args.shard_size)
+    print(f"packed {describe(index)} into {args.out}; train with --data shards:{args.out}")
 
 
 def _cmd_fields(args: argparse.Namespace) -> None:
@@ -241,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_", metavar="REF.png", help="take factor codes from this reference image")
     p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, 2)")
     p.set_defaults(handler=_cmd_counterfactual)
 
@@ -251,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", required=True, metavar="F=V,G=W", help="the new factor values")
     p.add_argument("--out", required=True, help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)")
     p.add_argument("--limit", type=_positive_int, help="images: regenerate at most this many of the matching images")
-    p.add_argument("--steps", type=_positive_int, help="DDIM steps (default: the run's profiles.sample_steps)")
+    p.add_argument("--steps", type=_positive_int, help="solver steps (default: the run's profiles.sample_steps, or evaluate.steps for images)")
     p.set_defaults(handler=_cmd_regenerate)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
@@ -277,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bit-depth", type=int, choices=[8, 16], help="refuse files of another bit depth")
     p.add_argument("--out", help="write a load_data-style index CSV of the fields")
     p.set_defaults(handler=_cmd_fields)
+
+    p = sub.add_parser("data", help="prepare data: 'data pack SOURCE --out DIR' writes shards that fit --data shards:DIR reads from disk")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("pack", help="write a dataset as memory-mapped image shards with its factor table")
+    p.add_argument("source", help="any --data of fit: shapes, cellsim, h5:FILE, table:FILE.csv")
+    p.add_argument("--out", required=True, help="a new folder")
+    p.add_argument("--size", type=_positive_int, help="image size (default: the source's)")
+    p.add_argument("--factors", help="table: factor columns, comma-separated")
+    p.add_argument("--n", type=_positive_int, help="shapes, cellsim, h5: number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard (default 4096)")
+    p.set_defaults(handler=_cmd_pack)
 
     p = sub.add_parser("disentanglement", help="disentanglement_lib metrics of any codes")
     p.add_argument("codes", help="CODES.npy, (N, D) float")

@@ -108,13 +108,14 @@ def compound_code(model: FactorModel, k: int, smiles: str, library: dict[str, st
 
 
 @torch.no_grad()
-def regenerate_images(run, where: list[str], sets: list[str], out, steps: int = 50, guidance: float = 2.0, limit: int | None = None) -> dict:
+def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | None = None, guidance: float = 2.0, limit: int | None = None) -> dict:
     """``factordiff regenerate`` for an image run: the run's images matching ``where`` (factor values),
     inverted and regenerated with the ``sets`` factors changed, written to the folder ``out``: one
     16-bit TIFF per channel for cellsim (its 8-bit scale undone: x 64) or one PNG per image, and
     ``regenerated.csv`` (load_data style: ``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``, the new
     factor values as ``Metadata_<factor>``, ``Metadata_source_index`` and ``Metadata_edit``).
-    A compound of cellsim may be set by SMILES (``compound_code``). Nothing is left half-written."""
+    A compound of cellsim may be set by SMILES (``compound_code``). ``steps``: solver steps (None:
+    the run's ``evaluate.steps``). Nothing is left half-written."""
     import shutil
     from pathlib import Path
 
@@ -130,6 +131,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int = 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
     cfg, model = load_run(Path(run))
+    steps = steps or cfg.evaluate.steps
     data, _, _ = prepare_data(cfg)
     spec = model.spec
     rows = np.flatnonzero(match_where(data.factors, where_conditions(spec, where, "--where"))) if where else np.arange(len(data))

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
@@ -36,7 +37,7 @@ from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
 from factordiff.diffusion.denoiser import Denoiser
 from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, to_unit
-from factordiff.train import ArrayBatches, LoopOptions, Stage, map_batches, run_stage
+from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
 STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
 
@@ -130,8 +131,10 @@ class _Fit:
     shape: ModelShape
 
     @property
-    def images(self) -> torch.Tensor:
-        return torch.from_numpy(self.train.images)
+    def images(self):
+        """The training images: a tensor over the in-memory array, or packed images read per batch."""
+        im = self.train.images
+        return torch.from_numpy(im) if isinstance(im, np.ndarray) else im
 
     def stage(self, name: str, step_module: torch.nn.Module, part: torch.nn.Module, trainable: list, tensors: dict, section, seed_offset: int, ema_decay: float = 0.999, warmup: int = 100) -> torch.nn.Module:
         """Train one stage unless it is done, then load its saved part read-only."""
@@ -139,7 +142,9 @@ class _Fit:
             batches = ArrayBatches(tensors, section.batch_size, self.cfg.train.seed + seed_offset)
             stage = Stage(name, step_module, trainable, batches, section.steps, section.lr, self.budget.seconds(name), ema_decay=ema_decay, warmup=warmup, images_per_step=section.batch_size)
             run_stage(stage, self.opts)
-            _save_part(self.run, name, part, stage.log)
+            if process()[2]:
+                _save_part(self.run, name, part, stage.log)
+            barrier()
         else:
             self.budget.seconds(name)
         return _load_part(self.run, name, part)
@@ -180,6 +185,30 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     return f.stage("denoiser", DiffusionStep(denoiser, dn), denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
 
 
+def _latents(f: _Fit, model: FactorModel):
+    """The training images in the denoiser's space: a tensor in memory, or, for packed images
+    (``shards:DIR``), a memory-mapped ``RUN/cache/latents.npy`` written batch by batch, so that
+    the denoiser's stage streams from disk too (rewritten on --resume: it is a pure function of
+    the saved encoders)."""
+    desc = "encoding to latents" if f.opts.progress else None
+    images = f.train.images
+    if isinstance(images, np.ndarray):
+        return model.latents(images, desc)
+    path = f.run / "cache" / "latents.npy"
+    if process()[2]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out = None
+        for i in range(0, len(images), 4096):
+            z = model.latents(images[i : i + 4096], desc).numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(images), *z.shape[1:]))
+            out[i : i + 4096] = z
+        out.flush()
+        del out
+    barrier()
+    return np.load(path, mmap_mode="r")
+
+
 def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Base denoiser without codes, then encoder + gradient-estimator branch on the frozen base."""
     dn, u = f.cfg.denoiser, f.cfg.unsupervised
@@ -193,8 +222,10 @@ def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[t
         batches = ArrayBatches({"images": f.images, "x": x}, u.batch_size, f.cfg.train.seed + 3)
         stage = Stage("encoder", step, trainable, batches, u.steps, u.lr, f.budget.seconds("encoder"), ema_decay=dn.ema_decay, warmup=500, images_per_step=u.batch_size)
         run_stage(stage, f.opts)
-        atomic_save_tensors(model.denoiser.state_dict(), f.run / "model" / "denoiser.safetensors")
-        _save_part(f.run, "encoder", encoder, stage.log)
+        if process()[2]:
+            atomic_save_tensors(model.denoiser.state_dict(), f.run / "model" / "denoiser.safetensors")
+            _save_part(f.run, "encoder", encoder, stage.log)
+        barrier()
     else:
         f.budget.seconds("encoder")
     _load_part(f.run, "denoiser", model.denoiser)
@@ -212,13 +243,17 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     """
     run = Path(out)
     resume = _check_run_folder(cfg, run, resume, keep)
+    main = process()[2]
+    barrier()  # every process has checked the folder before the main one writes to it
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset, split, train = data or prepare_data(cfg)
-    run.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        cfg.save(run / "run_config.json")
-        atomic_write_json(run / "split.json", split.to_json())
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            cfg.save(run / "run_config.json")
+            atomic_write_json(run / "split.json", split.to_json())
+    barrier()
     unsup = cfg.unsupervised.enabled
     shares = {"autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled else 0.0}
     frozen = not unsup and not cfg.denoiser.train_base
@@ -236,7 +271,7 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     torch.manual_seed(cfg.train.seed + 2)
     encoder = distiller if distiller is not None else build_encoder(cfg, train.spec, f.shape)
     model = FactorModel(cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape))
-    x = model.to_latent(to_unit(f.images), "encoding to latents" if f.opts.progress else None) if not _stage_done(run, order[-1]) else None
+    x = _latents(f, model) if not _stage_done(run, order[-1]) else None
     if unsup:
         model.encoder, model.denoiser = _train_unsupervised(f, model, x)
         model.factor_blocks = align_blocks(model.codes(train.images[:5000]).numpy(), train.factors[:5000], cfg.train.seed)
@@ -244,6 +279,8 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
         model.denoiser = _train_denoiser(f, model, x)
     model = FactorModel(cfg, train.spec, f.shape, model.encoder, autoencoder, model.denoiser, factor_blocks=model.factor_blocks)
     model.set_prototypes(model.codes(train.images), train.factors)  # training images only: nothing held out
-    model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})
-    _join_logs(run)
+    if main:
+        model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})
+        _join_logs(run)
+    barrier()
     return FitResult(model, run, split, train, dataset)

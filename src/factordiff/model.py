@@ -21,7 +21,7 @@ from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
-from factordiff.diffusion.sampling import ddim_invert, ddim_sample
+from factordiff.diffusion.sampling import invert, sample
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, zero_output
 from factordiff.errors import FactordiffError
@@ -63,7 +63,7 @@ def build_encoder(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.
         u = cfg.unsupervised
         return SegmentEncoder(shape.channels, shape.size, u.segments, u.code_dims, u.width)
     return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width,
-                           cfg.distill.ordinal_dims, cfg.distill.pool)
+                           cfg.distill.ordinal_dims)
 
 
 def denoiser_space(cfg: RunConfig, shape: ModelShape) -> tuple[int, int]:
@@ -138,7 +138,7 @@ class FactorModel:
     def codes(self, images: np.ndarray) -> torch.Tensor:
         """Codes (N, K, D) of uint8 images (N, H, W, C)."""
         self._check_images(images)
-        return map_batches(lambda b: self.encoder(to_unit(b)), torch.from_numpy(images))
+        return map_batches(lambda b: self.encoder(to_unit(b)), images)
 
     def _check_images(self, images: np.ndarray) -> None:
         want = (self.shape.size, self.shape.size, self.shape.channels)
@@ -189,6 +189,11 @@ class FactorModel:
         return map_batches(lambda b: self.autoencoder.encode(b) * self.shape.latent_scale, x, desc=desc)
 
     @torch.no_grad()
+    def latents(self, images, desc: str | None = None) -> torch.Tensor:
+        """uint8 images (an array, or images packed on disk) -> the denoiser's space, in batches."""
+        return map_batches(lambda b: self.to_latent(to_unit(b)), images, desc=desc)
+
+    @torch.no_grad()
     def from_latent(self, z: torch.Tensor) -> torch.Tensor:
         if self.autoencoder is None:
             return z
@@ -197,16 +202,16 @@ class FactorModel:
     # --- diffusion -------------------------------------------------------------------------
     @torch.no_grad()
     def invert(self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50) -> torch.Tensor:
-        """DDIM-invert uint8 images to x_T under their own codes (or ``codes``)."""
+        """Invert uint8 images to x_T under their own codes (or ``codes``) with ``denoiser.sampler``."""
         codes = self.codes(images) if codes is None else codes
         z0 = self.to_latent(to_unit(images))
-        return ddim_invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps)
+        return invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps)
 
     @torch.no_grad()
     def generate(self, x_T: torch.Tensor, codes: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, present: torch.Tensor | None = None) -> np.ndarray:
-        """DDIM-sample from x_T under ``codes``; returns uint8 images."""
+        """Sample from x_T under ``codes`` with ``denoiser.sampler``; returns uint8 images."""
         cond = Condition.full(codes) if present is None else Condition(codes, present)
-        out = [ddim_sample(self.denoiser, x_T[i : i + 256], cond.index(slice(i, i + 256)), self.config.denoiser, steps, guidance) for i in range(0, len(x_T), 256)]
+        out = [sample(self.denoiser, x_T[i : i + 256], cond.index(slice(i, i + 256)), self.config.denoiser, steps, guidance) for i in range(0, len(x_T), 256)]
         return to_uint8(self.from_latent(torch.cat(out)))
 
     @torch.no_grad()

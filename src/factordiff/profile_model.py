@@ -29,7 +29,7 @@ from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.mlp import MLPDenoiser
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.diffusion.sampling import ddim_invert, ddim_sample
+from factordiff.diffusion.sampling import invert, sample
 from factordiff.encoders.metadata import MetadataEmbedder, fit_additive, one_hot, present, seen_values
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs, short_name
@@ -162,12 +162,12 @@ class ProfileModel:
     @torch.no_grad()
     def invert(self, x: np.ndarray, factors: np.ndarray, steps: int | None = None) -> torch.Tensor:
         steps = steps or self.config.profiles.sample_steps
-        return ddim_invert(self.denoiser, self.to_space(x, factors), self.condition(factors), self.config.denoiser, steps)
+        return invert(self.denoiser, self.to_space(x, factors), self.condition(factors), self.config.denoiser, steps)
 
     @torch.no_grad()
     def generate(self, x_T: torch.Tensor, factors: np.ndarray, changed: list[int] | None = None, steps: int | None = None) -> np.ndarray:
         steps = steps or self.config.profiles.sample_steps
-        z = ddim_sample(self.denoiser, x_T, self.condition(factors), self.config.denoiser, steps, self.guidance(changed or []))
+        z = sample(self.denoiser, x_T, self.condition(factors), self.config.denoiser, steps, self.guidance(changed or []))
         return self.from_space(z, factors)
 
     @torch.no_grad()

@@ -48,7 +48,9 @@ class FactorDataset:
         return int(self.images.shape[3])
 
     def subset(self, mask_or_index: np.ndarray) -> "FactorDataset":
-        return FactorDataset(self.images[mask_or_index], self.factors[mask_or_index], self.spec, self.source)
+        """The rows selected; packed images (``shards:DIR``) stay on disk."""
+        images = self.images.view(mask_or_index) if hasattr(self.images, "view") and not isinstance(self.images, np.ndarray) else self.images[mask_or_index]
+        return FactorDataset(images, self.factors[mask_or_index], self.spec, self.source)
 
 
 def load_data(ref: str, size: int | None = None, factors: list[str] | None = None, n: int | None = None, seed: int = 0) -> FactorDataset:
@@ -58,7 +60,8 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
     ``shapes`` renders the built-in 3D Shapes replica (``n`` images, all combinations when None);
     ``cellsim`` the built-in 5-channel Cell Painting assay (``n`` fields, 12,000 when None, 64x64);
     ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
-    factor table (``factors`` names the factor columns).
+    factor table (``factors`` names the factor columns); ``shards:DIR`` opens a dataset written by
+    ``factordiff data pack``, whose images stay on disk until a batch reads them.
     """
     kind, _, arg = ref.partition(":")
     if kind == "shapes" and not arg:
@@ -83,4 +86,11 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
                 raise FactordiffError(f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)")
             data.images = resize_images(data.images, size)
         return data
-    raise FactordiffError(f"--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv' or 'profiles:TABLE', got {ref!r}")
+    if kind == "shards" and arg:
+        from factordiff.data.shards import open_shards
+
+        data = open_shards(Path(arg))
+        if size is not None and data.size != size:
+            raise FactordiffError(f"{arg}: packed images are {data.size}x{data.size}, not {size}; pack them at --size {size}")
+        return data
+    raise FactordiffError(f"--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR' or 'profiles:TABLE', got {ref!r}")

@@ -16,12 +16,10 @@ class ConvEncoder(nn.Module):
     """Image (B, C, S, S) in [-1, 1] -> feature vector (B, out_dim).
 
     Stride-2 convolutions halve the size down to 4x4 (channels double from ``width``, capped at
-    ``8 * width``); the 4x4 map is flattened, so position and size information survive. With
-    ``pool = "flatten+mean"`` the map's mean over positions joins the flattened map: a feature
-    (a colour, a texture) then reads the same wherever in the image it is.
+    ``8 * width``); the 4x4 map is flattened, so position and size information survive.
     """
 
-    def __init__(self, in_channels: int, size: int, width: int = 32, out_dim: int = 256, pool: str = "flatten"):
+    def __init__(self, in_channels: int, size: int, width: int = 32, out_dim: int = 256):
         super().__init__()
         levels = int(math.log2(size // 4))
         if 4 * 2**levels != size:
@@ -30,14 +28,9 @@ class ConvEncoder(nn.Module):
         layers = [conv_block(in_channels, chans[0], 1)]
         for a, b in zip(chans[:-1], chans[1:]):
             layers += [conv_block(a, b, 2), conv_block(b, b, 1)]
-        if pool not in ("flatten", "flatten+mean"):
-            raise ValueError(f"pool: expected flatten or flatten+mean, got {pool!r}")
         self.features = nn.Sequential(*layers)
-        self.pool = pool
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * (17 if pool == "flatten+mean" else 16), out_dim), nn.SiLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * 16, out_dim), nn.SiLU())
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
-        flat = h.flatten(1)
-        return self.head(torch.cat([flat, h.mean((2, 3))], 1) if self.pool == "flatten+mean" else flat)
+        return self.head(self.features(x))

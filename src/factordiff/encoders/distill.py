@@ -49,18 +49,17 @@ class FactorDistiller(nn.Module):
         width: channels of the backbone's first convolution.
         ordinal_dims: dimensions an ordinal factor's block uses (the rest of it is zero);
             ``None`` uses all ``code_dims``.
-        pool: the backbone's pooling (``ConvEncoder``).
     """
 
     def __init__(self, sizes: list[int], ordinal: list[bool], in_channels: int, size: int, code_dims: int = 4, width: int = 32,
-                 ordinal_dims: int | None = None, pool: str = "flatten"):
+                 ordinal_dims: int | None = None):
         super().__init__()
         self.sizes, self.ordinal, self.code_dims = list(sizes), list(ordinal), code_dims
         k = len(sizes)
         mask = torch.ones(k, code_dims)
         mask[torch.tensor(self.ordinal, dtype=torch.bool), ordinal_dims or code_dims:] = 0.0
         self.register_buffer("mask", mask, persistent=False)
-        self.backbone = ConvEncoder(in_channels, size, width, out_dim=256, pool=pool)
+        self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
         self.to_codes = nn.Linear(256, k * code_dims)
         self.classifiers = nn.ModuleList(nn.Linear(code_dims, n) for n in sizes)
         others = [sum(sizes) - n for n in sizes]

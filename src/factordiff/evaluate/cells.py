@@ -36,7 +36,7 @@ CONTROL = "DMSO"
 def oracle_features(oracle, images: np.ndarray) -> np.ndarray:
     """The oracle backbone's 256 features of uint8 images (N, H, W, C)."""
     with torch.no_grad():
-        return map_batches(lambda b: oracle.backbone(to_unit(b)), torch.from_numpy(images), 256).numpy().astype(np.float64)
+        return map_batches(lambda b: oracle.backbone(to_unit(b)), images, 256).numpy().astype(np.float64)
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:

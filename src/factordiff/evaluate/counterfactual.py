@@ -59,7 +59,7 @@ class Oracle(nn.Module):
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Value index of every factor, (N, K), for uint8 images (N, H, W, C)."""
         self.eval()
-        out = map_batches(lambda b: torch.stack([lg.argmax(1) for lg in self(to_unit(b))], 1), torch.from_numpy(images), 512)
+        out = map_batches(lambda b: torch.stack([lg.argmax(1) for lg in self(to_unit(b))], 1), images, 512)
         return out.numpy()
 
 
@@ -77,7 +77,7 @@ def train_oracle(data: FactorDataset, steps: int = 2000, seconds: float | None =
     """Train the oracle on ``data`` (which should cover every combination, held-out ones included)."""
     torch.manual_seed(seed + 7)
     oracle = Oracle(data.spec.sizes, data.channels, data.size)
-    batches = ArrayBatches({"images": torch.from_numpy(data.images), "factors": torch.from_numpy(data.factors)}, batch_size, seed + 7)
+    batches = ArrayBatches({"images": data.images, "factors": torch.from_numpy(data.factors)}, batch_size, seed + 7)
     stage = Stage("oracle", OracleStep(oracle), list(oracle.parameters()), batches, steps, lr, seconds, ema_decay=0.999, images_per_step=batch_size)
     run_stage(stage, LoopOptions(seed=seed, progress=progress))
     return oracle.eval().requires_grad_(False)

@@ -198,7 +198,11 @@ def heldout_readout(model: FactorModel, data, split, n: int = 2000, seed: int = 
     for k, f in enumerate(data.spec.factors):
         target = {name: data.factors[rows, k] / max(1, f.size - 1) for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))}
         probe = Ridge(alpha=1e-3).fit(flat["fit"], target["fit"])
-        row = {f"r2_{name}": float(r2_score(target[name], probe.predict(flat[name]))) for name in ("seen", "heldout")}
+        row = {}
+        for name in ("seen", "heldout"):
+            pred = probe.predict(flat[name])
+            row[f"r2_{name}"] = float(r2_score(target[name], pred)) if len(np.unique(target[name])) > 1 else None
+            row[f"mae_{name}"] = float(np.abs(pred - target[name]).mean())
         if heads is not None:
             for name, rows in (("seen", test_seen), ("heldout", test_held)):
                 row[f"accuracy_{name}"] = float((heads(codes[name])[k].argmax(1).numpy() == data.factors[rows, k]).mean())

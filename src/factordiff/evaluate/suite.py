@@ -223,7 +223,7 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     oracle, oracle_acc = get_oracle(run, cfg, data, progress)
     cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed, progress=progress)
     sample_guidance = Guidance(all=e.sample_guidance, form=e.guidance_form)  # joint at weight 1: the plain conditional model
-    samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.steps, seed=cfg.train.seed, guidance=sample_guidance)
+    samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.sample_steps, seed=cfg.train.seed, guidance=sample_guidance)
     sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed)
     readout = heldout_readout(model, data, split, seed=cfg.train.seed)
     cells = None
@@ -238,14 +238,14 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
                                library=library)
     grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
     save_png(grid, run / FIGURES / "counterfactuals.png")
-    sgrid, sinfo = sample_grid(model, data, split, e.steps, cfg.train.seed, sample_guidance)
+    sgrid, sinfo = sample_grid(model, data, split, e.sample_steps, cfg.train.seed, sample_guidance)
     save_png(sgrid, run / FIGURES / "samples.png")
     metrics = {
         "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "heldout_pairs": cf["heldout_pairs"], "steps": e.steps, "guidance": e.guidance},
         "reconstruction_mse": cf["reconstruction"]["mse"],
         "reconstruction": cf["reconstruction"],
         "samples": samples,
-        "samples_guidance": {"form": e.guidance_form, "weight": e.sample_guidance},
+        "samples_guidance": {"form": e.guidance_form, "weight": e.sample_guidance, "steps": e.sample_steps},
         "soundness": sound,
         "distiller_readout": readout,
         **(cells or {}),  # batch_swap, frechet, unseen_compound, map (evaluate/cells.py)

@@ -1,0 +1,192 @@
+"""Quality against network evaluations, for editing and for sampling from noise, on the shipped
+quickstart model; into ``benchmarks/results/nfe.json`` (and the README's plot,
+``benchmarks/results/nfe.svg``).
+
+    python benchmarks/nfe.py [--samplers ddim,dpmsolver++] [--steps 5,10,20,50,100] [--per-factor 100]
+
+Per solver (``denoiser.sampler``: DDIM, or DPM-Solver++(2M) with its own inverse scheduler for
+the inversion) and per step count k, the quickstart's evaluation at k steps (each edit inverts in
+k passes and regenerates in k, guided on the changed factor as the quickstart's edits are):
+
+- held-out and seen edits: effectiveness, preservation, all factors right (``all_right``), and the
+  two-factor held-out edits (the same sources and targets at every k: the differences are paired);
+- reconstruction: invert and regenerate with nothing changed, pixel MSE and oracle agreement;
+- samples from noise under the composed codes (joint guidance at the quickstart's weight, 2.0):
+  all factors right on seen and held-out combinations, and the Frechet distance between the
+  oracle's features of the samples and of as many real images (``frechet_oracle``).
+
+Both solvers integrate the same probability-flow ODE, so one reference serves both: the most steps
+of the first solver (DDIM at 100 by default; ``--steps`` per solver as ``ddim=5,10,20,50,100``).
+``defaults`` then names, for edits and for samples from noise separately, per solver the fewest
+steps whose rates are within 0.01 of the reference's (and whose reconstruction MSE, or Frechet
+distance, is within 10%), and the cheapest of those (``chosen``); ``--defaults-only`` recomputes
+it from the rows already in the results file. The oracle is the quickstart's (trained once here and kept in the work folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from factordiff.checkpoint import atomic_write_json
+from factordiff.data.splits import make_split
+from factordiff.diffusion.guidance import Guidance
+from factordiff.evaluate.cells import frechet, oracle_features
+from factordiff.evaluate.counterfactual import evaluate_counterfactuals
+from factordiff.evaluate.suite import conditional_samples, get_oracle, load_run
+from factordiff.fit import prepare_data
+from factordiff.quickstart import pretrained_run
+
+OUT = Path(__file__).parent / "results" / "nfe.json"
+
+
+def measure(model, oracle, data, split, cfg, steps: int, per_factor: int, samples: int) -> dict:
+    t0 = time.monotonic()
+    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor, steps, cfg.evaluate.guidance, seed=cfg.train.seed)
+    edit_s = time.monotonic() - t0
+    guidance = Guidance(all=cfg.evaluate.sample_guidance, form=cfg.evaluate.guidance_form)
+    t0 = time.monotonic()
+    s = conditional_samples(model, oracle, data, split, n=samples, steps=steps, seed=cfg.train.seed, guidance=guidance)
+    sample_s = time.monotonic() - t0
+    # Frechet distance of unconditioned-by-kind samples: the seen and held-out samples together
+    # against as many real images (every combination), in the oracle's feature space
+    gen = _last_samples(model, data, split, samples, steps, cfg, guidance)
+    real = data.images[np.random.default_rng(cfg.train.seed + 7).choice(len(data), len(gen), replace=False)]
+    return {
+        "steps": steps, "edit_passes": 2 * steps,
+        "edits_all_right": cf["heldout"]["all_right"], "effectiveness": cf["heldout"]["effectiveness"], "preservation": cf["heldout"]["preservation"],
+        "pairs_all_right": cf["heldout_pairs"].get("all_right"), "seen_edits_all_right": cf["seen"]["all_right"],
+        "reconstruction_mse": cf["reconstruction"]["mse"], "reconstruction_oracle": cf["reconstruction"]["oracle_all_factors"],
+        "samples_all_right_seen": s["seen"]["all_factors"], "samples_all_right_heldout": s["heldout"]["all_factors"],
+        "frechet_oracle": frechet(oracle_features(oracle, gen), oracle_features(oracle, real)),
+        "edit_seconds": round(edit_s, 1), "sample_seconds": round(sample_s, 1),
+    }
+
+
+@torch.no_grad()
+def _last_samples(model, data, split, n: int, steps: int, cfg, guidance) -> np.ndarray:
+    """``n`` samples from noise under the composed codes of random combinations of the training
+    support and the held-out block alike (the Frechet distance's generated set)."""
+    from factordiff.evaluate.counterfactual import TargetCodes
+    from factordiff.evaluate.suite import _latent_shape
+
+    rng = np.random.default_rng(cfg.train.seed + 11)
+    targets = TargetCodes(model, data, cfg.train.seed + 11)
+    grid = data.spec.grid()
+    grid = grid[targets.possible(grid)]
+    combos = grid[rng.choice(len(grid), n)]
+    x_T = torch.randn((n,) + _latent_shape(model), generator=torch.Generator().manual_seed(cfg.train.seed + 11))
+    return model.generate(x_T, model.compose(combos, targets.block), steps, guidance)
+
+
+EDIT_RATES = ("edits_all_right", "effectiveness", "preservation", "pairs_all_right", "seen_edits_all_right", "reconstruction_oracle")
+SAMPLE_RATES = ("samples_all_right_seen", "samples_all_right_heldout")
+
+
+def defaults(rows: list[dict]) -> dict:
+    """Per use (``edit``: inversion + regeneration; ``sample``: from noise) and solver, the fewest
+    steps whose rates are all within 0.01 of the reference row's (the first solver's most steps)
+    and whose reconstruction MSE (edits) or Frechet distance (samples) is within 10% of it;
+    ``chosen`` is the cheapest solver and step count of each use."""
+    ref = max((r for r in rows if r["sampler"] == rows[0]["sampler"]), key=lambda r: r["steps"])
+    tests = {"edit": (EDIT_RATES, "reconstruction_mse"), "sample": (SAMPLE_RATES, "frechet_oracle")}
+    out: dict = {"reference": {"sampler": ref["sampler"], "steps": ref["steps"]}}
+    for use, (rates, distance) in tests.items():
+        def close(r: dict) -> bool:
+            ok = all(r[k] is None or ref[k] is None or abs(r[k] - ref[k]) <= 0.01 for k in rates)
+            return ok and r[distance] <= 1.1 * ref[distance]
+
+        per = {}
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            ok = sorted((r["steps"] for r in rows if r["sampler"] == sampler and close(r)))
+            per[sampler] = ok[0] if ok else None
+        good = sorted((k, sampler) for sampler, k in per.items() if k is not None)
+        out[use] = {"steps_by_sampler": per, "chosen": {"sampler": good[0][1], "steps": good[0][0]} if good else dict(out["reference"])}
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Three panels as one SVG (no plotting library): held-out edits all right, held-out samples
+    all right and the Frechet distance, against steps (log scale), one line per solver."""
+    panels = (("edits_all_right", "held-out edits, all factors right"), ("samples_all_right_heldout", "held-out samples, all factors right"),
+              ("frechet_oracle", "Frechet distance (oracle features)"))
+    colours = {"ddim": "#1f5fbf", "dpmsolver++": "#d0561b"}
+    w, h, pad = 300, 200, 36
+    steps = sorted({r["steps"] for r in rows})
+    lx = lambda k: pad + (np.log(k) - np.log(steps[0])) / max(1e-9, np.log(steps[-1]) - np.log(steps[0])) * (w - pad - 10)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w}" height="{h + 20}" font-family="sans-serif" font-size="10">']
+    for i, (key, title) in enumerate(panels):
+        vals = [r[key] for r in rows if r[key] is not None]
+        lo, hi = min(vals), max(vals)
+        hi = hi if hi > lo else lo + 1
+        ly = lambda v: h - pad + 10 - (v - lo) / (hi - lo) * (h - pad - 20)  # noqa: E731
+        g = [f'<g transform="translate({i * w},0)"><text x="{pad}" y="12">{title}</text>',
+             f'<line x1="{pad}" y1="{h - pad + 10}" x2="{w - 10}" y2="{h - pad + 10}" stroke="#888"/>',
+             f'<text x="2" y="{ly(hi) + 4:.0f}">{hi:.3g}</text><text x="2" y="{ly(lo):.0f}">{lo:.3g}</text>']
+        g += [f'<text x="{lx(k) - 6:.0f}" y="{h - pad + 24}">{k}</text>' for k in steps]
+        for sampler, colour in colours.items():
+            pts = sorted((r["steps"], r[key]) for r in rows if r["sampler"] == sampler and r[key] is not None)
+            if pts:
+                g.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(f"{lx(k):.1f},{ly(v):.1f}" for k, v in pts)}"/>')
+                g += [f'<circle cx="{lx(k):.1f}" cy="{ly(v):.1f}" r="3" fill="{colour}"/>' for k, v in pts]
+        g.append(f'<text x="{pad}" y="{h + 14}">steps (an edit costs 2x steps passes)</text></g>')
+        parts += g
+    parts += [f'<text x="{3 * w - 190 + 100 * j}" y="12" fill="{c}">{name}</text>' for j, (name, c) in enumerate(colours.items())]
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samplers", default="ddim,dpmsolver++")
+    ap.add_argument("--steps", default="ddim=5,10,20,50,100;dpmsolver++=5,10,20,50", help="step counts per solver (or one list for all)")
+    ap.add_argument("--per-factor", type=int, default=100, help="edits per factor and kind (the quickstart's 100)")
+    ap.add_argument("--samples", type=int, default=200, help="samples from noise per kind (the quickstart's 200)")
+    ap.add_argument("--work", default="runs/bench-nfe")
+    ap.add_argument("--defaults-only", action="store_true", help="recompute defaults and the plot from the results file, then stop")
+    a = ap.parse_args()
+    if a.defaults_only:
+        import json
+
+        saved = json.loads(OUT.read_text())
+        saved["defaults"] = defaults(saved["rows"])
+        atomic_write_json(OUT, saved)
+        plot(saved["rows"], OUT.with_suffix(".svg"))
+        print(json.dumps(saved["defaults"], indent=1))
+        return
+    torch.set_num_threads(2)
+    shipped = pretrained_run(32)
+    if shipped is None:
+        sys.exit("the shipped 32x32 quickstart model is missing from the package")
+    run = Path(a.work) / "quickstart"
+    if not (run / "model").is_dir():
+        shutil.copytree(shipped, run, dirs_exist_ok=True)
+    cfg, model = load_run(run)
+    data, _, _ = prepare_data(cfg)
+    split = make_split(data.spec, cfg.split)
+    oracle, acc = get_oracle(run, cfg, data, progress=True)
+    rows = []
+    per = dict(part.split("=") for part in a.steps.split(";")) if "=" in a.steps else {}
+    for sampler in a.samplers.split(","):
+        model.config.denoiser.sampler = sampler
+        for steps in map(int, per.get(sampler, a.steps).split(",")):
+            row = {"sampler": sampler, **measure(model, oracle, data, split, cfg, steps, a.per_factor, a.samples)}
+            rows.append(row)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            atomic_write_json(OUT, {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
+                                    "model": "shipped quickstart model (tokens adapter, composition split)", "oracle_accuracy": acc,
+                                    "command": "python " + shlex.join(sys.argv), "rows": rows, "defaults": defaults(rows)})
+    plot(rows, OUT.with_suffix(".svg"))
+    print(f"wrote {OUT}; defaults {defaults(rows)}")
+
+
+if __name__ == "__main__":
+    main()
