@@ -84,3 +84,24 @@ def test_pack_command_and_bad_packs(tmp_path, capsys):
     shard.unlink()
     with pytest.raises(FactordiffError, match="missing shard file"):
         open_shards(tmp_path / "p")
+
+
+def test_sigkill_then_resume_on_the_pack_equals_an_uninterrupted_run(packed, tmp_path):
+    """Exact resume of the data order from disk: a fit on the pack killed in the denoiser stage
+    and resumed ends with the weights and log of an uninterrupted fit on the pack."""
+    import signal
+    import subprocess
+
+    from test_reliability import env, final_weights, fit_cmd, wait_for, write_config
+
+    _, out = packed
+    config = write_config(tmp_path / "tiny.json", **{"data.source": f"shards:{out}", "data.n": None})
+    subprocess.run(fit_cmd(config, tmp_path / "ref"), check=True, env=env(), capture_output=True)
+    proc = subprocess.Popen(fit_cmd(config, tmp_path / "run"), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp_path / "run" / "checkpoints" / "denoiser-00000006" / "state.json").exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(fit_cmd(config, tmp_path / "run", "--resume"), check=True, env=env(), capture_output=True)
+    a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "run")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "run" / "train_log.jsonl").read_text() == (tmp_path / "ref" / "train_log.jsonl").read_text()
