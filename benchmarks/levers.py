@@ -78,7 +78,7 @@ def main() -> None:
     def train_fn(fused: bool):
         model = copy.deepcopy(den).train()
         step = DiffusionStep(model, cfg.denoiser)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused) if fused else torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
         gen = torch.Generator().manual_seed(0)
 
         def run():

@@ -132,9 +132,8 @@ class _Fit:
 
     @property
     def images(self):
-        """The training images: a tensor over the in-memory array, or packed images read per batch."""
-        im = self.train.images
-        return torch.from_numpy(im) if isinstance(im, np.ndarray) else im
+        """The training images: the in-memory array, or packed images read per batch."""
+        return self.train.images
 
     def stage(self, name: str, step_module: torch.nn.Module, part: torch.nn.Module, trainable: list, tensors: dict, section, seed_offset: int, ema_decay: float = 0.999, warmup: int = 100) -> torch.nn.Module:
         """Train one stage unless it is done, then load its saved part read-only."""

@@ -47,10 +47,8 @@ class Interrupted(FactordiffError):
 
 
 def as_tensor(rows) -> torch.Tensor:
-    """A tensor of rows read from a tensor, an array or a lazy array (``ShardedImages``). Arrays are
-    copied into torch's own (aligned) memory: the CPU kernels' results can depend on alignment in
-    the last bit, and a batch from disk must train exactly as the same batch from memory."""
-    return rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rows)).clone()
+    """A tensor of rows read from a tensor, an array or a lazy array (``ShardedImages``)."""
+    return rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rows))
 
 
 @dataclass
@@ -71,6 +69,9 @@ class ArrayBatches:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # in-memory arrays become tensors over the same memory, indexed as before; memory-mapped and
+        # packed arrays stay as they are and are read row by row
+        self.tensors = {k: torch.from_numpy(v) if type(v) is np.ndarray else v for k, v in self.tensors.items()}
         sizes = {len(t) for t in self.tensors.values()}
         if len(sizes) != 1 or 0 in sizes:
             raise ValueError(f"ArrayBatches: tensors must share a non-zero first dimension, got {sizes}")
@@ -185,16 +186,12 @@ def _local_batch(batches: Callable[[int], Batch], step: int, rank: int, world: i
     """This process's rows of the global batch of ``step`` (all of it with one process)."""
     if world == 1:
         return batches(step)
-    size = getattr(batches, "batch_size", None)
-    if size is not None and size % world:
+    local = getattr(batches, "local", None)
+    batch = None if local else batches(step)
+    size = batches.batch_size if local else len(next(iter(batch.values())))
+    if size % world:
         raise FactordiffError(f"{stage}: batch_size {size} does not split evenly over {world} processes; choose a multiple of {world}")
-    if hasattr(batches, "local"):
-        return batches.local(step, rank, world)
-    batch = batches(step)
-    n = len(next(iter(batch.values())))
-    if n % world:
-        raise FactordiffError(f"{stage}: batch_size {n} does not split evenly over {world} processes; choose a multiple of {world}")
-    return {k: v[rank::world] for k, v in batch.items()}
+    return local(step, rank, world) if local else {k: v[rank::world] for k, v in batch.items()}
 
 
 def _adamw(stage: Stage, device: torch.device) -> torch.optim.AdamW:

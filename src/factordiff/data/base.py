@@ -49,7 +49,9 @@ class FactorDataset:
 
     def subset(self, mask_or_index: np.ndarray) -> "FactorDataset":
         """The rows selected; packed images (``shards:DIR``) stay on disk."""
-        images = self.images.view(mask_or_index) if hasattr(self.images, "view") and not isinstance(self.images, np.ndarray) else self.images[mask_or_index]
+        from factordiff.data.shards import ShardedImages
+
+        images = self.images.view(mask_or_index) if isinstance(self.images, ShardedImages) else self.images[mask_or_index]
         return FactorDataset(images, self.factors[mask_or_index], self.spec, self.source)
 
 
