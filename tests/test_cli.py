@@ -42,6 +42,22 @@ def test_counterfactual_set_and_from(tiny_run, source_png, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_counterfactual_strength_reaches_the_edit(tiny_run, source_png, tmp_path, capsys):
+    """--strength changes how far the source is inverted: another image at 0.3 than at 1; out of
+    (0, 1] it is refused with one line."""
+    outs = {}
+    for s in ("0.3", "1"):
+        outs[s] = tmp_path / f"s{s}.png"
+        code, _, err = run_cli(capsys, "counterfactual", str(tiny_run), "--image", str(source_png), "--set", "object_hue=0.3", "--out", str(outs[s]), "--steps", "3", "--strength", s)
+        assert code == 0, err
+    assert not np.array_equal(np.asarray(Image.open(outs["0.3"])), np.asarray(Image.open(outs["1"])))
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(capsys, "counterfactual", str(tiny_run), "--image", str(source_png), "--set", "object_hue=0.3", "--out", str(tmp_path / "x.png"), "--strength", bad)
+        assert_one_line_error(exit_.value.code, capsys.readouterr().err, "--strength", "(0, 1]")
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.mark.parametrize("setting,fragments", [
     ("colour=0.3", ["unknown factor 'colour'", "object_hue"]),
     ("object_hue=0.35", ["factor object_hue: unknown value '0.35'", "0.0, 0.1"]),

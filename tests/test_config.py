@@ -35,6 +35,8 @@ def test_formats(tmp_path, suffix, text):
     ({"distill": {"steps": 0}}, r"config.distill.steps: expected a positive number"),
     ({"train": 5}, r"config.train: expected a mapping"),
     ({"split": {"kind": "diagonal"}}, r"config.split.kind: expected one of"),
+    ({"evaluate": {"edit_strength": 1.5}}, r"config.evaluate.edit_strength: expected a share of the noise schedule in \(0, 1\], got 1.5"),
+    ({"evaluate": {"edit_strength": 0}}, r"config.evaluate.edit_strength: expected a share"),
 ])
 def test_bad_fields_are_named(tmp_path, data, message):
     (tmp_path / "c.json").write_text(json.dumps(data))

@@ -146,3 +146,35 @@ def test_dpmsolver_round_trip_is_second_order_and_beats_ddim_at_fewer_steps():
     assert err[20] < 0.5 * ddim50.mean().item()
     x = sample(den, torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1)), None, cfg, 20)
     assert abs(x.mean().item() - 0.3) < 0.02 and abs(x.std().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+def test_partial_inversion_stops_at_the_strength_and_sampling_resumes_there(sampler):
+    """strength 0.5, 25 steps: the inversion ends at the timestep where sampling starts (t = 499 of
+    1000), its x_t has that timestep's marginal (exact Gaussian denoiser: the probability-flow ODE
+    keeps marginals), and the round trip is closer than the whole DDIM chain at the same step size
+    (50 steps). Measured mean |x - x_rec|: DDIM 0.014, DPM++ 0.006; whole DDIM chain 0.024."""
+    from dataclasses import replace
+
+    from factordiff.diffusion.sampling import timesteps
+
+    cfg = replace(CFG, sampler=sampler)
+    _, inv = timesteps(cfg, 25, 0.5, inverse=True)
+    _, fwd = timesteps(cfg, 25, 0.5)
+    assert len(inv) == len(fwd) == 25 and int(inv[-1]) == int(fwd[0]) == 499 and int(fwd[-1]) == int(inv[0])
+    from factordiff.diffusion.sampling import scheduler
+
+    _, whole = timesteps(cfg, 25, 1.0)
+    plain = scheduler(cfg)
+    plain.set_timesteps(25)
+    assert torch.equal(whole, plain.timesteps)  # strength 1 is the plain chain
+    den = GaussianDenoiser(mu=0.3, s=0.5)
+    x0 = 0.3 + 0.5 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x_t = invert(den, x0, None, cfg, 25, strength=0.5)
+    a2 = den.alpha_bar[499]
+    assert abs(x_t.std().item() - (a2 * 0.25 + 1 - a2).sqrt().item()) < 0.03 and abs(x_t.mean().item() - a2.sqrt().item() * 0.3) < 0.03
+    err = (sample(den, x_t, None, cfg, 25, strength=0.5) - x0).abs().mean().item()
+    whole_err = (ddim_sample(den, ddim_invert(den, x0, None, CFG, 50), None, CFG, 50) - x0).abs().mean().item()
+    assert err < 0.6 * whole_err
+    with pytest.raises(ValueError, match="strength"):
+        invert(den, x0, None, cfg, 25, strength=0.0)

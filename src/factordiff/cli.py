@@ -114,7 +114,8 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
         factors = [model.spec.position(n) for n in _csv_list(args.factor)]
-    out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=cfg.evaluate.guidance if args.guidance is None else args.guidance)
+    out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=cfg.evaluate.guidance if args.guidance is None else args.guidance,
+                     strength=cfg.evaluate.edit_strength if args.strength is None else args.strength)
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
 
@@ -127,9 +128,11 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
 
         if not (Path(args.run) / "model" / "config.json").is_file():
             raise FactordiffError(f"{args.run}: not a factordiff run folder (no model/config.json)")
-        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps, limit=args.limit)
+        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps, limit=args.limit, strength=args.strength)
         print(f"wrote {r['images']} regenerated images ({r['edit']}) and their table to {r['out']}")
         return
+    if args.strength is not None:
+        raise FactordiffError(f"--strength: applies to image runs; {args.run} is a profile run (its regeneration has no inversion strength)")
     r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
     for v in r["unseen_values"]:
         print(f"note: {v} has no training row; generated with that factor's code absent (from the other factors)")
@@ -215,8 +218,22 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _strength(text: str) -> float:
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share of the noise schedule in (0, 1], got {text}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), exit code 2 as before."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="factordiff", description="Counterfactual images from factor-conditioned diffusion models.")
+    parser = _Parser(prog="factordiff", description="Counterfactual images from factor-conditioned diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("quickstart", help="train (or load the shipped model), evaluate and report on the built-in 3D Shapes replica")
@@ -256,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--steps", type=_positive_int, default=None, help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, 2)")
+    p.add_argument("--strength", type=_strength, default=None, help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's evaluate.edit_strength, 0.65)")
     p.set_defaults(handler=_cmd_counterfactual)
 
     p = sub.add_parser("regenerate", help="regenerate the rows of a profile table, or the images of a run, with factors changed (a virtual experiment)")
@@ -265,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)")
     p.add_argument("--limit", type=_positive_int, help="images: regenerate at most this many of the matching images")
     p.add_argument("--steps", type=_positive_int, help="solver steps (default: the run's profiles.sample_steps, or evaluate.steps for images)")
+    p.add_argument("--strength", type=_strength, default=None, help="images: how far up the noise schedule to invert, in (0, 1] (default: the run's evaluate.edit_strength)")
     p.set_defaults(handler=_cmd_regenerate)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")

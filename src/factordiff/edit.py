@@ -39,9 +39,11 @@ def parse_sets(model: FactorModel, sets: list[str]) -> dict[int, int]:
 
 
 @torch.no_grad()
-def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | None = None, reference: np.ndarray | None = None, factors: list[int] | None = None, steps: int = 50, guidance: float = 1.0) -> np.ndarray:
+def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | None = None, reference: np.ndarray | None = None, factors: list[int] | None = None, steps: int = 50, guidance: float = 1.0,
+               strength: float = 1.0) -> np.ndarray:
     """The image with some factors changed: to given values (their prototype codes) or to the values
-    a reference image has (its code blocks). Returns the edited (H, W, C) uint8 image."""
+    a reference image has (its code blocks), inverting it to t = ``strength`` T. Returns the
+    edited (H, W, C) uint8 image."""
     codes = model.codes(image[None])
     new = codes.clone()
     blocks = model.factor_blocks
@@ -56,15 +58,15 @@ def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | Non
         raise FactordiffError("nothing to change: pass --set FACTOR=VALUE or --from REF.png --factor FACTOR")
     from factordiff.diffusion.guidance import Guidance
 
-    x_T = model.invert(image[None], codes, steps)
-    return model.generate(x_T, new, steps, Guidance(factors={k: guidance for k in changed}))[0]
+    x_T = model.invert(image[None], codes, steps, strength)
+    return model.generate(x_T, new, steps, Guidance(factors={k: guidance for k in changed}), strength=strength)[0]
 
 
 @torch.no_grad()
-def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int = 50, guidance: float = 2.0) -> np.ndarray:
+def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int = 50, guidance: float = 2.0, strength: float = 1.0) -> np.ndarray:
     """Images (N, H, W, C) uint8 with the code block of each factor in ``blocks`` (factor -> (D,)
-    block) replaced: DDIM inversion under their own codes, regeneration under the new ones with
-    guidance on the changed blocks, in chunks of 64."""
+    block) replaced: inversion under their own codes (to t = ``strength`` T), regeneration under
+    the new ones with guidance on the changed blocks, in chunks of 64."""
     from factordiff.diffusion.guidance import Guidance
 
     out = []
@@ -74,7 +76,7 @@ def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.
         new = codes.clone()
         for k, b in blocks.items():
             new[:, model.factor_blocks[k]] = b
-        out.append(model.generate(model.invert(x, codes, steps), new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks})))
+        out.append(model.generate(model.invert(x, codes, steps, strength), new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks}), strength=strength))
     return np.concatenate(out) if out else images[:0]
 
 
@@ -108,14 +110,15 @@ def compound_code(model: FactorModel, k: int, smiles: str, library: dict[str, st
 
 
 @torch.no_grad()
-def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | None = None, guidance: float = 2.0, limit: int | None = None) -> dict:
+def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | None = None, guidance: float = 2.0, limit: int | None = None, strength: float | None = None) -> dict:
     """``factordiff regenerate`` for an image run: the run's images matching ``where`` (factor values),
     inverted and regenerated with the ``sets`` factors changed, written to the folder ``out``: one
     16-bit TIFF per channel for cellsim (its 8-bit scale undone: x 64) or one PNG per image, and
     ``regenerated.csv`` (load_data style: ``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``, the new
     factor values as ``Metadata_<factor>``, ``Metadata_source_index`` and ``Metadata_edit``).
     A compound of cellsim may be set by SMILES (``compound_code``). ``steps``: solver steps (None:
-    the run's ``evaluate.steps``). Nothing is left half-written."""
+    the run's ``evaluate.steps``); ``strength``: how far up the noise schedule the sources are
+    inverted (None: the run's ``evaluate.edit_strength``). Nothing is left half-written."""
     import shutil
     from pathlib import Path
 
@@ -132,6 +135,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
         raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
     cfg, model = load_run(Path(run))
     steps = steps or cfg.evaluate.steps
+    strength = cfg.evaluate.edit_strength if strength is None else strength
     data, _, _ = prepare_data(cfg)
     spec = model.spec
     rows = np.flatnonzero(match_where(data.factors, where_conditions(spec, where, "--where"))) if where else np.arange(len(data))
@@ -164,7 +168,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
     bar = tqdm(total=len(rows), desc="regenerating", unit="img")
     for i in range(0, len(rows), 64):
         chunk = rows[i : i + 64]
-        edited = edit_blocks(model, data.images[chunk], new_blocks, steps, guidance)
+        edited = edit_blocks(model, data.images[chunk], new_blocks, steps, guidance, strength)
         for j, (src, img) in enumerate(zip(chunk, edited)):
             rec = {f"Metadata_{f.name}": str(f.values[data.factors[src, q]]) for q, f in enumerate(spec.factors)}
             rec.update({f"Metadata_{n}": v for n, v in target_text.items()})

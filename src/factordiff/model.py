@@ -201,32 +201,36 @@ class FactorModel:
 
     # --- diffusion -------------------------------------------------------------------------
     @torch.no_grad()
-    def invert(self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50) -> torch.Tensor:
-        """Invert uint8 images to x_T under their own codes (or ``codes``) with ``denoiser.sampler``."""
+    def invert(self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50, strength: float = 1.0) -> torch.Tensor:
+        """Invert uint8 images to x_T (x_t at t = ``strength`` T) under their own codes (or
+        ``codes``) with ``denoiser.sampler``."""
         codes = self.codes(images) if codes is None else codes
         z0 = self.to_latent(to_unit(images))
-        return invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps)
+        return invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps, strength)
 
     @torch.no_grad()
-    def generate(self, x_T: torch.Tensor, codes: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, present: torch.Tensor | None = None) -> np.ndarray:
-        """Sample from x_T under ``codes`` with ``denoiser.sampler``; returns uint8 images."""
+    def generate(self, x_T: torch.Tensor, codes: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, present: torch.Tensor | None = None, strength: float = 1.0) -> np.ndarray:
+        """Sample from x_T (an inversion's x_t at the same ``strength``) under ``codes`` with
+        ``denoiser.sampler``; returns uint8 images."""
         cond = Condition.full(codes) if present is None else Condition(codes, present)
-        out = [sample(self.denoiser, x_T[i : i + 256], cond.index(slice(i, i + 256)), self.config.denoiser, steps, guidance) for i in range(0, len(x_T), 256)]
+        out = [sample(self.denoiser, x_T[i : i + 256], cond.index(slice(i, i + 256)), self.config.denoiser, steps, guidance, strength) for i in range(0, len(x_T), 256)]
         return to_uint8(self.from_latent(torch.cat(out)))
 
     @torch.no_grad()
-    def counterfactual(self, images: np.ndarray, factor: int, blocks: torch.Tensor, steps: int = 50, guidance: float = 1.0, x_T: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> np.ndarray:
+    def counterfactual(self, images: np.ndarray, factor: int, blocks: torch.Tensor, steps: int = 50, guidance: float = 1.0, x_T: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                       strength: float = 1.0) -> np.ndarray:
         """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
 
-        The source is DDIM-inverted under its own codes, the block is swapped, and the same x_T is
-        decoded under the new codes with guidance weight ``guidance`` on the changed block.
+        The source is inverted under its own codes (to t = ``strength`` T; a given ``x_T`` must be
+        of that strength), the block is swapped, and the same x_T is decoded under the new codes
+        with guidance weight ``guidance`` on the changed block.
         """
         codes = self.codes(images) if codes is None else codes
-        x_T = self.invert(images, codes, steps) if x_T is None else x_T
+        x_T = self.invert(images, codes, steps, strength) if x_T is None else x_T
         block = self.factor_blocks[factor]
         new = codes.clone()
         new[:, block] = blocks
-        return self.generate(x_T, new, steps, Guidance(factors={block: guidance}))
+        return self.generate(x_T, new, steps, Guidance(factors={block: guidance}), strength=strength)
 
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:

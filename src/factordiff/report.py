@@ -233,7 +233,7 @@ def build_report(run: Path) -> Path:
     cf = m.get("counterfactual", {})
     parts = [f"<h1>factordiff report: {html.escape(run.name)}</h1>"]
     parts.append(f"<p class=note>Held-out split: {html.escape(m.get('split', {}).get('description', '–'))}. "
-                 f"Edits: DDIM inversion and regeneration in {cf.get('steps', '–')} steps, guidance {cf.get('guidance', '–')} on the changed factor.</p>")
+                 f"Edits: inversion up to {cf.get('edit_strength', 1.0):g} of the noise schedule and regeneration, {cf.get('steps', '–')} steps each, guidance {cf.get('guidance', '–')} on the changed factor.</p>")
     parts.append("<h2>Counterfactuals, judged by the oracle</h2>")
     parts.append("<p class=note><i>Effectiveness</i>: share of edits of a factor that the oracle reads as the requested value. "
                  "<i>Preservation</i>: share of edits of the other factors after which the oracle still reads this factor as in the source. "
@@ -264,7 +264,7 @@ def build_report(run: Path) -> Path:
     if any(k in m for k in ("batch_swap", "unseen_compound", "map")):
         parts.append(_cells_section(m))
     parts.append("<h2>Reconstruction and oracle</h2>")
-    parts.append("<p class=note>DDIM inversion followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {})))
+    parts.append("<p class=note>Inversion (at the edits' strength) followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {})))
     parts.append("<p class=note>Oracle accuracy per factor on fresh real images.</p>" + _kv_table(m.get("oracle_accuracy", {})))
     ro = m.get("distiller_readout", {})
     if ro:

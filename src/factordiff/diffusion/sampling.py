@@ -3,7 +3,11 @@ or DPM-Solver++(2M) (Lu et al. 2022), chosen by ``DenoiserConfig.sampler``.
 
 ``sample`` runs x_T -> x_0 and ``invert`` runs x_0 -> x_T with the same solver (its inverse
 scheduler); both use "trailing" timestep spacing so the chain reaches t = T - 1 exactly, and the
-two are inverses up to the one-step approximation of inversion. ``ddim_sample`` and
+two are inverses up to the one-step approximation of inversion. With ``strength`` s < 1 both run
+only the low-noise part of the schedule, between t = 0 and t = s T (SDEdit's strength, as
+diffusers' image-to-image pipelines name it): ``steps`` solver steps over that part, at the step
+size of a whole chain of steps / s steps. An edit that inverts and regenerates at s = 0.5 keeps
+more of its source for the same passes (``benchmarks/nfe.py``). ``ddim_sample`` and
 ``ddim_invert`` are the DDIM case whatever the config says.
 """
 
@@ -34,24 +38,39 @@ def scheduler(cfg: DenoiserConfig, inverse: bool = False):
     return SAMPLERS[cfg.sampler][inverse](**scheduler_config(cfg))
 
 
-def sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, guidance: Guidance | None = None) -> torch.Tensor:
-    """From noise ``x_T`` to a sample in ``steps`` network evaluations (each guided one batches its
-    conditions into one forward pass), with optional per-factor guidance."""
-    sched = scheduler(cfg)
-    sched.set_timesteps(steps, device=x_T.device)
+def timesteps(cfg: DenoiserConfig, steps: int, strength: float = 1.0, inverse: bool = False, device=None):
+    """The scheduler and the ``steps`` timesteps it runs: the whole chain (``strength`` 1), or the
+    part between t = 0 and t = strength T of a chain of round(steps / strength) steps."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength: expected a number in (0, 1], got {strength!r}")
+    sched = scheduler(cfg, inverse)
+    total = max(steps, round(steps / strength))
+    sched.set_timesteps(total, device=device)
+    if inverse:
+        return sched, sched.timesteps[:steps]
+    if total > steps and hasattr(sched, "set_begin_index"):  # multistep solvers count their steps; DDIM does not
+        sched.set_begin_index(total - steps)
+    return sched, sched.timesteps[total - steps :]
+
+
+def sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0) -> torch.Tensor:
+    """From noise ``x_T`` (or, with ``strength`` < 1, from the partly noised x_t that ``invert``
+    returns at that strength) to a sample in ``steps`` network evaluations (each guided one batches
+    its conditions into one forward pass), with optional per-factor guidance."""
+    sched, ts = timesteps(cfg, steps, strength, device=x_T.device)
     x = x_T
-    for t in sched.timesteps:
+    for t in ts:
         pred = guided_prediction(denoiser, x, t, cond, guidance) if cond is not None else denoiser(x, t)
         x = sched.step(pred, t, x).prev_sample
     return x
 
 
-def invert(denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50) -> torch.Tensor:
-    """The x_T from which ``sample`` (same condition and solver, no guidance) returns ``x_0``."""
-    sched = scheduler(cfg, inverse=True)
-    sched.set_timesteps(steps, device=x_0.device)
+def invert(denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, strength: float = 1.0) -> torch.Tensor:
+    """The x_T (x_t at t = strength T) from which ``sample`` (same condition, solver, steps and
+    strength, no guidance) returns ``x_0``."""
+    sched, ts = timesteps(cfg, steps, strength, inverse=True, device=x_0.device)
     x = x_0
-    for t in sched.timesteps:
+    for t in ts:
         pred = denoiser(x, t, cond) if cond is not None else denoiser(x, t)
         x = sched.step(pred, t, x).prev_sample
     return x

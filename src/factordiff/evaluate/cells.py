@@ -67,7 +67,7 @@ def _distances(oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str
     return {"frechet": out, "kernel": {"all": out_k}}
 
 
-def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float) -> np.ndarray:
+def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float, strength: float = 1.0) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets."""
     f = data.factors
@@ -76,14 +76,14 @@ def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, t
     for key in sorted(set(keys)):
         idx = np.flatnonzero([k == key for k in keys])
         blocks = {k: model.prototype(k, v) for k, v in zip(factors, key) if model.has_prototype(k, v)}
-        out[idx] = edit_blocks(model, data.images[src[idx]], blocks, steps, guidance)
+        out[idx] = edit_blocks(model, data.images[src[idx]], blocks, steps, guidance, strength)
     return out
 
 
 def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split, channels: tuple[str, ...], steps: int, guidance: float, n: int = 100,
-                   seed: int = 0, library: dict[str, str] | None = None) -> dict:
+                   seed: int = 0, library: dict[str, str] | None = None, strength: float = 1.0) -> dict:
     """The figures above; factors are found by name (compound, batch, and plate, source, dose,
-    cell_line where the data has them)."""
+    cell_line where the data has them). Edits invert to t = ``strength`` T."""
     spec, f = data.spec, data.factors
     pos = {name: spec.position(name) for name in ("compound", "batch", "plate", "source", "dose", "cell_line") if name in spec.names}
     if "compound" not in pos or "batch" not in pos:
@@ -113,7 +113,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 target_rows.append(r)
         src, target_rows = np.asarray(src), np.asarray(target_rows)
         technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
-        generated = _regenerate_into(model, data, src, target_rows, technical, steps, guidance)
+        generated = _regenerate_into(model, data, src, target_rows, technical, steps, guidance, strength)
         pred, pred_copy = oracle.predict(generated), oracle.predict(data.images[src])
         want_b = f[target_rows, kb]
         kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
@@ -142,7 +142,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
             blocks = {kc: compound_code(model, kc, library[compounds[c]], library)}
             if "dose" in pos:
                 blocks[pos["dose"]] = model.prototype(pos["dose"], int(f[chosen[0], pos["dose"]]))
-            gen = edit_blocks(model, data.images[sources], blocks, steps, guidance)
+            gen = edit_blocks(model, data.images[sources], blocks, steps, guidance, strength)
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
 
             def closer(x: np.ndarray) -> np.ndarray:

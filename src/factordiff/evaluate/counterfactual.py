@@ -229,23 +229,23 @@ class TargetCodes:
         return self.model.codes(self.data.images[ref : ref + 1])[0, self.model.factor_blocks[k]]
 
 
-def run_edits(model: FactorModel, data: FactorDataset, edits: Edits, steps: int, guidance: float, bar=None, targets: TargetCodes | None = None) -> np.ndarray:
+def run_edits(model: FactorModel, data: FactorDataset, edits: Edits, steps: int, guidance: float, bar=None, targets: TargetCodes | None = None, strength: float = 1.0) -> np.ndarray:
     """Generate every edit; returns uint8 images in the order of ``edits``.
 
     ``bar`` (a tqdm bar or None) advances by the number of images after the inversion and after
     each factor's edits. ``targets`` supplies the target blocks (default: prototypes, falling back
-    to reference images of ``data``)."""
+    to reference images of ``data``). ``strength``: how far up the noise schedule edits invert."""
     targets = targets or TargetCodes(model, data)
     src = data.images[np.asarray(edits.source)]
     codes = model.codes(src)
-    x_T = model.invert(src, codes, steps)
+    x_T = model.invert(src, codes, steps, strength)
     if bar is not None:
         bar.update(len(src))
     out = np.empty_like(src)
     for k in sorted(set(edits.factor)):
         rows = np.flatnonzero(np.asarray(edits.factor) == k)
         blocks = torch.stack([targets.block(k, edits.target[i]) for i in rows])
-        out[rows] = model.counterfactual(src[rows], k, blocks, steps, guidance, x_T=x_T[rows], codes=codes[rows])
+        out[rows] = model.counterfactual(src[rows], k, blocks, steps, guidance, x_T=x_T[rows], codes=codes[rows], strength=strength)
         if bar is not None:
             bar.update(len(rows))
     return out
@@ -277,29 +277,30 @@ def plan_pair_edits(data: FactorDataset, split: Split, n: int, targets: TargetCo
 
 
 @torch.no_grad()
-def run_pair_edits(model: FactorModel, data: FactorDataset, edits: PairEdits, steps: int, guidance: float, targets: TargetCodes, bar=None) -> np.ndarray:
+def run_pair_edits(model: FactorModel, data: FactorDataset, edits: PairEdits, steps: int, guidance: float, targets: TargetCodes, bar=None, strength: float = 1.0) -> np.ndarray:
     """Generate two-factor edits: invert each source under its codes, swap both blocks, decode with
     guidance ``guidance`` on both changed blocks. Returns uint8 images in the order of ``edits``."""
     src = data.images[np.asarray(edits.source)]
     codes = model.codes(src)
-    x_T = model.invert(src, codes, steps)
+    x_T = model.invert(src, codes, steps, strength)
     if bar is not None:
         bar.update(len(src))
     new = codes.clone()
     for col, k in enumerate(edits.factors):
         new[:, model.factor_blocks[k]] = torch.stack([targets.block(k, t[col]) for t in edits.targets])
-    out = model.generate(x_T, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in edits.factors}))
+    out = model.generate(x_T, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in edits.factors}), strength=strength)
     if bar is not None:
         bar.update(len(src))
     return out
 
 
 def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, per_factor: int = 100, steps: int = 50, guidance: float = 1.0, seed: int = 0, progress: bool = False,
-                             pairs: int | None = None) -> tuple[dict, dict]:
+                             pairs: int | None = None, strength: float = 1.0) -> tuple[dict, dict]:
     """Effectiveness, preservation and all_right on seen and held-out targets, the same for
     ``pairs`` (default ``per_factor``) two-factor edits into held-out combinations
     (``heldout_pairs``: effectiveness is the share with both changed factors right; without a
-    two-factor held-out block it holds ``absent``, the reason), and the DDIM reconstruction error.
+    two-factor held-out block it holds ``absent``, the reason), and the DDIM reconstruction error;
+    every edit and reconstruction inverts to t = ``strength`` T in ``steps`` steps.
 
     Returns (metrics, examples) where examples holds a few sources with their edits for figures.
     The progress bar counts DDIM passes over one image (an inversion or an edit).
@@ -321,13 +322,13 @@ def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDat
             metrics[kind] = None
             continue
         before = targets.from_reference
-        images = run_edits(model, data, edits, steps, guidance, bar, targets) if len(edits) else data.images[:0]
+        images = run_edits(model, data, edits, steps, guidance, bar, targets, strength) if len(edits) else data.images[:0]
         scores = score_edits(oracle, data.spec, edits, images, data.factors[np.asarray(edits.source, int)])
         metrics[kind] = {**scores, "targets_from_reference": targets.from_reference - before, "skipped": skipped[kind]}
         examples[kind] = (edits, images)
     if pair_plan is not None:
         before = targets.from_reference
-        images = run_pair_edits(model, data, pair_plan, steps, guidance, targets, bar)
+        images = run_pair_edits(model, data, pair_plan, steps, guidance, targets, bar, strength)
         scores = score_edits(oracle, data.spec, pair_plan, images, data.factors[np.asarray(pair_plan.source, int)])
         names = [data.spec.factors[k].name for k in pair_plan.factors]
         metrics["heldout_pairs"] = {**scores, "effectiveness": scores["changed_right"], "factors": names, "targets_from_reference": targets.from_reference - before}
@@ -335,12 +336,12 @@ def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDat
     else:
         metrics["heldout_pairs"] = {"effectiveness": None, "preservation": None, "all_right": None, "edits": 0, "absent": reason}
     bar.close()
-    metrics["reconstruction"] = reconstruction(model, oracle, data, split, min(len(data), 4 * per_factor), steps, seed)
+    metrics["reconstruction"] = reconstruction(model, oracle, data, split, min(len(data), 4 * per_factor), steps, seed, strength)
     return metrics, examples
 
 
 @torch.no_grad()
-def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int) -> dict:
+def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int, strength: float = 1.0) -> dict:
     """Invert and regenerate with nothing changed: pixel MSE (images in [0, 1]) against the source
     and against the autoencoder's own reconstruction, and how often the oracle reads all factors."""
     rng = np.random.default_rng(seed + 1)
@@ -348,7 +349,7 @@ def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, spli
     rows = np.sort(rng.choice(seen, min(n, len(seen)), replace=False))
     src = data.images[rows]
     codes = model.codes(src)
-    out = model.generate(model.invert(src, codes, steps), codes, steps)
+    out = model.generate(model.invert(src, codes, steps, strength), codes, steps, strength=strength)
     unit = lambda a: a.astype(np.float64) / 255.0  # noqa: E731
     res = {"mse": float(((unit(out) - unit(src)) ** 2).mean()), "images": len(rows)}
     if model.autoencoder is not None:
@@ -361,10 +362,11 @@ def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, spli
 
 
 @torch.no_grad()
-def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, guidance: float, seed: int = 0, repeats: tuple[int, ...] = (1, 10)) -> dict:
+def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, guidance: float, seed: int = 0, repeats: tuple[int, ...] = (1, 10), strength: float = 1.0) -> dict:
     """Counterfactual soundness after Monteiro et al. (ICLR 2023), on ``n`` training-combination
     sources; each measured as the mean pixel L1 to the source (pixels in [0, 1]) and the oracle's
-    agreement (the share of images on which it reads every factor as the source's):
+    agreement (the share of images on which it reads every factor as the source's); every
+    inversion goes to t = ``strength`` T:
 
     - ``composition``: the null edit (invert under the source's own codes, regenerate under the same
       codes) applied ``repeats`` times in a row (each time to the previous result); keyed by count.
@@ -385,7 +387,7 @@ def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Sp
 
     composition, x = {}, src
     for i in range(1, max(repeats) + 1):
-        x = model.generate(model.invert(x, codes, steps), codes, steps)
+        x = model.generate(model.invert(x, codes, steps, strength), codes, steps, strength=strength)
         if i in repeats:
             composition[str(i)] = judge(x)
     factor, target = _reversible_targets(model, data, split, truth, rng)
@@ -396,12 +398,12 @@ def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Sp
         r = keep[mine]
         block, mine_codes = model.factor_blocks[k], codes[torch.from_numpy(r)]
         to_b = torch.stack([model.prototype(k, int(v)) for v in target[r]])
-        x_b = model.counterfactual(src[r], k, to_b, steps, guidance, codes=mine_codes)
+        x_b = model.counterfactual(src[r], k, to_b, steps, guidance, codes=mine_codes, strength=strength)
         codes_b = mine_codes.clone()
         codes_b[:, block] = to_b
-        back[mine] = model.counterfactual(x_b, k, mine_codes[:, block], steps, guidance, codes=codes_b)
+        back[mine] = model.counterfactual(x_b, k, mine_codes[:, block], steps, guidance, codes=codes_b, strength=strength)
     reversibility = {**judge(back, keep), "edits": len(keep)} if len(keep) else {"l1": None, "oracle_agreement": None, "edits": 0}
-    return {"sources": len(rows), "steps": steps, "guidance": guidance, "composition": composition, "reversibility": reversibility}
+    return {"sources": len(rows), "steps": steps, "strength": strength, "guidance": guidance, "composition": composition, "reversibility": reversibility}
 
 
 def _reversible_targets(model: FactorModel, data: FactorDataset, split: Split, truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -158,7 +158,7 @@ def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
     tmp.replace(path)
 
 
-def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, rows: int, steps: int, guidance: float, seed: int) -> tuple[np.ndarray, list[dict], int]:
+def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, rows: int, steps: int, guidance: float, seed: int, strength: float = 1.0) -> tuple[np.ndarray, list[dict], int]:
     """Rows: seen source images; columns: the source, its DDIM reconstruction, then one column per
     factor with that factor changed to another value (one with a prototype or a reference image).
     Returns the mosaic, what each row shows and how many target blocks came from reference images."""
@@ -171,10 +171,10 @@ def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, r
         for k in range(len(data.spec)):
             others = [v for v in np.flatnonzero(targets.available[k]) if v != data.factors[s, k]]
             edits.add(int(s), k, int(others[rng.integers(len(others))]))
-    edited = run_edits(model, data, edits, steps, guidance, targets=targets)
+    edited = run_edits(model, data, edits, steps, guidance, targets=targets, strength=strength)
     src = data.images[sources]
     codes = model.codes(src)
-    recon = model.generate(model.invert(src, codes, steps), codes, steps)
+    recon = model.generate(model.invert(src, codes, steps, strength), codes, steps, strength=strength)
     k = len(data.spec)
     cells = np.concatenate([src[:, None], recon[:, None], edited.reshape(rows, k, *src.shape[1:])], 1)
     captions = [{"source": data.spec.values_of(data.factors[s]), "targets": {data.spec.factors[j].name: data.spec.factors[j].values[edits.target[i * k + j]] for j in range(k)}} for i, s in enumerate(sources)]
@@ -221,10 +221,10 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     split = make_split(data.spec, cfg.split)
     e = cfg.evaluate
     oracle, oracle_acc = get_oracle(run, cfg, data, progress)
-    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed, progress=progress)
+    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed, progress=progress, strength=e.edit_strength)
     sample_guidance = Guidance(all=e.sample_guidance, form=e.guidance_form)  # joint at weight 1: the plain conditional model
     samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.sample_steps, seed=cfg.train.seed, guidance=sample_guidance)
-    sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed)
+    sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed, strength=e.edit_strength)
     readout = heldout_readout(model, data, split, seed=cfg.train.seed)
     cells = None
     if {"compound", "batch"} <= set(data.spec.names):
@@ -235,13 +235,13 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
         if cfg.data.source == "cellsim":
             from factordiff.data.cellsim import COMPOUNDS as library
         cells = evaluate_cells(model, oracle, data, split, channel_names(model), e.steps, e.guidance, n=per_factor or e.sources, seed=cfg.train.seed,
-                               library=library)
-    grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed)
+                               library=library, strength=e.edit_strength)
+    grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed, strength=e.edit_strength)
     save_png(grid, run / FIGURES / "counterfactuals.png")
     sgrid, sinfo = sample_grid(model, data, split, e.sample_steps, cfg.train.seed, sample_guidance)
     save_png(sgrid, run / FIGURES / "samples.png")
     metrics = {
-        "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "heldout_pairs": cf["heldout_pairs"], "steps": e.steps, "guidance": e.guidance},
+        "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "heldout_pairs": cf["heldout_pairs"], "steps": e.steps, "edit_strength": e.edit_strength, "guidance": e.guidance},
         "reconstruction_mse": cf["reconstruction"]["mse"],
         "reconstruction": cf["reconstruction"],
         "samples": samples,
