@@ -22,7 +22,8 @@ of the first solver (DDIM at 100 by default; ``--steps`` per solver as ``ddim=5,
 ``defaults`` then names the steps of samples from noise (the fewest whose rates are within 0.01
 of the reference's, Frechet distance within 10%) and the setting of edits (solver, strength and
 steps, at most 50 passes: the best weaker held-out rate; see ``defaults``), each ``chosen``;
-``--defaults-only`` recomputes it from the rows already in the results file. Rows already in the
+``--defaults-only`` recomputes it from the rows already in the results file. ``--precision bf16``
+measures the bf16-autocast lever (``denoiser.inference_precision``); defaults come from fp32 rows. Rows already in the
 file for other (solver, strength, steps) are kept. The oracle is the quickstart's (trained once
 here and kept in the work folder).
 """
@@ -112,6 +113,8 @@ def defaults(rows: list[dict]) -> dict:
     the chosen row's rates minus the reference's."""
     for r in rows:
         r.setdefault("strength", 1.0)
+        r.setdefault("precision", "fp32")
+    everything, rows = rows, [r for r in rows if r["precision"] == "fp32"]
     first = [r for r in rows if r["sampler"] == rows[0]["sampler"] and r["strength"] == 1.0]
     ref = max(first, key=lambda r: r["steps"])
     out: dict = {}
@@ -134,6 +137,10 @@ def defaults(rows: list[dict]) -> dict:
     out["edit"] = {"reference": {k: ref[k] for k in ("sampler", "strength", "steps", "edit_passes", *EDIT_RATES)}, "budget_passes": EDIT_BUDGET,
                    "chosen": {k: best[k] for k in ("sampler", "strength", "steps", "edit_passes")},
                    "against_reference": {k: round(best[k] - ref[k], 4) for k in EDIT_RATES if best[k] is not None and ref[k] is not None}}
+    same = [r for r in everything if r["precision"] == "bf16" and (r["sampler"], r["strength"], r["steps"]) == (best["sampler"], best["strength"], best["steps"])]
+    if same:  # the bf16 lever at the chosen setting: its rates and time against fp32's
+        out["edit"]["bf16_against_fp32"] = {**{k: round(same[0][k] - best[k], 4) for k in EDIT_RATES if same[0][k] is not None and best[k] is not None},
+                                            "edit_seconds": [best["edit_seconds"], same[0]["edit_seconds"]]}
     return out
 
 
@@ -178,6 +185,7 @@ def main() -> None:
     ap.add_argument("--samplers", default="ddim,dpmsolver++")
     ap.add_argument("--steps", default="ddim=5,10,20,50,100;dpmsolver++=5,10,20,50", help="step counts per solver (or one list for all)")
     ap.add_argument("--strengths", default="1", help="edit strengths (comma-separated; samples are measured at 1 only)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="denoiser.inference_precision of these rows (defaults are chosen among fp32 rows)")
     ap.add_argument("--per-factor", type=int, default=100, help="edits per factor and kind (the quickstart's 100)")
     ap.add_argument("--samples", type=int, default=200, help="samples from noise per kind (the quickstart's 200)")
     ap.add_argument("--work", default="runs/bench-nfe")
@@ -205,14 +213,15 @@ def main() -> None:
     oracle, acc = get_oracle(run, cfg, data, progress=True)
     import json
 
-    key = lambda r: (r["sampler"], r.get("strength", 1.0), r["steps"])  # noqa: E731
+    key = lambda r: (r["sampler"], r.get("strength", 1.0), r["steps"], r.get("precision", "fp32"))  # noqa: E731
+    model.config.denoiser.inference_precision = a.precision
     rows = json.loads(OUT.read_text())["rows"] if OUT.is_file() else []
     per = dict(part.split("=") for part in a.steps.split(";")) if "=" in a.steps else {}
     for strength in map(float, a.strengths.split(",")):
         for sampler in a.samplers.split(","):
             model.config.denoiser.sampler = sampler
             for steps in map(int, per.get(sampler, a.steps).split(",")):
-                row = {"sampler": sampler, **measure(model, oracle, data, split, cfg, steps, a.per_factor, a.samples, strength)}
+                row = {"sampler": sampler, "precision": a.precision, **measure(model, oracle, data, split, cfg, steps, a.per_factor, a.samples, strength)}
                 row["command"] = "python " + shlex.join(sys.argv)
                 rows = [r for r in rows if key(r) != key(row)] + [row]
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

@@ -178,3 +178,18 @@ def test_partial_inversion_stops_at_the_strength_and_sampling_resumes_there(samp
     assert err < 0.6 * whole_err
     with pytest.raises(ValueError, match="strength"):
         invert(den, x0, None, cfg, 25, strength=0.0)
+
+
+def test_bf16_inference_precision_runs_the_denoiser_in_bf16_and_returns_fp32():
+    """``denoiser.inference_precision = "bf16"``: the passes run under bf16 autocast (results differ
+    from fp32 in the low bits), the chain stays fp32 and close to the fp32 one."""
+    from dataclasses import replace
+
+    den = tiny_denoiser()
+    x, _, cond = batch()
+    full = sample(den, x, cond, CFG, steps=4)
+    half = sample(den, x, cond, replace(CFG, inference_precision="bf16"), steps=4)
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    assert (full - half).abs().max() < 0.05 * full.abs().max()
+    inv = invert(den, x, cond, replace(CFG, inference_precision="bf16"), steps=4)
+    assert inv.dtype == torch.float32 and (inv - invert(den, x, cond, CFG, steps=4)).abs().max() < 0.05 * inv.abs().max()

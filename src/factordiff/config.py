@@ -124,6 +124,11 @@ class DenoiserConfig:
             "trailing" time steps): ``ddim`` (Song et al. 2021) or ``dpmsolver++`` (DPM-Solver++(2M),
             Lu et al. 2022, inverted by its own inverse scheduler). ``benchmarks/nfe.py`` measures
             both against the number of steps.
+        inference_precision: ``fp32`` or ``bf16``: the denoiser's passes in sampling and inversion
+            under bf16 autocast (the weights stay fp32). On the 2-core CPU (it has bf16
+            instructions) edits ran 1.4x faster with held-out rates within 0.01 (``benchmarks/nfe.py``
+            notes in the README); not the default because a CPU without bf16 instructions runs it
+            slower and fp32 is the reference the benchmarks report.
         train_base: train the UNet with the adapter (joint). False: a ``base`` stage first trains
             the UNet alone, unconditionally, on half of the denoiser's time budget (and up to
             ``steps``), then the UNet stays frozen while the adapter trains.
@@ -146,6 +151,7 @@ class DenoiserConfig:
     branch_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     train_base: bool = True
     sampler: Literal["ddim", "dpmsolver++"] = "ddim"
+    inference_precision: Literal["fp32", "bf16"] = "fp32"
     steps: int = 24000
     budget: float = 0.62
     batch_size: int = 64

@@ -13,6 +13,7 @@ more of its source for the same passes (``benchmarks/nfe.py``). ``ddim_sample`` 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -53,6 +54,11 @@ def timesteps(cfg: DenoiserConfig, steps: int, strength: float = 1.0, inverse: b
     return sched, sched.timesteps[total - steps :]
 
 
+def _precision(cfg: DenoiserConfig, x: torch.Tensor):
+    """bf16 autocast around the denoiser's passes when ``cfg.inference_precision`` asks for it."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.inference_precision == "bf16" else nullcontext()
+
+
 def sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0) -> torch.Tensor:
     """From noise ``x_T`` (or, with ``strength`` < 1, from the partly noised x_t that ``invert``
     returns at that strength) to a sample in ``steps`` network evaluations (each guided one batches
@@ -60,8 +66,9 @@ def sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserCon
     sched, ts = timesteps(cfg, steps, strength, device=x_T.device)
     x = x_T
     for t in ts:
-        pred = guided_prediction(denoiser, x, t, cond, guidance) if cond is not None else denoiser(x, t)
-        x = sched.step(pred, t, x).prev_sample
+        with _precision(cfg, x):
+            pred = guided_prediction(denoiser, x, t, cond, guidance) if cond is not None else denoiser(x, t)
+        x = sched.step(pred.float(), t, x).prev_sample
     return x
 
 
@@ -71,8 +78,9 @@ def invert(denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserCon
     sched, ts = timesteps(cfg, steps, strength, inverse=True, device=x_0.device)
     x = x_0
     for t in ts:
-        pred = denoiser(x, t, cond) if cond is not None else denoiser(x, t)
-        x = sched.step(pred, t, x).prev_sample
+        with _precision(cfg, x):
+            pred = denoiser(x, t, cond) if cond is not None else denoiser(x, t)
+        x = sched.step(pred.float(), t, x).prev_sample
     return x
 
 
