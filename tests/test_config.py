@@ -51,3 +51,13 @@ def test_bad_syntax_names_the_file(tmp_path):
     (tmp_path / "c.ini").write_text("")
     with pytest.raises(FactordiffError, match=r"expected a .json, .toml, .yaml or .yml file"):
         load_config(tmp_path / "c.ini")
+
+
+def test_source_defaults_fill_only_unset_fields(tmp_path):
+    """cellsim edits invert to pure noise unless the config says otherwise; other sources keep 0.65."""
+    assert load_config(None, {"data.source": "cellsim"}).evaluate.edit_strength == 1.0
+    assert load_config(None, {"data.source": "cellsim", "evaluate.edit_strength": 0.5}).evaluate.edit_strength == 0.5
+    assert load_config(None, {"data.source": "shapes"}).evaluate.edit_strength == 0.65
+    (tmp_path / "c.json").write_text(json.dumps({"data": {"source": "cellsim"}, "evaluate": {"steps": 7}}))
+    cfg = load_config(tmp_path / "c.json")
+    assert (cfg.evaluate.edit_strength, cfg.evaluate.steps) == (1.0, 7)
