@@ -126,9 +126,9 @@ class DenoiserConfig:
             both against the number of steps.
         inference_precision: ``fp32`` or ``bf16``: the denoiser's passes in sampling and inversion
             under bf16 autocast (the weights stay fp32). On the 2-core CPU (it has bf16
-            instructions) edits ran 1.4x faster with held-out rates within 0.01 (``benchmarks/nfe.py``
-            notes in the README); not the default because a CPU without bf16 instructions runs it
-            slower and fp32 is the reference the benchmarks report.
+            instructions) the quickstart's edits took 54 s against 71 s, held-out rates within
+            0.002 (``benchmarks/nfe.py --precision bf16``); not the default because a CPU without
+            bf16 instructions runs it slower and fp32 is the reference the benchmarks report.
         train_base: train the UNet with the adapter (joint). False: a ``base`` stage first trains
             the UNet alone, unconditionally, on half of the denoiser's time budget (and up to
             ``steps``), then the UNet stays frozen while the adapter trains.
@@ -379,9 +379,11 @@ RETIRED = {("DistillConfig", "pool"): "flatten"}  # flatten+mean: worse held-out
 
 
 # Defaults that depend on the data source, applied where the config does not set the field.
-# cellsim: edits invert to pure noise. Measured on the cellsim benchmark's model (20 steps): a batch
-# swap reached the target batch on 1.00 at strength 1 and 0.68 at 0.65, biology kept 0.01 and 0.03.
-SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"cellsim": {"evaluate": {"edit_strength": 1.0}}}
+# cellsim: edits invert to pure noise (on the cellsim benchmark's model at 20 steps a batch swap
+# reached the target batch on 1.00 at strength 1 and 0.73 at 0.65, biology kept 0.00 at both), and
+# the oracle trains 6,000 steps, not 1,500: it then reads compound on 0.768 of fresh fields, not
+# 0.542 (dose 0.682, not 0.570), so that "biology kept" is judged by something that sees biology.
+SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"cellsim": {"evaluate": {"edit_strength": 1.0, "oracle_steps": 6000}}}
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:

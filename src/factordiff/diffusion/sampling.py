@@ -6,8 +6,8 @@ scheduler); both use "trailing" timestep spacing so the chain reaches t = T - 1 
 two are inverses up to the one-step approximation of inversion. With ``strength`` s < 1 both run
 only the low-noise part of the schedule, between t = 0 and t = s T (SDEdit's strength, as
 diffusers' image-to-image pipelines name it): ``steps`` solver steps over that part, at the step
-size of a whole chain of steps / s steps. An edit that inverts and regenerates at s = 0.5 keeps
-more of its source for the same passes (``benchmarks/nfe.py``). ``ddim_sample`` and
+size of a whole chain of steps / s steps. An edit that inverts and regenerates part-way keeps
+more of its source for the same passes (``EvaluateConfig.edit_strength``, ``benchmarks/nfe.py``). ``ddim_sample`` and
 ``ddim_invert`` are the DDIM case whatever the config says.
 """
 
