@@ -391,7 +391,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     ``RunConfig`` first takes its data source's ``SOURCE_DEFAULTS`` for fields it leaves unset)."""
     if not isinstance(data, dict):
         raise FactordiffError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
-    source = data.get("data", {}).get("source") if cls.__name__ == "RunConfig" and isinstance(data.get("data"), dict) else None
+    source = data["data"].get("source") if cls is RunConfig and isinstance(data.get("data"), dict) else None
     for section, fields in SOURCE_DEFAULTS.get(source, {}).items():
         if isinstance(data.get(section, {}), dict):
             data = {**data, section: {**fields, **data.get(section, {})}}

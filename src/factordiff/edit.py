@@ -58,8 +58,7 @@ def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | Non
         raise FactordiffError("nothing to change: pass --set FACTOR=VALUE or --from REF.png --factor FACTOR")
     from factordiff.diffusion.guidance import Guidance
 
-    x_T = model.invert(image[None], codes, steps, strength)
-    return model.generate(x_T, new, steps, Guidance(factors={k: guidance for k in changed}), strength=strength)[0]
+    return model.regenerate(image[None], codes, new, steps, Guidance(factors={k: guidance for k in changed}), strength)[0]
 
 
 @torch.no_grad()
@@ -76,7 +75,7 @@ def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.
         new = codes.clone()
         for k, b in blocks.items():
             new[:, model.factor_blocks[k]] = b
-        out.append(model.generate(model.invert(x, codes, steps, strength), new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks}), strength=strength))
+        out.append(model.regenerate(x, codes, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks}), strength))
     return np.concatenate(out) if out else images[:0]
 
 

@@ -217,6 +217,15 @@ class FactorModel:
         return to_uint8(self.from_latent(torch.cat(out)))
 
     @torch.no_grad()
+    def regenerate(self, images: np.ndarray, codes: torch.Tensor, new: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0,
+                   x_T: torch.Tensor | None = None) -> np.ndarray:
+        """Invert uint8 ``images`` under ``codes`` to t = ``strength`` T (or start from their ``x_T``
+        of that strength) and generate under ``new``: an edit, or with ``new`` = ``codes`` a
+        reconstruction. Returns uint8 images."""
+        x_T = self.invert(images, codes, steps, strength) if x_T is None else x_T
+        return self.generate(x_T, new, steps, guidance, strength=strength)
+
+    @torch.no_grad()
     def counterfactual(self, images: np.ndarray, factor: int, blocks: torch.Tensor, steps: int = 50, guidance: float = 1.0, x_T: torch.Tensor | None = None, codes: torch.Tensor | None = None,
                        strength: float = 1.0) -> np.ndarray:
         """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
@@ -226,11 +235,10 @@ class FactorModel:
         with guidance weight ``guidance`` on the changed block.
         """
         codes = self.codes(images) if codes is None else codes
-        x_T = self.invert(images, codes, steps, strength) if x_T is None else x_T
         block = self.factor_blocks[factor]
         new = codes.clone()
         new[:, block] = blocks
-        return self.generate(x_T, new, steps, Guidance(factors={block: guidance}), strength=strength)
+        return self.regenerate(images, codes, new, steps, Guidance(factors={block: guidance}), strength, x_T)
 
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:

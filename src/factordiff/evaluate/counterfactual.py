@@ -288,7 +288,7 @@ def run_pair_edits(model: FactorModel, data: FactorDataset, edits: PairEdits, st
     new = codes.clone()
     for col, k in enumerate(edits.factors):
         new[:, model.factor_blocks[k]] = torch.stack([targets.block(k, t[col]) for t in edits.targets])
-    out = model.generate(x_T, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in edits.factors}), strength=strength)
+    out = model.regenerate(src, codes, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in edits.factors}), strength, x_T)
     if bar is not None:
         bar.update(len(src))
     return out
@@ -349,7 +349,7 @@ def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, spli
     rows = np.sort(rng.choice(seen, min(n, len(seen)), replace=False))
     src = data.images[rows]
     codes = model.codes(src)
-    out = model.generate(model.invert(src, codes, steps, strength), codes, steps, strength=strength)
+    out = model.regenerate(src, codes, codes, steps, strength=strength)
     unit = lambda a: a.astype(np.float64) / 255.0  # noqa: E731
     res = {"mse": float(((unit(out) - unit(src)) ** 2).mean()), "images": len(rows)}
     if model.autoencoder is not None:
@@ -387,7 +387,7 @@ def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Sp
 
     composition, x = {}, src
     for i in range(1, max(repeats) + 1):
-        x = model.generate(model.invert(x, codes, steps, strength), codes, steps, strength=strength)
+        x = model.regenerate(x, codes, codes, steps, strength=strength)
         if i in repeats:
             composition[str(i)] = judge(x)
     factor, target = _reversible_targets(model, data, split, truth, rng)

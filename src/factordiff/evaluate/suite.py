@@ -174,7 +174,7 @@ def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, r
     edited = run_edits(model, data, edits, steps, guidance, targets=targets, strength=strength)
     src = data.images[sources]
     codes = model.codes(src)
-    recon = model.generate(model.invert(src, codes, steps, strength), codes, steps, strength=strength)
+    recon = model.regenerate(src, codes, codes, steps, strength=strength)
     k = len(data.spec)
     cells = np.concatenate([src[:, None], recon[:, None], edited.reshape(rows, k, *src.shape[1:])], 1)
     captions = [{"source": data.spec.values_of(data.factors[s]), "targets": {data.spec.factors[j].name: data.spec.factors[j].values[edits.target[i * k + j]] for j in range(k)}} for i, s in enumerate(sources)]
