@@ -1,7 +1,7 @@
 """Cell Painting images on cellsim: fit, evaluate and regenerate in a stated budget, every figure
 beside its null; into ``benchmarks/results/cells.json``.
 
-    python benchmarks/cells.py [--size 32] [--minutes 15] [--n 12000]
+    python benchmarks/cells.py [--size 32] [--minutes 20] [--n 12000] [--set FIELD=VALUE ...]
 
 Held out of every learning stage: three compound x batch combinations (nocodazole in batch_2,
 colchicine in batch_3, rotenone in batch_4) and two compounds entirely (caffeine, camptothecin).
@@ -9,8 +9,10 @@ The run is ``factordiff fit --data cellsim`` with those ``--holdout-where`` cond
 ``factordiff evaluate`` (batch swap, per-channel Frechet, unseen compound by SMILES, mAP) and one
 ``factordiff regenerate`` into a held-out combination, each timed.
 
-``--evaluate-only`` keeps the fitted run in ``--out`` (and the fit's minutes from the results
-file), gives it the current evaluation settings of a cellsim run (its config's ``evaluate``
+``--fit-only`` fits into ``--out`` and stops (its minutes and command go to ``--out/bench_fit.json``);
+``--set`` passes config overrides to the fit (the configurations compared in docs/design.md).
+``--evaluate-only`` keeps the fitted run in ``--out`` (and the fit's minutes from
+``bench_fit.json``, else from the results file), gives it the current evaluation settings of a cellsim run (its config's ``evaluate``
 section), retrains its oracle, and evaluates and regenerates again.
 
 ``--strengths 1,0.65,0.4 --steps 20`` instead re-evaluates the cell figures of the run already in
@@ -39,26 +41,44 @@ from factordiff.report import build_report
 
 RESULTS = Path(__file__).parent / "results" / "cells.json"
 HOLDOUT = ["compound=nocodazole,batch=batch_2", "compound=colchicine,batch=batch_3", "compound=rotenone,batch=batch_4", "compound=caffeine", "compound=camptothecin"]
+FIT_RECORD = "bench_fit.json"  # in the run folder: the fit's minutes and command, for --evaluate-only
+
+
+def overrides(pairs: list[str]) -> dict:
+    """``--set FIELD=VALUE`` pairs as config overrides; a value that parses as JSON (a number, a list,
+    true/false) is taken as such."""
+    import json
+
+    out = {}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--minutes", type=float, default=15.0, help="fit budget (all stages)")
+    ap.add_argument("--minutes", type=float, default=20.0, help="fit budget (all stages)")
     ap.add_argument("--n", type=int, default=12000, help="fields rendered")
     ap.add_argument("--out", default="runs/bench-cells")
     ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the run in --out with today's evaluation settings (no fit)")
     ap.add_argument("--strengths", help="re-evaluate the run in --out at these edit strengths (comma-separated) and stop")
     ap.add_argument("--steps", type=int, default=20, help="with --strengths: solver steps of each edit")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config override of the fit (repeatable), e.g. autoencoder.enabled=false")
+    ap.add_argument("--fit-only", action="store_true", help="fit into --out and stop (evaluate later with --evaluate-only)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(a.out)
     if a.strengths:
         return probe_strengths(out, [float(x) for x in a.strengths.split(",")], a.steps)
     cfg = load_config(None, {"data.source": "cellsim", "data.size": a.size, "data.n": a.n, "split.kind": "none", "split.where": HOLDOUT,
-                             "train.minutes": a.minutes, "train.threads": 2})
+                             "train.minutes": a.minutes, "train.threads": 2, **overrides(a.set)})
     command = shlex.join(["factordiff", "fit", "--data", "cellsim", "--size", str(a.size), "--minutes", f"{a.minutes:g}", *sum((["--holdout-where", w] for w in HOLDOUT), []),
-                          "--out", str(out)])
+                          *sum((["--set", kv] for kv in a.set), []), "--out", str(out)])
     if a.evaluate_only:
         import dataclasses
         import json
@@ -68,13 +88,16 @@ def main() -> None:
         atomic_write_json(out / "run_config.json", saved)
         shutil.rmtree(out / "oracle", ignore_errors=True)
         shutil.rmtree(out / "regenerated-batch2", ignore_errors=True)
-        previous = json.loads(RESULTS.read_text())
+        previous = json.loads((out / FIT_RECORD).read_text()) if (out / FIT_RECORD).exists() else json.loads(RESULTS.read_text())
         fit_min, command = previous["minutes"]["fit"], previous["fit_command"]
     else:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.monotonic()
         fit(cfg, out, progress=True)
         fit_min = (time.monotonic() - t0) / 60
+        atomic_write_json(out / FIT_RECORD, {"minutes": {"fit": round(fit_min, 1)}, "fit_command": command})
+        if a.fit_only:
+            return
     t0 = time.monotonic()
     m = evaluate_run(out, progress=True)
     build_report(out)

@@ -36,10 +36,14 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
     m = evaluate_run(cell_run, progress=False, per_factor=4)
     b = m["batch_swap"]
     assert b["combinations"] == ["nocodazole x batch_2"] and b["edits"] > 0
-    for key in ("target_batch_rate", "biology_kept_rate"):
+    for key in ("target_batch_rate", "biology_kept_rate", "compound_kept_rate"):
         assert 0 <= b[key] <= 1 and 0 <= b["copy_source"][key] <= 1
+    assert "autoencoder_roundtrip" not in b  # cellsim runs diffuse in pixel space (config.SOURCE_DEFAULTS)
     assert set(m["frechet"]) == {"all", *CHANNELS} and all(np.isfinite(v) for v in m["frechet"].values())
-    assert m["unseen_compound"]["by_compound"][0]["compound"] == "caffeine" and 0 <= m["unseen_compound"]["closer_than_control"] <= 1
+    u = m["unseen_compound"]
+    assert u["by_compound"][0]["compound"] == "caffeine" and 0 <= u["closer_than_control"] <= 1 and u["dose"] == "10.0"
+    assert u["by_compound"][0]["nearest_compound"] in ("theobromine", "theophylline") and 0 <= u["nearest_compound"] <= 1
+    assert u["structure_ceiling"]["caffeine"]["closer_than_control"]
     assert set(m["map"]) == {"real", "generated", "copy_control"}
     saved = json.loads((cell_run / "metrics.json").read_text())
     assert "batch_swap" in saved and (cell_run / "figures" / "samples.png").is_file()
@@ -66,3 +70,17 @@ def test_regenerate_images_into_a_held_out_combination_and_an_unseen_smiles(cell
     assert "not a valid molecule" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["regenerate", str(cell_run), "--where", "compound=DMSO", "--set", "batch=batch_9", "--out", str(tmp_path / "bad")]) == 2
     assert main(["regenerate", str(cell_run), "--set", "batch=batch_2", "--out", str(out)]) == 2  # an existing folder is never overwritten
+
+
+def test_autoencoder_roundtrip(tiny_run):
+    from factordiff.evaluate.cells import autoencoder_roundtrip
+    from factordiff.evaluate.suite import load_run
+    from factordiff.fit import prepare_data
+
+    cfg, model = load_run(tiny_run)
+    images = prepare_data(cfg)[0].images[:6]
+    trip = autoencoder_roundtrip(model, images)
+    assert trip.shape == images.shape and trip.dtype == np.uint8 and not np.array_equal(trip, images)
+    model.autoencoder = None
+    assert autoencoder_roundtrip(model, images) is None
+

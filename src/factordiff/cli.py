@@ -33,7 +33,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "split.kind": args.holdout, "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
         "split.where": args.holdout_where, "train.minutes": args.minutes, "train.seed": args.seed,
         "profiles.normalize": args.normalize, "profiles.controls": args.controls, "profiles.moa": args.moa,
-        "profiles.max_missing": args.max_missing, "profiles.roles": _csv_list(args.roles) if args.roles else None,
+        "profiles.max_missing": args.max_missing, "profiles.perturbation_embedding": args.perturbation_embedding, "profiles.smiles": args.smiles, "profiles.roles": _csv_list(args.roles) if args.roles else None,
         "denoiser.adapter": args.adapter, "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base),
     }
     over = {k: v for k, v in pairs.items() if v is not None}
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=["none", "plate", "controls"], help="profiles: per-plate robust z-score to the plate's training rows or controls (default none)")
     p.add_argument("--controls", metavar="F=V", help="profiles: the control condition, e.g. Metadata_Compound=DMSO")
     p.add_argument("--moa", metavar="COLUMN", help="profiles: the mechanism-of-action column (unseen-perturbation retrieval)")
+    p.add_argument("--perturbation-embedding", metavar="KIND", help="profiles: onehot (default) | morgan | table:PATH, how the perturbation (the --controls factor) is coded")
+    p.add_argument("--smiles", metavar="COLUMN", help="profiles: metadata column with each row's SMILES (for --perturbation-embedding morgan)")
     p.add_argument("--max-missing", type=float, help="profiles: drop feature columns with a larger share of missing values (default 0.05)")
     p.add_argument("--roles", metavar="F=ROLE,...", help="profiles: biological or technical per factor (default from the name: batch, plate, well, ... are technical)")
     p.add_argument("--size", type=_positive_int, help="image size the models work at")

@@ -88,24 +88,21 @@ def channel_names(model: FactorModel) -> tuple[str, ...]:
 
 
 def compound_code(model: FactorModel, k: int, smiles: str, library: dict[str, str]) -> torch.Tensor:
-    """A code block for a compound no training image had, from its structure: kernel ridge regression
-    (Tanimoto kernel on Morgan fingerprints) of the training compounds' prototype blocks on their
-    fingerprints, the control's prototype as the intercept. Only prototypes (training images) are used."""
-    from factordiff.data.cellsim import CONTROL, morgan
+    """A code block for a compound no training image had, from its structure: the Morgan
+    ``CodeRegression`` (Tanimoto kernel ridge offset from the control's prototype, or a
+    Tanimoto-weighted mean, whichever has the lower leave-one-out error) of the training compounds'
+    prototype blocks on their fingerprints. Only prototypes (training images) are used."""
+    from factordiff.data.cellsim import CONTROL
+    from factordiff.encoders.perturbation import CodeRegression, perturbation_features
 
     f = model.spec.factors[k]
     known = [v for v in range(f.size) if model.has_prototype(k, v) and str(f.values[v]) in library and str(f.values[v]) != CONTROL]
-    if len(known) < 2:
-        raise FactordiffError(f"--set {f.name}={smiles}: fewer than two training compounds with structures to learn codes from")
-    fps = morgan([library[str(f.values[v])] for v in known] + [smiles]).astype(np.float64)
-    inter = fps @ fps.T
-    norms = np.diag(inter)
-    tanimoto = inter / (norms[:, None] + norms[None] - inter)
-    control = model.prototype(k, f.index(CONTROL)).double().numpy() if CONTROL in map(str, f.values) and model.has_prototype(k, f.index(CONTROL)) else 0.0
-    y = torch.stack([model.prototype(k, v) for v in known]).double().numpy() - control
-    kk = tanimoto[:-1, :-1]
-    alpha = np.linalg.solve(kk + 0.1 * np.eye(len(known)), y)
-    return torch.from_numpy(tanimoto[-1, :-1] @ alpha + control).float()
+    if len(known) < 3:
+        raise FactordiffError(f"--set {f.name}={smiles}: fewer than three training compounds with structures to learn codes from")
+    fps = perturbation_features("morgan", [library[str(f.values[v])] for v in known] + [smiles], set())
+    control = model.prototype(k, f.index(CONTROL)).numpy() if CONTROL in map(str, f.values) and model.has_prototype(k, f.index(CONTROL)) else None
+    regression = CodeRegression("morgan", fps[:-1], torch.stack([model.prototype(k, v) for v in known]).numpy(), control)
+    return torch.from_numpy(regression.predict(fps[-1:])[0]).float()
 
 
 @torch.no_grad()

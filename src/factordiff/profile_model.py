@@ -31,6 +31,7 @@ from factordiff.diffusion.mlp import MLPDenoiser
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.diffusion.sampling import invert, sample
 from factordiff.encoders.metadata import MetadataEmbedder, fit_additive, one_hot, present, seen_values
+from factordiff.encoders.perturbation import PerturbationEmbedder
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs, short_name
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
@@ -86,6 +87,38 @@ def control_rows(table: ProfileTable, controls: str | None) -> np.ndarray | None
     return mask
 
 
+def perturbation_factor(cfg: RunConfig, spec: FactorSpec) -> tuple[int, str]:
+    """The perturbation factor (the column that ``profiles.controls`` names) and its control value."""
+    name, value = parse_pairs(cfg.profiles.controls, "profiles.controls")[0]
+    names = {n: k for k, n in enumerate(spec.names)} | {short_name(n): k for k, n in enumerate(spec.names)}
+    k = names.get(name, names.get(short_name(name)))
+    if k is None:
+        raise FactordiffError(f"profiles.controls: {name!r} is not a factor; the perturbation embedding codes a factor (factors: {', '.join(spec.names)})")
+    return k, str(value)
+
+
+def perturbation_table(cfg: RunConfig, table: ProfileTable) -> np.ndarray:
+    """Features of the perturbation factor's values for ``profiles.perturbation_embedding``: Morgan
+    fingerprints of each value's SMILES (from the ``profiles.smiles`` column, or the value itself),
+    or rows of a user's embedding table. Controls get zeros (their code is learned on its own)."""
+    from factordiff.encoders.perturbation import perturbation_features
+
+    p = cfg.profiles
+    k, control = perturbation_factor(cfg, table.spec)
+    values = [str(v) for v in table.spec.factors[k].values]
+    smiles = None
+    if p.perturbation_embedding == "morgan" and p.smiles:
+        column = np.asarray(table.metadata[metadata_column(table, p.smiles, "profiles.smiles")]).astype(str)
+        smiles = {}
+        for v, name in enumerate(values):
+            found = sorted(set(column[table.factors[:, k] == v]) - {"", "nan", "None"})
+            if name != control and len(found) != 1:
+                raise FactordiffError(f"profiles.smiles: {table.spec.factors[k].name}={name} has {len(found) or 'no'} SMILES in column {p.smiles!r}; expected one")
+            if found:
+                smiles[name] = found[0]
+    return perturbation_features(p.perturbation_embedding, values, {control}, smiles, p.fingerprint_bits)
+
+
 def metadata_column(table: ProfileTable, name: str, where: str) -> str:
     """A metadata column by name, also without its ``Metadata_`` prefix and in any case."""
     if name in table.metadata:
@@ -120,9 +153,17 @@ class ProfileModel:
             m.eval().requires_grad_(False)
 
     @classmethod
-    def build(cls, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean=None, std=None, seen=None, additive=None) -> "ProfileModel":
+    def build(cls, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean=None, std=None, seen=None, additive=None,
+              perturbation: np.ndarray | None = None) -> "ProfileModel":
+        """``perturbation``: the features of the perturbation factor's values (``profiles.perturbation_embedding``
+        other than onehot), from ``perturbation_table``."""
         p, f = config.profiles, len(feature_names)
-        embedder = MetadataEmbedder(spec, p.code_dims)
+        pert = None
+        if perturbation is not None:
+            k, control = perturbation_factor(config, spec)
+            is_control = np.asarray([str(v) == control for v in spec.factors[k].values])
+            pert = (k, PerturbationEmbedder(perturbation, is_control, p.code_dims))
+        embedder = MetadataEmbedder(spec, p.code_dims, perturbation=pert)
         adapter = TimeEmbeddingAdapter(len(spec), p.code_dims, p.width, config.denoiser.adapter_hidden)
         denoiser = MLPDenoiser(f, p.width, p.depth, adapter)
         mean = torch.zeros(f) if mean is None else mean
@@ -216,7 +257,10 @@ class ProfileModel:
         additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None
         if (additive is None) != (config.profiles.residual == "none"):
             raise FactordiffError(f"{folder / 'profile_model.safetensors'}: the additive model's weights do not match profiles.residual = {config.profiles.residual!r}")
-        model = cls.build(config, spec, names, t["mean"], t["std"], seen, additive)
+        features = t.get("embedder.perturbation.features")
+        if (features is None) != (config.profiles.perturbation_embedding == "onehot"):
+            raise FactordiffError(f"{folder / 'profile_model.safetensors'}: the perturbation embedder's features do not match profiles.perturbation_embedding = {config.profiles.perturbation_embedding!r}")
+        model = cls.build(config, spec, names, t["mean"], t["std"], seen, additive, None if features is None else features.numpy())
         for name, m in (("embedder", model.embedder), ("denoiser", model.denoiser)):
             state = {k[len(name) + 1:]: v for k, v in t.items() if k.startswith(name + ".")}
             try:
@@ -240,6 +284,7 @@ def fit_profiles(cfg: RunConfig, out: Path, resume: bool = False, progress: bool
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or prepare_profiles(cfg)
+    perturbation = perturbation_table(cfg, data.table) if cfg.profiles.perturbation_embedding != "onehot" else None  # bad input stops before the folder
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         cfg.save(run / "run_config.json")
@@ -252,7 +297,10 @@ def fit_profiles(cfg: RunConfig, out: Path, resume: bool = False, progress: bool
     p = cfg.profiles
     ftrain = data.table.factors[data.train]
     additive = fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy()) if p.residual == "ridge" else None
-    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen_values(spec, ftrain), additive)
+    seen = seen_values(spec, ftrain)
+    if perturbation is not None:
+        seen[perturbation_factor(cfg, spec)[0]][:] = True  # every value has features, so a code
+    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen, additive, perturbation)
     model.embedder.train().requires_grad_(True)
     model.denoiser.train().requires_grad_(True)
     step = DiffusionStep(model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder)

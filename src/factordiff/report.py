@@ -128,21 +128,30 @@ def _cells_section(c: dict) -> str:
     if b:
         parts.append("<p class=note>Training images of a compound regenerated into a batch that compound was never seen in ("
                      + html.escape(", ".join(b["combinations"])) + f"; {b['edits']} edits). <i>Target batch</i>: share the oracle reads as the target batch; "
-                     "<i>biology kept</i>: share whose compound, dose and cell line it still reads as the source's. Distances to the real held-out images "
+                     "<i>biology kept</i>: share whose compound, dose and cell line it still reads as the source's; <i>compound kept</i>: the compound alone. "
+                     "<i>Autoencoder round trip</i>: the sources through the latent autoencoder alone, the most an edit can keep. Distances to the real held-out images "
                      "over the oracle's features (per channel: the other channels replaced by their mean).</p>"
-                     "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>Frechet, all channels</th><th>KID</th>"
+                     "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>compound kept</th><th>Frechet, all channels</th><th>KID</th>"
                      + "".join(f"<th>Frechet {html.escape(k)}</th>" for k in b["frechet"] if k != "all") + "</tr>")
-        for name, rates, dist in (("model", b, b), ("copy the source", b["copy_source"], b["copy_source_distances"])):
-            parts.append(f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td><td>{_fmt(rates['biology_kept_rate'])}</td>"
-                         f"<td>{_fmt(dist['frechet']['all'])}</td><td>{_fmt(dist['kernel']['all'])}</td>"
-                         + "".join(f"<td>{_fmt(v)}</td>" for k, v in dist["frechet"].items() if k != "all") + "</tr>")
+        rows = [("model", b, b), ("copy the source", b["copy_source"], b["copy_source_distances"])]
+        rows += [("autoencoder round trip", b["autoencoder_roundtrip"], None)] if "autoencoder_roundtrip" in b else []
+        for name, rates, dist in rows:
+            parts.append(f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td><td>{_fmt(rates['biology_kept_rate'])}</td><td>{_fmt(rates.get('compound_kept_rate'))}</td>"
+                         + (f"<td>{_fmt(dist['frechet']['all'])}</td><td>{_fmt(dist['kernel']['all'])}</td>"
+                            + "".join(f"<td>{_fmt(v)}</td>" for k, v in dist["frechet"].items() if k != "all") if dist else "") + "</tr>")
         parts.append("</table>")
     u = c.get("unseen_compound")
     if u:
-        parts.append("<p class=note>Compounds no training image had, generated from same-batch controls with codes from their structure: share of images "
-                     "closer (oracle features) to the real compound's mean than to the controls'.</p><table><tr><th>compound</th><th>model</th><th>copy the control</th></tr>"
-                     + "".join(f"<tr><td>{html.escape(r['compound'])}</td><td>{_fmt(r['closer_than_control'])}</td><td>{_fmt(r['copy_control_closer'])}</td></tr>" for r in u["by_compound"])
-                     + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td><td>{_fmt(u['copy_control'])}</td></tr></table>")
+        ceiling = u.get("structure_ceiling", {})
+        parts.append(f"<p class=note>Compounds no training image had, generated at {html.escape(str(u.get('dose')))} from same-batch controls with codes from their "
+                     "structure: share of images closer (oracle features) to the real compound's mean at that dose than to the controls'. Beside it: the controls "
+                     "themselves, real images of the nearest training compound by structure, and (cellsim) whether the true effects of the training compounds "
+                     "predict this one's from structure at all (the cosine of that prediction with the truth).</p><table><tr><th>compound</th><th>model</th>"
+                     "<th>copy the control</th><th>nearest training compound</th><th>structure ceiling (cosine)</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(r['compound'])}</td><td>{_fmt(r['closer_than_control'])}</td><td>{_fmt(r['copy_control_closer'])}</td>"
+                               f"<td>{html.escape(r['nearest_compound'])}: {_fmt(r['nearest_compound_closer'])}</td><td>{_fmt(ceiling.get(r['compound'], {}).get('cosine'))}</td></tr>"
+                               for r in u["by_compound"])
+                     + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td><td>{_fmt(u['copy_control'])}</td><td>{_fmt(u['nearest_compound'])}</td><td></td></tr></table>")
     mp = c.get("map")
     if mp:
         parts.append("<p class=note>Compound retrieval against controls (copairs mAP over oracle features): real treated images, controls regenerated into "

@@ -5,9 +5,14 @@ code block of a factor is a learned function of its value, trained with the deno
 - an ordinal factor's block is a small MLP of the value's position on the factor's axis, so a
   dose that no training row had still has a code (interpolated between its neighbours).
 
-Values that no training row had are never looked up for a categorical factor: ``seen`` marks the
-values the training rows cover, and ``present`` (below) makes such a factor absent (its learned
-null) instead of reading an untrained embedding row.
+- a perturbation factor can instead take a ``PerturbationEmbedder`` (an MLP of each value's
+  Morgan fingerprint or table embedding, controls their own code), so a value no training row had
+  still has a code from its features.
+
+Values that no training row had are never looked up in a categorical factor's table: ``seen``
+marks the values the training rows cover, and ``present`` (below) makes such a factor absent (its
+learned null) instead of reading an untrained embedding row; a perturbation factor with features
+counts every value as seen.
 """
 
 from __future__ import annotations
@@ -36,13 +41,18 @@ class MetadataEmbedder(nn.Module):
         spec: the factors (sizes and kinds).
         code_dims: D.
         hidden: width of the ordinal factors' position MLPs.
+        perturbation: a factor's index and the ``PerturbationEmbedder`` that codes it instead of a table.
     """
 
-    def __init__(self, spec: FactorSpec, code_dims: int, hidden: int = 64):
+    def __init__(self, spec: FactorSpec, code_dims: int, hidden: int = 64, perturbation: tuple[int, nn.Module] | None = None):
         super().__init__()
         self.code_dims = code_dims
         self.ordinal = [f.kind == "ordinal" for f in spec.factors]
         self.tables = nn.ModuleList(nn.Embedding(f.size, code_dims) if not o else nn.Identity() for f, o in zip(spec.factors, self.ordinal))
+        self.perturbation_factor = None
+        if perturbation is not None:
+            self.perturbation_factor, self.perturbation = perturbation
+            self.tables[self.perturbation_factor] = nn.Identity()
         self.curves = nn.ModuleList(nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, code_dims)) if o else nn.Identity() for o in self.ordinal)
         for k, pos in enumerate(axis_positions(spec)):
             self.register_buffer(f"pos{k}", pos, persistent=False)
@@ -51,7 +61,9 @@ class MetadataEmbedder(nn.Module):
         blocks = []
         for k, o in enumerate(self.ordinal):
             idx = factors[:, k]
-            if o:
+            if k == self.perturbation_factor:
+                blocks.append(self.perturbation(idx))
+            elif o:
                 blocks.append(self.curves[k](getattr(self, f"pos{k}")[idx][:, None]))
             else:
                 blocks.append(self.tables[k](idx))

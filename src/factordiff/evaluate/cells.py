@@ -1,19 +1,26 @@
 """Cell Painting figures of an image run whose factors include ``compound`` and ``batch`` (cellsim,
 or a table with those factors), each beside the copy-the-source (or copy-the-control) null:
 
-- ``batch_swap``: training images of a compound regenerated into a batch that compound was never
-  seen in (the held-out compound x batch combinations), with the batch's plate and source set to
-  one of that batch's (plates nest in batches, batches in sources). ``target_batch_rate``: share the
+- ``batch_swap``: training images of a compound at the top dose (where compounds are visible: at
+  0.1 uM cellsim's barely change a cell) regenerated into a batch that compound was never seen in
+  (the held-out compound x batch combinations), with the batch's plate and source set to one of
+  that batch's (plates nest in batches, batches in sources). ``target_batch_rate``: share the
   oracle reads as the target batch; ``biology_kept_rate``: share whose compound, dose and cell line
-  the oracle still reads as the source's (the source's ground truth);
+  the oracle still reads as the source's (the source's ground truth); ``compound_kept_rate``: the
+  same for the compound alone. Beside them: copy the source,
+  and ``autoencoder_roundtrip``, the sources through the latent autoencoder alone (no diffusion),
+  the most that any edit of a latent model can keep;
 - ``frechet.<channel>`` and ``frechet.all``, ``kernel.all``: Frechet and kernel (KID) distances
   between the regenerated images and the real held-out images of the same combinations, over the
   oracle's features (an encoder trained in factordiff on the assay); a channel's distance reads
   images in which every other channel is replaced by its mean over the real images;
 - ``unseen_compound``: a compound no training image has, generated from same-batch control images
-  with its code from its structure (``edit.compound_code``); ``closer_than_control``: share of the
-  generated images whose features are closer to the real compound's mean than to the controls'
-  (the null: the control images themselves);
+  with its code from its structure (``edit.compound_code``) at the top dose (where the assay's
+  compounds are told apart); ``closer_than_control``: share of the generated images whose features
+  are closer to the mean of the real compound's images at that dose than to the controls' mean.
+  Nulls: the control images themselves (``copy_control``) and real images of the nearest training
+  compound by Tanimoto similarity (``nearest_compound``); on cellsim, ``structure_ceiling``: how
+  well the true effects of the training compounds predict the unseen one's from structure;
 - ``map``: copairs mAP of compound retrieval against controls, over oracle features, for real
   treated images, for controls regenerated into each of those compounds, and for the controls
   themselves (``copy_control``).
@@ -27,7 +34,7 @@ import torch
 from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split
 from factordiff.edit import compound_code, edit_blocks
-from factordiff.model import FactorModel, to_unit
+from factordiff.model import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
 
 CONTROL = "DMSO"
@@ -67,6 +74,13 @@ def _distances(oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str
     return {"frechet": out, "kernel": {"all": out_k}}
 
 
+@torch.no_grad()
+def autoencoder_roundtrip(model: FactorModel, images: np.ndarray) -> np.ndarray | None:
+    """uint8 images through the latent autoencoder and back (None in pixel space): the most that an
+    edit of a latent model can keep of them."""
+    return None if model.autoencoder is None else to_uint8(model.from_latent(model.latents(images)))
+
+
 def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float, strength: float = 1.0) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets."""
@@ -101,9 +115,10 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
     combos = [(c, b) for c, b in combos if (train & (f[:, kc] == c)).any() and (train & (f[:, kb] == b)).any()]
     if combos:
         src, target_rows, truth = [], [], []
+        at_top = (f[:, pos["dose"]] == f[:, pos["dose"]].max()) if "dose" in pos else np.ones(len(f), bool)
         for c, b in combos:
-            pool = np.flatnonzero(train & (f[:, kc] == c) & (f[:, kb] != b))
-            real = np.flatnonzero(held & (f[:, kc] == c) & (f[:, kb] == b))
+            pool = np.flatnonzero(train & at_top & (f[:, kc] == c) & (f[:, kb] != b))
+            real = np.flatnonzero(held & at_top & (f[:, kc] == c) & (f[:, kb] == b))
             if not len(pool) or not len(real):
                 continue
             truth.extend(real)
@@ -111,16 +126,19 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 r = rng.choice(real)
                 src.append(s)
                 target_rows.append(r)
-        src, target_rows = np.asarray(src), np.asarray(target_rows)
+        src, target_rows = np.asarray(src, int), np.asarray(target_rows, int)
+    if combos and len(src):
         technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
         generated = _regenerate_into(model, data, src, target_rows, technical, steps, guidance, strength)
         pred, pred_copy = oracle.predict(generated), oracle.predict(data.images[src])
+        trip = autoencoder_roundtrip(model, data.images[src])
+        roundtrip = None if trip is None else oracle.predict(trip)
         want_b = f[target_rows, kb]
         kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
-        real_imgs = data.images[np.asarray(truth)]  # every real image of the held-out combinations
+        rates = lambda p: {"target_batch_rate": float((p[:, kb] == want_b).mean()), "biology_kept_rate": kept(p), "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())}
+        real_imgs = data.images[np.asarray(truth)]  # every real image of the held-out combinations at the top dose
         out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos],
-                             "target_batch_rate": float((pred[:, kb] == want_b).mean()), "biology_kept_rate": kept(pred),
-                             "copy_source": {"target_batch_rate": float((pred_copy[:, kb] == want_b).mean()), "biology_kept_rate": kept(pred_copy)},
+                             **rates(pred), "copy_source": rates(pred_copy), **({"autoencoder_roundtrip": rates(roundtrip)} if roundtrip is not None else {}),
                              **_distances(oracle, generated, real_imgs, channels, fill),
                              "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill)}
         out["frechet"] = out["batch_swap"]["frechet"]
@@ -130,29 +148,49 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
     unseen = [c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()]
     if unseen and library and CONTROL in compounds:
 
+        from factordiff.encoders.perturbation import perturbation_features, tanimoto
+
         ctrl = compounds.index(CONTROL)
-        res = []
+        known = [c for c in range(len(compounds)) if c != ctrl and c not in unseen and (train & (f[:, kc] == c)).any() and compounds[c] in library]
+        fps_known = perturbation_features("morgan", [library[compounds[c]] for c in known], set())
         feats_ctrl = oracle_features(oracle, data.images[np.flatnonzero(f[:, kc] == ctrl)[:500]]).mean(0)
-        gen_all, null_all = [], []
+        kd = pos.get("dose")
+        top = int(np.max(f[:, kd])) if kd is not None else None
+        res, hits = [], {"generated": [], "copy_control": [], "nearest_compound": []}
         for c in unseen:
-            real = np.flatnonzero(f[:, kc] == c)
+            real = np.flatnonzero((f[:, kc] == c) & ((f[:, kd] == top) if kd is not None else True))
+            if not len(real) or not known:
+                continue
             pool = np.flatnonzero(train & (f[:, kc] == ctrl))
             chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
             sources = np.asarray([rng.choice(pool[f[pool, kb] == f[r, kb]]) if (f[pool, kb] == f[r, kb]).any() else rng.choice(pool) for r in chosen])
-            blocks = {kc: compound_code(model, kc, library[compounds[c]], library)}
-            if "dose" in pos:
-                blocks[pos["dose"]] = model.prototype(pos["dose"], int(f[chosen[0], pos["dose"]]))
-            gen = edit_blocks(model, data.images[sources], blocks, steps, guidance, strength)
+            blocks = {kc: compound_code(model, kc, library[compounds[c]], library), **({kd: model.prototype(kd, top)} if kd is not None else {})}
+            # the nearest training compound by structure, its real images at the same dose (and batch)
+            nearest = known[int(np.argmax(tanimoto(perturbation_features("morgan", [library[compounds[c]]], set()), fps_known)[0]))]
+            near_pool = np.flatnonzero(train & (f[:, kc] == nearest) & ((f[:, kd] == top) if kd is not None else True))
+            near_pool = near_pool if len(near_pool) else np.flatnonzero(train & (f[:, kc] == nearest))
+            near = np.asarray([rng.choice(near_pool[f[near_pool, kb] == f[r, kb]]) if (f[near_pool, kb] == f[r, kb]).any() else rng.choice(near_pool) for r in chosen])
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
 
             def closer(x: np.ndarray) -> np.ndarray:
                 feats = oracle_features(oracle, x)
                 return np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - feats_ctrl, axis=1)
-            res.append({"compound": compounds[c], "images": int(len(gen)), "closer_than_control": float(closer(gen).mean()),
-                        "copy_control_closer": float(closer(data.images[sources]).mean())})
-            gen_all.append(closer(gen)), null_all.append(closer(data.images[sources]))
-        out["unseen_compound"] = {"closer_than_control": float(np.concatenate(gen_all).mean()), "copy_control": float(np.concatenate(null_all).mean()),
-                                  "by_compound": res}
+            row = {"generated": closer(edit_blocks(model, data.images[sources], blocks, steps, guidance, strength)),
+                   "copy_control": closer(data.images[sources]), "nearest_compound": closer(data.images[near])}
+            for k, v in row.items():
+                hits[k].append(v)
+            res.append({"compound": compounds[c], "images": int(len(chosen)), "closer_than_control": float(row["generated"].mean()),
+                        "copy_control_closer": float(row["copy_control"].mean()), "nearest_compound": compounds[nearest],
+                        "nearest_compound_closer": float(row["nearest_compound"].mean())})
+        if res:
+            out["unseen_compound"] = {"dose": str(spec.factors[kd].values[top]) if kd is not None else None,
+                                      "closer_than_control": float(np.concatenate(hits["generated"]).mean()),
+                                      "copy_control": float(np.concatenate(hits["copy_control"]).mean()),
+                                      "nearest_compound": float(np.concatenate(hits["nearest_compound"]).mean()), "by_compound": res}
+            from factordiff.data.cellsim import COMPOUNDS, structure_ceiling
+
+            if library is COMPOUNDS:  # cellsim's ground truth: how far structure alone can go
+                out["unseen_compound"]["structure_ceiling"] = structure_ceiling([compounds[c] for c in unseen], [compounds[c] for c in known])
 
     # compound retrieval (mAP) against controls
     if CONTROL in compounds:
@@ -163,7 +201,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         treated = rng.choice(treated, min(len(treated), 2 * n), replace=False)
         pool = np.flatnonzero(train & (f[:, kc] == ctrl))
         sources = np.asarray([rng.choice(pool[f[pool, kb] == f[r, kb]]) if (f[pool, kb] == f[r, kb]).any() else rng.choice(pool) for r in treated])
-        generated = _regenerate_into(model, data, sources, treated, biology, steps, guidance)
+        generated = _regenerate_into(model, data, sources, treated, biology, steps, guidance, strength)
         controls = rng.choice(pool, min(len(pool), n), replace=False)
         meta = {"Metadata_compound": np.r_[f[treated, kc], f[controls, kc]].astype(str), "Metadata_plate": np.r_[f[treated, pos.get("plate", kb)], f[controls, pos.get("plate", kb)]].astype(str)}
         is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(controls), bool)]
