@@ -90,11 +90,10 @@ def control_rows(table: ProfileTable, controls: str | None) -> np.ndarray | None
 def perturbation_factor(cfg: RunConfig, spec: FactorSpec) -> tuple[int, str]:
     """The perturbation factor (the column that ``profiles.controls`` names) and its control value."""
     name, value = parse_pairs(cfg.profiles.controls, "profiles.controls")[0]
-    names = {n: k for k, n in enumerate(spec.names)} | {short_name(n): k for k, n in enumerate(spec.names)}
-    k = names.get(name, names.get(short_name(name)))
-    if k is None:
-        raise FactordiffError(f"profiles.controls: {name!r} is not a factor; the perturbation embedding codes a factor (factors: {', '.join(spec.names)})")
-    return k, str(value)
+    try:
+        return spec.resolve(name), str(value)
+    except FactordiffError as e:
+        raise FactordiffError(f"profiles.controls: the perturbation embedding codes a factor: {e}") from None
 
 
 def perturbation_table(cfg: RunConfig, table: ProfileTable) -> np.ndarray:

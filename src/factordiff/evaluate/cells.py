@@ -81,6 +81,12 @@ def autoencoder_roundtrip(model: FactorModel, images: np.ndarray) -> np.ndarray 
     return None if model.autoencoder is None else to_uint8(model.from_latent(model.latents(images)))
 
 
+def _same_batch(rng: np.random.Generator, pool: np.ndarray, rows: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """For each of ``rows``, a random row of ``pool`` in the same batch (any row of ``pool`` where
+    the batch has none)."""
+    return np.asarray([rng.choice(pool[batch[pool] == batch[r]]) if (batch[pool] == batch[r]).any() else rng.choice(pool) for r in rows])
+
+
 def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float, strength: float = 1.0) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets."""
@@ -163,13 +169,13 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 continue
             pool = np.flatnonzero(train & (f[:, kc] == ctrl))
             chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
-            sources = np.asarray([rng.choice(pool[f[pool, kb] == f[r, kb]]) if (f[pool, kb] == f[r, kb]).any() else rng.choice(pool) for r in chosen])
+            sources = _same_batch(rng, pool, chosen, f[:, kb])
             blocks = {kc: compound_code(model, kc, library[compounds[c]], library), **({kd: model.prototype(kd, top)} if kd is not None else {})}
             # the nearest training compound by structure, its real images at the same dose (and batch)
             nearest = known[int(np.argmax(tanimoto(perturbation_features("morgan", [library[compounds[c]]], set()), fps_known)[0]))]
             near_pool = np.flatnonzero(train & (f[:, kc] == nearest) & ((f[:, kd] == top) if kd is not None else True))
             near_pool = near_pool if len(near_pool) else np.flatnonzero(train & (f[:, kc] == nearest))
-            near = np.asarray([rng.choice(near_pool[f[near_pool, kb] == f[r, kb]]) if (f[near_pool, kb] == f[r, kb]).any() else rng.choice(near_pool) for r in chosen])
+            near = _same_batch(rng, near_pool, chosen, f[:, kb])
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
 
             def closer(x: np.ndarray) -> np.ndarray:
@@ -200,7 +206,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         treated = np.flatnonzero(train & (f[:, kc] != ctrl))
         treated = rng.choice(treated, min(len(treated), 2 * n), replace=False)
         pool = np.flatnonzero(train & (f[:, kc] == ctrl))
-        sources = np.asarray([rng.choice(pool[f[pool, kb] == f[r, kb]]) if (f[pool, kb] == f[r, kb]).any() else rng.choice(pool) for r in treated])
+        sources = _same_batch(rng, pool, treated, f[:, kb])
         generated = _regenerate_into(model, data, sources, treated, biology, steps, guidance, strength)
         controls = rng.choice(pool, min(len(pool), n), replace=False)
         meta = {"Metadata_compound": np.r_[f[treated, kc], f[controls, kc]].astype(str), "Metadata_plate": np.r_[f[treated, pos.get("plate", kb)], f[controls, pos.get("plate", kb)]].astype(str)}
