@@ -136,12 +136,14 @@ def probe_strengths(run: Path, strengths: list[float], steps: int) -> None:
     for s in strengths:
         c = evaluate_cells(model, oracle, data, split, channel_names(model), steps, cfg.evaluate.guidance, n=cfg.evaluate.sources, seed=cfg.train.seed, library=COMPOUNDS, strength=s)
         b = c["batch_swap"]
-        rows.append({"strength": s, "steps": steps, "target_batch_rate": b["target_batch_rate"], "biology_kept_rate": b["biology_kept_rate"], "frechet_all": b["frechet"]["all"],
+        rows.append({"strength": s, "steps": steps, "target_batch_rate": b["target_batch_rate"], "biology_kept_rate": b["biology_kept_rate"],
+                     "compound_kept_rate": b["compound_kept_rate"], "frechet_all": b["frechet"]["all"],
                      "unseen_compound_closer_than_control": c["unseen_compound"]["closer_than_control"]})
         print(rows[-1], flush=True)
     saved = json.loads(RESULTS.read_text())
     saved["edit_strength"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows,
-                              "nulls": {"copy_source": b["copy_source"], "unseen_copy_control": c["unseen_compound"]["copy_control"]}}
+                              "nulls": {"copy_source": b["copy_source"], "mean_shift": b["mean_shift"], "unseen_copy_control": c["unseen_compound"]["copy_control"],
+                                        "unseen_nearest_compound": c["unseen_compound"]["nearest_compound"]}}
     atomic_write_json(RESULTS, saved)
     print(f"wrote {RESULTS} (edit_strength)")
 

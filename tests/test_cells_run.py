@@ -37,7 +37,7 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
     b = m["batch_swap"]
     assert b["combinations"] == ["nocodazole x batch_2"] and b["edits"] > 0
     for key in ("target_batch_rate", "biology_kept_rate", "compound_kept_rate"):
-        assert 0 <= b[key] <= 1 and 0 <= b["copy_source"][key] <= 1
+        assert 0 <= b[key] <= 1 and 0 <= b["copy_source"][key] <= 1 and 0 <= b["mean_shift"][key] <= 1
     assert "autoencoder_roundtrip" not in b  # cellsim runs diffuse in pixel space (config.SOURCE_DEFAULTS)
     assert set(m["frechet"]) == {"all", *CHANNELS} and all(np.isfinite(v) for v in m["frechet"].values())
     u = m["unseen_compound"]
@@ -83,4 +83,18 @@ def test_autoencoder_roundtrip(tiny_run):
     assert trip.shape == images.shape and trip.dtype == np.uint8 and not np.array_equal(trip, images)
     model.autoencoder = None
     assert autoencoder_roundtrip(model, images) is None
+
+
+def test_batch_mean_shift_moves_channel_statistics():
+    from factordiff.data.cellsim import cellsim
+    from factordiff.evaluate.cells import batch_mean_shift
+
+    data = cellsim(16, n=240, seed=0)
+    kb = data.spec.position("batch")
+    train = np.ones(len(data), bool)
+    src = np.flatnonzero(data.factors[:, kb] == 0)[:40]
+    out = batch_mean_shift(data, train, src, np.full(len(src), 3), kb)
+    target = data.images[data.factors[:, kb] == 3].reshape(-1, 5).mean(0)
+    before, after = data.images[src].reshape(-1, 5).mean(0), out.reshape(-1, 5).mean(0)
+    assert np.abs(after - target).sum() < 0.5 * np.abs(before - target).sum()
 

@@ -134,6 +134,7 @@ def _cells_section(c: dict) -> str:
                      "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>compound kept</th><th>Frechet, all channels</th><th>KID</th>"
                      + "".join(f"<th>Frechet {html.escape(k)}</th>" for k in b["frechet"] if k != "all") + "</tr>")
         rows = [("model", b, b), ("copy the source", b["copy_source"], b["copy_source_distances"])]
+        rows += [("batch mean shift", b["mean_shift"], None)] if "mean_shift" in b else []
         rows += [("autoencoder round trip", b["autoencoder_roundtrip"], None)] if "autoencoder_roundtrip" in b else []
         for name, rates, dist in rows:
             parts.append(f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td><td>{_fmt(rates['biology_kept_rate'])}</td><td>{_fmt(rates.get('compound_kept_rate'))}</td>"

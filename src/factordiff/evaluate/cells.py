@@ -7,7 +7,8 @@ or a table with those factors), each beside the copy-the-source (or copy-the-con
   that batch's (plates nest in batches, batches in sources). ``target_batch_rate``: share the
   oracle reads as the target batch; ``biology_kept_rate``: share whose compound, dose and cell line
   the oracle still reads as the source's (the source's ground truth); ``compound_kept_rate``: the
-  same for the compound alone. Beside them: copy the source,
+  same for the compound alone. Beside them: copy the source, ``mean_shift`` (each channel moved
+  from the source batch's training mean and spread to the target batch's: ``batch_mean_shift``),
   and ``autoencoder_roundtrip``, the sources through the latent autoencoder alone (no diffusion),
   the most that any edit of a latent model can keep;
 - ``frechet.<channel>`` and ``frechet.all``, ``kernel.all``: Frechet and kernel (KID) distances
@@ -87,6 +88,22 @@ def _same_batch(rng: np.random.Generator, pool: np.ndarray, rows: np.ndarray, ba
     return np.asarray([rng.choice(pool[batch[pool] == batch[r]]) if (batch[pool] == batch[r]).any() else rng.choice(pool) for r in rows])
 
 
+def batch_mean_shift(data: FactorDataset, train: np.ndarray, src: np.ndarray, target_batch: np.ndarray, kb: int) -> np.ndarray:
+    """The baseline a user tries first: each source image's channels standardised with its batch's
+    per-channel mean and spread and given the target batch's, over training images only."""
+    x = data.images.reshape(len(data), -1, data.channels)
+    stats = {}
+    for b in np.unique(np.r_[data.factors[src, kb], target_batch]):
+        rows = np.flatnonzero(train & (data.factors[:, kb] == b))
+        pix = x[rows[:2000]].reshape(-1, data.channels).astype(np.float64)
+        stats[b] = (pix.mean(0), pix.std(0) + 1e-6)
+    out = np.empty((len(src), *data.images.shape[1:]), np.uint8)
+    for i, (s, t) in enumerate(zip(src, target_batch)):
+        (ms, ss), (mt, st) = stats[data.factors[s, kb]], stats[t]
+        out[i] = np.clip(np.rint((data.images[s] - ms) / ss * st + mt), 0, 255).astype(np.uint8)
+    return out
+
+
 def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float, strength: float = 1.0) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets."""
@@ -137,6 +154,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
         generated = _regenerate_into(model, data, src, target_rows, technical, steps, guidance, strength)
         pred, pred_copy = oracle.predict(generated), oracle.predict(data.images[src])
+        shifted = batch_mean_shift(data, train, src, f[target_rows, kb], kb)
         trip = autoencoder_roundtrip(model, data.images[src])
         roundtrip = None if trip is None else oracle.predict(trip)
         want_b = f[target_rows, kb]
@@ -144,7 +162,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         rates = lambda p: {"target_batch_rate": float((p[:, kb] == want_b).mean()), "biology_kept_rate": kept(p), "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())}
         real_imgs = data.images[np.asarray(truth)]  # every real image of the held-out combinations at the top dose
         out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos],
-                             **rates(pred), "copy_source": rates(pred_copy), **({"autoencoder_roundtrip": rates(roundtrip)} if roundtrip is not None else {}),
+                             **rates(pred), "copy_source": rates(pred_copy), "mean_shift": rates(oracle.predict(shifted)), **({"autoencoder_roundtrip": rates(roundtrip)} if roundtrip is not None else {}),
                              **_distances(oracle, generated, real_imgs, channels, fill),
                              "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill)}
         out["frechet"] = out["batch_swap"]["frechet"]
