@@ -15,9 +15,13 @@ The run is ``factordiff fit --data cellsim`` with those ``--holdout-where`` cond
 ``bench_fit.json``, else from the results file), gives it the current evaluation settings of a cellsim run (its config's ``evaluate``
 section), retrains its oracle, and evaluates and regenerates again.
 
-``--strengths 1,0.65,0.4 --steps 20`` instead re-evaluates the cell figures of the run already in
-``--out`` at those edit strengths (``evaluate.edit_strength``) and writes them into the results
-file's ``edit_strength`` entry, leaving the rest as it was.
+``--edits 0.55:2:residual,1:2:plain --guidances 2,5,8`` instead compares edit settings on the run
+already in ``--out`` without looking at what is held out: batch swaps into seen compound x batch
+combinations (``seen_batch_swaps``) for each technical setting, and controls regenerated into
+training compounds (``seen_compound_edits``) for each compound-edit guidance; it records the
+held-out batch swap of each technical setting beside them, into the results file's
+``edit_settings`` entry (the rest is left as it was). cellsim's defaults (``config.SOURCE_DEFAULTS``)
+are the settings it chose.
 """
 
 from __future__ import annotations
@@ -66,15 +70,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12000, help="fields rendered")
     ap.add_argument("--out", default="runs/bench-cells")
     ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the run in --out with today's evaluation settings (no fit)")
-    ap.add_argument("--strengths", help="re-evaluate the run in --out at these edit strengths (comma-separated) and stop")
-    ap.add_argument("--steps", type=int, default=20, help="with --strengths: solver steps of each edit")
+    ap.add_argument("--edits", help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on the run in --out and stop")
+    ap.add_argument("--guidances", default="", help="with --edits: compound-edit guidance weights to compare (comma-separated)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config override of the fit (repeatable), e.g. autoencoder.enabled=false")
     ap.add_argument("--fit-only", action="store_true", help="fit into --out and stop (evaluate later with --evaluate-only)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(a.out)
-    if a.strengths:
-        return probe_strengths(out, [float(x) for x in a.strengths.split(",")], a.steps)
+    if a.edits:
+        return probe_edits(out, a.edits.split(","), [float(x) for x in a.guidances.split(",") if x])
     cfg = load_config(None, {"data.source": "cellsim", "data.size": a.size, "data.n": a.n, "split.kind": "none", "split.where": HOLDOUT,
                              "train.minutes": a.minutes, "train.threads": 2, **overrides(a.set)})
     command = shlex.join(["factordiff", "fit", "--data", "cellsim", "--size", str(a.size), "--minutes", f"{a.minutes:g}", *sum((["--holdout-where", w] for w in HOLDOUT), []),
@@ -117,14 +121,17 @@ def main() -> None:
     print(f"wrote {RESULTS}")
 
 
-def probe_strengths(run: Path, strengths: list[float], steps: int) -> None:
-    """The batch swap and unseen-compound figures of ``run`` at each edit strength."""
+def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None:
+    """Choose edit settings on training combinations only: batch swaps into seen compound x batch
+    combinations for each technical setting (``STRENGTH:GUIDANCE:residual|plain``), and controls
+    regenerated into training compounds for each compound-edit guidance; the held-out batch swap of
+    each technical setting beside them, for the record."""
+    import dataclasses
     import json
 
-    from factordiff.data.cellsim import COMPOUNDS
     from factordiff.data.splits import make_split
     from factordiff.edit import channel_names
-    from factordiff.evaluate.cells import evaluate_cells
+    from factordiff.evaluate.cells import evaluate_cells, seen_batch_swaps, seen_compound_edits
     from factordiff.evaluate.suite import get_oracle, load_run
     from factordiff.fit import prepare_data
 
@@ -132,20 +139,27 @@ def probe_strengths(run: Path, strengths: list[float], steps: int) -> None:
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)
     oracle, _ = get_oracle(run, cfg, data, progress=False)
-    rows = []
-    for s in strengths:
-        c = evaluate_cells(model, oracle, data, split, channel_names(model), steps, cfg.evaluate.guidance, n=cfg.evaluate.sources, seed=cfg.train.seed, library=COMPOUNDS, strength=s)
-        b = c["batch_swap"]
-        rows.append({"strength": s, "steps": steps, "target_batch_rate": b["target_batch_rate"], "biology_kept_rate": b["biology_kept_rate"],
-                     "compound_kept_rate": b["compound_kept_rate"], "frechet_all": b["frechet"]["all"],
-                     "unseen_compound_closer_than_control": c["unseen_compound"]["closer_than_control"]})
+    keys = ("target_batch_rate", "compound_kept_rate", "biology_kept_rate")
+    rows, null = [], None
+    for text in technical:
+        strength, guidance, kind = text.split(":")
+        e = dataclasses.replace(cfg.evaluate, technical_strength=float(strength), technical_guidance=float(guidance), technical_residual=kind == "residual")
+        seen = seen_batch_swaps(model, oracle, data, split, e, n=cfg.evaluate.sources, seed=cfg.train.seed)
+        held = evaluate_cells(model, oracle, data, split, channel_names(model), e, n=cfg.evaluate.sources, seed=cfg.train.seed, library=None, parts=("batch_swap",))["batch_swap"]
+        rows.append({"technical": text, "seen": {k: seen[k] for k in keys}, "heldout": {**{k: held[k] for k in keys}, "frechet_all": held["frechet"]["all"]}})
+        null = {name: {"seen": {k: seen[name][k] for k in keys}, "heldout": {k: held[name][k] for k in keys}} for name in ("copy_source", "mean_shift", "true_counterfactual") if name in seen}
+        null["copy_source"]["heldout"]["frechet_all"] = held["copy_source_distances"]["frechet"]["all"]
+        null["mean_shift"]["heldout"]["frechet_all"] = held["mean_shift_distances"]["frechet"]["all"]
         print(rows[-1], flush=True)
+    bio = []
+    for g in guidances:
+        e = dataclasses.replace(cfg.evaluate, guidance=g)
+        bio.append({"guidance": g, "seen_compounds_closer_than_control": seen_compound_edits(model, oracle, data, split, e, cfg.train.seed)})
+        print(bio[-1], flush=True)
     saved = json.loads(RESULTS.read_text())
-    saved["edit_strength"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows,
-                              "nulls": {"copy_source": b["copy_source"], "mean_shift": b["mean_shift"], "unseen_copy_control": c["unseen_compound"]["copy_control"],
-                                        "unseen_nearest_compound": c["unseen_compound"]["nearest_compound"]}}
+    saved["edit_settings"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "steps": cfg.evaluate.steps, "technical": rows, "nulls": null, "compound_guidance": bio}
     atomic_write_json(RESULTS, saved)
-    print(f"wrote {RESULTS} (edit_strength)")
+    print(f"wrote {RESULTS} (edit_settings)")
 
 
 if __name__ == "__main__":

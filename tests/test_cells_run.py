@@ -39,11 +39,14 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
     for key in ("target_batch_rate", "biology_kept_rate", "compound_kept_rate"):
         assert 0 <= b[key] <= 1 and 0 <= b["copy_source"][key] <= 1 and 0 <= b["mean_shift"][key] <= 1
     assert "autoencoder_roundtrip" not in b  # cellsim runs diffuse in pixel space (config.SOURCE_DEFAULTS)
+    assert b["edit"] == {"strength": 0.55, "guidance": 2.0, "residual": True}  # cellsim's technical edit settings
+    assert set(b["true_counterfactual"]) == {"target_batch_rate", "biology_kept_rate", "compound_kept_rate"}
     assert set(m["frechet"]) == {"all", *CHANNELS} and all(np.isfinite(v) for v in m["frechet"].values())
     u = m["unseen_compound"]
     assert u["by_compound"][0]["compound"] == "caffeine" and 0 <= u["closer_than_control"] <= 1 and u["dose"] == "10.0"
     assert u["by_compound"][0]["nearest_compound"] in ("theobromine", "theophylline") and 0 <= u["nearest_compound"] <= 1
     assert u["structure_ceiling"]["caffeine"]["closer_than_control"]
+    assert u["edit"] == {"strength": 1.0, "guidance": 8.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
     assert set(m["map"]) == {"real", "generated", "copy_control"}
     saved = json.loads((cell_run / "metrics.json").read_text())
     assert "batch_swap" in saved and (cell_run / "figures" / "samples.png").is_file()
@@ -63,7 +66,7 @@ def test_regenerate_images_into_a_held_out_combination_and_an_unseen_smiles(cell
     assert np.array_equal(field[0], tifffile.imread(out / "images" / "000000_DNA.tiff"))
     new = tmp_path / "new"
     assert main(["regenerate", str(cell_run), "--where", "compound=DMSO", "--set", f"compound={COMPOUNDS['caffeine']},dose=10.0",
-                 "--out", str(new), "--steps", "3", "--limit", "2"]) == 0
+                 "--out", str(new), "--steps", "3", "--limit", "2", "--residual"]) == 0
     assert len(load_data_fields(new / "regenerated.csv")) == 2
     capsys.readouterr()
     assert main(["regenerate", str(cell_run), "--where", "compound=DMSO", "--set", "compound=C1CC", "--out", str(tmp_path / "bad"), "--steps", "3"]) == 2
@@ -98,3 +101,33 @@ def test_batch_mean_shift_moves_channel_statistics():
     before, after = data.images[src].reshape(-1, 5).mean(0), out.reshape(-1, 5).mean(0)
     assert np.abs(after - target).sum() < 0.5 * np.abs(before - target).sum()
 
+
+
+def test_true_counterfactuals_render_the_same_cells_in_another_plate():
+    from factordiff.data.cellsim import cellsim
+    from factordiff.evaluate.cells import true_counterfactuals
+
+    data = cellsim(16, n=30, seed=3)
+    rows = np.arange(0, 30, 3)
+    assert np.array_equal(true_counterfactuals(data, rows, data.factors[rows], seed=3), data.images[rows])
+    assert true_counterfactuals(data, rows, data.factors[rows], seed=4) is None  # not the seed these fields were rendered with
+    moved = data.factors[rows].copy()
+    moved[:, 3:] = data.factors[np.argmax(data.factors[:, 4] != data.factors[rows[0], 4]), 3:]  # another source, batch and plate
+    other = true_counterfactuals(data, rows[:1], moved[:1], seed=3)[0].astype(float)
+    same = data.images[rows[0]].astype(float)
+    # the same cells: the fields correlate pixel by pixel on the DNA channel, though intensities differ
+    assert not np.array_equal(other, same) and np.corrcoef(other[..., 0].ravel(), same[..., 0].ravel())[0, 1] > 0.8
+
+
+def test_edit_settings_by_role():
+    from factordiff.config import load_config
+    from factordiff.data.cellsim import cellsim_spec
+    from factordiff.edit import edit_settings
+
+    spec = cellsim_spec()
+    e = load_config(None, {"data.source": "cellsim"}).evaluate
+    batch, compound = spec.position("batch"), spec.position("compound")
+    assert edit_settings(e, spec, [batch, spec.position("plate")]) == (e.technical_strength, e.technical_guidance, True)
+    assert edit_settings(e, spec, [batch, compound]) == (e.edit_strength, e.guidance, False)  # any biological factor: the general settings
+    plain = load_config(None, {}).evaluate
+    assert edit_settings(plain, spec, [batch]) == (plain.edit_strength, plain.guidance, plain.edit_residual)  # unset: the general ones

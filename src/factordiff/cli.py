@@ -98,7 +98,7 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
 
 def _cmd_counterfactual(args: argparse.Namespace) -> None:
     from factordiff.data.images import read_image
-    from factordiff.edit import edit_image, fit_image, parse_sets
+    from factordiff.edit import edit_image, edit_settings, fit_image, parse_sets
     from factordiff.evaluate.suite import load_run, save_png
 
     if not args.set and not (args.from_ and args.factor):
@@ -114,8 +114,9 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
         factors = [model.spec.position(n) for n in _csv_list(args.factor)]
-    out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=cfg.evaluate.guidance if args.guidance is None else args.guidance,
-                     strength=cfg.evaluate.edit_strength if args.strength is None else args.strength)
+    default = edit_settings(cfg.evaluate, model.spec, sorted(set(sets) | set(factors or [])))
+    strength, guidance, residual = (d if v is None else v for v, d in zip((args.strength, args.guidance, args.residual), default))
+    out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=guidance, strength=strength, residual=residual)
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
 
@@ -128,11 +129,12 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
 
         if not (Path(args.run) / "model" / "config.json").is_file():
             raise FactordiffError(f"{args.run}: not a factordiff run folder (no model/config.json)")
-        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps, limit=args.limit, strength=args.strength)
+        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps, limit=args.limit, strength=args.strength,
+                              residual=args.residual)
         print(f"wrote {r['images']} regenerated images ({r['edit']}) and their table to {r['out']}")
         return
-    if args.strength is not None:
-        raise FactordiffError(f"--strength: applies to image runs; {args.run} is a profile run (its regeneration has no inversion strength)")
+    if args.strength is not None or args.residual is not None:
+        raise FactordiffError(f"--{'strength' if args.strength is not None else 'residual'}: applies to image runs; {args.run} is a profile run (its regeneration has no inversion)")
     r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
     for v in r["unseen_values"]:
         print(f"note: {v} has no training row; generated with that factor's code absent (from the other factors)")
@@ -274,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--steps", type=_positive_int, default=None, help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, 2)")
-    p.add_argument("--strength", type=_strength, default=None, help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's evaluate.edit_strength, 0.65)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, or technical_guidance when only technical factors change)")
+    p.add_argument("--strength", type=_strength, default=None, help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's evaluate.edit_strength, or technical_strength)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)")
     p.set_defaults(handler=_cmd_counterfactual)
 
     p = sub.add_parser("regenerate", help="regenerate the rows of a profile table, or the images of a run, with factors changed (a virtual experiment)")
@@ -285,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)")
     p.add_argument("--limit", type=_positive_int, help="images: regenerate at most this many of the matching images")
     p.add_argument("--steps", type=_positive_int, help="solver steps (default: the run's profiles.sample_steps, or evaluate.steps for images)")
-    p.add_argument("--strength", type=_strength, default=None, help="images: how far up the noise schedule to invert, in (0, 1] (default: the run's evaluate.edit_strength)")
+    p.add_argument("--strength", type=_strength, default=None, help="images: how far up the noise schedule to invert, in (0, 1] (default: the run's evaluate.edit_strength, or technical_strength when only technical factors change)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="images: keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)")
     p.set_defaults(handler=_cmd_regenerate)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")

@@ -38,12 +38,21 @@ def parse_sets(model: FactorModel, sets: list[str]) -> dict[int, int]:
     return out
 
 
+def edit_settings(e, spec, factors) -> tuple[float, float, bool]:
+    """(strength, guidance, residual) of an edit changing ``factors`` (positions in ``spec``) under
+    the ``EvaluateConfig`` ``e``: its ``technical_*`` settings where every changed factor is
+    technical and they are set, its general ones otherwise."""
+    technical = bool(factors) and all(spec.factors[k].role == "technical" for k in factors)
+    pick = lambda tech, general: general if tech is None or not technical else tech
+    return pick(e.technical_strength, e.edit_strength), pick(e.technical_guidance, e.guidance), pick(e.technical_residual, e.edit_residual)
+
+
 @torch.no_grad()
 def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | None = None, reference: np.ndarray | None = None, factors: list[int] | None = None, steps: int = 50, guidance: float = 1.0,
-               strength: float = 1.0) -> np.ndarray:
+               strength: float = 1.0, residual: bool | None = None) -> np.ndarray:
     """The image with some factors changed: to given values (their prototype codes) or to the values
-    a reference image has (its code blocks), inverting it to t = ``strength`` T. Returns the
-    edited (H, W, C) uint8 image."""
+    a reference image has (its code blocks), inverting it to t = ``strength`` T (``residual``:
+    ``FactorModel.edit``). Returns the edited (H, W, C) uint8 image."""
     codes = model.codes(image[None])
     new = codes.clone()
     blocks = model.factor_blocks
@@ -58,14 +67,16 @@ def edit_image(model: FactorModel, image: np.ndarray, sets: dict[int, int] | Non
         raise FactordiffError("nothing to change: pass --set FACTOR=VALUE or --from REF.png --factor FACTOR")
     from factordiff.diffusion.guidance import Guidance
 
-    return model.regenerate(image[None], codes, new, steps, Guidance(factors={k: guidance for k in changed}), strength)[0]
+    return model.edit(image[None], codes, new, steps, Guidance(factors={k: guidance for k in changed}), strength, residual=residual)[0]
 
 
 @torch.no_grad()
-def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int = 50, guidance: float = 2.0, strength: float = 1.0) -> np.ndarray:
+def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], steps: int = 50, guidance: float = 2.0, strength: float = 1.0,
+                residual: bool | None = None) -> np.ndarray:
     """Images (N, H, W, C) uint8 with the code block of each factor in ``blocks`` (factor -> (D,)
     block) replaced: inversion under their own codes (to t = ``strength`` T), regeneration under
-    the new ones with guidance on the changed blocks, in chunks of 64."""
+    the new ones with guidance on the changed blocks (``residual``: ``FactorModel.edit``), in
+    chunks of 64."""
     from factordiff.diffusion.guidance import Guidance
 
     out = []
@@ -75,7 +86,7 @@ def edit_blocks(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.
         new = codes.clone()
         for k, b in blocks.items():
             new[:, model.factor_blocks[k]] = b
-        out.append(model.regenerate(x, codes, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks}), strength))
+        out.append(model.edit(x, codes, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in blocks}), strength, residual=residual))
     return np.concatenate(out) if out else images[:0]
 
 
@@ -106,7 +117,8 @@ def compound_code(model: FactorModel, k: int, smiles: str, library: dict[str, st
 
 
 @torch.no_grad()
-def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | None = None, guidance: float = 2.0, limit: int | None = None, strength: float | None = None) -> dict:
+def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | None = None, guidance: float | None = None, limit: int | None = None, strength: float | None = None,
+                      residual: bool | None = None) -> dict:
     """``factordiff regenerate`` for an image run: the run's images matching ``where`` (factor values),
     inverted and regenerated with the ``sets`` factors changed, written to the folder ``out``: one
     16-bit TIFF per channel for cellsim (its 8-bit scale undone: x 64) or one PNG per image, and
@@ -114,7 +126,9 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
     factor values as ``Metadata_<factor>``, ``Metadata_source_index`` and ``Metadata_edit``).
     A compound of cellsim may be set by SMILES (``compound_code``). ``steps``: solver steps (None:
     the run's ``evaluate.steps``); ``strength``: how far up the noise schedule the sources are
-    inverted (None: the run's ``evaluate.edit_strength``). Nothing is left half-written."""
+    inverted, ``guidance`` the weight on the changed factors and ``residual`` whether the edit is
+    residual (``FactorModel.edit``); None takes the run's (``edit_settings``: its technical ones
+    when only technical factors change). Nothing is left half-written."""
     import shutil
     from pathlib import Path
 
@@ -131,7 +145,6 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
         raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
     cfg, model = load_run(Path(run))
     steps = steps or cfg.evaluate.steps
-    strength = cfg.evaluate.edit_strength if strength is None else strength
     data, _, _ = prepare_data(cfg)
     spec = model.spec
     rows = np.flatnonzero(match_where(data.factors, where_conditions(spec, where, "--where"))) if where else np.arange(len(data))
@@ -156,6 +169,8 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
             target_text[spec.factors[k].name] = value
     if not new_blocks:
         raise FactordiffError("--set: expected at least one FACTOR=VALUE")
+    default = edit_settings(cfg.evaluate, spec, list(new_blocks))
+    strength, guidance, residual = (d if v is None else v for v, d in zip((strength, guidance, residual), default))
     channels = channel_names(model)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,7 +179,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
     bar = tqdm(total=len(rows), desc="regenerating", unit="img")
     for i in range(0, len(rows), 64):
         chunk = rows[i : i + 64]
-        edited = edit_blocks(model, data.images[chunk], new_blocks, steps, guidance, strength)
+        edited = edit_blocks(model, data.images[chunk], new_blocks, steps, guidance, strength, residual)
         for j, (src, img) in enumerate(zip(chunk, edited)):
             rec = {f"Metadata_{f.name}": str(f.values[data.factors[src, q]]) for q, f in enumerate(spec.factors)}
             rec.update({f"Metadata_{n}": v for n, v in target_text.items()})

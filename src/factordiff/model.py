@@ -226,8 +226,24 @@ class FactorModel:
         return self.generate(x_T, new, steps, guidance, strength=strength)
 
     @torch.no_grad()
+    def edit(self, images: np.ndarray, codes: torch.Tensor, new: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0,
+             x_T: torch.Tensor | None = None, residual: bool | None = None) -> np.ndarray:
+        """uint8 ``images`` with their ``codes`` changed to ``new``: ``regenerate``, or with
+        ``residual`` (None: the run's ``evaluate.edit_residual``) the source plus the change that
+        the model makes, G(x_T, new) - G(x_T, codes), both decoded from the same x_T with the same
+        guidance in one batch. What the model cannot reconstruct of the source (its fine detail,
+        what a latent autoencoder loses) is then kept as it was; the edit costs one more chain."""
+        residual = self.config.evaluate.edit_residual if residual is None else residual
+        if not residual:
+            return self.regenerate(images, codes, new, steps, guidance, strength, x_T)
+        x_T = self.invert(images, codes, steps, strength) if x_T is None else x_T
+        both = self.generate(torch.cat([x_T, x_T]), torch.cat([new, codes]), steps, guidance, strength=strength).astype(np.float32)
+        n = len(images)
+        return np.clip(np.rint(images.astype(np.float32) + both[:n] - both[n:]), 0, 255).astype(np.uint8)
+
+    @torch.no_grad()
     def counterfactual(self, images: np.ndarray, factor: int, blocks: torch.Tensor, steps: int = 50, guidance: float = 1.0, x_T: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-                       strength: float = 1.0) -> np.ndarray:
+                       strength: float = 1.0, residual: bool | None = None) -> np.ndarray:
         """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
 
         The source is inverted under its own codes (to t = ``strength`` T; a given ``x_T`` must be
@@ -238,7 +254,7 @@ class FactorModel:
         block = self.factor_blocks[factor]
         new = codes.clone()
         new[:, block] = blocks
-        return self.regenerate(images, codes, new, steps, Guidance(factors={block: guidance}), strength, x_T)
+        return self.edit(images, codes, new, steps, Guidance(factors={block: guidance}), strength, x_T, residual)
 
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:

@@ -129,13 +129,17 @@ def _cells_section(c: dict) -> str:
         parts.append("<p class=note>Training images of a compound regenerated into a batch that compound was never seen in ("
                      + html.escape(", ".join(b["combinations"])) + f"; {b['edits']} edits). <i>Target batch</i>: share the oracle reads as the target batch; "
                      "<i>biology kept</i>: share whose compound, dose and cell line it still reads as the source's; <i>compound kept</i>: the compound alone. "
-                     "<i>Autoencoder round trip</i>: the sources through the latent autoencoder alone, the most an edit can keep. Distances to the real held-out images "
+                     "<i>Autoencoder round trip</i>: the sources through the latent autoencoder alone, the most an edit can keep; <i>true counterfactual</i> (cellsim): "
+                     "the same cells rendered in the target plate, what a perfect edit gives. "
+                     + (html.escape(f"Edits: strength {b['edit']['strength']:g}, guidance {b['edit']['guidance']:g}" + (", residual. " if b["edit"]["residual"] else ". ")) if "edit" in b else "")
+                     + "Distances to the real held-out images "
                      "over the oracle's features (per channel: the other channels replaced by their mean).</p>"
                      "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>compound kept</th><th>Frechet, all channels</th><th>KID</th>"
                      + "".join(f"<th>Frechet {html.escape(k)}</th>" for k in b["frechet"] if k != "all") + "</tr>")
         rows = [("model", b, b), ("copy the source", b["copy_source"], b["copy_source_distances"])]
-        rows += [("batch mean shift", b["mean_shift"], None)] if "mean_shift" in b else []
+        rows += [("batch mean shift", b["mean_shift"], b.get("mean_shift_distances"))] if "mean_shift" in b else []
         rows += [("autoencoder round trip", b["autoencoder_roundtrip"], None)] if "autoencoder_roundtrip" in b else []
+        rows += [("true counterfactual (ceiling)", b["true_counterfactual"], None)] if "true_counterfactual" in b else []
         for name, rates, dist in rows:
             parts.append(f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td><td>{_fmt(rates['biology_kept_rate'])}</td><td>{_fmt(rates.get('compound_kept_rate'))}</td>"
                          + (f"<td>{_fmt(dist['frechet']['all'])}</td><td>{_fmt(dist['kernel']['all'])}</td>"
@@ -152,7 +156,9 @@ def _cells_section(c: dict) -> str:
                      + "".join(f"<tr><td>{html.escape(r['compound'])}</td><td>{_fmt(r['closer_than_control'])}</td><td>{_fmt(r['copy_control_closer'])}</td>"
                                f"<td>{html.escape(r['nearest_compound'])}: {_fmt(r['nearest_compound_closer'])}</td><td>{_fmt(ceiling.get(r['compound'], {}).get('cosine'))}</td></tr>"
                                for r in u["by_compound"])
-                     + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td><td>{_fmt(u['copy_control'])}</td><td>{_fmt(u['nearest_compound'])}</td><td></td></tr></table>")
+                     + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td><td>{_fmt(u['copy_control'])}</td><td>{_fmt(u['nearest_compound'])}</td><td></td></tr></table>"
+                     + (f"<p class=note>The same edit into training compounds, with their own codes: {_fmt(u['seen_compounds'])} closer to the compound than to the controls "
+                        "(how much of a compound the model imposes when its code is right).</p>" if u.get("seen_compounds") is not None else ""))
     mp = c.get("map")
     if mp:
         parts.append("<p class=note>Compound retrieval against controls (copairs mAP over oracle features): real treated images, controls regenerated into "

@@ -9,8 +9,10 @@ or a table with those factors), each beside the copy-the-source (or copy-the-con
   the oracle still reads as the source's (the source's ground truth); ``compound_kept_rate``: the
   same for the compound alone. Beside them: copy the source, ``mean_shift`` (each channel moved
   from the source batch's training mean and spread to the target batch's: ``batch_mean_shift``),
-  and ``autoencoder_roundtrip``, the sources through the latent autoencoder alone (no diffusion),
-  the most that any edit of a latent model can keep;
+  ``autoencoder_roundtrip``, the sources through the latent autoencoder alone (no diffusion),
+  the most that any edit of a latent model can keep, and on cellsim ``true_counterfactual``: the
+  same cells rendered again in the target plate, what a perfect edit would give (the oracle's
+  ceiling). ``edit``: the settings of the swaps (``evaluate.technical_*``);
 - ``frechet.<channel>`` and ``frechet.all``, ``kernel.all``: Frechet and kernel (KID) distances
   between the regenerated images and the real held-out images of the same combinations, over the
   oracle's features (an encoder trained in factordiff on the assay); a channel's distance reads
@@ -22,6 +24,8 @@ or a table with those factors), each beside the copy-the-source (or copy-the-con
   Nulls: the control images themselves (``copy_control``) and real images of the nearest training
   compound by Tanimoto similarity (``nearest_compound``); on cellsim, ``structure_ceiling``: how
   well the true effects of the training compounds predict the unseen one's from structure;
+  ``seen_compounds``: the same edit into training compounds with their own prototype codes (how
+  much of a compound the model imposes when the code is right);
 - ``map``: copairs mAP of compound retrieval against controls, over oracle features, for real
   treated images, for controls regenerated into each of those compounds, and for the controls
   themselves (``copy_control``).
@@ -34,7 +38,8 @@ import torch
 
 from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split
-from factordiff.edit import compound_code, edit_blocks
+from factordiff.config import EvaluateConfig
+from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.model import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
 
@@ -104,23 +109,112 @@ def batch_mean_shift(data: FactorDataset, train: np.ndarray, src: np.ndarray, ta
     return out
 
 
-def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], steps: int, guidance: float, strength: float = 1.0) -> np.ndarray:
+def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], e: EvaluateConfig) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
-    blocks), batched by identical targets."""
+    blocks), batched by identical targets, with the edit settings of those factors' role."""
+    strength, guidance, residual = edit_settings(e, data.spec, factors)
     f = data.factors
     out = np.empty((len(src), *data.images.shape[1:]), np.uint8)
     keys = [tuple(int(f[r, k]) for k in factors) for r in target_rows]
     for key in sorted(set(keys)):
         idx = np.flatnonzero([k == key for k in keys])
         blocks = {k: model.prototype(k, v) for k, v in zip(factors, key) if model.has_prototype(k, v)}
-        out[idx] = edit_blocks(model, data.images[src[idx]], blocks, steps, guidance, strength)
+        out[idx] = edit_blocks(model, data.images[src[idx]], blocks, e.steps, guidance, strength, residual)
     return out
 
 
-def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split, channels: tuple[str, ...], steps: int, guidance: float, n: int = 100,
-                   seed: int = 0, library: dict[str, str] | None = None, strength: float = 1.0) -> dict:
+def true_counterfactuals(data: FactorDataset, rows: np.ndarray, new: np.ndarray, seed: int) -> np.ndarray | None:
+    """cellsim's ground truth of an edit: fields ``rows`` rendered again, the same cells with the
+    factor values ``new`` ((N, K) value indices). None where ``data`` is not cellsim rendered with
+    ``seed`` (the first row is rendered to check)."""
+    if data.source != "cellsim" or not len(rows):
+        return None
+    from factordiff.data.cellsim import render, to_uint8
+
+    fields = lambda values, idx: to_uint8(render(values[None], data.size, seed, index_offset=int(idx)))[0].transpose(1, 2, 0)
+    if not np.array_equal(fields(data.factors[rows[0]], rows[0]), data.images[rows[0]]):
+        return None
+    return np.stack([fields(v, r) for v, r in zip(new, rows)])
+
+
+def _swap(model: FactorModel, oracle, data: FactorDataset, train: np.ndarray, src: np.ndarray, target_rows: np.ndarray, e: EvaluateConfig, seed: int, pos: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Fields ``src`` regenerated into the plate (and batch, source) of ``target_rows``; the
+    regenerated images, the batch mean shift's, and the oracle's rates for them and the nulls."""
+    f, kc, kb = data.factors, pos["compound"], pos["batch"]
+    technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
+    biology = [pos[k] for k in ("compound", "dose", "cell_line") if k in pos]
+    generated = _regenerate_into(model, data, src, target_rows, technical, e)
+    kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
+    rates = lambda x: (lambda p: {"target_batch_rate": float((p[:, kb] == f[target_rows, kb]).mean()), "biology_kept_rate": kept(p),
+                                  "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())})(oracle.predict(x))
+    moved = f[src].copy()
+    moved[:, technical] = f[target_rows][:, technical]
+    true_cf = true_counterfactuals(data, src, moved, seed)
+    trip = autoencoder_roundtrip(model, data.images[src])
+    shifted = batch_mean_shift(data, train, src, f[target_rows, kb], kb)
+    return generated, shifted, {**rates(generated), "copy_source": rates(data.images[src]), "mean_shift": rates(shifted),
+                       **({"autoencoder_roundtrip": rates(trip)} if trip is not None else {}), **({"true_counterfactual": rates(true_cf)} if true_cf is not None else {}),
+                       "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, data.spec, technical)))}
+
+
+def seen_batch_swaps(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, n: int = 100, seed: int = 0) -> dict:
+    """Batch swaps of top-dose training fields into another batch in which their compound was
+    seen in training: the figures of ``batch_swap`` on combinations that are not held out, where
+    edit settings may be chosen without looking at the held-out ones."""
+    spec, f = data.spec, data.factors
+    pos = {name: spec.position(name) for name in ("compound", "batch", "plate", "source", "dose", "cell_line") if name in spec.names}
+    train = ~split.heldout(f)
+    kc, kb = pos["compound"], pos["batch"]
+    at_top = (f[:, pos["dose"]] == f[:, pos["dose"]].max()) if "dose" in pos else np.ones(len(f), bool)
+    rng = np.random.default_rng(seed + 12)
+    src, target_rows = [], []
+    for s in rng.permutation(np.flatnonzero(train & at_top)):
+        targets = np.flatnonzero(train & at_top & (f[:, kc] == f[s, kc]) & (f[:, kb] != f[s, kb]))
+        if len(targets):
+            src.append(s)
+            target_rows.append(rng.choice(targets))
+        if len(src) == n:
+            break
+    return {"edits": len(src), **_swap(model, oracle, data, train, np.asarray(src, int), np.asarray(target_rows, int), e, seed, pos)[2]}
+
+
+def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, seed: int = 0, compounds: list[int] | None = None, per_compound: int = 8) -> float | None:
+    """Same-batch training controls regenerated into training compounds (their prototype codes) at
+    the top dose: the share closer to the compound's real fields than to the controls' (the
+    ``unseen_compound`` criterion with the right code: how much of a compound the model imposes,
+    the limit of codes from structure). ``compounds``: value indices (default: every treated one)."""
+    spec, f = data.spec, data.factors
+    kc, kb = spec.position("compound"), spec.position("batch")
+    kd = spec.position("dose") if "dose" in spec.names else None
+    names = [str(v) for v in spec.factors[kc].values]
+    if CONTROL not in names:
+        return None
+    train, ctrl = ~split.heldout(f), names.index(CONTROL)
+    top = int(np.max(f[:, kd])) if kd is not None else None
+    at_top = (f[:, kd] == top) if kd is not None else np.ones(len(f), bool)
+    pool = np.flatnonzero(train & (f[:, kc] == ctrl))
+    feats_ctrl = oracle_features(oracle, data.images[np.flatnonzero(f[:, kc] == ctrl)[:500]]).mean(0)
+    rng, hits = np.random.default_rng(seed + 13), []
+    for c in compounds if compounds is not None else [c for c in range(len(names)) if c != ctrl]:
+        real = np.flatnonzero(train & (f[:, kc] == c) & at_top)
+        if not len(real) or not model.has_prototype(kc, c):
+            continue
+        chosen = rng.choice(real, min(len(real), per_compound), replace=False)
+        blocks = {kc: model.prototype(kc, c), **({kd: model.prototype(kd, top)} if kd is not None else {})}
+        strength, guidance, residual = edit_settings(e, spec, list(blocks))
+        feats = oracle_features(oracle, edit_blocks(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], blocks, e.steps, guidance, strength, residual))
+        true_mean = oracle_features(oracle, data.images[real]).mean(0)
+        hits.append(np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - feats_ctrl, axis=1))
+    return float(np.concatenate(hits).mean()) if hits else None
+
+
+def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split, channels: tuple[str, ...], e: EvaluateConfig, n: int = 100,
+                   seed: int = 0, library: dict[str, str] | None = None, parts: tuple[str, ...] = ("batch_swap", "unseen_compound", "map")) -> dict:
     """The figures above; factors are found by name (compound, batch, and plate, source, dose,
-    cell_line where the data has them). Edits invert to t = ``strength`` T."""
+    cell_line where the data has them). Edits take the settings ``e`` of their factors' role
+    (``edit_settings``: batch swaps the technical ones). ``seed`` is the run's (cellsim's fields
+    are rendered with it, so that the batch swaps' true counterfactuals can be rendered).
+    ``parts``: the figures to compute."""
     spec, f = data.spec, data.factors
     pos = {name: spec.position(name) for name in ("compound", "batch", "plate", "source", "dose", "cell_line") if name in spec.names}
     if "compound" not in pos or "batch" not in pos:
@@ -136,7 +230,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
     # batch swap into held-out compound x batch combinations
     combos = sorted({(int(c), int(b)) for c, b in f[held][:, [kc, kb]]})
     combos = [(c, b) for c, b in combos if (train & (f[:, kc] == c)).any() and (train & (f[:, kb] == b)).any()]
-    if combos:
+    if combos and "batch_swap" in parts:
         src, target_rows, truth = [], [], []
         at_top = (f[:, pos["dose"]] == f[:, pos["dose"]].max()) if "dose" in pos else np.ones(len(f), bool)
         for c, b in combos:
@@ -150,27 +244,19 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 src.append(s)
                 target_rows.append(r)
         src, target_rows = np.asarray(src, int), np.asarray(target_rows, int)
-    if combos and len(src):
-        technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
-        generated = _regenerate_into(model, data, src, target_rows, technical, steps, guidance, strength)
-        pred, pred_copy = oracle.predict(generated), oracle.predict(data.images[src])
-        shifted = batch_mean_shift(data, train, src, f[target_rows, kb], kb)
-        trip = autoencoder_roundtrip(model, data.images[src])
-        roundtrip = None if trip is None else oracle.predict(trip)
-        want_b = f[target_rows, kb]
-        kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
-        rates = lambda p: {"target_batch_rate": float((p[:, kb] == want_b).mean()), "biology_kept_rate": kept(p), "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())}
+    if combos and "batch_swap" in parts and len(src):
+        generated, shifted, swap = _swap(model, oracle, data, train, src, target_rows, e, seed, pos)
         real_imgs = data.images[np.asarray(truth)]  # every real image of the held-out combinations at the top dose
-        out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos],
-                             **rates(pred), "copy_source": rates(pred_copy), "mean_shift": rates(oracle.predict(shifted)), **({"autoencoder_roundtrip": rates(roundtrip)} if roundtrip is not None else {}),
+        out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos], **swap,
                              **_distances(oracle, generated, real_imgs, channels, fill),
-                             "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill)}
+                             "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill),
+                             "mean_shift_distances": _distances(oracle, shifted, real_imgs, channels, fill)}
         out["frechet"] = out["batch_swap"]["frechet"]
 
     # an unseen compound, by its structure
     compounds = [str(v) for v in spec.factors[kc].values]
     unseen = [c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()]
-    if unseen and library and CONTROL in compounds:
+    if unseen and library and CONTROL in compounds and "unseen_compound" in parts:
 
         from factordiff.encoders.perturbation import perturbation_features, tanimoto
 
@@ -181,11 +267,11 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         kd = pos.get("dose")
         top = int(np.max(f[:, kd])) if kd is not None else None
         res, hits = [], {"generated": [], "copy_control": [], "nearest_compound": []}
+        pool = np.flatnonzero(train & (f[:, kc] == ctrl))
         for c in unseen:
             real = np.flatnonzero((f[:, kc] == c) & ((f[:, kd] == top) if kd is not None else True))
             if not len(real) or not known:
                 continue
-            pool = np.flatnonzero(train & (f[:, kc] == ctrl))
             chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
             sources = _same_batch(rng, pool, chosen, f[:, kb])
             blocks = {kc: compound_code(model, kc, library[compounds[c]], library), **({kd: model.prototype(kd, top)} if kd is not None else {})}
@@ -199,7 +285,8 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
             def closer(x: np.ndarray) -> np.ndarray:
                 feats = oracle_features(oracle, x)
                 return np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - feats_ctrl, axis=1)
-            row = {"generated": closer(edit_blocks(model, data.images[sources], blocks, steps, guidance, strength)),
+            strength, guidance, residual = edit_settings(e, spec, list(blocks))
+            row = {"generated": closer(edit_blocks(model, data.images[sources], blocks, e.steps, guidance, strength, residual)),
                    "copy_control": closer(data.images[sources]), "nearest_compound": closer(data.images[near])}
             for k, v in row.items():
                 hits[k].append(v)
@@ -208,6 +295,8 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                         "nearest_compound_closer": float(row["nearest_compound"].mean())})
         if res:
             out["unseen_compound"] = {"dose": str(spec.factors[kd].values[top]) if kd is not None else None,
+                                      "seen_compounds": seen_compound_edits(model, oracle, data, split, e, seed, known),
+                                      "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, spec, biology))),
                                       "closer_than_control": float(np.concatenate(hits["generated"]).mean()),
                                       "copy_control": float(np.concatenate(hits["copy_control"]).mean()),
                                       "nearest_compound": float(np.concatenate(hits["nearest_compound"]).mean()), "by_compound": res}
@@ -217,7 +306,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 out["unseen_compound"]["structure_ceiling"] = structure_ceiling([compounds[c] for c in unseen], [compounds[c] for c in known])
 
     # compound retrieval (mAP) against controls
-    if CONTROL in compounds:
+    if CONTROL in compounds and "map" in parts:
         from factordiff.evaluate.profiling import mean_average_precision
 
         ctrl = compounds.index(CONTROL)
@@ -225,7 +314,7 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         treated = rng.choice(treated, min(len(treated), 2 * n), replace=False)
         pool = np.flatnonzero(train & (f[:, kc] == ctrl))
         sources = _same_batch(rng, pool, treated, f[:, kb])
-        generated = _regenerate_into(model, data, sources, treated, biology, steps, guidance, strength)
+        generated = _regenerate_into(model, data, sources, treated, biology, e)
         controls = rng.choice(pool, min(len(pool), n), replace=False)
         meta = {"Metadata_compound": np.r_[f[treated, kc], f[controls, kc]].astype(str), "Metadata_plate": np.r_[f[treated, pos.get("plate", kb)], f[controls, pos.get("plate", kb)]].astype(str)}
         is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(controls), bool)]
