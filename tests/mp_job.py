@@ -53,6 +53,9 @@ def main() -> None:
     if process()[2]:
         for name, m in results.items():
             atomic_save_tensors(m.state_dict(), out / f"{name}.safetensors")
+    if torch.distributed.is_initialized():  # a live gloo group at exit can abort the interpreter's teardown
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
