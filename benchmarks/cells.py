@@ -21,7 +21,8 @@ combinations (``seen_batch_swaps``) for each technical setting, and controls reg
 training compounds (``seen_compound_edits``) for each compound-edit guidance; it records the
 held-out batch swap of each technical setting beside them, into the results file's
 ``edit_settings`` entry (the rest is left as it was). cellsim's defaults (``config.SOURCE_DEFAULTS``)
-are the settings it chose.
+are the settings it chose. ``--code-loo`` runs the unseen-compound test on training compounds,
+each coded from its structure and the others' codes, beside their own codes.
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ def main() -> None:
     ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the run in --out with today's evaluation settings (no fit)")
     ap.add_argument("--edits", help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on the run in --out and stop")
     ap.add_argument("--guidances", default="", help="with --edits: compound-edit guidance weights to compare (comma-separated)")
+    ap.add_argument("--code-loo", action="store_true", help="the unseen-compound test on training compounds (codes from the others' structures) on the run in --out, and stop")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config override of the fit (repeatable), e.g. autoencoder.enabled=false")
     ap.add_argument("--fit-only", action="store_true", help="fit into --out and stop (evaluate later with --evaluate-only)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(a.out)
+    if a.code_loo:
+        return probe_code_loo(out)
     if a.edits:
         return probe_edits(out, a.edits.split(","), [float(x) for x in a.guidances.split(",") if x])
     cfg = load_config(None, {"data.source": "cellsim", "data.size": a.size, "data.n": a.n, "split.kind": "none", "split.where": HOLDOUT,
@@ -119,6 +123,31 @@ def main() -> None:
               "reconstruction_mse": m["reconstruction_mse"], "regenerate": regen}
     atomic_write_json(RESULTS, result)
     print(f"wrote {RESULTS}")
+
+
+def probe_code_loo(run: Path) -> None:
+    """The unseen-compound test on training compounds: each one's code from its structure and the
+    other training compounds' codes (``compound_code``), at the run's compound-edit settings; into
+    the results file's ``structure_codes_leave_one_out`` entry."""
+    import json
+
+    from factordiff.data.cellsim import COMPOUNDS
+    from factordiff.data.splits import make_split
+    from factordiff.evaluate.cells import seen_compound_edits
+    from factordiff.evaluate.suite import get_oracle, load_run
+    from factordiff.fit import prepare_data
+
+    cfg, model = load_run(run)
+    data, _, _ = prepare_data(cfg)
+    split = make_split(data.spec, cfg.split)
+    oracle, _ = get_oracle(run, cfg, data, progress=False)
+    args = (model, oracle, data, split, cfg.evaluate, cfg.train.seed)
+    loo = {"command": "python " + shlex.join(sys.argv), "guidance": cfg.evaluate.guidance, "own_codes": seen_compound_edits(*args),
+           "codes_from_structure": seen_compound_edits(*args, leave_one_out=COMPOUNDS)}
+    print(loo, flush=True)
+    saved = json.loads(RESULTS.read_text())
+    saved["structure_codes_leave_one_out"] = loo
+    atomic_write_json(RESULTS, saved)
 
 
 def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None:

@@ -48,6 +48,16 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
     assert u["structure_ceiling"]["caffeine"]["closer_than_control"]
     assert u["edit"] == {"strength": 1.0, "guidance": 8.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
     assert set(m["map"]) == {"real", "generated", "copy_control"}
+    from factordiff.data.splits import make_split
+    from factordiff.evaluate.cells import seen_compound_edits
+    from factordiff.evaluate.suite import get_oracle, load_run
+    from factordiff.fit import prepare_data
+
+    cfg, model = load_run(cell_run)
+    data = prepare_data(cfg)[0]
+    args = (model, get_oracle(cell_run, cfg, data, progress=False)[0], data, make_split(data.spec, cfg.split), cfg.evaluate, 0)
+    loo = seen_compound_edits(*args, compounds=[data.spec.factors[0].index("theobromine")], per_compound=2, leave_one_out=COMPOUNDS)
+    assert 0 <= loo <= 1 and seen_compound_edits(*args, compounds=[data.spec.factors[0].index("theobromine")], per_compound=2, leave_one_out={}) is None
     saved = json.loads((cell_run / "metrics.json").read_text())
     assert "batch_swap" in saved and (cell_run / "figures" / "samples.png").is_file()
     assert "Cell Painting: virtual experiments" in build_report(cell_run).read_text()

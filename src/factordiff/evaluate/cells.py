@@ -178,11 +178,15 @@ def seen_batch_swaps(model: FactorModel, oracle, data: FactorDataset, split: Spl
     return {"edits": len(src), **_swap(model, oracle, data, train, np.asarray(src, int), np.asarray(target_rows, int), e, seed, pos)[2]}
 
 
-def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, seed: int = 0, compounds: list[int] | None = None, per_compound: int = 8) -> float | None:
+def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, seed: int = 0, compounds: list[int] | None = None, per_compound: int = 8,
+                        leave_one_out: dict[str, str] | None = None) -> float | None:
     """Same-batch training controls regenerated into training compounds (their prototype codes) at
     the top dose: the share closer to the compound's real fields than to the controls' (the
     ``unseen_compound`` criterion with the right code: how much of a compound the model imposes,
-    the limit of codes from structure). ``compounds``: value indices (default: every treated one)."""
+    the limit of codes from structure). ``compounds``: value indices (default: every treated one).
+    With ``leave_one_out`` (a library, name -> SMILES) each compound's code comes instead from its
+    structure and the *other* training compounds (``edit.compound_code``): the unseen-compound test
+    on training compounds, where nothing held out is looked at."""
     spec, f = data.spec, data.factors
     kc, kb = spec.position("compound"), spec.position("batch")
     kd = spec.position("dose") if "dose" in spec.names else None
@@ -200,7 +204,13 @@ def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: 
         if not len(real) or not model.has_prototype(kc, c):
             continue
         chosen = rng.choice(real, min(len(real), per_compound), replace=False)
-        blocks = {kc: model.prototype(kc, c), **({kd: model.prototype(kd, top)} if kd is not None else {})}
+        if leave_one_out is None:
+            code = model.prototype(kc, c)
+        elif names[c] in leave_one_out:
+            code = compound_code(model, kc, leave_one_out[names[c]], {k: v for k, v in leave_one_out.items() if k != names[c]})
+        else:
+            continue
+        blocks = {kc: code, **({kd: model.prototype(kd, top)} if kd is not None else {})}
         strength, guidance, residual = edit_settings(e, spec, list(blocks))
         feats = oracle_features(oracle, edit_blocks(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], blocks, e.steps, guidance, strength, residual))
         true_mean = oracle_features(oracle, data.images[real]).mean(0)
