@@ -114,8 +114,7 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
         factors = [model.spec.position(n) for n in _csv_list(args.factor)]
-    default = edit_settings(cfg.evaluate, model.spec, sorted(set(sets) | set(factors or [])))
-    strength, guidance, residual = (d if v is None else v for v, d in zip((args.strength, args.guidance, args.residual), default))
+    strength, guidance, residual = edit_settings(cfg.evaluate, model.spec, sorted(set(sets) | set(factors or [])), args.strength, args.guidance, args.residual)
     out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=guidance, strength=strength, residual=residual)
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")

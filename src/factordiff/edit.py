@@ -38,13 +38,14 @@ def parse_sets(model: FactorModel, sets: list[str]) -> dict[int, int]:
     return out
 
 
-def edit_settings(e, spec, factors) -> tuple[float, float, bool]:
+def edit_settings(e, spec, factors, strength: float | None = None, guidance: float | None = None, residual: bool | None = None) -> tuple[float, float, bool]:
     """(strength, guidance, residual) of an edit changing ``factors`` (positions in ``spec``) under
     the ``EvaluateConfig`` ``e``: its ``technical_*`` settings where every changed factor is
-    technical and they are set, its general ones otherwise."""
+    technical and they are set, its general ones otherwise; a setting passed here (not None)
+    overrides the run's."""
     technical = bool(factors) and all(spec.factors[k].role == "technical" for k in factors)
-    pick = lambda tech, general: general if tech is None or not technical else tech
-    return pick(e.technical_strength, e.edit_strength), pick(e.technical_guidance, e.guidance), pick(e.technical_residual, e.edit_residual)
+    pick = lambda given, tech, general: given if given is not None else general if tech is None or not technical else tech
+    return pick(strength, e.technical_strength, e.edit_strength), pick(guidance, e.technical_guidance, e.guidance), pick(residual, e.technical_residual, e.edit_residual)
 
 
 @torch.no_grad()
@@ -169,8 +170,7 @@ def regenerate_images(run, where: list[str], sets: list[str], out, steps: int | 
             target_text[spec.factors[k].name] = value
     if not new_blocks:
         raise FactordiffError("--set: expected at least one FACTOR=VALUE")
-    default = edit_settings(cfg.evaluate, spec, list(new_blocks))
-    strength, guidance, residual = (d if v is None else v for v, d in zip((strength, guidance, residual), default))
+    strength, guidance, residual = edit_settings(cfg.evaluate, spec, list(new_blocks), strength, guidance, residual)
     channels = channel_names(model)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -109,17 +109,28 @@ def batch_mean_shift(data: FactorDataset, train: np.ndarray, src: np.ndarray, ta
     return out
 
 
+def _edit(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], e: EvaluateConfig) -> np.ndarray:
+    """``edit_blocks`` with the settings of the changed factors' role (``edit_settings``)."""
+    strength, guidance, residual = edit_settings(e, model.spec, list(blocks))
+    return edit_blocks(model, images, blocks, e.steps, guidance, strength, residual)
+
+
+def _closer(oracle, images: np.ndarray, true_mean: np.ndarray, control_mean: np.ndarray) -> np.ndarray:
+    """Per image, whether its oracle features lie closer to ``true_mean`` than to ``control_mean``."""
+    feats = oracle_features(oracle, images)
+    return np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - control_mean, axis=1)
+
+
 def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], e: EvaluateConfig) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets, with the edit settings of those factors' role."""
-    strength, guidance, residual = edit_settings(e, data.spec, factors)
     f = data.factors
     out = np.empty((len(src), *data.images.shape[1:]), np.uint8)
     keys = [tuple(int(f[r, k]) for k in factors) for r in target_rows]
     for key in sorted(set(keys)):
         idx = np.flatnonzero([k == key for k in keys])
         blocks = {k: model.prototype(k, v) for k, v in zip(factors, key) if model.has_prototype(k, v)}
-        out[idx] = edit_blocks(model, data.images[src[idx]], blocks, e.steps, guidance, strength, residual)
+        out[idx] = _edit(model, data.images[src[idx]], blocks, e)
     return out
 
 
@@ -144,9 +155,11 @@ def _swap(model: FactorModel, oracle, data: FactorDataset, train: np.ndarray, sr
     technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
     biology = [pos[k] for k in ("compound", "dose", "cell_line") if k in pos]
     generated = _regenerate_into(model, data, src, target_rows, technical, e)
-    kept = lambda p: float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean())
-    rates = lambda x: (lambda p: {"target_batch_rate": float((p[:, kb] == f[target_rows, kb]).mean()), "biology_kept_rate": kept(p),
-                                  "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())})(oracle.predict(x))
+
+    def rates(images: np.ndarray) -> dict:
+        p = oracle.predict(images)
+        return {"target_batch_rate": float((p[:, kb] == f[target_rows, kb]).mean()), "biology_kept_rate": float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean()),
+                "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())}
     moved = f[src].copy()
     moved[:, technical] = f[target_rows][:, technical]
     true_cf = true_counterfactuals(data, src, moved, seed)
@@ -211,10 +224,8 @@ def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: 
         else:
             continue
         blocks = {kc: code, **({kd: model.prototype(kd, top)} if kd is not None else {})}
-        strength, guidance, residual = edit_settings(e, spec, list(blocks))
-        feats = oracle_features(oracle, edit_blocks(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], blocks, e.steps, guidance, strength, residual))
-        true_mean = oracle_features(oracle, data.images[real]).mean(0)
-        hits.append(np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - feats_ctrl, axis=1))
+        edited = _edit(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], blocks, e)
+        hits.append(_closer(oracle, edited, oracle_features(oracle, data.images[real]).mean(0), feats_ctrl))
     return float(np.concatenate(hits).mean()) if hits else None
 
 
@@ -291,13 +302,8 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
             near_pool = near_pool if len(near_pool) else np.flatnonzero(train & (f[:, kc] == nearest))
             near = _same_batch(rng, near_pool, chosen, f[:, kb])
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
-
-            def closer(x: np.ndarray) -> np.ndarray:
-                feats = oracle_features(oracle, x)
-                return np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - feats_ctrl, axis=1)
-            strength, guidance, residual = edit_settings(e, spec, list(blocks))
-            row = {"generated": closer(edit_blocks(model, data.images[sources], blocks, e.steps, guidance, strength, residual)),
-                   "copy_control": closer(data.images[sources]), "nearest_compound": closer(data.images[near])}
+            row = {name: _closer(oracle, x, true_mean, feats_ctrl)
+                   for name, x in (("generated", _edit(model, data.images[sources], blocks, e)), ("copy_control", data.images[sources]), ("nearest_compound", data.images[near]))}
             for k, v in row.items():
                 hits[k].append(v)
             res.append({"compound": compounds[c], "images": int(len(chosen)), "closer_than_control": float(row["generated"].mean()),
