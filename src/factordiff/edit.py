@@ -103,11 +103,16 @@ def compound_code(model: FactorModel, k: int, smiles: str, library: dict[str, st
     """A code block for a compound no training image had, from its structure: the Morgan
     ``CodeRegression`` (Tanimoto kernel ridge offset from the control's prototype, or a
     Tanimoto-weighted mean, whichever has the lower leave-one-out error) of the training compounds'
-    prototype blocks on their fingerprints. Only prototypes (training images) are used."""
+    prototype blocks on their fingerprints. Only prototypes (training images) are used. A run
+    with ``denoiser.structure`` on this factor instead codes it as it codes every compound: its
+    ``StructureCodes`` of the fingerprint, learned with the denoiser."""
     from factordiff.data.cellsim import CONTROL
     from factordiff.encoders.perturbation import CodeRegression, perturbation_features
 
     f = model.spec.factors[k]
+    s = model.structure
+    if s is not None and s.factor == k:
+        return s.embedder.embed(torch.from_numpy(perturbation_features("morgan", [smiles], set())))[0]
     known = [v for v in range(f.size) if model.has_prototype(k, v) and str(f.values[v]) in library and str(f.values[v]) != CONTROL]
     if len(known) < 3:
         raise FactordiffError(f"--set {f.name}={smiles}: fewer than three training compounds with structures to learn codes from")

@@ -176,12 +176,36 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     if not dn.train_base:
         base = Denoiser(denoiser.unet).train().requires_grad_(True)  # shares the UNet: the stage loads the trained base into it
         f.stage("base", DiffusionStep(base, dn), base, list(base.parameters()), {} if _stage_done(f.run, "base") else {"x": x}, dn, 4, dn.ema_decay, warmup=500)
-    tensors = {} if _stage_done(f.run, "denoiser") else {"x": x, "codes": model.codes(f.train.images)}
+    structure = model.structure
+    step: torch.nn.Module = DiffusionStep(denoiser, dn)
+    if _stage_done(f.run, "denoiser"):
+        tensors = {}
+    elif structure is None:
+        tensors = {"x": x, "codes": model.codes(f.train.images)}
+    else:  # the distiller's codes and its posterior over the training values; the structure codes train with the denoiser
+        structure.set_seen(np.isin(np.arange(len(structure.seen)), f.train.factors[:, structure.factor]))
+        with torch.no_grad():
+            raw = map_batches(lambda b: model.encoder(to_unit(b)), f.train.images)
+            tensors = {"x": x, "codes": raw, "posterior": structure.posterior(model.encoder.logits(raw)[structure.factor])}
+        step = _StructureStep(step)
     denoiser.train().requires_grad_(True)
     if not dn.train_base:
         denoiser.unet.requires_grad_(False)
     trainable = [p for p in denoiser.parameters() if p.requires_grad]
-    return f.stage("denoiser", DiffusionStep(denoiser, dn), denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
+    return f.stage("denoiser", step, denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
+
+
+class _StructureStep(torch.nn.Module):
+    """A ``DiffusionStep`` whose batch's perturbation block is made by the denoiser's
+    ``StructureCodes`` from the batch's distiller posterior, so that the structure codes learn
+    from the diffusion loss."""
+
+    def __init__(self, step: DiffusionStep):
+        super().__init__()
+        self.step = step
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.step({**batch, "codes": self.step.denoiser.structure(batch["codes"], batch["posterior"])}, gen)
 
 
 def _latents(f: _Fit, model: FactorModel):

@@ -23,6 +23,7 @@ from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.sampling import invert, sample
 from factordiff.encoders.distill import FactorDistiller
+from factordiff.encoders.perturbation import StructureCodes, perturbation_features
 from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, zero_output
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
@@ -86,19 +87,48 @@ def _shift(cfg: RunConfig, shape: ModelShape, blocks: int, code_dims: int, branc
     return GradientEstimatorDenoiser(build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps, segmented)
 
 
+def build_structure(cfg: RunConfig, spec: FactorSpec) -> StructureCodes | None:
+    """``denoiser.structure``'s module: the factor's values' Morgan fingerprints (the built-in
+    assay's compounds by name, other values read as SMILES), its control its own code."""
+    name = cfg.denoiser.structure
+    if name is None:
+        return None
+    if cfg.unsupervised.enabled:
+        raise FactordiffError("denoiser.structure: needs the supervised distiller (its posterior over the factor's values); unsupervised.enabled is true")
+    if name not in spec.names:
+        raise FactordiffError(f"denoiser.structure: unknown factor {name!r}; expected one of {', '.join(spec.names)}")
+    k = spec.position(name)
+    values = [str(v) for v in spec.factors[k].values]
+    control = cfg.denoiser.structure_control
+    if control not in values:
+        raise FactordiffError(f"denoiser.structure_control: {name} has no value {control!r}; expected one of {', '.join(values[:8])}")
+    library = {}
+    if cfg.data.source == "cellsim":
+        from factordiff.data.cellsim import COMPOUNDS as library
+    features = perturbation_features("morgan", values, {control}, library)
+    return StructureCodes(k, features, np.array([v == control for v in values]), cfg.distill.code_dims)
+
+
 def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
     """The conditioned denoiser: the unsupervised encoder's segmented branch, or the supervised
-    codes through ``denoiser.adapter``."""
+    codes through ``denoiser.adapter`` (with ``denoiser.structure``, its ``structure`` submodule
+    makes the perturbation's block; it trains and is saved with the denoiser)."""
     dn = cfg.denoiser
     if cfg.unsupervised.enabled:
         u = cfg.unsupervised
         return _shift(cfg, shape, u.segments, u.code_dims, u.branch_channels, segmented=True)
     if dn.adapter == "shift":
-        return _shift(cfg, shape, len(spec), cfg.distill.code_dims, dn.branch_channels, segmented=False)
-    unet = build_unet(dn, *denoiser_space(cfg, shape))
-    if dn.adapter == "tokens":
-        return Denoiser(unet, TokenAdapter(len(spec), cfg.distill.code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden))
-    return Denoiser(unet, TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, dn.block_out_channels[0] * 4, dn.adapter_hidden))
+        denoiser = _shift(cfg, shape, len(spec), cfg.distill.code_dims, dn.branch_channels, segmented=False)
+    else:
+        unet = build_unet(dn, *denoiser_space(cfg, shape))
+        if dn.adapter == "tokens":
+            denoiser = Denoiser(unet, TokenAdapter(len(spec), cfg.distill.code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden))
+        else:
+            denoiser = Denoiser(unet, TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, dn.block_out_channels[0] * 4, dn.adapter_hidden))
+    structure = build_structure(cfg, spec)
+    if structure is not None:
+        denoiser.structure = structure
+    return denoiser
 
 
 class FactorModel:
@@ -134,11 +164,22 @@ class FactorModel:
         return parts
 
     # --- codes -----------------------------------------------------------------------------
+    @property
+    def structure(self) -> StructureCodes | None:
+        """The perturbation's structure codes (``denoiser.structure``), or None."""
+        return getattr(self.denoiser, "structure", None)
+
     @torch.no_grad()
     def codes(self, images: np.ndarray) -> torch.Tensor:
-        """Codes (N, K, D) of uint8 images (N, H, W, C)."""
+        """Codes (N, K, D) of uint8 images (N, H, W, C); with ``denoiser.structure``, the
+        perturbation's block is ``StructureCodes`` of the distiller's posterior."""
         self._check_images(images)
-        return map_batches(lambda b: self.encoder(to_unit(b)), images)
+        return map_batches(lambda b: self.with_structure(self.encoder(to_unit(b))), images)
+
+    def with_structure(self, codes: torch.Tensor) -> torch.Tensor:
+        """The distiller's ``codes`` with the perturbation's block made by ``structure`` (if any)."""
+        s = self.structure
+        return codes if s is None else s(codes, s.posterior(self.encoder.logits(codes)[s.factor]))
 
     def _check_images(self, images: np.ndarray) -> None:
         want = (self.shape.size, self.shape.size, self.shape.channels)
@@ -153,10 +194,11 @@ class FactorModel:
         self.mean_code = codes.mean(0)
         for k, f in enumerate(self.spec.factors):
             proto = torch.full((f.size, codes.shape[2]), float("nan"))
+            table = self.structure.table() if self.structure is not None and k == self.structure.factor else None
             for v in range(f.size):
                 m = torch.from_numpy(factors[:, k] == v)
-                if m.any():
-                    proto[v] = codes[m, self.factor_blocks[k]].mean(0)
+                if m.any():  # a structure-coded value's code is its own, not the posterior's mean over its images
+                    proto[v] = codes[m, self.factor_blocks[k]].mean(0) if table is None else table[v]
             self.prototypes.append(proto)
 
     def compose(self, values: np.ndarray, block: Callable[[int, int], torch.Tensor] | None = None) -> torch.Tensor:

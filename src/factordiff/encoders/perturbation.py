@@ -15,7 +15,8 @@ their own (a learned vector in ``PerturbationEmbedder``, their own prototype as 
 Two ways the features become codes:
 
 - ``PerturbationEmbedder``: a module trained with the denoiser (the profile model), features ->
-  MLP -> code, controls their own learned vector;
+  MLP -> code, controls their own learned vector; in image runs (``denoiser.structure``) a linear
+  one inside ``StructureCodes``;
 - ``CodeRegression``: a map fitted after training from the training values' features to their
   code blocks (the image model's prototypes, statistics of training images only): kernel ridge
   regression offset from the controls' code, or a kernel-weighted mean of the training codes,
@@ -110,7 +111,9 @@ class PerturbationEmbedder(nn.Module):
         features: (V, F) features of every value of the factor (``perturbation_features``).
         is_control: (V,) bool.
         code_dims: D.
-        hidden: the MLP's width.
+        hidden: the MLP's width; 0 makes the map linear, its weights starting at zero, so that a
+            feature (a fingerprint bit) that no training value has adds nothing to a new value's
+            code, and a new value's code is built from the bits it shares with the training ones.
     """
 
     def __init__(self, features: np.ndarray, is_control: np.ndarray, code_dims: int, hidden: int = 64):
@@ -118,13 +121,63 @@ class PerturbationEmbedder(nn.Module):
         self.register_buffer("features", torch.as_tensor(features, dtype=torch.float32))
         control_slot = np.cumsum(is_control) - 1
         self.register_buffer("control_slot", torch.as_tensor(np.where(is_control, control_slot, -1), dtype=torch.long))
-        self.net = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.SiLU(), nn.Linear(hidden, code_dims))
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.SiLU(), nn.Linear(hidden, code_dims))
+        else:
+            self.net = nn.Linear(features.shape[1], code_dims)
+            nn.init.zeros_(self.net.weight)
+            nn.init.normal_(self.net.bias, std=0.02)
         self.controls = nn.Parameter(0.02 * torch.randn(max(1, int(np.sum(is_control))), code_dims))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         slot = self.control_slot[idx]
         codes = self.net(self.features[idx])
         return torch.where((slot >= 0)[:, None], self.controls[slot.clamp(min=0)], codes)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Codes (m, D) of treated values with ``features`` (m, F), e.g. compounds no row had."""
+        return self.net(features.to(self.features))
+
+
+class StructureCodes(nn.Module):
+    """An image model's perturbation block as a function of structure, trained with the denoiser.
+
+    The distiller still reads the perturbation from an image (its classifier on the factor's
+    block); the block that the denoiser sees is the classifier's posterior over the values that
+    training images had times each value's ``PerturbationEmbedder`` code: for a clear image, its
+    compound's code; for an ambiguous one (a low dose), a mix. The codes learn with the denoiser
+    from the diffusion loss, so the code of a compound no training image had, ``embed`` of its
+    fingerprint, is in the space the denoiser was trained on instead of regressed into a space
+    trained to tell compounds apart.
+
+    Args:
+        factor: the perturbation factor's position.
+        features, is_control, code_dims: as ``PerturbationEmbedder`` (linear, ``hidden=0``).
+    """
+
+    def __init__(self, factor: int, features: np.ndarray, is_control: np.ndarray, code_dims: int):
+        super().__init__()
+        self.factor = factor
+        self.embedder = PerturbationEmbedder(features, is_control, code_dims, hidden=0)
+        self.register_buffer("seen", torch.ones(len(features), dtype=torch.bool))
+
+    def set_seen(self, seen: np.ndarray) -> None:
+        """The values that training images had: the only ones the posterior may put weight on."""
+        self.seen.copy_(torch.as_tensor(seen, dtype=torch.bool))
+
+    def table(self) -> torch.Tensor:
+        """Every value's code (V, D)."""
+        return self.embedder(torch.arange(len(self.seen), device=self.seen.device))
+
+    def posterior(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distiller's class logits (B, V) -> probabilities over the seen values."""
+        return torch.softmax(logits.masked_fill(~self.seen, float("-inf")), dim=1)
+
+    def forward(self, codes: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
+        """``codes`` (B, K, D) with the factor's block set to ``posterior`` (B, V) @ ``table()``."""
+        out = codes.clone()
+        out[:, self.factor] = posterior @ self.table()
+        return out
 
 
 class CodeRegression:

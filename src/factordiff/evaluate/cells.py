@@ -199,8 +199,12 @@ def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: 
     the limit of codes from structure). ``compounds``: value indices (default: every treated one).
     With ``leave_one_out`` (a library, name -> SMILES) each compound's code comes instead from its
     structure and the *other* training compounds (``edit.compound_code``): the unseen-compound test
-    on training compounds, where nothing held out is looked at."""
+    on training compounds, where nothing held out is looked at; None for a run whose compound
+    codes are learned from structure (``denoiser.structure``: each training compound's code was
+    learned from its own images, so none can be left out without training again)."""
     spec, f = data.spec, data.factors
+    if leave_one_out is not None and model.structure is not None:
+        return None
     kc, kb = spec.position("compound"), spec.position("batch")
     kd = spec.position("dose") if "dose" in spec.names else None
     names = [str(v) for v in spec.factors[kc].values]
