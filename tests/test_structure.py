@@ -68,3 +68,14 @@ def test_structure_needs_a_known_factor_and_the_distiller():
         with pytest.raises(FactordiffError, match=match) as e:
             build_structure(cfg, spec)
         assert "\n" not in str(e.value)
+
+
+def test_a_bad_structure_factor_is_refused_by_the_cli_before_training(tmp_path, capsys):
+    from factordiff.cli import main
+
+    out, config = tmp_path / "run", tmp_path / "small.json"
+    config.write_text('{"data": {"source": "cellsim", "size": 16, "n": 64}}')
+    code = main(["fit", "--config", str(config), "--structure", "drug", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown factor 'drug'" in err[0] and "Traceback" not in err[0]
+    assert not (out / "model").exists()

@@ -34,7 +34,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "split.where": args.holdout_where, "train.minutes": args.minutes, "train.seed": args.seed,
         "profiles.normalize": args.normalize, "profiles.controls": args.controls, "profiles.moa": args.moa,
         "profiles.max_missing": args.max_missing, "profiles.perturbation_embedding": args.perturbation_embedding, "profiles.smiles": args.smiles, "profiles.roles": _csv_list(args.roles) if args.roles else None,
-        "denoiser.adapter": args.adapter, "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base),
+        "denoiser.adapter": args.adapter, "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base), "denoiser.structure": args.structure,
     }
     over = {k: v for k, v in pairs.items() if v is not None}
     if args.data and not args.data.startswith("shapes"):
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, help="image size the models work at")
     p.add_argument("--adapter", choices=["embed", "tokens", "shift"], help="how codes enter the UNet: time embedding, cross-attention tokens, or a shift branch (default embed)")
     p.add_argument("--base", choices=["joint", "frozen"], help="train the UNet with the adapter, or first alone and then frozen (default joint)")
+    p.add_argument("--structure", metavar="FACTOR", help="image runs: code this perturbation factor (e.g. compound) as a function of its Morgan fingerprint, learned with the denoiser (denoiser.structure)")
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")

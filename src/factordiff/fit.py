@@ -36,7 +36,7 @@ from factordiff.errors import FactordiffError
 from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
 from factordiff.diffusion.denoiser import Denoiser
-from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, to_unit
+from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, build_structure, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
 STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
@@ -271,6 +271,7 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dataset, split, train = data or prepare_data(cfg)
+    build_structure(cfg, train.spec)  # a bad denoiser.structure is refused before any stage trains
     if main:
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
