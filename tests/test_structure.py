@@ -14,8 +14,8 @@ from factordiff.errors import FactordiffError
 
 from conftest import tiny_overrides
 
-OVER = dict(**{"data.source": "cellsim", "data.size": 16, "data.n": 320, "split.kind": "none", "split.factors": [], "split.where": ["compound=caffeine"],
-               "denoiser.structure": "compound"})
+OVER = {"data.source": "cellsim", "data.size": 16, "data.n": 320, "split.kind": "none", "split.factors": [], "split.where": ["compound=caffeine"],
+        "denoiser.structure": "compound"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def structure_run(tmp_path_factory):
 
 def test_structure_codes_train_with_the_denoiser_and_code_an_unseen_compound(structure_run):
     from factordiff.edit import compound_code
-    from factordiff.model import FactorModel
+    from factordiff.model import FactorModel, to_unit
 
     model = FactorModel.load(structure_run.run / "model")  # the structure codes are saved with the denoiser
     s, spec = model.structure, model.spec
@@ -41,7 +41,7 @@ def test_structure_codes_train_with_the_denoiser_and_code_an_unseen_compound(str
     assert torch.all(weight[:, torch.from_numpy(~trained)] == 0)  # a bit no training compound has adds nothing
     # codes: the distiller's, with the compound block = posterior over the training compounds x their codes
     images = structure_run.train.images[:6]
-    raw = model.encoder(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    raw = model.encoder(to_unit(images))
     codes = model.codes(images)
     post = s.posterior(model.encoder.logits(raw)[s.factor])
     assert torch.all(post[:, caffeine] == 0) and torch.allclose(post.sum(1), torch.ones(6))
@@ -58,10 +58,10 @@ def test_structure_codes_train_with_the_denoiser_and_code_an_unseen_compound(str
 
 
 def test_structure_needs_a_known_factor_and_the_distiller():
+    from factordiff.data.cellsim import cellsim_spec
     from factordiff.model import build_structure
 
-    cfg = load_config(None, tiny_overrides(**{**OVER, "denoiser.structure": "drug"}))
-    spec = __import__("factordiff.data.cellsim", fromlist=["cellsim_spec"]).cellsim_spec()
+    spec = cellsim_spec()
     for over, match in (({"denoiser.structure": "drug"}, "unknown factor 'drug'"), ({"denoiser.structure_control": "water"}, "no value 'water'"),
                         ({"unsupervised.enabled": True}, "needs the supervised distiller")):
         cfg = load_config(None, tiny_overrides(**{**OVER, **over}))

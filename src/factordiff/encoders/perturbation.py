@@ -131,7 +131,7 @@ class PerturbationEmbedder(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         slot = self.control_slot[idx]
-        codes = self.net(self.features[idx])
+        codes = self.embed(self.features[idx])
         return torch.where((slot >= 0)[:, None], self.controls[slot.clamp(min=0)], codes)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
