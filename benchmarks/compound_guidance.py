@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -80,7 +81,7 @@ def main() -> None:
             row["unseen_closer_than_control"][names[c]] = float(_closer(oracle, edited, oracle_features(oracle, data.images[real]).mean(0), feats_ctrl).mean())
         rows.append(row)
         print(row, flush=True)
-    saved = __import__("json").loads(RESULTS.read_text())
+    saved = json.loads(RESULTS.read_text())
     saved["compound_guidance_realism"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     atomic_write_json(RESULTS, saved)
     print(f"wrote {RESULTS} (compound_guidance_realism)")
