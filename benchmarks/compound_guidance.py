@@ -30,7 +30,7 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.cellsim import COMPOUNDS
 from factordiff.data.splits import make_split
 from factordiff.edit import compound_code
-from factordiff.evaluate.cells import CONTROL, _closer, _edit, _same_batch, oracle_features
+from factordiff.evaluate.cells import CONTROL, _closer, _edit, _same_batch, compound_edits, oracle_features
 from factordiff.evaluate.suite import get_oracle, load_run
 from factordiff.fit import prepare_data
 
@@ -61,16 +61,10 @@ def main() -> None:
         e = dataclasses.replace(cfg.evaluate, guidance=g)
         rng = np.random.default_rng(cfg.train.seed + 5)
         hits, named, dist = [], [], []
-        for c in range(len(names)):
-            real = np.flatnonzero(train & (f[:, kc] == c) & (f[:, kd] == top))
-            if c == ctrl or not len(real) or not model.has_prototype(kc, c):
-                continue
-            chosen = rng.choice(real, min(len(real), a.per_compound), replace=False)
-            edited = _edit(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], {kc: model.prototype(kc, c), kd: model.prototype(kd, top)}, e)
-            true_mean = oracle_features(oracle, data.images[real]).mean(0)
-            hits.append(_closer(oracle, edited, true_mean, feats_ctrl))
+        for c, edited, true_mean, ctrl_mean in compound_edits(model, oracle, data, split, e, rng, per_compound=a.per_compound):
+            hits.append(_closer(oracle, edited, true_mean, ctrl_mean))
             named.append(oracle.predict(edited)[:, kc] == c)
-            dist.append(np.linalg.norm(oracle_features(oracle, edited).mean(0) - true_mean) / np.linalg.norm(feats_ctrl - true_mean))
+            dist.append(np.linalg.norm(oracle_features(oracle, edited).mean(0) - true_mean) / np.linalg.norm(ctrl_mean - true_mean))
         row = {"guidance": g, "closer_than_control": float(np.concatenate(hits).mean()), "oracle_compound": float(np.concatenate(named).mean()), "mean_distance": float(np.mean(dist)),
                "unseen_closer_than_control": {}}
         for c in unseen:

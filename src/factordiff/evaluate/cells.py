@@ -33,6 +33,8 @@ or a table with those factors), each beside the copy-the-source (or copy-the-con
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import torch
 
@@ -202,35 +204,48 @@ def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: 
     on training compounds, where nothing held out is looked at; None for a run whose compound
     codes are learned from structure (``denoiser.structure``: each training compound's code was
     learned from its own images, so none can be left out without training again)."""
-    spec, f = data.spec, data.factors
     if leave_one_out is not None and model.structure is not None:
         return None
+    kc = data.spec.position("compound")
+    names = [str(v) for v in data.spec.factors[kc].values]
+    code = None if leave_one_out is None else lambda c: (compound_code(model, kc, leave_one_out[names[c]], {k: v for k, v in leave_one_out.items() if k != names[c]})
+                                                        if names[c] in leave_one_out else None)
+    if CONTROL not in names:
+        return None
+    hits = [_closer(oracle, edited, true_mean, control_mean)
+            for _, edited, true_mean, control_mean in compound_edits(model, oracle, data, split, e, np.random.default_rng(seed + 13), compounds, per_compound, code)]
+    return float(np.concatenate(hits).mean()) if hits else None
+
+
+def compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, rng: np.random.Generator, compounds: list[int] | None = None,
+                   per_compound: int = 8, code: Callable[[int], torch.Tensor | None] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """The edits of ``seen_compound_edits``, per training compound ``c`` (``compounds`` or every
+    treated one) with top-dose training fields: ``(c, edited, true_mean, control_mean)``, where
+    ``edited`` are ``per_compound`` same-batch training controls (drawn with ``rng``) regenerated
+    into it at the top dose with ``code(c)`` (default its prototype; None skips it), and the means
+    are the oracle features' of its real fields and of the controls'. The data's compound factor
+    must have DMSO."""
+    spec, f = data.spec, data.factors
     kc, kb = spec.position("compound"), spec.position("batch")
     kd = spec.position("dose") if "dose" in spec.names else None
     names = [str(v) for v in spec.factors[kc].values]
-    if CONTROL not in names:
-        return None
     train, ctrl = ~split.heldout(f), names.index(CONTROL)
     top = int(np.max(f[:, kd])) if kd is not None else None
     at_top = (f[:, kd] == top) if kd is not None else np.ones(len(f), bool)
     pool = np.flatnonzero(train & (f[:, kc] == ctrl))
-    feats_ctrl = oracle_features(oracle, data.images[np.flatnonzero(f[:, kc] == ctrl)[:500]]).mean(0)
-    rng, hits = np.random.default_rng(seed + 13), []
+    control_mean = oracle_features(oracle, data.images[np.flatnonzero(f[:, kc] == ctrl)[:500]]).mean(0)
+    code = code or (lambda c: model.prototype(kc, c))
     for c in compounds if compounds is not None else [c for c in range(len(names)) if c != ctrl]:
         real = np.flatnonzero(train & (f[:, kc] == c) & at_top)
         if not len(real) or not model.has_prototype(kc, c):
             continue
         chosen = rng.choice(real, min(len(real), per_compound), replace=False)
-        if leave_one_out is None:
-            code = model.prototype(kc, c)
-        elif names[c] in leave_one_out:
-            code = compound_code(model, kc, leave_one_out[names[c]], {k: v for k, v in leave_one_out.items() if k != names[c]})
-        else:
+        block = code(c)
+        if block is None:
             continue
-        blocks = {kc: code, **({kd: model.prototype(kd, top)} if kd is not None else {})}
+        blocks = {kc: block, **({kd: model.prototype(kd, top)} if kd is not None else {})}
         edited = _edit(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], blocks, e)
-        hits.append(_closer(oracle, edited, oracle_features(oracle, data.images[real]).mean(0), feats_ctrl))
-    return float(np.concatenate(hits).mean()) if hits else None
+        yield c, edited, oracle_features(oracle, data.images[real]).mean(0), control_mean
 
 
 def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split, channels: tuple[str, ...], e: EvaluateConfig, n: int = 100,
