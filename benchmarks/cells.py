@@ -1,7 +1,7 @@
 """Cell Painting images on cellsim: fit, evaluate and regenerate in a stated budget, every figure
 beside its null; into ``benchmarks/results/cells.json``.
 
-    python benchmarks/cells.py [--size 32] [--minutes 20] [--n 12000] [--set FIELD=VALUE ...]
+    python benchmarks/cells.py [--size 32] [--minutes 20] [--n 60000] [--set FIELD=VALUE ...]
 
 Held out of every learning stage: three compound x batch combinations (nocodazole in batch_2,
 colchicine in batch_3, rotenone in batch_4) and two compounds entirely (caffeine, camptothecin).
@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--minutes", type=float, default=20.0, help="fit budget (all stages)")
-    ap.add_argument("--n", type=int, default=12000, help="fields rendered")
+    ap.add_argument("--n", type=int, default=60000, help="fields rendered (the CLI's default)")
     ap.add_argument("--out", default="runs/bench-cells")
     ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the run in --out with today's evaluation settings (no fit)")
     ap.add_argument("--edits", help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on the run in --out and stop")

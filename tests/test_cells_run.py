@@ -46,7 +46,7 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
     assert u["by_compound"][0]["compound"] == "caffeine" and 0 <= u["closer_than_control"] <= 1 and u["dose"] == "10.0"
     assert u["by_compound"][0]["nearest_compound"] in ("theobromine", "theophylline") and 0 <= u["nearest_compound"] <= 1
     assert u["structure_ceiling"]["caffeine"]["closer_than_control"]
-    assert u["edit"] == {"strength": 1.0, "guidance": 8.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
+    assert u["edit"] == {"strength": 1.0, "guidance": 5.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
     assert set(m["map"]) == {"real", "generated", "copy_control"}
     from factordiff.data.splits import make_split
     from factordiff.evaluate.cells import seen_compound_edits

@@ -54,10 +54,13 @@ def test_bad_syntax_names_the_file(tmp_path):
 
 
 def test_source_defaults_fill_only_unset_fields(tmp_path):
-    """cellsim edits invert to pure noise and its oracle trains longer unless the config says otherwise;
-    other sources keep 0.65."""
+    """cellsim edits invert through the whole schedule, its distiller and oracle train longer unless
+    the config says otherwise; other sources keep 0.65 and the distiller's 1,500 steps."""
     assert load_config(None, {"data.source": "cellsim"}).evaluate.edit_strength == 1.0
     assert load_config(None, {"data.source": "cellsim"}).evaluate.oracle_steps == 6000
+    assert load_config(None, {"data.source": "cellsim"}).distill.steps == 4000
+    assert load_config(None, {"data.source": "cellsim", "distill.steps": 9}).distill.steps == 9
+    assert load_config(None, {"data.source": "shapes"}).distill.steps == 1500
     assert load_config(None, {"data.source": "cellsim", "evaluate.edit_strength": 0.5}).evaluate.edit_strength == 0.5
     assert load_config(None, {"data.source": "shapes"}).evaluate.edit_strength == 0.65
     (tmp_path / "c.json").write_text(json.dumps({"data": {"source": "cellsim"}, "evaluate": {"steps": 7}}))
