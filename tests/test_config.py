@@ -27,6 +27,7 @@ def test_formats(tmp_path, suffix, text):
 @pytest.mark.parametrize("data,message", [
     ({"train": {"sed": 3}}, r"config.train.sed: unknown field"),
     ({"trian": {}}, r"config.trian: unknown field"),
+    ({"data": {"\n": None}}, r"^config.data.'\\n': unknown field"),  # a key that is not printable is shown quoted, on one line
     ({"train": {"seed": "3"}}, r"config.train.seed: expected an integer, got '3'"),
     ({"denoiser": {"lr": "fast"}}, r"config.denoiser.lr: expected a number, got 'fast'"),
     ({"autoencoder": {"enabled": "yes"}}, r"config.autoencoder.enabled: expected true or false"),

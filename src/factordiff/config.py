@@ -459,7 +459,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
         data = {k: v for k, v in data.items() if k != key}
     for key in data:
         if key not in names:
-            raise FactordiffError(f"{where}.{key}: unknown field; expected one of {', '.join(sorted(names))}")
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, whatever the file held
+            raise FactordiffError(f"{where}.{shown}: unknown field; expected one of {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     _check_ranges(obj, where)
