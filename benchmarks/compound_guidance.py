@@ -2,7 +2,7 @@
 compounds only, with what the unseen-compound criterion cannot see: into
 ``benchmarks/results/cells.json`` as ``compound_guidance_realism``.
 
-    python benchmarks/compound_guidance.py --out runs/e3 --guidances 1,8,20,50
+    python benchmarks/compound_guidance.py --out runs/e5 --guidances 1,3,5,8,12   # cells.json today (runs/e3: 1,8,20,50)
 
 Same-batch training controls are regenerated into each training compound at the top dose with
 its prototype code (the run's compound-edit settings, guidance varied). Per guidance:
