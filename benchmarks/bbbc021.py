@@ -21,13 +21,32 @@ def bbbc021_table(folder: Path) -> pd.DataFrame:
     prof = pd.read_csv(folder / "ljosa_jbiomolscreen_2013_per_well_mean.csv.gz")
     img = pd.read_csv(folder / "BBBC021_v1_image.csv.gz")
     moa = pd.read_csv(folder / "BBBC021_v1_moa.csv")
-    wells = (img.groupby(["Image_Metadata_Plate_DAPI", "Image_Metadata_Well_DAPI"])
-             .agg(Metadata_Compound=("Image_Metadata_Compound", "first"), Metadata_Concentration=("Image_Metadata_Concentration", "first"))
-             .reset_index().rename(columns={"Image_Metadata_Plate_DAPI": "Metadata_Plate", "Image_Metadata_Well_DAPI": "Metadata_Well"}))
-    prof = prof.rename(columns={"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "Metadata_Well"})
+    wells = (
+        img.groupby(["Image_Metadata_Plate_DAPI", "Image_Metadata_Well_DAPI"])
+        .agg(
+            Metadata_Compound=("Image_Metadata_Compound", "first"),
+            Metadata_Concentration=("Image_Metadata_Concentration", "first"),
+        )
+        .reset_index()
+        .rename(
+            columns={
+                "Image_Metadata_Plate_DAPI": "Metadata_Plate",
+                "Image_Metadata_Well_DAPI": "Metadata_Well",
+            }
+        )
+    )
+    prof = prof.rename(
+        columns={"Image_Metadata_Plate": "Metadata_Plate", "Image_Metadata_Well": "Metadata_Well"}
+    )
     table = wells.merge(prof, on=["Metadata_Plate", "Metadata_Well"], how="inner")
     table.insert(2, "Metadata_Batch", table["Metadata_Plate"].str.split("_").str[0])
-    moa = moa.rename(columns={"compound": "Metadata_Compound", "concentration": "Metadata_Concentration", "moa": "Metadata_MoA"})
+    moa = moa.rename(
+        columns={
+            "compound": "Metadata_Compound",
+            "concentration": "Metadata_Concentration",
+            "moa": "Metadata_MoA",
+        }
+    )
     table = table.merge(moa, on=["Metadata_Compound", "Metadata_Concentration"], how="left")
     table["Metadata_MoA"] = table["Metadata_MoA"].fillna("unknown")
     meta = [c for c in table.columns if c.startswith("Metadata_")]

@@ -45,7 +45,13 @@ from factordiff.fit import fit
 from factordiff.report import build_report
 
 RESULTS = Path(__file__).parent / "results" / "cells.json"
-HOLDOUT = ["compound=nocodazole,batch=batch_2", "compound=colchicine,batch=batch_3", "compound=rotenone,batch=batch_4", "compound=caffeine", "compound=camptothecin"]
+HOLDOUT = [
+    "compound=nocodazole,batch=batch_2",
+    "compound=colchicine,batch=batch_3",
+    "compound=rotenone,batch=batch_4",
+    "compound=caffeine",
+    "compound=camptothecin",
+]
 FIT_RECORD = "bench_fit.json"  # in the run folder: the fit's minutes and command, for --evaluate-only
 
 
@@ -70,12 +76,37 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=20.0, help="fit budget (all stages)")
     ap.add_argument("--n", type=int, default=60000, help="fields rendered (the CLI's default)")
     ap.add_argument("--out", default="runs/bench-cells")
-    ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the run in --out with today's evaluation settings (no fit)")
-    ap.add_argument("--edits", help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on the run in --out and stop")
-    ap.add_argument("--guidances", default="", help="with --edits: compound-edit guidance weights to compare (comma-separated)")
-    ap.add_argument("--code-loo", action="store_true", help="the unseen-compound test on training compounds (codes from the others' structures) on the run in --out, and stop")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config override of the fit (repeatable), e.g. autoencoder.enabled=false")
-    ap.add_argument("--fit-only", action="store_true", help="fit into --out and stop (evaluate later with --evaluate-only)")
+    ap.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-evaluate the run in --out with today's evaluation settings (no fit)",
+    )
+    ap.add_argument(
+        "--edits",
+        help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on the run in --out and stop",
+    )
+    ap.add_argument(
+        "--guidances",
+        default="",
+        help="with --edits: compound-edit guidance weights to compare (comma-separated)",
+    )
+    ap.add_argument(
+        "--code-loo",
+        action="store_true",
+        help="the unseen-compound test on training compounds (codes from the others' structures) on the run in --out, and stop",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a config override of the fit (repeatable), e.g. autoencoder.enabled=false",
+    )
+    ap.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="fit into --out and stop (evaluate later with --evaluate-only)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(a.out)
@@ -83,10 +114,35 @@ def main() -> None:
         return probe_code_loo(out)
     if a.edits:
         return probe_edits(out, a.edits.split(","), [float(x) for x in a.guidances.split(",") if x])
-    cfg = load_config(None, {"data.source": "cellsim", "data.size": a.size, "data.n": a.n, "split.kind": "none", "split.where": HOLDOUT,
-                             "train.minutes": a.minutes, "train.threads": 2, **overrides(a.set)})
-    command = shlex.join(["factordiff", "fit", "--data", "cellsim", "--size", str(a.size), "--minutes", f"{a.minutes:g}", *sum((["--holdout-where", w] for w in HOLDOUT), []),
-                          *sum((["--set", kv] for kv in a.set), []), "--out", str(out)])
+    cfg = load_config(
+        None,
+        {
+            "data.source": "cellsim",
+            "data.size": a.size,
+            "data.n": a.n,
+            "split.kind": "none",
+            "split.where": HOLDOUT,
+            "train.minutes": a.minutes,
+            "train.threads": 2,
+            **overrides(a.set),
+        },
+    )
+    command = shlex.join(
+        [
+            "factordiff",
+            "fit",
+            "--data",
+            "cellsim",
+            "--size",
+            str(a.size),
+            "--minutes",
+            f"{a.minutes:g}",
+            *sum((["--holdout-where", w] for w in HOLDOUT), []),
+            *sum((["--set", kv] for kv in a.set), []),
+            "--out",
+            str(out),
+        ]
+    )
     if a.evaluate_only:
         import dataclasses
         import json
@@ -96,7 +152,11 @@ def main() -> None:
         atomic_write_json(out / "run_config.json", saved)
         shutil.rmtree(out / "oracle", ignore_errors=True)
         shutil.rmtree(out / "regenerated-batch2", ignore_errors=True)
-        previous = json.loads((out / FIT_RECORD).read_text()) if (out / FIT_RECORD).exists() else json.loads(RESULTS.read_text())
+        previous = (
+            json.loads((out / FIT_RECORD).read_text())
+            if (out / FIT_RECORD).exists()
+            else json.loads(RESULTS.read_text())
+        )
         fit_min, command = previous["minutes"]["fit"], previous["fit_command"]
     else:
         shutil.rmtree(out, ignore_errors=True)
@@ -111,16 +171,37 @@ def main() -> None:
     build_report(out)
     eval_min = (time.monotonic() - t0) / 60
     t0 = time.monotonic()
-    regen = regenerate_images(out, ["compound=nocodazole,batch=batch_1"], ["batch=batch_2,plate=plate_3"], out / "regenerated-batch2", limit=64)
+    regen = regenerate_images(
+        out,
+        ["compound=nocodazole,batch=batch_1"],
+        ["batch=batch_2,plate=plate_3"],
+        out / "regenerated-batch2",
+        limit=64,
+    )
     regen_min = (time.monotonic() - t0) / 60
     keep = {k: m[k] for k in ("batch_swap", "unseen_compound", "map", "frechet") if k in m}
-    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + shlex.join(sys.argv), "fit_command": command, "size": a.size, "fields": a.n,
-              "minutes": {"fit": round(fit_min, 1), "evaluate": round(eval_min, 1), "regenerate_64_fields": round(regen_min, 2)},
-              "heldout": HOLDOUT, **keep,
-              "counterfactual_heldout": {k: m["counterfactual"]["heldout"][k] for k in ("effectiveness", "preservation", "all_right")},
-              "samples": {k: v["all_factors"] for k, v in m["samples"].items()}, "oracle_accuracy": m["oracle_accuracy"],
-              "reconstruction_mse": m["reconstruction_mse"], "regenerate": regen}
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python " + shlex.join(sys.argv),
+        "fit_command": command,
+        "size": a.size,
+        "fields": a.n,
+        "minutes": {
+            "fit": round(fit_min, 1),
+            "evaluate": round(eval_min, 1),
+            "regenerate_64_fields": round(regen_min, 2),
+        },
+        "heldout": HOLDOUT,
+        **keep,
+        "counterfactual_heldout": {
+            k: m["counterfactual"]["heldout"][k] for k in ("effectiveness", "preservation", "all_right")
+        },
+        "samples": {k: v["all_factors"] for k, v in m["samples"].items()},
+        "oracle_accuracy": m["oracle_accuracy"],
+        "reconstruction_mse": m["reconstruction_mse"],
+        "regenerate": regen,
+    }
     atomic_write_json(RESULTS, result)
     print(f"wrote {RESULTS}")
 
@@ -142,8 +223,12 @@ def probe_code_loo(run: Path) -> None:
     split = make_split(data.spec, cfg.split)
     oracle, _ = get_oracle(run, cfg, data, progress=False)
     args = (model, oracle, data, split, cfg.evaluate, cfg.train.seed)
-    loo = {"command": "python " + shlex.join(sys.argv), "guidance": cfg.evaluate.guidance, "own_codes": seen_compound_edits(*args),
-           "codes_from_structure": seen_compound_edits(*args, leave_one_out=COMPOUNDS)}
+    loo = {
+        "command": "python " + shlex.join(sys.argv),
+        "guidance": cfg.evaluate.guidance,
+        "own_codes": seen_compound_edits(*args),
+        "codes_from_structure": seen_compound_edits(*args, leave_one_out=COMPOUNDS),
+    }
     print(loo, flush=True)
     saved = json.loads(RESULTS.read_text())
     saved["structure_codes_leave_one_out"] = loo
@@ -172,21 +257,61 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None
     rows, null = [], None
     for text in technical:
         strength, guidance, kind = text.split(":")
-        e = dataclasses.replace(cfg.evaluate, technical_strength=float(strength), technical_guidance=float(guidance), technical_residual=kind == "residual")
+        e = dataclasses.replace(
+            cfg.evaluate,
+            technical_strength=float(strength),
+            technical_guidance=float(guidance),
+            technical_residual=kind == "residual",
+        )
         seen = seen_batch_swaps(model, oracle, data, split, e, n=cfg.evaluate.sources, seed=cfg.train.seed)
-        held = evaluate_cells(model, oracle, data, split, channel_names(model), e, n=cfg.evaluate.sources, seed=cfg.train.seed, library=None, parts=("batch_swap",))["batch_swap"]
-        rows.append({"technical": text, "seen": {k: seen[k] for k in keys}, "heldout": {**{k: held[k] for k in keys}, "frechet_all": held["frechet"]["all"]}})
-        null = {name: {"seen": {k: seen[name][k] for k in keys}, "heldout": {k: held[name][k] for k in keys}} for name in ("copy_source", "mean_shift", "true_counterfactual") if name in seen}
+        held = evaluate_cells(
+            model,
+            oracle,
+            data,
+            split,
+            channel_names(model),
+            e,
+            n=cfg.evaluate.sources,
+            seed=cfg.train.seed,
+            library=None,
+            parts=("batch_swap",),
+        )["batch_swap"]
+        rows.append(
+            {
+                "technical": text,
+                "seen": {k: seen[k] for k in keys},
+                "heldout": {**{k: held[k] for k in keys}, "frechet_all": held["frechet"]["all"]},
+            }
+        )
+        null = {
+            name: {"seen": {k: seen[name][k] for k in keys}, "heldout": {k: held[name][k] for k in keys}}
+            for name in ("copy_source", "mean_shift", "true_counterfactual")
+            if name in seen
+        }
         null["copy_source"]["heldout"]["frechet_all"] = held["copy_source_distances"]["frechet"]["all"]
         null["mean_shift"]["heldout"]["frechet_all"] = held["mean_shift_distances"]["frechet"]["all"]
         print(rows[-1], flush=True)
     bio = []
     for g in guidances:
         e = dataclasses.replace(cfg.evaluate, guidance=g)
-        bio.append({"guidance": g, "seen_compounds_closer_than_control": seen_compound_edits(model, oracle, data, split, e, cfg.train.seed)})
+        bio.append(
+            {
+                "guidance": g,
+                "seen_compounds_closer_than_control": seen_compound_edits(
+                    model, oracle, data, split, e, cfg.train.seed
+                ),
+            }
+        )
         print(bio[-1], flush=True)
     saved = json.loads(RESULTS.read_text())
-    saved["edit_settings"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "steps": cfg.evaluate.steps, "technical": rows, "nulls": null, "compound_guidance": bio}
+    saved["edit_settings"] = {
+        "command": "python " + shlex.join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "steps": cfg.evaluate.steps,
+        "technical": rows,
+        "nulls": null,
+        "compound_guidance": bio,
+    }
     atomic_write_json(RESULTS, saved)
     print(f"wrote {RESULTS} (edit_settings)")
 

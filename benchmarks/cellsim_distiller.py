@@ -36,8 +36,19 @@ RESULTS = Path(__file__).parent / "results" / "cellsim_distiller.json"
 
 
 def run(steps: int, n: int, work: Path, fresh) -> dict:
-    cfg = load_config(None, {"data.source": "cellsim", "data.size": 32, "data.n": n, "split.kind": "none", "split.where": HOLDOUT,
-                             "distill.steps": steps, "train.minutes": None, "train.threads": 2})
+    cfg = load_config(
+        None,
+        {
+            "data.source": "cellsim",
+            "data.size": 32,
+            "data.n": n,
+            "split.kind": "none",
+            "split.where": HOLDOUT,
+            "distill.steps": steps,
+            "train.minutes": None,
+            "train.threads": 2,
+        },
+    )
     out = work / f"{steps}x{n}"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.monotonic()
@@ -49,14 +60,26 @@ def run(steps: int, n: int, work: Path, fresh) -> dict:
     pred = np.stack([lg.argmax(1).numpy() for lg in logits], 1)
     kc, kd = d.spec.position("compound"), d.spec.position("dose")
     top = d.factors[:, kd] == d.factors[:, kd].max()
-    return {"steps": steps, "fields": n, "minutes": round(minutes, 2), "fresh_fields": int(len(d)),
-            "accuracy": {f.name: round(float((pred[:, k] == d.factors[:, k]).mean()), 3) for k, f in enumerate(d.spec.factors)},
-            "compound_top_dose": round(float((pred[top, kc] == d.factors[top, kc]).mean()), 3)}
+    return {
+        "steps": steps,
+        "fields": n,
+        "minutes": round(minutes, 2),
+        "fresh_fields": int(len(d)),
+        "accuracy": {
+            f.name: round(float((pred[:, k] == d.factors[:, k]).mean()), 3)
+            for k, f in enumerate(d.spec.factors)
+        },
+        "compound_top_dose": round(float((pred[top, kc] == d.factors[top, kc]).mean()), 3),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", default="1500x12000,4000x12000,1500x60000,4000x60000", help="STEPSxFIELDS, comma-separated")
+    ap.add_argument(
+        "--variants",
+        default="1500x12000,4000x12000,1500x60000,4000x60000",
+        help="STEPSxFIELDS, comma-separated",
+    )
     ap.add_argument("--work", default="runs/bench-cellsim-distiller")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -66,8 +89,16 @@ def main() -> None:
         steps, n = (int(x) for x in v.split("x"))
         rows.append(run(steps, n, Path(a.work), fresh))
         print(rows[-1], flush=True)
-    atomic_write_json(RESULTS, {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-                                "torch": torch.__version__, "variants": rows})
+    atomic_write_json(
+        RESULTS,
+        {
+            "command": "python " + shlex.join(sys.argv),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__,
+            "variants": rows,
+        },
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -61,22 +61,43 @@ def main() -> None:
         e = dataclasses.replace(cfg.evaluate, guidance=g)
         rng = np.random.default_rng(cfg.train.seed + 5)
         hits, named, dist = [], [], []
-        for c, edited, true_mean, ctrl_mean in compound_edits(model, oracle, data, split, e, rng, per_compound=a.per_compound):
+        for c, edited, true_mean, ctrl_mean in compound_edits(
+            model, oracle, data, split, e, rng, per_compound=a.per_compound
+        ):
             hits.append(_closer(oracle, edited, true_mean, ctrl_mean))
             named.append(oracle.predict(edited)[:, kc] == c)
-            dist.append(np.linalg.norm(oracle_features(oracle, edited).mean(0) - true_mean) / np.linalg.norm(ctrl_mean - true_mean))
-        row = {"guidance": g, "closer_than_control": float(np.concatenate(hits).mean()), "oracle_compound": float(np.concatenate(named).mean()), "mean_distance": float(np.mean(dist)),
-               "unseen_closer_than_control": {}}
+            dist.append(
+                np.linalg.norm(oracle_features(oracle, edited).mean(0) - true_mean)
+                / np.linalg.norm(ctrl_mean - true_mean)
+            )
+        row = {
+            "guidance": g,
+            "closer_than_control": float(np.concatenate(hits).mean()),
+            "oracle_compound": float(np.concatenate(named).mean()),
+            "mean_distance": float(np.mean(dist)),
+            "unseen_closer_than_control": {},
+        }
         for c in unseen:
             real = np.flatnonzero((f[:, kc] == c) & (f[:, kd] == top))
             chosen = rng.choice(real, min(len(real), 40), replace=False)
             code = compound_code(model, kc, COMPOUNDS[names[c]], COMPOUNDS)
-            edited = _edit(model, data.images[_same_batch(rng, pool, chosen, f[:, kb])], {kc: code, kd: model.prototype(kd, top)}, e)
-            row["unseen_closer_than_control"][names[c]] = float(_closer(oracle, edited, oracle_features(oracle, data.images[real]).mean(0), feats_ctrl).mean())
+            edited = _edit(
+                model,
+                data.images[_same_batch(rng, pool, chosen, f[:, kb])],
+                {kc: code, kd: model.prototype(kd, top)},
+                e,
+            )
+            row["unseen_closer_than_control"][names[c]] = float(
+                _closer(oracle, edited, oracle_features(oracle, data.images[real]).mean(0), feats_ctrl).mean()
+            )
         rows.append(row)
         print(row, flush=True)
     saved = json.loads(RESULTS.read_text())
-    saved["compound_guidance_realism"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    saved["compound_guidance_realism"] = {
+        "command": "python " + shlex.join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
     atomic_write_json(RESULTS, saved)
     print(f"wrote {RESULTS} (compound_guidance_realism)")
 

@@ -49,8 +49,20 @@ def run(variant: str, seed: int, work: Path) -> dict:
     result = fit(cfg, out, progress=True, encoder_only=True)
     minutes = (time.monotonic() - t0) / 60
     readout = heldout_readout(result.model, result.dataset, result.split, seed=seed)
-    summary = {f"{kind}_{stat}": float(np.mean([readout[f][f"{stat}_{kind}"] for f in HELD])) for kind in ("seen", "heldout") for stat in ("accuracy", "r2")}
-    return {"variant": variant, "seed": seed, "minutes": round(minutes, 1), "overrides": VARIANTS[variant], "held_factors": list(HELD), **summary, "by_factor": readout}
+    summary = {
+        f"{kind}_{stat}": float(np.mean([readout[f][f"{stat}_{kind}"] for f in HELD]))
+        for kind in ("seen", "heldout")
+        for stat in ("accuracy", "r2")
+    }
+    return {
+        "variant": variant,
+        "seed": seed,
+        "minutes": round(minutes, 1),
+        "overrides": VARIANTS[variant],
+        "held_factors": list(HELD),
+        **summary,
+        "by_factor": readout,
+    }
 
 
 def main() -> None:
@@ -65,10 +77,20 @@ def main() -> None:
         for variant in a.variants.split(","):
             row = run(variant, seed, Path(a.work))
             rows.append(row)
-            print(f"{variant} seed {seed}: held-out accuracy {row['heldout_accuracy']:.3f} (seen {row['seen_accuracy']:.3f}), "
-                  f"held-out R^2 {row['heldout_r2']:.3f} (seen {row['seen_r2']:.3f}) on {', '.join(HELD)}", flush=True)
-    atomic_write_json(RESULTS, {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-                                "command": "python " + shlex.join(sys.argv), "rows": rows})
+            print(
+                f"{variant} seed {seed}: held-out accuracy {row['heldout_accuracy']:.3f} (seen {row['seen_accuracy']:.3f}), "
+                f"held-out R^2 {row['heldout_r2']:.3f} (seen {row['seen_r2']:.3f}) on {', '.join(HELD)}",
+                flush=True,
+            )
+    atomic_write_json(
+        RESULTS,
+        {
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "date": time.strftime("%Y-%m-%d"),
+            "command": "python " + shlex.join(sys.argv),
+            "rows": rows,
+        },
+    )
     print(f"wrote {RESULTS}")
 
 

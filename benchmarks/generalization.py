@@ -42,7 +42,11 @@ from factordiff.quickstart import pretrained_run
 
 RESULTS = Path(__file__).parent / "results" / "generalization.json"
 SPLITS = {
-    "composition": {"split.kind": "composition", "split.factors": ["object_hue", "shape"], "split.fraction": 0.4},
+    "composition": {
+        "split.kind": "composition",
+        "split.factors": ["object_hue", "shape"],
+        "split.fraction": 0.4,
+    },
     "interpolation": {"split.kind": "interpolation", "split.factors": ["object_hue"]},
     "extrapolation": {"split.kind": "extrapolation", "split.factors": ["scale"], "split.fraction": 0.25},
     "unseen_value": {"split.kind": "unseen_value", "split.factors": ["object_hue"]},
@@ -70,8 +74,17 @@ def _steps(out: Path, stage: str) -> int:
 
 
 def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> dict:
-    over = {**SPLITS[split], "data.source": "shapes", "data.size": 32, "data.n": 100000, "train.threads": 2, "train.checkpoint_every": 1000,
-            "denoiser.adapter": adapter, "denoiser.train_base": base == "joint", "evaluate.sample_guidance": 2.0}
+    over = {
+        **SPLITS[split],
+        "data.source": "shapes",
+        "data.size": 32,
+        "data.n": 100000,
+        "train.threads": 2,
+        "train.checkpoint_every": 1000,
+        "denoiser.adapter": adapter,
+        "denoiser.train_base": base == "joint",
+        "evaluate.sample_guidance": 2.0,
+    }
     shipped = split == "composition"
     # the fit's clock also runs while the training images are encoded to latents and codes (about a
     # minute here), before the denoiser starts: the composition rows get that minute on top
@@ -90,15 +103,41 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
     m = evaluate_run(out, progress=True)
     probe = probe_summary(m.get("distiller_readout", {}))
     cf, s = m["counterfactual"], m["samples"]
-    command = ["factordiff", "fit", "--holdout", SPLITS[split]["split.kind"], "--holdout-factors", ",".join(SPLITS[split]["split.factors"]),
-               "--adapter", adapter, "--base", base, "--minutes", f"{over['train.minutes']:g}"]
-    return {"split": split, "heldout": json.loads((out / "split.json").read_text()).get("description"), "adapter": adapter, "train_base": base == "joint",
-            "guidance_form": m.get("samples_guidance", {}).get("form", "joint"), "sample_guidance": m.get("samples_guidance", {}).get("weight"),
-            "minutes": minutes, "fit_minutes": round(fit_min, 1), "steps": {stage: _steps(out, stage) for stage in ("base", "denoiser") if _steps(out, stage)}, "encoders": "shipped quickstart model" if shipped else "trained in this run",
-            "samples_all_right_seen": s["seen"]["all_factors"], "samples_all_right_heldout": s["heldout"]["all_factors"],
-            "edits_all_right": cf["heldout"]["all_right"], "effectiveness": cf["heldout"]["effectiveness"], "preservation": cf["heldout"]["preservation"],
-            "pairs_all_right": cf.get("heldout_pairs", {}).get("all_right"), **probe,
-            "command": shlex.join(command) + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else "")}
+    command = [
+        "factordiff",
+        "fit",
+        "--holdout",
+        SPLITS[split]["split.kind"],
+        "--holdout-factors",
+        ",".join(SPLITS[split]["split.factors"]),
+        "--adapter",
+        adapter,
+        "--base",
+        base,
+        "--minutes",
+        f"{over['train.minutes']:g}",
+    ]
+    return {
+        "split": split,
+        "heldout": json.loads((out / "split.json").read_text()).get("description"),
+        "adapter": adapter,
+        "train_base": base == "joint",
+        "guidance_form": m.get("samples_guidance", {}).get("form", "joint"),
+        "sample_guidance": m.get("samples_guidance", {}).get("weight"),
+        "minutes": minutes,
+        "fit_minutes": round(fit_min, 1),
+        "steps": {stage: _steps(out, stage) for stage in ("base", "denoiser") if _steps(out, stage)},
+        "encoders": "shipped quickstart model" if shipped else "trained in this run",
+        "samples_all_right_seen": s["seen"]["all_factors"],
+        "samples_all_right_heldout": s["heldout"]["all_factors"],
+        "edits_all_right": cf["heldout"]["all_right"],
+        "effectiveness": cf["heldout"]["effectiveness"],
+        "preservation": cf["heldout"]["preservation"],
+        "pairs_all_right": cf.get("heldout_pairs", {}).get("all_right"),
+        **probe,
+        "command": shlex.join(command)
+        + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else ""),
+    }
 
 
 def probe_summary(readout: dict) -> dict:
@@ -113,12 +152,28 @@ def probe_summary(readout: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     f = lambda v: "" if v is None else f"{v:.3f}"
-    lines = ["| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out | edits all right | effectiveness | preservation | pairs all right | probe R^2 | probe error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out | edits all right | effectiveness | preservation | pairs all right | probe R^2 | probe error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['split']} ({r['heldout']}) | {r['adapter']} | {'joint' if r['train_base'] else 'frozen'} | {r['minutes']:g} | "
-                     + " | ".join(f(r[k]) for k in ("samples_all_right_seen", "samples_all_right_heldout", "edits_all_right", "effectiveness", "preservation",
-                                                   "pairs_all_right", "probe_r2", "probe_mae")) + " |")
+        lines.append(
+            f"| {r['split']} ({r['heldout']}) | {r['adapter']} | {'joint' if r['train_base'] else 'frozen'} | {r['minutes']:g} | "
+            + " | ".join(
+                f(r[k])
+                for k in (
+                    "samples_all_right_seen",
+                    "samples_all_right_heldout",
+                    "edits_all_right",
+                    "effectiveness",
+                    "preservation",
+                    "pairs_all_right",
+                    "probe_r2",
+                    "probe_mae",
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -135,21 +190,42 @@ def rescore(previous: dict, work: Path) -> None:
             continue
         cfg, model = load_run(run)
         data, _, _ = prepare_data(cfg)
-        row.update(probe_summary(heldout_readout(model, data, make_split(data.spec, cfg.split), seed=cfg.train.seed)))
+        row.update(
+            probe_summary(heldout_readout(model, data, make_split(data.spec, cfg.split), seed=cfg.train.seed))
+        )
     atomic_write_json(RESULTS, previous)
     print(table(previous["rows"]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=10.0, help="denoiser training minutes of every row (the stated budget)")
-    ap.add_argument("--rows", default="composition,interpolation,extrapolation,unseen_value", help="splits to run, comma-separated")
+    ap.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="denoiser training minutes of every row (the stated budget)",
+    )
+    ap.add_argument(
+        "--rows",
+        default="composition,interpolation,extrapolation,unseen_value",
+        help="splits to run, comma-separated",
+    )
     ap.add_argument("--adapters", default="embed,tokens,shift", help="adapters of the composition rows")
-    ap.add_argument("--best", default=None, help="adapter of the other splits' rows (default: the composition row with the best held-out samples)")
+    ap.add_argument(
+        "--best",
+        default=None,
+        help="adapter of the other splits' rows (default: the composition row with the best held-out samples)",
+    )
     ap.add_argument("--base", choices=["joint", "frozen"], default="joint")
     ap.add_argument("--work", default="runs/bench-generalization")
-    ap.add_argument("--table", action="store_true", help="print the README table from the results file and stop")
-    ap.add_argument("--rescore-probes", action="store_true", help="recompute every row's probe figures from its run folder in --work, then stop")
+    ap.add_argument(
+        "--table", action="store_true", help="print the README table from the results file and stop"
+    )
+    ap.add_argument(
+        "--rescore-probes",
+        action="store_true",
+        help="recompute every row's probe figures from its run folder in --work, then stop",
+    )
     a = ap.parse_args()
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
     if a.table:
@@ -164,16 +240,35 @@ def main() -> None:
     rows = list(previous["rows"])
 
     def record(row: dict) -> None:
-        rows[:] = [r for r in rows if (r["split"], r["adapter"], r["train_base"]) != (row["split"], row["adapter"], row["train_base"])] + [row]
-        atomic_write_json(RESULTS, {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-                                    "date": time.strftime("%Y-%m-%d"), "command": "python " + shlex.join(sys.argv), "rows": rows})
+        rows[:] = [
+            r
+            for r in rows
+            if (r["split"], r["adapter"], r["train_base"])
+            != (row["split"], row["adapter"], row["train_base"])
+        ] + [row]
+        atomic_write_json(
+            RESULTS,
+            {
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                "date": time.strftime("%Y-%m-%d"),
+                "command": "python " + shlex.join(sys.argv),
+                "rows": rows,
+            },
+        )
         print(table([row]), flush=True)
 
     wanted = a.rows.split(",")
     if "composition" in wanted:
         for adapter in a.adapters.split(","):
             record(run_row("composition", adapter, a.base, a.minutes, work))
-    best = a.best or max((r for r in rows if r["split"] == "composition"), key=lambda r: r["samples_all_right_heldout"], default={"adapter": "embed"})["adapter"]
+    best = (
+        a.best
+        or max(
+            (r for r in rows if r["split"] == "composition"),
+            key=lambda r: r["samples_all_right_heldout"],
+            default={"adapter": "embed"},
+        )["adapter"]
+    )
     for split in [s for s in wanted if s != "composition"]:
         record(run_row(split, best, a.base, a.minutes, work))
     print(f"wrote {RESULTS}")

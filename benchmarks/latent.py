@@ -54,22 +54,39 @@ def main() -> None:
     out = Path(args.out)
     command = "python " + shlex.join(sys.argv)
     results: dict = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    results |= {"size": args.size, "points": 15000, "published_shapes3d": PUBLISHED,
-                     "note": "factordiff's procedural replica of 3D Shapes, not the original dataset"}
+    results |= {
+        "size": args.size,
+        "points": 15000,
+        "published_shapes3d": PUBLISHED,
+        "note": "factordiff's procedural replica of 3D Shapes, not the original dataset",
+    }
     common = {"data.size": args.size, "data.n": args.images, "split.kind": "none", "train.threads": 2}
     if args.part in ("distiller", "both"):
         t = time.time()
         over = {**common, "distill.ordinal_dims": 1}  # one axis per ordinal factor (see the README)
         sup = fit(load_config(None, over), out / "distiller", progress=True, encoder_only=True)
-        results["distiller"] = {"train_seconds": round(time.time() - t), "command": command,
-                                "config": over, **scores(sup.model, args.size, 15000, seed=101)}
+        results["distiller"] = {
+            "train_seconds": round(time.time() - t),
+            "command": command,
+            "config": over,
+            **scores(sup.model, args.size, 15000, seed=101),
+        }
     if args.part in ("unsupervised", "both"):
-        over = {**common, "unsupervised.enabled": True, "train.minutes": args.unsupervised_minutes,
-                "autoencoder.block_out_channels": [32, 64, 128, 128] if args.size == 64 else [32, 64, 128]}
+        over = {
+            **common,
+            "unsupervised.enabled": True,
+            "train.minutes": args.unsupervised_minutes,
+            "autoencoder.block_out_channels": [32, 64, 128, 128] if args.size == 64 else [32, 64, 128],
+        }
         t = time.time()
         uns = fit(load_config(None, over), out / "unsupervised", progress=True)
-        results["unsupervised"] = {"train_seconds": round(time.time() - t), "command": command, "config": over, "factor_blocks": uns.model.factor_blocks,
-                                   **scores(uns.model, args.size, 15000, seed=101)}
+        results["unsupervised"] = {
+            "train_seconds": round(time.time() - t),
+            "command": command,
+            "config": over,
+            "factor_blocks": uns.model.factor_blocks,
+            **scores(uns.model, args.size, 15000, seed=101),
+        }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, default=float) + "\n")
     for name in ("distiller", "unsupervised"):

@@ -87,6 +87,7 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
         return run
 
     t = alternate({"foreach": train_fn(False), "fused": train_fn(True)}, a.repeats)
@@ -100,8 +101,9 @@ def main() -> None:
     def sampler(model, ctx=torch.no_grad, layout=None, autocast=False):
         def run():
             xt = x if layout is None else x.contiguous(memory_format=layout)
-            with ctx(), (torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()):
+            with ctx(), torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
                 sample(model, xt, cond, cfg.denoiser, 20, guidance)
+
         return run
 
     plain = copy.deepcopy(den)
@@ -110,16 +112,27 @@ def main() -> None:
     for layer in plain.adapter.layers:
         layer.set_processor(AttnProcessor())
     cl = copy.deepcopy(den).to(memory_format=torch.channels_last)
-    variants = {"no_grad (default)": sampler(den), "inference_mode": sampler(den, torch.inference_mode), "channels_last": sampler(cl, layout=torch.channels_last),
-                "bf16_autocast": sampler(den, autocast=True), "attention_plain (not SDPA)": sampler(plain)}
+    variants = {
+        "no_grad (default)": sampler(den),
+        "inference_mode": sampler(den, torch.inference_mode),
+        "channels_last": sampler(cl, layout=torch.channels_last),
+        "bf16_autocast": sampler(den, autocast=True),
+        "attention_plain (not SDPA)": sampler(plain),
+    }
     if a.compile:
         comp = copy.deepcopy(den)
         comp.unet = torch.compile(comp.unet)
         variants["torch_compile"] = sampler(comp)
     t = alternate(variants, a.repeats)
     result["sample_20_steps_img_s"] = {k: b / v for k, v in t.items()}
-    result.update(model_params=sum(p.numel() for p in den.parameters()), batch_size=b, machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-                  device="cpu", date=time.strftime("%Y-%m-%d"), command="python " + shlex.join(sys.argv))
+    result.update(
+        model_params=sum(p.numel() for p in den.parameters()),
+        batch_size=b,
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        device="cpu",
+        date=time.strftime("%Y-%m-%d"),
+        command="python " + shlex.join(sys.argv),
+    )
     atomic_write_json(OUT, result)
     for k, v in result.items():
         print(k, {kk: round(vv, 1) for kk, vv in v.items()} if isinstance(v, dict) else v)

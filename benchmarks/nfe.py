@@ -53,29 +53,58 @@ from factordiff.quickstart import pretrained_run
 OUT = Path(__file__).parent / "results" / "nfe.json"
 
 
-def measure(model, oracle, data, split, cfg, steps: int, per_factor: int, samples: int, strength: float = 1.0) -> dict:
+def measure(
+    model, oracle, data, split, cfg, steps: int, per_factor: int, samples: int, strength: float = 1.0
+) -> dict:
     t0 = time.monotonic()
-    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor, steps, cfg.evaluate.guidance, seed=cfg.train.seed, strength=strength)
+    cf, _ = evaluate_counterfactuals(
+        model,
+        oracle,
+        data,
+        split,
+        per_factor,
+        steps,
+        cfg.evaluate.guidance,
+        seed=cfg.train.seed,
+        strength=strength,
+    )
     edit_s = time.monotonic() - t0
     row = {
-        "steps": steps, "strength": strength, "edit_passes": 2 * steps,
-        "edits_all_right": cf["heldout"]["all_right"], "effectiveness": cf["heldout"]["effectiveness"], "preservation": cf["heldout"]["preservation"],
-        "pairs_all_right": cf["heldout_pairs"].get("all_right"), "seen_edits_all_right": cf["seen"]["all_right"],
-        "reconstruction_mse": cf["reconstruction"]["mse"], "reconstruction_oracle": cf["reconstruction"]["oracle_all_factors"],
-        "samples_all_right_seen": None, "samples_all_right_heldout": None, "frechet_oracle": None, "edit_seconds": round(edit_s, 1), "sample_seconds": None,
+        "steps": steps,
+        "strength": strength,
+        "edit_passes": 2 * steps,
+        "edits_all_right": cf["heldout"]["all_right"],
+        "effectiveness": cf["heldout"]["effectiveness"],
+        "preservation": cf["heldout"]["preservation"],
+        "pairs_all_right": cf["heldout_pairs"].get("all_right"),
+        "seen_edits_all_right": cf["seen"]["all_right"],
+        "reconstruction_mse": cf["reconstruction"]["mse"],
+        "reconstruction_oracle": cf["reconstruction"]["oracle_all_factors"],
+        "samples_all_right_seen": None,
+        "samples_all_right_heldout": None,
+        "frechet_oracle": None,
+        "edit_seconds": round(edit_s, 1),
+        "sample_seconds": None,
     }
     if strength < 1:
         return row
     guidance = Guidance(all=cfg.evaluate.sample_guidance, form=cfg.evaluate.guidance_form)
     t0 = time.monotonic()
-    s = conditional_samples(model, oracle, data, split, n=samples, steps=steps, seed=cfg.train.seed, guidance=guidance)
+    s = conditional_samples(
+        model, oracle, data, split, n=samples, steps=steps, seed=cfg.train.seed, guidance=guidance
+    )
     sample_s = time.monotonic() - t0
     # Frechet distance of unconditioned-by-kind samples: the seen and held-out samples together
     # against as many real images (every combination), in the oracle's feature space
     gen = _last_samples(model, data, split, samples, steps, cfg, guidance)
     real = data.images[np.random.default_rng(cfg.train.seed + 7).choice(len(data), len(gen), replace=False)]
-    return {**row, "samples_all_right_seen": s["seen"]["all_factors"], "samples_all_right_heldout": s["heldout"]["all_factors"],
-            "frechet_oracle": frechet(oracle_features(oracle, gen), oracle_features(oracle, real)), "sample_seconds": round(sample_s, 1)}
+    return {
+        **row,
+        "samples_all_right_seen": s["seen"]["all_factors"],
+        "samples_all_right_heldout": s["heldout"]["all_factors"],
+        "frechet_oracle": frechet(oracle_features(oracle, gen), oracle_features(oracle, real)),
+        "sample_seconds": round(sample_s, 1),
+    }
 
 
 @torch.no_grad()
@@ -90,11 +119,20 @@ def _last_samples(model, data, split, n: int, steps: int, cfg, guidance) -> np.n
     grid = data.spec.grid()
     grid = grid[targets.possible(grid)]
     combos = grid[rng.choice(len(grid), n)]
-    x_T = torch.randn((n,) + _latent_shape(model), generator=torch.Generator().manual_seed(cfg.train.seed + 11))
+    x_T = torch.randn(
+        (n,) + _latent_shape(model), generator=torch.Generator().manual_seed(cfg.train.seed + 11)
+    )
     return model.generate(x_T, model.compose(combos, targets.block), steps, guidance)
 
 
-EDIT_RATES = ("edits_all_right", "effectiveness", "preservation", "pairs_all_right", "seen_edits_all_right", "reconstruction_oracle")
+EDIT_RATES = (
+    "edits_all_right",
+    "effectiveness",
+    "preservation",
+    "pairs_all_right",
+    "seen_edits_all_right",
+    "reconstruction_oracle",
+)
 SAMPLE_RATES = ("samples_all_right_seen", "samples_all_right_heldout")
 EDIT_BUDGET = 50  # network passes per edit: half of the 100 (50 + 50 DDIM steps) that edits cost before
 
@@ -128,19 +166,48 @@ def defaults(rows: list[dict]) -> dict:
         ok = sorted(r["steps"] for r in rows if r["sampler"] == sampler and r["strength"] == 1.0 and close(r))
         per[sampler] = ok[0] if ok else None
     good = sorted((k, name) for name, k in per.items() if k is not None)
-    out["sample"] = {"reference": {"sampler": ref["sampler"], "steps": ref["steps"]}, "steps_by_sampler": per,
-                     "chosen": {"sampler": good[0][1], "steps": good[0][0]} if good else {"sampler": ref["sampler"], "steps": ref["steps"]}}
+    out["sample"] = {
+        "reference": {"sampler": ref["sampler"], "steps": ref["steps"]},
+        "steps_by_sampler": per,
+        "chosen": {"sampler": good[0][1], "steps": good[0][0]}
+        if good
+        else {"sampler": ref["sampler"], "steps": ref["steps"]},
+    }
     held = ("edits_all_right", "pairs_all_right")
-    rank = lambda r: (min(r[k] for k in held if r[k] is not None), float(np.mean([r[k] for k in held if r[k] is not None])), -r["edit_passes"])  # noqa: E731
-    candidates = [r for r in rows if r["edit_passes"] <= EDIT_BUDGET and r["reconstruction_mse"] <= 1.1 * ref["reconstruction_mse"]]
+    rank = lambda r: (
+        min(r[k] for k in held if r[k] is not None),
+        float(np.mean([r[k] for k in held if r[k] is not None])),
+        -r["edit_passes"],
+    )  # noqa: E731
+    candidates = [
+        r
+        for r in rows
+        if r["edit_passes"] <= EDIT_BUDGET and r["reconstruction_mse"] <= 1.1 * ref["reconstruction_mse"]
+    ]
     best = max(candidates, key=rank) if candidates else ref
-    out["edit"] = {"reference": {k: ref[k] for k in ("sampler", "strength", "steps", "edit_passes", *EDIT_RATES)}, "budget_passes": EDIT_BUDGET,
-                   "chosen": {k: best[k] for k in ("sampler", "strength", "steps", "edit_passes")},
-                   "against_reference": {k: round(best[k] - ref[k], 4) for k in EDIT_RATES if best[k] is not None and ref[k] is not None}}
-    same = [r for r in everything if r["precision"] == "bf16" and (r["sampler"], r["strength"], r["steps"]) == (best["sampler"], best["strength"], best["steps"])]
+    out["edit"] = {
+        "reference": {k: ref[k] for k in ("sampler", "strength", "steps", "edit_passes", *EDIT_RATES)},
+        "budget_passes": EDIT_BUDGET,
+        "chosen": {k: best[k] for k in ("sampler", "strength", "steps", "edit_passes")},
+        "against_reference": {
+            k: round(best[k] - ref[k], 4) for k in EDIT_RATES if best[k] is not None and ref[k] is not None
+        },
+    }
+    same = [
+        r
+        for r in everything
+        if r["precision"] == "bf16"
+        and (r["sampler"], r["strength"], r["steps"]) == (best["sampler"], best["strength"], best["steps"])
+    ]
     if same:  # the bf16 lever at the chosen setting: its rates and time against fp32's
-        out["edit"]["bf16_against_fp32"] = {**{k: round(same[0][k] - best[k], 4) for k in EDIT_RATES if same[0][k] is not None and best[k] is not None},
-                                            "edit_seconds": [best["edit_seconds"], same[0]["edit_seconds"]]}
+        out["edit"]["bf16_against_fp32"] = {
+            **{
+                k: round(same[0][k] - best[k], 4)
+                for k in EDIT_RATES
+                if same[0][k] is not None and best[k] is not None
+            },
+            "edit_seconds": [best["edit_seconds"], same[0]["edit_seconds"]],
+        }
     return out
 
 
@@ -148,34 +215,55 @@ def plot(rows: list[dict], path: Path) -> None:
     """Three panels as one SVG (no plotting library): held-out edits all right, held-out samples
     all right and the Frechet distance, against steps (log scale), one line per solver and edit
     strength (dashed: strength below 1; samples are measured at strength 1 only)."""
-    panels = (("edits_all_right", "held-out edits, all factors right"), ("samples_all_right_heldout", "held-out samples, all factors right"),
-              ("frechet_oracle", "Frechet distance (oracle features)"))
+    panels = (
+        ("edits_all_right", "held-out edits, all factors right"),
+        ("samples_all_right_heldout", "held-out samples, all factors right"),
+        ("frechet_oracle", "Frechet distance (oracle features)"),
+    )
     colours = {"ddim": "#1f5fbf", "dpmsolver++": "#d0561b"}
     w, h, pad = 300, 200, 36
     steps = sorted({r["steps"] for r in rows})
-    lx = lambda k: pad + (np.log(k) - np.log(steps[0])) / max(1e-9, np.log(steps[-1]) - np.log(steps[0])) * (w - pad - 10)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w}" height="{h + 20}" font-family="sans-serif" font-size="10">']
+    lx = lambda k: (
+        pad
+        + (np.log(k) - np.log(steps[0])) / max(1e-9, np.log(steps[-1]) - np.log(steps[0])) * (w - pad - 10)
+    )  # noqa: E731
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w}" height="{h + 20}" font-family="sans-serif" font-size="10">'
+    ]
     for i, (key, title) in enumerate(panels):
         vals = [r[key] for r in rows if r[key] is not None]
         lo, hi = min(vals), max(vals)
         hi = hi if hi > lo else lo + 1
         ly = lambda v: h - pad + 10 - (v - lo) / (hi - lo) * (h - pad - 20)  # noqa: E731
-        g = [f'<g transform="translate({i * w},0)"><text x="{pad}" y="12">{title}</text>',
-             f'<line x1="{pad}" y1="{h - pad + 10}" x2="{w - 10}" y2="{h - pad + 10}" stroke="#888"/>',
-             f'<text x="2" y="{ly(hi) + 4:.0f}">{hi:.3g}</text><text x="2" y="{ly(lo):.0f}">{lo:.3g}</text>']
+        g = [
+            f'<g transform="translate({i * w},0)"><text x="{pad}" y="12">{title}</text>',
+            f'<line x1="{pad}" y1="{h - pad + 10}" x2="{w - 10}" y2="{h - pad + 10}" stroke="#888"/>',
+            f'<text x="2" y="{ly(hi) + 4:.0f}">{hi:.3g}</text><text x="2" y="{ly(lo):.0f}">{lo:.3g}</text>',
+        ]
         g += [f'<text x="{lx(k) - 6:.0f}" y="{h - pad + 24}">{k}</text>' for k in steps]
         for sampler, strength in dict.fromkeys((r["sampler"], r.get("strength", 1.0)) for r in rows):
             colour, dash = colours.get(sampler, "#444"), ' stroke-dasharray="5,3"' if strength < 1 else ""
-            pts = sorted((r["steps"], r[key]) for r in rows if (r["sampler"], r.get("strength", 1.0)) == (sampler, strength) and r[key] is not None)
+            pts = sorted(
+                (r["steps"], r[key])
+                for r in rows
+                if (r["sampler"], r.get("strength", 1.0)) == (sampler, strength) and r[key] is not None
+            )
             if pts:
-                g.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{" ".join(f"{lx(k):.1f},{ly(v):.1f}" for k, v in pts)}"/>')
+                g.append(
+                    f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{" ".join(f"{lx(k):.1f},{ly(v):.1f}" for k, v in pts)}"/>'
+                )
                 g += [f'<circle cx="{lx(k):.1f}" cy="{ly(v):.1f}" r="3" fill="{colour}"/>' for k, v in pts]
                 if key == "edits_all_right" and strength < 1:
                     k, v = pts[-1]
-                    g.append(f'<text x="{lx(k) - 40:.0f}" y="{ly(v) - 6:.0f}" fill="{colour}">strength {strength:g}</text>')
+                    g.append(
+                        f'<text x="{lx(k) - 40:.0f}" y="{ly(v) - 6:.0f}" fill="{colour}">strength {strength:g}</text>'
+                    )
         g.append(f'<text x="{pad}" y="{h + 14}">steps (an edit costs 2x steps passes)</text></g>')
         parts += g
-    parts += [f'<text x="{3 * w - 190 + 100 * j}" y="12" fill="{c}">{name}</text>' for j, (name, c) in enumerate(colours.items())]
+    parts += [
+        f'<text x="{3 * w - 190 + 100 * j}" y="12" fill="{c}">{name}</text>'
+        for j, (name, c) in enumerate(colours.items())
+    ]
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
@@ -183,13 +271,32 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samplers", default="ddim,dpmsolver++")
-    ap.add_argument("--steps", default="ddim=5,10,20,50,100;dpmsolver++=5,10,20,50", help="step counts per solver (or one list for all)")
-    ap.add_argument("--strengths", default="1", help="edit strengths (comma-separated; samples are measured at 1 only)")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="denoiser.inference_precision of these rows (defaults are chosen among fp32 rows)")
-    ap.add_argument("--per-factor", type=int, default=100, help="edits per factor and kind (the quickstart's 100)")
-    ap.add_argument("--samples", type=int, default=200, help="samples from noise per kind (the quickstart's 200)")
+    ap.add_argument(
+        "--steps",
+        default="ddim=5,10,20,50,100;dpmsolver++=5,10,20,50",
+        help="step counts per solver (or one list for all)",
+    )
+    ap.add_argument(
+        "--strengths", default="1", help="edit strengths (comma-separated; samples are measured at 1 only)"
+    )
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="denoiser.inference_precision of these rows (defaults are chosen among fp32 rows)",
+    )
+    ap.add_argument(
+        "--per-factor", type=int, default=100, help="edits per factor and kind (the quickstart's 100)"
+    )
+    ap.add_argument(
+        "--samples", type=int, default=200, help="samples from noise per kind (the quickstart's 200)"
+    )
     ap.add_argument("--work", default="runs/bench-nfe")
-    ap.add_argument("--defaults-only", action="store_true", help="recompute defaults and the plot from the results file, then stop")
+    ap.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="recompute defaults and the plot from the results file, then stop",
+    )
     a = ap.parse_args()
     if a.defaults_only:
         import json
@@ -221,13 +328,25 @@ def main() -> None:
         for sampler in a.samplers.split(","):
             model.config.denoiser.sampler = sampler
             for steps in map(int, per.get(sampler, a.steps).split(",")):
-                row = {"sampler": sampler, "precision": a.precision, **measure(model, oracle, data, split, cfg, steps, a.per_factor, a.samples, strength)}
+                row = {
+                    "sampler": sampler,
+                    "precision": a.precision,
+                    **measure(model, oracle, data, split, cfg, steps, a.per_factor, a.samples, strength),
+                }
                 row["command"] = "python " + shlex.join(sys.argv)
                 rows = [r for r in rows if key(r) != key(row)] + [row]
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-                atomic_write_json(OUT, {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-                                        "model": "shipped quickstart model (tokens adapter, composition split)", "oracle_accuracy": acc,
-                                        "rows": rows, "defaults": defaults(rows)})
+                atomic_write_json(
+                    OUT,
+                    {
+                        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                        "date": time.strftime("%Y-%m-%d"),
+                        "model": "shipped quickstart model (tokens adapter, composition split)",
+                        "oracle_accuracy": acc,
+                        "rows": rows,
+                        "defaults": defaults(rows),
+                    },
+                )
     plot(rows, OUT.with_suffix(".svg"))
     print(f"wrote {OUT}; defaults {defaults(rows)}")
 

@@ -48,9 +48,32 @@ def one_per_moa(table: pd.DataFrame, compound: str, moa: str, control: str, limi
     return picks[:limit]
 
 
-def run_case(name: str, table: Path, factors: list[str], where: list[str], controls: str, moa: str, work: Path, steps: int, seed: int, residual: str) -> dict:
-    cfg = load_config(None, {"data.source": f"profiles:{table}", "data.factors": factors, "split.where": where, "profiles.controls": controls,
-                             "profiles.moa": moa, "profiles.steps": steps, "profiles.residual": residual, "train.seed": seed, "train.threads": 2})
+def run_case(
+    name: str,
+    table: Path,
+    factors: list[str],
+    where: list[str],
+    controls: str,
+    moa: str,
+    work: Path,
+    steps: int,
+    seed: int,
+    residual: str,
+) -> dict:
+    cfg = load_config(
+        None,
+        {
+            "data.source": f"profiles:{table}",
+            "data.factors": factors,
+            "split.where": where,
+            "profiles.controls": controls,
+            "profiles.moa": moa,
+            "profiles.steps": steps,
+            "profiles.residual": residual,
+            "train.seed": seed,
+            "train.threads": 2,
+        },
+    )
     out = work / f"{name}-{residual}-seed{seed}"
     if out.exists():
         import shutil
@@ -61,10 +84,32 @@ def run_case(name: str, table: Path, factors: list[str], where: list[str], contr
     fit_s = time.monotonic() - t0
     metrics = evaluate_profile_run(out, progress=True)
     print("\n".join([f"{name} residual={residual} seed={seed}", *summary_lines(metrics)]), flush=True)
-    command = ["factordiff", "fit", "--data", f"profiles:{table.name}", "--factors", ",".join(factors), *sum((["--holdout-where", w] for w in where), []),
-               "--controls", controls, "--moa", moa, "--seed", str(seed)]
-    return {"dataset": name, "residual": residual, "seed": seed, "fit_seconds": round(fit_s, 1), "evaluate_seconds": metrics["seconds"], "steps": steps,
-            "command": shlex.join(command) + (f"  # config: profiles.residual = {residual!r}" if residual != "none" else ""), "metrics": metrics}
+    command = [
+        "factordiff",
+        "fit",
+        "--data",
+        f"profiles:{table.name}",
+        "--factors",
+        ",".join(factors),
+        *sum((["--holdout-where", w] for w in where), []),
+        "--controls",
+        controls,
+        "--moa",
+        moa,
+        "--seed",
+        str(seed),
+    ]
+    return {
+        "dataset": name,
+        "residual": residual,
+        "seed": seed,
+        "fit_seconds": round(fit_s, 1),
+        "evaluate_seconds": metrics["seconds"],
+        "steps": steps,
+        "command": shlex.join(command)
+        + (f"  # config: profiles.residual = {residual!r}" if residual != "none" else ""),
+        "metrics": metrics,
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -78,12 +123,18 @@ def summarize(runs: list[dict]) -> dict:
                 for k, v in figs.items():
                     t.setdefault(method, {}).setdefault(k, []).append(v)
             if "real_heldout_moa_hits" in task:
-                t.setdefault("real_heldout", {}).setdefault("moa_hits", []).append(task["real_heldout_moa_hits"])
+                t.setdefault("real_heldout", {}).setdefault("moa_hits", []).append(
+                    task["real_heldout_moa_hits"]
+                )
         for name, v in r["metrics"].get("retrieval", {}).items():
             d["retrieval"].setdefault(name, {}).setdefault("map", []).append(v["map"])
 
     def stats(v):
-        return {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)} if isinstance(v, list) else v
+        return (
+            {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
+            if isinstance(v, list)
+            else v
+        )
 
     def walk(x):
         return {k: walk(v) if isinstance(v, dict) else stats(v) for k, v in x.items()}
@@ -112,9 +163,13 @@ def markdown(runs: list[dict]) -> str:
                 if "moa_hits" in figs:
                     row.setdefault("MoA hits", []).append(figs["moa_hits"])
             for k, v in task.get("real_heldout_read_as_target", {}).items():
-                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows (oracle out of fold)", {}).setdefault("read as target", []).append(v)
+                per_kind.setdefault(task["kind"], {}).setdefault(
+                    "real held-out rows (oracle out of fold)", {}
+                ).setdefault("read as target", []).append(v)
             if "real_heldout_moa_hits" in task:
-                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault("MoA hits", []).append(task["real_heldout_moa_hits"])
+                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault(
+                    "MoA hits", []
+                ).append(task["real_heldout_moa_hits"])
         for kind, methods in per_kind.items():
             for method, figs in methods.items():
                 for k, v in figs.items():
@@ -127,9 +182,16 @@ def markdown(runs: list[dict]) -> str:
         for kind, methods in g.items():
             cols = list(dict.fromkeys(c for m in methods.values() for c in m))
             n = len(next(iter(next(iter(methods.values())).values())))
-            lines += [f"**{dataset}**, profiles.residual = {residual}, {kind} ({n} seed{'s' if n > 1 else ''})", "",
-                      "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-            lines += [f"| {m} | " + " | ".join(f(v[c]) if c in v else "" for c in cols) + " |" for m, v in methods.items()] + [""]
+            lines += [
+                f"**{dataset}**, profiles.residual = {residual}, {kind} ({n} seed{'s' if n > 1 else ''})",
+                "",
+                "| method | " + " | ".join(cols) + " |",
+                "|---" * (len(cols) + 1) + "|",
+            ]
+            lines += [
+                f"| {m} | " + " | ".join(f(v[c]) if c in v else "" for c in cols) + " |"
+                for m, v in methods.items()
+            ] + [""]
     return "\n".join(lines)
 
 
@@ -140,32 +202,66 @@ def sweep_table(sweep: dict) -> str:
         d = by.setdefault((r["condition"], r["guidance_technical"]), {})
         for k, v in r.items():
             if k in ("mean_error", "energy") or k.startswith(("read_as_target", "read_as_source")):
-                d.setdefault("read as target" if k.startswith("read_as_target") else "biology kept" if k.startswith("read_as_source") else k.replace("_", " "), []).append(v)
+                d.setdefault(
+                    "read as target"
+                    if k.startswith("read_as_target")
+                    else "biology kept"
+                    if k.startswith("read_as_source")
+                    else k.replace("_", " "),
+                    [],
+                ).append(v)
     f = lambda v: f"{np.mean(v):.3f} ({min(v):.2f}-{max(v):.2f})"
-    lines = [f"**bbbc021**, model (residual none) by guidance weight on the changed technical factor (`{sweep['command']}`)", "",
-             "| condition | weight | mean error | energy | read as target | biology kept |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"**bbbc021**, model (residual none) by guidance weight on the changed technical factor (`{sweep['command']}`)",
+        "",
+        "| condition | weight | mean error | energy | read as target | biology kept |",
+        "|---|---|---|---|---|---|",
+    ]
     for (cond, w), d in by.items():
-        lines.append(f"| {cond} | {w:g} | " + " | ".join(f(d[k]) if k in d else "" for k in ("mean error", "energy", "read as target", "biology kept")) + " |")
+        lines.append(
+            f"| {cond} | {w:g} | "
+            + " | ".join(
+                f(d[k]) if k in d else "" for k in ("mean error", "energy", "read as target", "biology kept")
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"))
+    ap.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real")
+    )
     ap.add_argument("--week", default="Week4", help="BBBC021 week whose DMSO wells are held out")
-    ap.add_argument("--steps", type=int, default=4000, help="training steps of each model (the config default)")
-    ap.add_argument("--seeds", default="0,1,2", help="BBBC021: one model per seed, the spread between seeds is part of the result")
+    ap.add_argument(
+        "--steps", type=int, default=4000, help="training steps of each model (the config default)"
+    )
+    ap.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="BBBC021: one model per seed, the spread between seeds is part of the result",
+    )
     ap.add_argument("--lincs-seeds", default="0")
     ap.add_argument("--residuals", default="none,ridge", help="profiles.residual variants to run")
     ap.add_argument("--work", default="runs/bench-profiles")
     ap.add_argument("--only", choices=["bbbc021", "lincs"], help="run one dataset only")
-    ap.add_argument("--table", action="store_true", help="print the README tables from the results file and stop")
-    ap.add_argument("--sweep", metavar="W,W,...", help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at each "
-                    "guidance weight on the technical factor, into the results file's guidance_sweep")
+    ap.add_argument(
+        "--table", action="store_true", help="print the README tables from the results file and stop"
+    )
+    ap.add_argument(
+        "--sweep",
+        metavar="W,W,...",
+        help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at each "
+        "guidance weight on the technical factor, into the results file's guidance_sweep",
+    )
     a = ap.parse_args()
     if a.table:
         saved = json.loads(RESULTS.read_text())
-        print(markdown(saved["runs"]) + ("\n" + sweep_table(saved["guidance_sweep"]) if "guidance_sweep" in saved else ""))
+        print(
+            markdown(saved["runs"])
+            + ("\n" + sweep_table(saved["guidance_sweep"]) if "guidance_sweep" in saved else "")
+        )
         return
     if a.sweep:
         torch.set_num_threads(2)
@@ -177,7 +273,11 @@ def main() -> None:
                 sys.exit(f"{run}: no such run; run the benchmark without --sweep first")
             rows += [{"seed": seed, **r} for r in guidance_sweep(run, weights)]
         saved = json.loads(RESULTS.read_text())
-        saved["guidance_sweep"] = {"command": "python " + shlex.join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+        saved["guidance_sweep"] = {
+            "command": "python " + shlex.join(sys.argv),
+            "date": time.strftime("%Y-%m-%d"),
+            "rows": rows,
+        }
         atomic_write_json(RESULTS, saved)
         print(sweep_table(saved["guidance_sweep"]))
         return
@@ -195,8 +295,20 @@ def main() -> None:
         where = [f"Metadata_Compound=DMSO,Metadata_Batch={a.week}"] + [f"Metadata_Compound={c}" for c in held]
         for residual in residuals:
             for seed in seeds:
-                rows.append(run_case("bbbc021", path, ["Metadata_Compound", "Metadata_Concentration", "Metadata_MoA", "Metadata_Batch"], where,
-                                     "Metadata_Compound=DMSO", "Metadata_MoA", work, a.steps, seed, residual))
+                rows.append(
+                    run_case(
+                        "bbbc021",
+                        path,
+                        ["Metadata_Compound", "Metadata_Concentration", "Metadata_MoA", "Metadata_Batch"],
+                        where,
+                        "Metadata_Compound=DMSO",
+                        "Metadata_MoA",
+                        work,
+                        a.steps,
+                        seed,
+                        residual,
+                    )
+                )
     if a.only in (None, "lincs"):
         path = data / "lincs-SQ00015054" / "SQ00015054_normalized_feature_select.csv.gz"
         table = pd.read_csv(path)
@@ -206,12 +318,31 @@ def main() -> None:
         top = [f"{comp}={c},{dose}={table.loc[table[comp] == c, dose].max()}" for c in treated]
         for residual in residuals:
             for seed in [int(x) for x in a.lincs_seeds.split(",")]:
-                rows.append(run_case("lincs", path, [comp, dose, moa], top + [f"{comp}={c}" for c in held], f"{comp}=DMSO", moa, work, a.steps, seed, residual))
-    result = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}", "date": time.strftime("%Y-%m-%d"),
-              "command": "python " + shlex.join(sys.argv), "runs": rows}
+                rows.append(
+                    run_case(
+                        "lincs",
+                        path,
+                        [comp, dose, moa],
+                        top + [f"{comp}={c}" for c in held],
+                        f"{comp}=DMSO",
+                        moa,
+                        work,
+                        a.steps,
+                        seed,
+                        residual,
+                    )
+                )
+    result = {
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python " + shlex.join(sys.argv),
+        "runs": rows,
+    }
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() and a.only else None
     if previous:
-        keep = [r for r in previous.get("runs", []) if r["dataset"] != a.only]  # the other dataset's runs stay
+        keep = [
+            r for r in previous.get("runs", []) if r["dataset"] != a.only
+        ]  # the other dataset's runs stay
         result["runs"] = keep + rows
     result["summary"] = summarize(result["runs"])
     atomic_write_json(RESULTS, result)

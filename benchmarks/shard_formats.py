@@ -79,8 +79,13 @@ def stream_rate(folder: Path, batches: int, buffer: int) -> float:
     urls = sorted(str(p) for p in folder.glob("*.tar"))
 
     def run(count: int) -> float:
-        ds = (wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False).shuffle(buffer)
-              .map_dict(**{"img.npy": npy, "factors.npy": npy}).to_tuple("img.npy", "factors.npy").batched(BATCH, collation_fn=lambda s: np.stack([x[0] for x in s])))
+        ds = (
+            wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False)
+            .shuffle(buffer)
+            .map_dict(**{"img.npy": npy, "factors.npy": npy})
+            .to_tuple("img.npy", "factors.npy")
+            .batched(BATCH, collation_fn=lambda s: np.stack([x[0] for x in s]))
+        )
         t, seen = time.perf_counter(), 0
         for batch in ds:
             seen += len(batch)
@@ -105,7 +110,9 @@ def main() -> None:
         import webdataset  # noqa: F401
         import zarr
     except ImportError as e:
-        sys.exit(f"this benchmark needs zarr and webdataset ({e.name} is missing): pip install zarr webdataset")
+        sys.exit(
+            f"this benchmark needs zarr and webdataset ({e.name} is missing): pip install zarr webdataset"
+        )
     work = Path(a.work)
     shutil.rmtree(work, ignore_errors=True)
     data = load_data("shapes", size=a.size, n=a.n, seed=0)
@@ -116,29 +123,51 @@ def main() -> None:
     pack(data, work / "npy")
     pack_s = time.perf_counter() - t
     disk = open_shards(work / "npy").images
-    result["formats"]["npy shards (factordiff)"] = {"pack_seconds": pack_s, "bytes": size_of(work / "npy"), "access": "random rows",
-                                                    "exact_resume": "the step number", "img_s": random_rows(lambda r: disk[np.sort(r)], a.n, a.batches)}
+    result["formats"]["npy shards (factordiff)"] = {
+        "pack_seconds": pack_s,
+        "bytes": size_of(work / "npy"),
+        "access": "random rows",
+        "exact_resume": "the step number",
+        "img_s": random_rows(lambda r: disk[np.sort(r)], a.n, a.batches),
+    }
 
     t = time.perf_counter()
-    arr = zarr.create_array(store=str(work / "images.zarr"), shape=images.shape, chunks=(a.zarr_chunk, *images.shape[1:]), dtype="uint8")
+    arr = zarr.create_array(
+        store=str(work / "images.zarr"),
+        shape=images.shape,
+        chunks=(a.zarr_chunk, *images.shape[1:]),
+        dtype="uint8",
+    )
     arr[:] = images
     pack_s = time.perf_counter() - t
     z = zarr.open_array(str(work / "images.zarr"), mode="r")
     result["formats"][f"zarr v3, zstd, {a.zarr_chunk} images per chunk"] = {
-        "pack_seconds": pack_s, "bytes": size_of(work / "images.zarr"), "access": "random rows", "exact_resume": "the step number",
-        "img_s": random_rows(lambda r: z.get_orthogonal_selection((np.unique(r),)), a.n, a.batches)}
+        "pack_seconds": pack_s,
+        "bytes": size_of(work / "images.zarr"),
+        "access": "random rows",
+        "exact_resume": "the step number",
+        "img_s": random_rows(lambda r: z.get_orthogonal_selection((np.unique(r),)), a.n, a.batches),
+    }
 
     t = time.perf_counter()
     write_tars(images, data.factors, work / "wds")
     pack_s = time.perf_counter() - t
     result["formats"][f"WebDataset tars, raw .npy samples, shuffle buffer {a.buffer}"] = {
-        "pack_seconds": pack_s, "bytes": size_of(work / "wds"), "access": "stream + shuffle buffer (local shuffle)",
-        "exact_resume": "needs the stream position and the buffer state", "img_s": stream_rate(work / "wds", a.batches, a.buffer)}
+        "pack_seconds": pack_s,
+        "bytes": size_of(work / "wds"),
+        "access": "stream + shuffle buffer (local shuffle)",
+        "exact_resume": "needs the stream position and the buffer state",
+        "img_s": stream_rate(work / "wds", a.batches, a.buffer),
+    }
 
     import torch
 
-    result.update(machine=f"{platform.machine()}, {torch.get_num_threads()} threads", date=time.strftime("%Y-%m-%d"), command="python " + shlex.join(sys.argv),
-                  versions={"zarr": zarr.__version__, "webdataset": __import__("webdataset").__version__})
+    result.update(
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
+        date=time.strftime("%Y-%m-%d"),
+        command="python " + shlex.join(sys.argv),
+        versions={"zarr": zarr.__version__, "webdataset": __import__("webdataset").__version__},
+    )
     atomic_write_json(OUT, result)
     for name, r in result["formats"].items():
         print(f"{name}: pack {r['pack_seconds']:.1f} s, {r['bytes'] / 1e6:.0f} MB, {r['img_s']:,.0f} img/s")

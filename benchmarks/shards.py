@@ -42,7 +42,14 @@ def read_rate(batches: ArrayBatches, steps: int) -> float:
 
 
 def train_rate(name: str, step_module, tensors: dict, batch: int, steps: int) -> float:
-    stage = Stage(name, step_module, [p for p in step_module.parameters() if p.requires_grad], ArrayBatches(tensors, batch, 1), steps, 1e-3)
+    stage = Stage(
+        name,
+        step_module,
+        [p for p in step_module.parameters() if p.requires_grad],
+        ArrayBatches(tensors, batch, 1),
+        steps,
+        1e-3,
+    )
     run_stage(Stage(name, step_module, stage.trainable, stage.batches, 5, 1e-3), LoopOptions(progress=False))
     t = time.perf_counter()
     run_stage(stage, LoopOptions(progress=False))
@@ -66,21 +73,53 @@ def main() -> None:
     else:
         pack_s = None
     disk = open_shards(folder)
-    result: dict = {"images": a.n, "size": a.size, "pack_seconds": pack_s, "pack_bytes": sum(p.stat().st_size for p in folder.iterdir())}
+    result: dict = {
+        "images": a.n,
+        "size": a.size,
+        "pack_seconds": pack_s,
+        "pack_bytes": sum(p.stat().st_size for p in folder.iterdir()),
+    }
     for b in (64, 256):
-        result[f"read_img_s_batch{b}"] = {"memory": read_rate(ArrayBatches({"images": torch.from_numpy(data.images)}, b), 200),
-                                          "shards": read_rate(ArrayBatches({"images": disk.images}, b), 200)}
+        result[f"read_img_s_batch{b}"] = {
+            "memory": read_rate(ArrayBatches({"images": torch.from_numpy(data.images)}, b), 200),
+            "shards": read_rate(ArrayBatches({"images": disk.images}, b), 200),
+        }
     cfg = load_config(None, {"data.size": a.size})
     torch.manual_seed(0)
-    distiller = FactorDistiller(data.spec.sizes, [f.kind == "ordinal" for f in data.spec.factors], 3, a.size, cfg.distill.code_dims, cfg.distill.width)
+    distiller = FactorDistiller(
+        data.spec.sizes,
+        [f.kind == "ordinal" for f in data.spec.factors],
+        3,
+        a.size,
+        cfg.distill.code_dims,
+        cfg.distill.width,
+    )
     ae = build_autoencoder(cfg.autoencoder, 3, a.size)
     factors = torch.from_numpy(data.factors)
     for where, images in (("memory", torch.from_numpy(data.images)), ("shards", disk.images)):
-        result.setdefault("train_distiller_img_s", {})[where] = train_rate("distiller", DistillStep(distiller, cfg.distill), {"images": images, "factors": factors}, cfg.distill.batch_size, a.steps)
-        result.setdefault("train_autoencoder_img_s", {})[where] = train_rate("autoencoder", AutoencoderStep(ae, distiller.eval(), cfg.autoencoder), {"images": images}, cfg.autoencoder.batch_size, a.steps)
-    result.update(machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", date=time.strftime("%Y-%m-%d"), command="python " + shlex.join(sys.argv))
+        result.setdefault("train_distiller_img_s", {})[where] = train_rate(
+            "distiller",
+            DistillStep(distiller, cfg.distill),
+            {"images": images, "factors": factors},
+            cfg.distill.batch_size,
+            a.steps,
+        )
+        result.setdefault("train_autoencoder_img_s", {})[where] = train_rate(
+            "autoencoder",
+            AutoencoderStep(ae, distiller.eval(), cfg.autoencoder),
+            {"images": images},
+            cfg.autoencoder.batch_size,
+            a.steps,
+        )
+    result.update(
+        machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        date=time.strftime("%Y-%m-%d"),
+        command="python " + shlex.join(sys.argv),
+    )
     atomic_write_json(OUT, result)
-    print({k: (np.round(list(v.values()), 1).tolist() if isinstance(v, dict) else v) for k, v in result.items()})
+    print(
+        {k: (np.round(list(v.values()), 1).tolist() if isinstance(v, dict) else v) for k, v in result.items()}
+    )
 
 
 if __name__ == "__main__":

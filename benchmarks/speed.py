@@ -63,34 +63,65 @@ def main() -> None:
         cfg = load_config(p)
     spec = shapes_spec()
     idx = spec.grid()[np.random.default_rng(0).choice(spec.grid_size, 10000, replace=False)]
-    results: dict = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__}
+    results: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
     for size in (32, 64):
         t = time.perf_counter()
         geometry_maps(size)
         first = time.perf_counter() - t
-        results[f"render_{size}px"] = {"images_per_s": 10000 / median_time(lambda: render(idx, size), 3, 0), "geometry_cache_s": first}
+        results[f"render_{size}px"] = {
+            "images_per_s": 10000 / median_time(lambda: render(idx, size), 3, 0),
+            "geometry_cache_s": first,
+        }
     size, b = cfg.data.size, 64
     imgs = torch.from_numpy(render(idx[:b], size))
     factors = torch.from_numpy(idx[:b])
     shape = ModelShape(3, size)
     torch.manual_seed(0)
-    distiller = FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], 3, size, cfg.distill.code_dims, cfg.distill.width)
-    results["train_distiller"] = {"images_per_s": train_rate(DistillStep(distiller, cfg.distill), {"images": imgs, "factors": factors}, b)}
+    distiller = FactorDistiller(
+        spec.sizes,
+        [f.kind == "ordinal" for f in spec.factors],
+        3,
+        size,
+        cfg.distill.code_dims,
+        cfg.distill.width,
+    )
+    results["train_distiller"] = {
+        "images_per_s": train_rate(
+            DistillStep(distiller, cfg.distill), {"images": imgs, "factors": factors}, b
+        )
+    }
     ae = build_autoencoder(cfg.autoencoder, 3, size)
-    results["train_autoencoder"] = {"images_per_s": train_rate(AutoencoderStep(ae, distiller.eval(), cfg.autoencoder), {"images": imgs[:32]}, 32)}
+    results["train_autoencoder"] = {
+        "images_per_s": train_rate(
+            AutoencoderStep(ae, distiller.eval(), cfg.autoencoder), {"images": imgs[:32]}, 32
+        )
+    }
     den = build_denoiser(cfg, spec, shape)
     lat = ae.encode(imgs.permute(0, 3, 1, 2).float() / 127.5 - 1).detach()
     codes = torch.randn(b, len(spec), cfg.distill.code_dims)
-    results["train_denoiser"] = {"images_per_s": train_rate(DiffusionStep(den, cfg.denoiser), {"x": lat, "codes": codes}, b),
-                                 "parameters": sum(p.numel() for p in den.parameters())}
+    results["train_denoiser"] = {
+        "images_per_s": train_rate(DiffusionStep(den, cfg.denoiser), {"x": lat, "codes": codes}, b),
+        "parameters": sum(p.numel() for p in den.parameters()),
+    }
     oracle = Oracle(spec.sizes, 3, size)
-    results["train_oracle"] = {"images_per_s": train_rate(OracleStep(oracle), {"images": imgs, "factors": factors}, b)}
+    results["train_oracle"] = {
+        "images_per_s": train_rate(OracleStep(oracle), {"images": imgs, "factors": factors}, b)
+    }
     den.eval()
     cond = Condition.full(codes)
     with torch.no_grad():
         steps = 50
-        results["ddim_sample_50_steps"] = {"images_per_s": b / median_time(lambda: ddim_sample(den, torch.randn_like(lat), cond, cfg.denoiser, steps), 3, 1)}
-        results["ddim_invert_50_steps"] = {"images_per_s": b / median_time(lambda: ddim_invert(den, lat, cond, cfg.denoiser, steps), 3, 1)}
+        results["ddim_sample_50_steps"] = {
+            "images_per_s": b
+            / median_time(lambda: ddim_sample(den, torch.randn_like(lat), cond, cfg.denoiser, steps), 3, 1)
+        }
+        results["ddim_invert_50_steps"] = {
+            "images_per_s": b / median_time(lambda: ddim_invert(den, lat, cond, cfg.denoiser, steps), 3, 1)
+        }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -48,8 +48,17 @@ OUT = Path(__file__).parent / "results" / "train_throughput.json"
 
 
 def factordiff_trial(den: Denoiser, x: torch.Tensor, cfg, steps: int, seed: int) -> float:
-    stage = Stage("bench", DiffusionStep(den, cfg.denoiser), den.base_parameters(), ArrayBatches({"x": x}, cfg.denoiser.batch_size, seed),
-                  steps, cfg.denoiser.lr, ema_decay=cfg.denoiser.ema_decay, warmup=100, images_per_step=cfg.denoiser.batch_size)
+    stage = Stage(
+        "bench",
+        DiffusionStep(den, cfg.denoiser),
+        den.base_parameters(),
+        ArrayBatches({"x": x}, cfg.denoiser.batch_size, seed),
+        steps,
+        cfg.denoiser.lr,
+        ema_decay=cfg.denoiser.ema_decay,
+        warmup=100,
+        images_per_step=cfg.denoiser.batch_size,
+    )
     t = time.perf_counter()
     run_stage(stage, LoopOptions(seed=seed, checkpoints=None, progress=False))
     return time.perf_counter() - t
@@ -65,11 +74,20 @@ def reference_trial(unet, x: torch.Tensor, cfg, steps: int, seed: int) -> float:
     dn = cfg.denoiser
     t0 = time.perf_counter()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    scheduler = DDPMScheduler(num_train_timesteps=dn.num_train_timesteps, beta_schedule=dn.beta_schedule, prediction_type=dn.prediction_type)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=dn.num_train_timesteps,
+        beta_schedule=dn.beta_schedule,
+        prediction_type=dn.prediction_type,
+    )
     optimizer = torch.optim.AdamW(unet.parameters(), lr=dn.lr, weight_decay=0.0)
     lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=100)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=dn.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x),
+        batch_size=dn.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     model, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     ema = EMAModel(model.parameters(), decay=dn.ema_decay, use_ema_warmup=True, power=3 / 4)
     emb = torch.zeros(dn.batch_size, unet.config.block_out_channels[0] * 4)
@@ -104,7 +122,9 @@ def top_ops(fn, rows: int = 8) -> list[dict]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     avg = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
-    return [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 1), "calls": e.count} for e in avg]
+    return [
+        {"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 1), "calls": e.count} for e in avg
+    ]
 
 
 def main() -> None:
@@ -129,7 +149,10 @@ def main() -> None:
     for r in range(a.repeats):
         times["factordiff"].append(factordiff_trial(ours, x, cfg, a.steps, r + 1))
         times["reference"].append(reference_trial(ref, x, cfg, a.steps, r + 1))
-        print(f"trial {r + 1}: factordiff {a.steps * b / times['factordiff'][-1]:.0f} img/s, reference {a.steps * b / times['reference'][-1]:.0f} img/s", flush=True)
+        print(
+            f"trial {r + 1}: factordiff {a.steps * b / times['factordiff'][-1]:.0f} img/s, reference {a.steps * b / times['reference'][-1]:.0f} img/s",
+            flush=True,
+        )
     rate = {k: a.steps * b / float(np.median(v)) for k, v in times.items()}
     result = {
         "factordiff_img_s": round(rate["factordiff"], 1),
@@ -148,7 +171,10 @@ def main() -> None:
         "command": "python " + shlex.join(sys.argv),
     }
     if a.profile:
-        result["profile"] = {"factordiff": top_ops(lambda: factordiff_trial(ours, x, cfg, 5, 9)), "reference": top_ops(lambda: reference_trial(ref, x, cfg, 5, 9))}
+        result["profile"] = {
+            "factordiff": top_ops(lambda: factordiff_trial(ours, x, cfg, 5, 9)),
+            "reference": top_ops(lambda: reference_trial(ref, x, cfg, 5, 9)),
+        }
     atomic_write_json(OUT, result)
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))
 

@@ -44,7 +44,9 @@ def main() -> None:
         shutil.copy(shipped / "model" / f"{part}.safetensors", a.run / "model")
     lines = (shipped / "train_log.jsonl").read_text().splitlines()
     for part in ("distiller", "autoencoder"):
-        (a.run / "logs" / f"{part}.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["stage"] == part))
+        (a.run / "logs" / f"{part}.jsonl").write_text(
+            "".join(line + "\n" for line in lines if json.loads(line)["stage"] == part)
+        )
     shutil.copy(shipped / "split.json", a.run / "split.json")
     cfg.save(a.run / "run_config.json")
     fit(cfg, a.run, resume=True, progress=True)

@@ -57,16 +57,29 @@ def ship_prototypes(dest: Path) -> dict:
     _, _, train = prepare_data(cfg)
     model = FactorModel.load(dest / "model")
     model.set_prototypes(model.codes(train.images), train.factors)
-    atomic_save_tensors({k: v.float() for k, v in model.prototype_tensors().items()}, dest / "model" / PROTOTYPES)
-    missing = [f"{f.name}={f.values[v]}" for k, f in enumerate(model.spec.factors) for v in range(f.size) if not model.has_prototype(k, v)]
+    atomic_save_tensors(
+        {k: v.float() for k, v in model.prototype_tensors().items()}, dest / "model" / PROTOTYPES
+    )
+    missing = [
+        f"{f.name}={f.values[v]}"
+        for k, f in enumerate(model.spec.factors)
+        for v in range(f.size)
+        if not model.has_prototype(k, v)
+    ]
     return {"train_images": len(train), "values_without_prototype": missing}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path, nargs="?", help="the finished run folder to ship (not with --prototypes-only)")
+    ap.add_argument(
+        "run", type=Path, nargs="?", help="the finished run folder to ship (not with --prototypes-only)"
+    )
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--prototypes-only", action="store_true", help="only recompute the shipped model's prototypes from its training images")
+    ap.add_argument(
+        "--prototypes-only",
+        action="store_true",
+        help="only recompute the shipped model's prototypes from its training images",
+    )
     args = ap.parse_args()
     dest = PACKAGE / f"shapes{args.size}"
     if (args.run is None) != args.prototypes_only:

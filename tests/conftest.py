@@ -15,14 +15,29 @@ torch.set_num_threads(2)
 def tiny_overrides(**extra) -> dict:
     """A config small enough to train every stage in seconds (16x16 images, 8x8 latents)."""
     base = {
-        "data.source": "shapes", "data.size": 16, "data.n": 384,
-        "split.kind": "composition", "split.factors": ["object_hue", "shape"], "split.fraction": 0.4,
-        "distill.steps": 12, "distill.width": 8, "distill.batch_size": 32, "distill.code_dims": 2,
-        "autoencoder.block_out_channels": [8, 16], "autoencoder.steps": 12, "autoencoder.batch_size": 16,
-        "denoiser.block_out_channels": [16, 32], "denoiser.layers_per_block": 1, "denoiser.steps": 12,
-        "denoiser.batch_size": 16, "denoiser.adapter_hidden": 32,
+        "data.source": "shapes",
+        "data.size": 16,
+        "data.n": 384,
+        "split.kind": "composition",
+        "split.factors": ["object_hue", "shape"],
+        "split.fraction": 0.4,
+        "distill.steps": 12,
+        "distill.width": 8,
+        "distill.batch_size": 32,
+        "distill.code_dims": 2,
+        "autoencoder.block_out_channels": [8, 16],
+        "autoencoder.steps": 12,
+        "autoencoder.batch_size": 16,
+        "denoiser.block_out_channels": [16, 32],
+        "denoiser.layers_per_block": 1,
+        "denoiser.steps": 12,
+        "denoiser.batch_size": 16,
+        "denoiser.adapter_hidden": 32,
         "train.checkpoint_every": 5,
-        "evaluate.sources": 3, "evaluate.steps": 4, "evaluate.oracle_steps": 10, "evaluate.oracle_images": 256,
+        "evaluate.sources": 3,
+        "evaluate.steps": 4,
+        "evaluate.oracle_steps": 10,
+        "evaluate.oracle_images": 256,
     }
     base.update(extra)
     return base

@@ -36,8 +36,22 @@ def train(jitter: float, steps: int, out: Path, resume: bool = False) -> Regress
     x = torch.randn(256, 8, generator=g)
     y = torch.sin(x.sum(1, keepdim=True))
     step = Regress(jitter)
-    stage = Stage("regress", step, list(step.parameters()), ArrayBatches({"x": x, "y": y}, 16, seed=3), steps, 1e-2, ema_decay=0.9, warmup=3)
-    run_stage(stage, LoopOptions(seed=5, checkpoints=out / "checkpoints", checkpoint_every=4, resume=resume, progress=False))
+    stage = Stage(
+        "regress",
+        step,
+        list(step.parameters()),
+        ArrayBatches({"x": x, "y": y}, 16, seed=3),
+        steps,
+        1e-2,
+        ema_decay=0.9,
+        warmup=3,
+    )
+    run_stage(
+        stage,
+        LoopOptions(
+            seed=5, checkpoints=out / "checkpoints", checkpoint_every=4, resume=resume, progress=False
+        ),
+    )
     return step
 
 

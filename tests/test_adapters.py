@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from factordiff.checkpoint import load_tensors
 from factordiff.diffusion.condition import Condition
@@ -13,13 +14,13 @@ from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.model import FactorModel, ModelShape, build_denoiser
 
-from conftest import tiny_config
-
 ADAPTERS = ["embed", "tokens", "shift"]
 
 
 def _built(adapter: str, seed: int = 0):
-    cfg = tiny_config(**{"denoiser.adapter": adapter, "denoiser.token_dim": 16, "denoiser.branch_channels": [8, 16]})
+    cfg = tiny_config(
+        **{"denoiser.adapter": adapter, "denoiser.token_dim": 16, "denoiser.branch_channels": [8, 16]}
+    )
     from factordiff.data.shapes import shapes_spec
 
     torch.manual_seed(seed)
@@ -34,7 +35,11 @@ def _base(denoiser) -> Denoiser:
 def _batch(denoiser, cfg, n=6, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, cfg.autoencoder.latent_channels, 4, 4, generator=g)
-    return x, torch.randint(0, 1000, (n,), generator=g), Condition.full(torch.randn(n, 6, cfg.distill.code_dims, generator=g))
+    return (
+        x,
+        torch.randint(0, 1000, (n,), generator=g),
+        Condition.full(torch.randn(n, 6, cfg.distill.code_dims, generator=g)),
+    )
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -75,7 +80,14 @@ def test_every_adapter_conditions_the_model_after_training_and_survives_a_deep_c
 def test_fit_on_a_frozen_base_keeps_the_base_and_reloads(adapter, tmp_path):
     from factordiff.fit import fit
 
-    cfg = tiny_config(**{"denoiser.adapter": adapter, "denoiser.train_base": False, "denoiser.token_dim": 16, "denoiser.branch_channels": [8, 16]})
+    cfg = tiny_config(
+        **{
+            "denoiser.adapter": adapter,
+            "denoiser.train_base": False,
+            "denoiser.token_dim": 16,
+            "denoiser.branch_channels": [8, 16],
+        }
+    )
     result = fit(cfg, tmp_path / "run", progress=False)
     base = load_tensors(tmp_path / "run" / "model" / "base.safetensors")
     unet = result.model.denoiser.unet.state_dict()

@@ -13,7 +13,9 @@ from factordiff.evaluate.latent import few_shot, linear_probe, path_smoothness, 
 def test_slerp_keeps_the_norm_of_orthogonal_unit_vectors():
     a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     mid = slerp(a, b, 0.5)
-    assert torch.allclose(mid.norm(), torch.tensor(1.0)) and torch.allclose(mid, torch.tensor([[0.5**0.5, 0.5**0.5]]))
+    assert torch.allclose(mid.norm(), torch.tensor(1.0)) and torch.allclose(
+        mid, torch.tensor([[0.5**0.5, 0.5**0.5]])
+    )
 
 
 def test_probes_on_constructed_codes():
@@ -39,7 +41,9 @@ def test_constant_speed_path_has_zero_spread():
 @pytest.mark.slow
 def test_analyze_adds_metrics_and_figures_to_the_report(tiny_run, capsys):
     assert main(["evaluate", str(tiny_run)]) == 0
-    assert main(["analyze", str(tiny_run), "--images", "300", "--metric-scale", "0.03"]) == 0, capsys.readouterr().err
+    assert main(["analyze", str(tiny_run), "--images", "300", "--metric-scale", "0.03"]) == 0, (
+        capsys.readouterr().err
+    )
     a = json.loads((tiny_run / "metrics.json").read_text())["analysis"]
     assert {"raw", "first_pc"} <= set(a["disentanglement"])
     assert set(a["probes"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
@@ -54,14 +58,32 @@ def test_disentanglement_command_on_foreign_arrays(tmp_path, capsys):
     factors = rng.integers(0, 4, (400, 3))
     np.save(tmp_path / "codes.npy", factors + 0.01 * rng.normal(size=factors.shape))
     np.save(tmp_path / "factors.npy", factors)
-    assert main(["disentanglement", str(tmp_path / "codes.npy"), str(tmp_path / "factors.npy"), "--scale", "0.04", "--json", str(tmp_path / "s.json")]) == 0
+    assert (
+        main(
+            [
+                "disentanglement",
+                str(tmp_path / "codes.npy"),
+                str(tmp_path / "factors.npy"),
+                "--scale",
+                "0.04",
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["dci_disentanglement"] > 0.9 and "mig" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad,message", [
-    ("nan", "NaN"), ("length", "rows"), ("float_factors", "integer"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("nan", "NaN"),
+        ("length", "rows"),
+        ("float_factors", "integer"),
+    ],
+)
 def test_disentanglement_command_rejects_bad_arrays(tmp_path, capsys, bad, message):
     rng = np.random.default_rng(0)
     codes, factors = rng.normal(size=(50, 3)), rng.integers(0, 3, (50, 3))

@@ -15,8 +15,21 @@ from PIL import Image
 
 from factordiff import FactordiffError
 from factordiff.cli import main
-from factordiff.data.cells import (CELL_PAINTING, PlateScaler, bbbc021_fields, correct_illumination, crop, illumination_functions, join_metadata,
-                                   load_data_fields, npy_fields, nucleus_centres, open_fields, phenix_fields, rxrx_fields)
+from factordiff.data.cells import (
+    CELL_PAINTING,
+    PlateScaler,
+    bbbc021_fields,
+    correct_illumination,
+    crop,
+    illumination_functions,
+    join_metadata,
+    load_data_fields,
+    npy_fields,
+    nucleus_centres,
+    open_fields,
+    phenix_fields,
+    rxrx_fields,
+)
 
 FOV = Path(__file__).parent / "data" / "fov-BR00143976-C03-s3"
 # the plate's channel map (WayScience pediatric cancer atlas): ch5 DNA, ch2 ER, ch6 RNA, ch3 AGP, ch4 Mito (ch1 brightfield)
@@ -33,9 +46,12 @@ def test_real_field_reads_in_the_channel_order_of_the_map_with_its_plate_maps():
     assert fields.metadata["Metadata_Well"][0] == "C03" and fields.metadata["Metadata_Site"][0] == "3"
     fields = join_metadata(fields, FOV / "Assay_Plate1_platemap.csv", {"Metadata_Well": "well"})
     fields = join_metadata(fields, FOV / "Barcode_platemap_pilot_data.csv", {"Metadata_Plate": "barcode"})
-    assert fields.metadata["Metadata_cell_line"][0] == "DAOY" and fields.metadata["Metadata_time_point"][0] == "24"
+    assert (
+        fields.metadata["Metadata_cell_line"][0] == "DAOY"
+        and fields.metadata["Metadata_time_point"][0] == "24"
+    )
     # the nucleus in the crop is found where the DNA channel is bright
-    (y, x), = nucleus_centres(field[0])
+    ((y, x),) = nucleus_centres(field[0])
     assert field[0, y, x] > np.percentile(field[0], 90)
 
 
@@ -51,13 +67,21 @@ def test_phenix_folder_with_a_missing_channel_is_refused_by_name(tmp_path):
 
 def _tiff(path: Path, seed: int, dtype=np.uint16, size=(32, 32)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, np.random.default_rng(seed).integers(0, 4000 if dtype == np.uint16 else 250, size).astype(dtype))
+    tifffile.imwrite(
+        path, np.random.default_rng(seed).integers(0, 4000 if dtype == np.uint16 else 250, size).astype(dtype)
+    )
 
 
 def _load_data(tmp_path: Path, rows: int = 3) -> Path:
     recs = []
     for i in range(rows):
-        rec = {"Metadata_Source": "source_4", "Metadata_Batch": "2021_04_26", "Metadata_Plate": f"P{i % 2}", "Metadata_Well": f"A0{i + 1}", "Metadata_Site": "1"}
+        rec = {
+            "Metadata_Source": "source_4",
+            "Metadata_Batch": "2021_04_26",
+            "Metadata_Plate": f"P{i % 2}",
+            "Metadata_Well": f"A0{i + 1}",
+            "Metadata_Site": "1",
+        }
         for c, name in enumerate(CELL_PAINTING):
             _tiff(tmp_path / "images" / f"f{i}_{name}.tiff", 10 * i + c)
             rec[f"FileName_Orig{name}"] = f"f{i}_{name}.tiff"
@@ -71,7 +95,11 @@ def _load_data(tmp_path: Path, rows: int = 3) -> Path:
 def test_load_data_table_csv_and_parquet(tmp_path):
     path = _load_data(tmp_path)
     fields = load_data_fields(path)
-    assert len(fields) == 3 and fields.channels == CELL_PAINTING and set(fields.metadata) >= {"Metadata_Plate", "Metadata_Well", "Metadata_Site"}
+    assert (
+        len(fields) == 3
+        and fields.channels == CELL_PAINTING
+        and set(fields.metadata) >= {"Metadata_Plate", "Metadata_Well", "Metadata_Site"}
+    )
     assert np.array_equal(fields.field(2)[3], tifffile.imread(tmp_path / "images" / "f2_AGP.tiff"))
     pd.read_csv(path).to_parquet(tmp_path / "load_data.parquet")
     assert np.array_equal(load_data_fields(tmp_path / "load_data.parquet").field(1), fields.field(1))
@@ -79,16 +107,19 @@ def test_load_data_table_csv_and_parquet(tmp_path):
     assert np.array_equal(load_data_fields(path, ["Mito", "DNA"]).field(0)[0], fields.field(0)[4])
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("drop_column", "missing column FileName_OrigRNA"),
-    ("missing_file", r"f1_ER.tiff: no such file \(channel ER\)"),
-    ("eight_bit", r"channel DNA is 8-bit; expected 16-bit"),
-    ("corrupt", r"channel Mito holds no pixels \(empty or corrupt file\)"),
-    ("truncated", r"channel ER: unreadable or corrupt"),
-    ("rgb", r"channel AGP holds an array of shape \(32, 32, 3\)"),
-    ("size", r"channel RNA is 16x16 pixels; expected 32x32"),
-    ("remote", "remote path; factordiff downloads nothing"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("drop_column", "missing column FileName_OrigRNA"),
+        ("missing_file", r"f1_ER.tiff: no such file \(channel ER\)"),
+        ("eight_bit", r"channel DNA is 8-bit; expected 16-bit"),
+        ("corrupt", r"channel Mito holds no pixels \(empty or corrupt file\)"),
+        ("truncated", r"channel ER: unreadable or corrupt"),
+        ("rgb", r"channel AGP holds an array of shape \(32, 32, 3\)"),
+        ("size", r"channel RNA is 16x16 pixels; expected 32x32"),
+        ("remote", "remote path; factordiff downloads nothing"),
+    ],
+)
 def test_malformed_load_data_inputs_get_one_line_and_exit_code_2(tmp_path, capsys, damage, message):
     path = _load_data(tmp_path)
     df = pd.read_csv(path)
@@ -125,7 +156,9 @@ def test_fields_command_writes_an_index_that_reads_back(tmp_path, capsys):
     assert main(["fields", f"load_data:{path}", "--channels", "DNA,ER,RNA,AGP,Mito", "--out", str(out)]) == 0
     assert "3 fields of 32x32 uint16" in capsys.readouterr().out
     again = load_data_fields(out)
-    assert np.array_equal(again.field(2), load_data_fields(path).field(2)) and list(again.metadata["Metadata_Well"]) == ["A01", "A02", "A03"]
+    assert np.array_equal(again.field(2), load_data_fields(path).field(2)) and list(
+        again.metadata["Metadata_Well"]
+    ) == ["A01", "A02", "A03"]
     assert main(["fields", f"load_data:{path}", "--channels", "DNA=5"]) == 2
     assert main(["fields", f"phenix:{FOV}"]) == 2  # a Phenix folder needs its channel map
     assert "--channels is required" in capsys.readouterr().err
@@ -133,8 +166,21 @@ def test_fields_command_writes_an_index_that_reads_back(tmp_path, capsys):
 
 def test_rxrx_layout_reads_8_bit_pngs_by_channel_number(tmp_path):
     root = tmp_path / "rxrx1"
-    rows = [{"site_id": "HEPG2-01_1_B02_1", "well_id": "HEPG2-01_1_B02", "cell_type": "HEPG2", "dataset": "train", "experiment": "HEPG2-01",
-             "plate": 1, "well": "B02", "site": 1, "well_type": "treatment", "sirna": "s21721", "sirna_id": 855}]
+    rows = [
+        {
+            "site_id": "HEPG2-01_1_B02_1",
+            "well_id": "HEPG2-01_1_B02",
+            "cell_type": "HEPG2",
+            "dataset": "train",
+            "experiment": "HEPG2-01",
+            "plate": 1,
+            "well": "B02",
+            "site": 1,
+            "well_type": "treatment",
+            "sirna": "s21721",
+            "sirna_id": 855,
+        }
+    ]
     root.mkdir()
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     for w in range(1, 7):
@@ -144,7 +190,10 @@ def test_rxrx_layout_reads_8_bit_pngs_by_channel_number(tmp_path):
     fields = rxrx_fields(root / "metadata.csv")
     f = fields.field(0, bit_depth=8)
     assert f.dtype == np.uint8 and list(f[:, 0, 0]) == [10, 20, 30, 40, 50, 60]
-    assert fields.channels == ("DNA", "ER", "Actin", "RNA", "Mito", "Membrane") and fields.metadata["Metadata_sirna"][0] == "s21721"
+    assert (
+        fields.channels == ("DNA", "ER", "Actin", "RNA", "Mito", "Membrane")
+        and fields.metadata["Metadata_sirna"][0] == "s21721"
+    )
     assert list(rxrx_fields(root / "metadata.csv", {"Mito": 5, "DNA": 1}).field(0)[:, 0, 0]) == [50, 10]
     with pytest.raises(FactordiffError, match="is 8-bit; expected 16-bit"):
         fields.field(0, bit_depth=16)
@@ -154,32 +203,63 @@ def test_rxrx_layout_reads_8_bit_pngs_by_channel_number(tmp_path):
 
 
 def test_bbbc021_image_table_and_npy_crops(tmp_path):
-    rec = {"TableNumber": 1, "ImageNumber": 1, "Image_Metadata_Plate_DAPI": "Week4_27481", "Image_Metadata_Well_DAPI": "B02", "Replicate": 1,
-           "Image_Metadata_Compound": "taxol", "Image_Metadata_Concentration": "0.3"}
+    rec = {
+        "TableNumber": 1,
+        "ImageNumber": 1,
+        "Image_Metadata_Plate_DAPI": "Week4_27481",
+        "Image_Metadata_Well_DAPI": "B02",
+        "Replicate": 1,
+        "Image_Metadata_Compound": "taxol",
+        "Image_Metadata_Concentration": "0.3",
+    }
     for k, stain in enumerate(("DAPI", "Tubulin", "Actin")):
         _tiff(tmp_path / "Week4_27481" / f"w_{stain}.tif", k)
         rec[f"Image_FileName_{stain}"], rec[f"Image_PathName_{stain}"] = f"w_{stain}.tif", "Week4_27481"
     pd.DataFrame([rec]).to_csv(tmp_path / "BBBC021_v1_image.csv", index=False)
-    pd.DataFrame([{"compound": "taxol", "concentration": "0.3", "moa": "Microtubule stabilizers"}]).to_csv(tmp_path / "BBBC021_v1_moa.csv", index=False)
+    pd.DataFrame([{"compound": "taxol", "concentration": "0.3", "moa": "Microtubule stabilizers"}]).to_csv(
+        tmp_path / "BBBC021_v1_moa.csv", index=False
+    )
     fields = bbbc021_fields(tmp_path / "BBBC021_v1_image.csv")
-    fields = join_metadata(fields, tmp_path / "BBBC021_v1_moa.csv", {"Metadata_Compound": "compound", "Metadata_Concentration": "concentration"})
+    fields = join_metadata(
+        fields,
+        tmp_path / "BBBC021_v1_moa.csv",
+        {"Metadata_Compound": "compound", "Metadata_Concentration": "concentration"},
+    )
     assert fields.channels == ("DNA", "Tubulin", "Actin") and fields.metadata["Metadata_Batch"][0] == "Week4"
-    assert fields.metadata["Metadata_moa"][0] == "Microtubule stabilizers" and fields.field(0).shape == (3, 32, 32)
+    assert fields.metadata["Metadata_moa"][0] == "Microtubule stabilizers" and fields.field(0).shape == (
+        3,
+        32,
+        32,
+    )
     np.save(tmp_path / "crop0.npy", fields.field(0))
     np.save(tmp_path / "crop1.npy", np.zeros((5, 8, 8), np.uint16))
-    pd.DataFrame({"path": ["crop0.npy", "crop1.npy"], "compound": ["taxol", "DMSO"]}).to_csv(tmp_path / "crops.csv", index=False)
+    pd.DataFrame({"path": ["crop0.npy", "crop1.npy"], "compound": ["taxol", "DMSO"]}).to_csv(
+        tmp_path / "crops.csv", index=False
+    )
     crops = npy_fields(tmp_path / "crops.csv", ["DNA", "Tubulin", "Actin"])
-    assert np.array_equal(crops.field(0), fields.field(0)) and crops.metadata["Metadata_compound"][1] == "DMSO"
+    assert (
+        np.array_equal(crops.field(0), fields.field(0)) and crops.metadata["Metadata_compound"][1] == "DMSO"
+    )
     with pytest.raises(FactordiffError, match=r"crop1.npy: array of shape \(5, 8, 8\); expected \(3, H, W\)"):
         crops.field(1)
     with pytest.raises(FactordiffError, match="no row for compound=taxol, concentration=0.3"):
-        pd.DataFrame([{"compound": "DMSO", "concentration": "0", "moa": "control"}]).to_csv(tmp_path / "moa2.csv", index=False)
-        join_metadata(bbbc021_fields(tmp_path / "BBBC021_v1_image.csv"), tmp_path / "moa2.csv", {"Metadata_Compound": "compound", "Metadata_Concentration": "concentration"})
+        pd.DataFrame([{"compound": "DMSO", "concentration": "0", "moa": "control"}]).to_csv(
+            tmp_path / "moa2.csv", index=False
+        )
+        join_metadata(
+            bbbc021_fields(tmp_path / "BBBC021_v1_image.csv"),
+            tmp_path / "moa2.csv",
+            {"Metadata_Compound": "compound", "Metadata_Concentration": "concentration"},
+        )
 
 
 def test_crops_around_nuclei_illumination_and_plate_scaling(tmp_path):
     yy, xx = np.mgrid[:64, :64]
-    dna = 300 + 5000 * (((yy - 10) ** 2 + (xx - 12) ** 2) < 25) + 5000 * (((yy - 40) ** 2 + (xx - 50) ** 2) < 36)
+    dna = (
+        300
+        + 5000 * (((yy - 10) ** 2 + (xx - 12) ** 2) < 25)
+        + 5000 * (((yy - 40) ** 2 + (xx - 50) ** 2) < 36)
+    )
     field = np.stack([dna, dna // 2]).astype(np.uint16)
     centres = nucleus_centres(field[0], min_area=20)
     assert sorted(map(tuple, centres)) == [(10, 12), (40, 50)]

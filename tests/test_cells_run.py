@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from conftest import tiny_overrides
 
 from factordiff.cli import main
 from factordiff.data.cells import load_data_fields
 from factordiff.data.cellsim import CHANNELS, COMPOUNDS
-
-from conftest import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,17 @@ def cell_run(tmp_path_factory):
     from factordiff.config import load_config
     from factordiff.fit import fit
 
-    over = tiny_overrides(**{"data.source": "cellsim", "data.size": 16, "data.n": 480, "split.kind": "none", "split.factors": [],
-                             "split.where": ["compound=nocodazole,batch=batch_2", "compound=caffeine"], "evaluate.sources": 4})
+    over = tiny_overrides(
+        **{
+            "data.source": "cellsim",
+            "data.size": 16,
+            "data.n": 480,
+            "split.kind": "none",
+            "split.factors": [],
+            "split.where": ["compound=nocodazole,batch=batch_2", "compound=caffeine"],
+            "evaluate.sources": 4,
+        }
+    )
     out = tmp_path_factory.mktemp("cells") / "run"
     fit(load_config(None, over), out, progress=False)
     return out
@@ -39,14 +47,27 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
     for key in ("target_batch_rate", "biology_kept_rate", "compound_kept_rate"):
         assert 0 <= b[key] <= 1 and 0 <= b["copy_source"][key] <= 1 and 0 <= b["mean_shift"][key] <= 1
     assert "autoencoder_roundtrip" not in b  # cellsim runs diffuse in pixel space (config.SOURCE_DEFAULTS)
-    assert b["edit"] == {"strength": 0.55, "guidance": 2.0, "residual": True}  # cellsim's technical edit settings
+    assert b["edit"] == {
+        "strength": 0.55,
+        "guidance": 2.0,
+        "residual": True,
+    }  # cellsim's technical edit settings
     assert set(b["true_counterfactual"]) == {"target_batch_rate", "biology_kept_rate", "compound_kept_rate"}
     assert set(m["frechet"]) == {"all", *CHANNELS} and all(np.isfinite(v) for v in m["frechet"].values())
     u = m["unseen_compound"]
-    assert u["by_compound"][0]["compound"] == "caffeine" and 0 <= u["closer_than_control"] <= 1 and u["dose"] == "10.0"
-    assert u["by_compound"][0]["nearest_compound"] in ("theobromine", "theophylline") and 0 <= u["nearest_compound"] <= 1
+    assert (
+        u["by_compound"][0]["compound"] == "caffeine"
+        and 0 <= u["closer_than_control"] <= 1
+        and u["dose"] == "10.0"
+    )
+    assert (
+        u["by_compound"][0]["nearest_compound"] in ("theobromine", "theophylline")
+        and 0 <= u["nearest_compound"] <= 1
+    )
     assert u["structure_ceiling"]["caffeine"]["closer_than_control"]
-    assert u["edit"] == {"strength": 1.0, "guidance": 5.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
+    assert (
+        u["edit"] == {"strength": 1.0, "guidance": 5.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
+    )
     assert set(m["map"]) == {"real", "generated", "copy_control"}
     from factordiff.data.splits import make_split
     from factordiff.evaluate.cells import seen_compound_edits
@@ -55,9 +76,24 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
 
     cfg, model = load_run(cell_run)
     data = prepare_data(cfg)[0]
-    args = (model, get_oracle(cell_run, cfg, data, progress=False)[0], data, make_split(data.spec, cfg.split), cfg.evaluate, 0)
-    loo = seen_compound_edits(*args, compounds=[data.spec.factors[0].index("theobromine")], per_compound=2, leave_one_out=COMPOUNDS)
-    assert 0 <= loo <= 1 and seen_compound_edits(*args, compounds=[data.spec.factors[0].index("theobromine")], per_compound=2, leave_one_out={}) is None
+    args = (
+        model,
+        get_oracle(cell_run, cfg, data, progress=False)[0],
+        data,
+        make_split(data.spec, cfg.split),
+        cfg.evaluate,
+        0,
+    )
+    loo = seen_compound_edits(
+        *args, compounds=[data.spec.factors[0].index("theobromine")], per_compound=2, leave_one_out=COMPOUNDS
+    )
+    assert (
+        0 <= loo <= 1
+        and seen_compound_edits(
+            *args, compounds=[data.spec.factors[0].index("theobromine")], per_compound=2, leave_one_out={}
+        )
+        is None
+    )
     saved = json.loads((cell_run / "metrics.json").read_text())
     assert "batch_swap" in saved and (cell_run / "figures" / "samples.png").is_file()
     assert "Cell Painting: virtual experiments" in build_report(cell_run).read_text()
@@ -66,23 +102,93 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
 @pytest.mark.slow
 def test_regenerate_images_into_a_held_out_combination_and_an_unseen_smiles(cell_run, tmp_path, capsys):
     out = tmp_path / "swap"
-    assert main(["regenerate", str(cell_run), "--where", "compound=nocodazole,batch=batch_1", "--set", "batch=batch_2,plate=plate_3",
-                 "--out", str(out), "--steps", "3", "--limit", "3"]) == 0
+    assert (
+        main(
+            [
+                "regenerate",
+                str(cell_run),
+                "--where",
+                "compound=nocodazole,batch=batch_1",
+                "--set",
+                "batch=batch_2,plate=plate_3",
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--limit",
+                "3",
+            ]
+        )
+        == 0
+    )
     fields = load_data_fields(out / "regenerated.csv")  # the output is a load_data table
     assert len(fields) == 3 and fields.channels == CHANNELS
-    assert list(fields.metadata["Metadata_batch"]) == ["batch_2"] * 3 and list(fields.metadata["Metadata_compound"]) == ["nocodazole"] * 3
+    assert (
+        list(fields.metadata["Metadata_batch"]) == ["batch_2"] * 3
+        and list(fields.metadata["Metadata_compound"]) == ["nocodazole"] * 3
+    )
     field = fields.field(0, bit_depth=16)
     assert field.shape == (5, 16, 16) and field.dtype == np.uint16
     assert np.array_equal(field[0], tifffile.imread(out / "images" / "000000_DNA.tiff"))
     new = tmp_path / "new"
-    assert main(["regenerate", str(cell_run), "--where", "compound=DMSO", "--set", f"compound={COMPOUNDS['caffeine']},dose=10.0",
-                 "--out", str(new), "--steps", "3", "--limit", "2", "--residual"]) == 0
+    assert (
+        main(
+            [
+                "regenerate",
+                str(cell_run),
+                "--where",
+                "compound=DMSO",
+                "--set",
+                f"compound={COMPOUNDS['caffeine']},dose=10.0",
+                "--out",
+                str(new),
+                "--steps",
+                "3",
+                "--limit",
+                "2",
+                "--residual",
+            ]
+        )
+        == 0
+    )
     assert len(load_data_fields(new / "regenerated.csv")) == 2
     capsys.readouterr()
-    assert main(["regenerate", str(cell_run), "--where", "compound=DMSO", "--set", "compound=C1CC", "--out", str(tmp_path / "bad"), "--steps", "3"]) == 2
+    assert (
+        main(
+            [
+                "regenerate",
+                str(cell_run),
+                "--where",
+                "compound=DMSO",
+                "--set",
+                "compound=C1CC",
+                "--out",
+                str(tmp_path / "bad"),
+                "--steps",
+                "3",
+            ]
+        )
+        == 2
+    )
     assert "not a valid molecule" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-    assert main(["regenerate", str(cell_run), "--where", "compound=DMSO", "--set", "batch=batch_9", "--out", str(tmp_path / "bad")]) == 2
-    assert main(["regenerate", str(cell_run), "--set", "batch=batch_2", "--out", str(out)]) == 2  # an existing folder is never overwritten
+    assert (
+        main(
+            [
+                "regenerate",
+                str(cell_run),
+                "--where",
+                "compound=DMSO",
+                "--set",
+                "batch=batch_9",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["regenerate", str(cell_run), "--set", "batch=batch_2", "--out", str(out)]) == 2
+    )  # an existing folder is never overwritten
 
 
 def test_autoencoder_roundtrip(tiny_run):
@@ -112,7 +218,6 @@ def test_batch_mean_shift_moves_channel_statistics():
     assert np.abs(after - target).sum() < 0.5 * np.abs(before - target).sum()
 
 
-
 def test_true_counterfactuals_render_the_same_cells_in_another_plate():
     from factordiff.data.cellsim import cellsim
     from factordiff.evaluate.cells import true_counterfactuals
@@ -120,13 +225,20 @@ def test_true_counterfactuals_render_the_same_cells_in_another_plate():
     data = cellsim(16, n=30, seed=3)
     rows = np.arange(0, 30, 3)
     assert np.array_equal(true_counterfactuals(data, rows, data.factors[rows], seed=3), data.images[rows])
-    assert true_counterfactuals(data, rows, data.factors[rows], seed=4) is None  # not the seed these fields were rendered with
+    assert (
+        true_counterfactuals(data, rows, data.factors[rows], seed=4) is None
+    )  # not the seed these fields were rendered with
     moved = data.factors[rows].copy()
-    moved[:, 3:] = data.factors[np.argmax(data.factors[:, 4] != data.factors[rows[0], 4]), 3:]  # another source, batch and plate
+    moved[:, 3:] = data.factors[
+        np.argmax(data.factors[:, 4] != data.factors[rows[0], 4]), 3:
+    ]  # another source, batch and plate
     other = true_counterfactuals(data, rows[:1], moved[:1], seed=3)[0].astype(float)
     same = data.images[rows[0]].astype(float)
     # the same cells: the fields correlate pixel by pixel on the DNA channel, though intensities differ
-    assert not np.array_equal(other, same) and np.corrcoef(other[..., 0].ravel(), same[..., 0].ravel())[0, 1] > 0.8
+    assert (
+        not np.array_equal(other, same)
+        and np.corrcoef(other[..., 0].ravel(), same[..., 0].ravel())[0, 1] > 0.8
+    )
 
 
 def test_edit_settings_by_role():
@@ -137,7 +249,19 @@ def test_edit_settings_by_role():
     spec = cellsim_spec()
     e = load_config(None, {"data.source": "cellsim"}).evaluate
     batch, compound = spec.position("batch"), spec.position("compound")
-    assert edit_settings(e, spec, [batch, spec.position("plate")]) == (e.technical_strength, e.technical_guidance, True)
-    assert edit_settings(e, spec, [batch, compound]) == (e.edit_strength, e.guidance, False)  # any biological factor: the general settings
+    assert edit_settings(e, spec, [batch, spec.position("plate")]) == (
+        e.technical_strength,
+        e.technical_guidance,
+        True,
+    )
+    assert edit_settings(e, spec, [batch, compound]) == (
+        e.edit_strength,
+        e.guidance,
+        False,
+    )  # any biological factor: the general settings
     plain = load_config(None, {}).evaluate
-    assert edit_settings(plain, spec, [batch]) == (plain.edit_strength, plain.guidance, plain.edit_residual)  # unset: the general ones
+    assert edit_settings(plain, spec, [batch]) == (
+        plain.edit_strength,
+        plain.guidance,
+        plain.edit_residual,
+    )  # unset: the general ones

@@ -7,8 +7,19 @@ import pytest
 
 from factordiff import FactordiffError
 from factordiff.data.base import load_data
-from factordiff.data.cellsim import (COMPOUNDS, CONTROL, biology, cellsim, cellsim_spec, compound_effect, morgan, render, sample_factors, technique,
-                                     to_uint8)
+from factordiff.data.cellsim import (
+    COMPOUNDS,
+    CONTROL,
+    biology,
+    cellsim,
+    cellsim_spec,
+    compound_effect,
+    morgan,
+    render,
+    sample_factors,
+    technique,
+    to_uint8,
+)
 
 
 def test_cellsim_is_deterministic_multichannel_and_validly_nested():
@@ -22,14 +33,24 @@ def test_cellsim_is_deterministic_multichannel_and_validly_nested():
     other = rows.copy()
     other[:, 5] = (other[:, 5] + 2) % 8
     other[:, 4], other[:, 3] = other[:, 5] // 2, other[:, 5] // 4
-    x, y, z = (render(r, 32, seed=s).astype(float).mean((0, 2, 3)) for r, s in ((rows, 3), (rows, 4), (other, 3)))
+    x, y, z = (
+        render(r, 32, seed=s).astype(float).mean((0, 2, 3)) for r, s in ((rows, 3), (rows, 4), (other, 3))
+    )
     assert np.allclose(x, y, rtol=0.08) and not np.allclose(x, z, rtol=0.08)
     f = sample_factors(2000, seed=0)
-    assert np.array_equal(f[:, 4], f[:, 5] // 2) and np.array_equal(f[:, 3], f[:, 4] // 2)  # plate -> batch -> source
+    assert np.array_equal(f[:, 4], f[:, 5] // 2) and np.array_equal(
+        f[:, 3], f[:, 4] // 2
+    )  # plate -> batch -> source
     assert ((f[:, 0] == 0) == (f[:, 1] == 0)).all()  # DMSO, and only DMSO, at dose 0
     roles = {fa.name: fa.role for fa in cellsim_spec().factors}
-    assert roles == {"compound": "biological", "dose": "biological", "cell_line": "biological", "source": "technical", "batch": "technical",
-                     "plate": "technical"}
+    assert roles == {
+        "compound": "biological",
+        "dose": "biological",
+        "cell_line": "biological",
+        "source": "technical",
+        "batch": "technical",
+        "plate": "technical",
+    }
     with pytest.raises(FactordiffError, match="power of two"):
         cellsim(48, n=2)
 
@@ -39,16 +60,22 @@ def test_ground_truth_separates_biology_from_technique():
     assert np.allclose(biology(CONTROL, 0.0, "A549"), biology(CONTROL, 0.0, "A549"))
     assert not np.allclose(base, biology(CONTROL, 0.0, "A549"))  # a compound changes morphology
     assert not np.allclose(base, biology("nocodazole", 0.1, "A549"))  # and its dose does
-    assert np.allclose(biology("nocodazole", 0.0, "A549"), biology(CONTROL, 0.0, "A549"))  # no dose, no effect
+    assert np.allclose(
+        biology("nocodazole", 0.0, "A549"), biology(CONTROL, 0.0, "A549")
+    )  # no dose, no effect
     t1, t2 = technique("source_1", "batch_1", "plate_1"), technique("source_1", "batch_2", "plate_3")
-    assert not np.allclose(t1["gain"], t2["gain"]) and t1["blur"] == t2["blur"]  # the batch changes gains, the source's microscope stays
+    assert (
+        not np.allclose(t1["gain"], t2["gain"]) and t1["blur"] == t2["blur"]
+    )  # the batch changes gains, the source's microscope stays
     # the same cells (same seed and index) imaged in two batches: every channel's intensity changes, the mask of the cells does not
     spec = cellsim_spec()
     row = np.array([[spec["compound"].index("colchicine"), 3, 0, 0, 0, 0]])
     other = row.copy()
     other[0, 4:] = [1, 2]
     x, y = render(row, 64, seed=0)[0].astype(float), render(other, 64, seed=0)[0].astype(float)
-    assert np.corrcoef(x[0].ravel(), y[0].ravel())[0, 1] > 0.9 and not np.allclose(x.mean((1, 2)), y.mean((1, 2)), rtol=0.05)
+    assert np.corrcoef(x[0].ravel(), y[0].ravel())[0, 1] > 0.9 and not np.allclose(
+        x.mean((1, 2)), y.mean((1, 2)), rtol=0.05
+    )
 
 
 def test_compound_effects_follow_structure_and_unseen_smiles_work():

@@ -13,32 +13,47 @@ def test_defaults_and_json_round_trip(tmp_path):
     assert load_config(tmp_path / "c.json") == cfg
 
 
-@pytest.mark.parametrize("suffix,text", [
-    (".json", '{"train": {"seed": 3}, "split": {"kind": "composition", "factors": ["a", "b"]}}'),
-    (".toml", '[train]\nseed = 3\n[split]\nkind = "composition"\nfactors = ["a", "b"]\n'),
-    (".yaml", "train:\n  seed: 3\nsplit:\n  kind: composition\n  factors: [a, b]\n"),
-])
+@pytest.mark.parametrize(
+    "suffix,text",
+    [
+        (".json", '{"train": {"seed": 3}, "split": {"kind": "composition", "factors": ["a", "b"]}}'),
+        (".toml", '[train]\nseed = 3\n[split]\nkind = "composition"\nfactors = ["a", "b"]\n'),
+        (".yaml", "train:\n  seed: 3\nsplit:\n  kind: composition\n  factors: [a, b]\n"),
+    ],
+)
 def test_formats(tmp_path, suffix, text):
     (tmp_path / f"c{suffix}").write_text(text)
     cfg = load_config(tmp_path / f"c{suffix}")
     assert cfg.train.seed == 3 and cfg.split.factors == ("a", "b")
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"train": {"sed": 3}}, r"config.train.sed: unknown field"),
-    ({"trian": {}}, r"config.trian: unknown field"),
-    ({"data": {"\n": None}}, r"^config.data.'\\n': unknown field"),  # a key that is not printable is shown quoted, on one line
-    ({"train": {"seed": "3"}}, r"config.train.seed: expected an integer, got '3'"),
-    ({"denoiser": {"lr": "fast"}}, r"config.denoiser.lr: expected a number, got 'fast'"),
-    ({"autoencoder": {"enabled": "yes"}}, r"config.autoencoder.enabled: expected true or false"),
-    ({"denoiser": {"prediction_type": "x0"}}, r"config.denoiser.prediction_type: expected one of"),
-    ({"denoiser": {"block_out_channels": [16, "x"]}}, r"config.denoiser.block_out_channels\[1\]: expected an integer"),
-    ({"distill": {"steps": 0}}, r"config.distill.steps: expected a positive number"),
-    ({"train": 5}, r"config.train: expected a mapping"),
-    ({"split": {"kind": "diagonal"}}, r"config.split.kind: expected one of"),
-    ({"evaluate": {"edit_strength": 1.5}}, r"config.evaluate.edit_strength: expected a share of the noise schedule in \(0, 1\], got 1.5"),
-    ({"evaluate": {"edit_strength": 0}}, r"config.evaluate.edit_strength: expected a share"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"train": {"sed": 3}}, r"config.train.sed: unknown field"),
+        ({"trian": {}}, r"config.trian: unknown field"),
+        (
+            {"data": {"\n": None}},
+            r"^config.data.'\\n': unknown field",
+        ),  # a key that is not printable is shown quoted, on one line
+        ({"train": {"seed": "3"}}, r"config.train.seed: expected an integer, got '3'"),
+        ({"denoiser": {"lr": "fast"}}, r"config.denoiser.lr: expected a number, got 'fast'"),
+        ({"autoencoder": {"enabled": "yes"}}, r"config.autoencoder.enabled: expected true or false"),
+        ({"denoiser": {"prediction_type": "x0"}}, r"config.denoiser.prediction_type: expected one of"),
+        (
+            {"denoiser": {"block_out_channels": [16, "x"]}},
+            r"config.denoiser.block_out_channels\[1\]: expected an integer",
+        ),
+        ({"distill": {"steps": 0}}, r"config.distill.steps: expected a positive number"),
+        ({"train": 5}, r"config.train: expected a mapping"),
+        ({"split": {"kind": "diagonal"}}, r"config.split.kind: expected one of"),
+        (
+            {"evaluate": {"edit_strength": 1.5}},
+            r"config.evaluate.edit_strength: expected a share of the noise schedule in \(0, 1\], got 1.5",
+        ),
+        ({"evaluate": {"edit_strength": 0}}, r"config.evaluate.edit_strength: expected a share"),
+    ],
+)
 def test_bad_fields_are_named(tmp_path, data, message):
     (tmp_path / "c.json").write_text(json.dumps(data))
     with pytest.raises(FactordiffError, match=message):
@@ -62,7 +77,10 @@ def test_source_defaults_fill_only_unset_fields(tmp_path):
     assert load_config(None, {"data.source": "cellsim"}).distill.steps == 4000
     assert load_config(None, {"data.source": "cellsim", "distill.steps": 9}).distill.steps == 9
     assert load_config(None, {"data.source": "shapes"}).distill.steps == 1500
-    assert load_config(None, {"data.source": "cellsim", "evaluate.edit_strength": 0.5}).evaluate.edit_strength == 0.5
+    assert (
+        load_config(None, {"data.source": "cellsim", "evaluate.edit_strength": 0.5}).evaluate.edit_strength
+        == 0.5
+    )
     assert load_config(None, {"data.source": "shapes"}).evaluate.edit_strength == 0.65
     (tmp_path / "c.json").write_text(json.dumps({"data": {"source": "cellsim"}, "evaluate": {"steps": 7}}))
     cfg = load_config(tmp_path / "c.json")

@@ -22,7 +22,11 @@ def tiny_denoiser(seed=0) -> Denoiser:
 
 def batch(n=4, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 4, 8, 8, generator=g), torch.randint(0, 1000, (n,), generator=g), Condition.full(torch.randn(n, 3, 2, generator=g))
+    return (
+        torch.randn(n, 4, 8, 8, generator=g),
+        torch.randint(0, 1000, (n,), generator=g),
+        Condition.full(torch.randn(n, 3, 2, generator=g)),
+    )
 
 
 def test_adapter_is_a_no_op_at_initialisation():
@@ -140,7 +144,10 @@ def test_dpmsolver_round_trip_is_second_order_and_beats_ddim_at_fewer_steps():
 
     cfg, den = replace(CFG, sampler="dpmsolver++"), GaussianDenoiser(mu=0.3, s=0.5)
     x0 = 0.3 + 0.5 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    err = {k: (sample(den, invert(den, x0, None, cfg, k), None, cfg, k) - x0).abs().mean().item() for k in (20, 50)}
+    err = {
+        k: (sample(den, invert(den, x0, None, cfg, k), None, cfg, k) - x0).abs().mean().item()
+        for k in (20, 50)
+    }
     assert err[20] < 0.015 and err[50] < 0.3 * err[20]  # first order would give 0.4
     _, ddim50 = _round_trip_error(50)
     assert err[20] < 0.5 * ddim50.mean().item()
@@ -172,9 +179,14 @@ def test_partial_inversion_stops_at_the_strength_and_sampling_resumes_there(samp
     x0 = 0.3 + 0.5 * torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     x_t = invert(den, x0, None, cfg, 25, strength=0.5)
     a2 = den.alpha_bar[499]
-    assert abs(x_t.std().item() - (a2 * 0.25 + 1 - a2).sqrt().item()) < 0.03 and abs(x_t.mean().item() - a2.sqrt().item() * 0.3) < 0.03
+    assert (
+        abs(x_t.std().item() - (a2 * 0.25 + 1 - a2).sqrt().item()) < 0.03
+        and abs(x_t.mean().item() - a2.sqrt().item() * 0.3) < 0.03
+    )
     err = (sample(den, x_t, None, cfg, 25, strength=0.5) - x0).abs().mean().item()
-    whole_err = (ddim_sample(den, ddim_invert(den, x0, None, CFG, 50), None, CFG, 50) - x0).abs().mean().item()
+    whole_err = (
+        (ddim_sample(den, ddim_invert(den, x0, None, CFG, 50), None, CFG, 50) - x0).abs().mean().item()
+    )
     assert err < 0.6 * whole_err
     with pytest.raises(ValueError, match="strength"):
         invert(den, x0, None, cfg, 25, strength=0.0)
@@ -192,4 +204,7 @@ def test_bf16_inference_precision_runs_the_denoiser_in_bf16_and_returns_fp32():
     assert half.dtype == torch.float32 and not torch.equal(full, half)
     assert (full - half).abs().max() < 0.05 * full.abs().max()
     inv = invert(den, x, cond, replace(CFG, inference_precision="bf16"), steps=4)
-    assert inv.dtype == torch.float32 and (inv - invert(den, x, cond, CFG, steps=4)).abs().max() < 0.05 * inv.abs().max()
+    assert (
+        inv.dtype == torch.float32
+        and (inv - invert(den, x, cond, CFG, steps=4)).abs().max() < 0.05 * inv.abs().max()
+    )

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from factordiff import Factor, FactorSpec, FactordiffError
+from factordiff import Factor, FactordiffError, FactorSpec
 
 
 def spec() -> FactorSpec:
@@ -16,7 +16,9 @@ def test_index_matches_numbers_and_strings():
 
 def test_unknown_value_and_factor_name_what_was_expected():
     s = spec()
-    with pytest.raises(FactordiffError, match=r"factor hue: unknown value '0.7'; expected one of 0.0, 0.5, 1.0"):
+    with pytest.raises(
+        FactordiffError, match=r"factor hue: unknown value '0.7'; expected one of 0.0, 0.5, 1.0"
+    ):
         s["hue"].index("0.7")
     with pytest.raises(FactordiffError, match=r"unknown factor 'colour'; expected one of hue, shape"):
         s.position("colour")

@@ -9,7 +9,13 @@ from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance, guided_prediction
-from factordiff.diffusion.objective import DiffusionStep, coind_conditions, coind_residual, drop_factors, factor_pairs
+from factordiff.diffusion.objective import (
+    DiffusionStep,
+    coind_conditions,
+    coind_residual,
+    drop_factors,
+    factor_pairs,
+)
 from factordiff.errors import FactordiffError
 
 CFG = DenoiserConfig(block_out_channels=[16, 32], layers_per_block=1, adapter_hidden=16)
@@ -20,7 +26,14 @@ class ToyDenoiser(torch.nn.Module):
     factors are exactly conditionally independent. ``interaction`` adds a product of the first two
     factors' terms, present only when both are, which breaks that."""
 
-    def __init__(self, num_factors: int = 3, code_dims: int = 2, channels: int = 4, interaction: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        num_factors: int = 3,
+        code_dims: int = 2,
+        channels: int = 4,
+        interaction: float = 0.0,
+        seed: int = 0,
+    ):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.proj = torch.randn(num_factors, code_dims, channels, generator=g)
@@ -51,7 +64,11 @@ def unet_denoiser(num_factors: int, seed: int = 0) -> Denoiser:
 
 def batch(n=3, k=3, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 4, 8, 8, generator=g), torch.randint(0, 1000, (n,), generator=g), Condition.full(torch.randn(n, k, 2, generator=g))
+    return (
+        torch.randn(n, 4, 8, 8, generator=g),
+        torch.randint(0, 1000, (n,), generator=g),
+        Condition.full(torch.randn(n, k, 2, generator=g)),
+    )
 
 
 def pred(d, x, t, cond, **kw):
@@ -76,16 +93,24 @@ def test_additive_denoiser_composed_and_nested_equal_joint_with_the_same_per_fac
     assert torch.allclose(pred(d, x, t, cond, factors=w, form="composed"), joint, atol=1e-5)
     assert torch.allclose(pred(d, x, t, cond, factors=w, form="nested", order=(2, 0)), joint, atol=1e-5)
     # ... and with a weight on every factor, composed equals joint with w_all (ordinary CFG)
-    assert torch.allclose(pred(d, x, t, cond, all=4.0, form="composed"), pred(d, x, t, cond, all=4.0), atol=1e-5)
+    assert torch.allclose(
+        pred(d, x, t, cond, all=4.0, form="composed"), pred(d, x, t, cond, all=4.0), atol=1e-5
+    )
     # a factor the condition marks absent stays absent in every term
     part = Condition(cond.codes, torch.tensor([[True, False, True]] * len(x)))
-    assert torch.allclose(pred(d, x, t, part, factors=w, form="composed"), pred(d, x, t, part, factors=w), atol=1e-5)
+    assert torch.allclose(
+        pred(d, x, t, part, factors=w, form="composed"), pred(d, x, t, part, factors=w), atol=1e-5
+    )
 
 
 def test_composed_differs_from_joint_for_a_non_additive_denoiser():
     d = ToyDenoiser(interaction=1.0)
     x, t, cond = batch()
-    assert not torch.allclose(pred(d, x, t, cond, factors={0: 2.0, 1: 2.0}, form="composed"), pred(d, x, t, cond, factors={0: 2.0, 1: 2.0}), atol=1e-3)
+    assert not torch.allclose(
+        pred(d, x, t, cond, factors={0: 2.0, 1: 2.0}, form="composed"),
+        pred(d, x, t, cond, factors={0: 2.0, 1: 2.0}),
+        atol=1e-3,
+    )
 
 
 def test_neutral_weights_give_the_plain_conditional_prediction_where_they_should():
@@ -96,14 +121,25 @@ def test_neutral_weights_give_the_plain_conditional_prediction_where_they_should
     assert torch.equal(pred(d, x, t, cond), plain)  # joint, all weights 1: no extra rows at all
     assert torch.allclose(pred(d, x, t, cond, form="nested"), plain, atol=1e-4)  # telescopes to eps(c)
     assert torch.allclose(pred(d, x, t, cond, form="nested", order=(1, 2, 0)), plain, atol=1e-4)
-    assert torch.allclose(pred(d, x, t, cond, all=0.0, form="composed"), pred(d, x, t, cond, all=0.0), atol=1e-4)  # both eps(null)
+    assert torch.allclose(
+        pred(d, x, t, cond, all=0.0, form="composed"), pred(d, x, t, cond, all=0.0), atol=1e-4
+    )  # both eps(null)
     # composed at weight 1 is eps(null) + sum_k (eps(c_k) - eps(null)): eps(c) only for an additive model
     toy = ToyDenoiser()
     assert torch.allclose(pred(toy, x, t, cond, form="composed"), toy(x, t, cond), atol=1e-5)
     assert not torch.allclose(pred(d, x, t, cond, form="composed"), plain, atol=1e-3)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(all=2.0), dict(factors={1: 3.0}), dict(all=2.0, form="composed"), dict(factors={0: 2.0}, form="nested", order=(2,))])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(all=2.0),
+        dict(factors={1: 3.0}),
+        dict(all=2.0, form="composed"),
+        dict(factors={0: 2.0}, form="nested", order=(2,)),
+    ],
+)
 def test_one_forward_pass_per_guided_prediction(kw):
     d = ToyDenoiser()
     x, t, cond = batch()
@@ -146,7 +182,9 @@ def test_diffusion_step_adds_the_coind_loss_in_the_same_forward_pass():
         assert (logs["coind"] < 1e-10) == zero
         assert loss.item() == pytest.approx(logs["mse"] + logs["coind"], rel=1e-5)
     with pytest.raises(ValueError, match="at least two factors"):
-        DiffusionStep(ToyDenoiser(1), DenoiserConfig(coind_weight=1.0))({"x": x, "codes": cond.codes[:, :1]}, torch.Generator())
+        DiffusionStep(ToyDenoiser(1), DenoiserConfig(coind_weight=1.0))(
+            {"x": x, "codes": cond.codes[:, :1]}, torch.Generator()
+        )
 
 
 class Recorder(torch.nn.Module):
@@ -158,7 +196,9 @@ class Recorder(torch.nn.Module):
 def test_with_singles_keeps_one_factor_alone_at_the_requested_rate():
     n, k = 4000, 4
     rec = Recorder()
-    step = DiffusionStep(rec, DenoiserConfig(cond_dropout=0.0, dropout_schedule="with_singles", single_prob=0.3))
+    step = DiffusionStep(
+        rec, DenoiserConfig(cond_dropout=0.0, dropout_schedule="with_singles", single_prob=0.3)
+    )
     step({"x": torch.zeros(n, 1, 1, 1), "codes": torch.zeros(n, k, 2)}, torch.Generator().manual_seed(0))
     count = rec.present.sum(1)
     assert abs((count == 1).float().mean().item() - 0.3) < 0.03

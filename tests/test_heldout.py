@@ -4,8 +4,8 @@ that no training image had has no prototype, which edits and evaluations handle 
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from factordiff import FactordiffError
 from factordiff.fit import fit, prepare_data
 from factordiff.model import FactorModel
@@ -23,10 +23,18 @@ def test_heldout_images_change_no_saved_model_file(tmp_path):
     full = fit(cfg, tmp_path / "full", progress=False, data=(data, split, train))
     fit(cfg, tmp_path / "train_only", progress=False, data=(train, split, train))
     names = sorted(p.name for p in (tmp_path / "full" / "model").iterdir())
-    assert {"distiller.safetensors", "autoencoder.safetensors", "denoiser.safetensors", "prototypes.safetensors", "config.json"} <= set(names)
+    assert {
+        "distiller.safetensors",
+        "autoencoder.safetensors",
+        "denoiser.safetensors",
+        "prototypes.safetensors",
+        "config.json",
+    } <= set(names)
     assert names == sorted(p.name for p in (tmp_path / "train_only" / "model").iterdir())
     for name in names:
-        assert (tmp_path / "full" / "model" / name).read_bytes() == (tmp_path / "train_only" / "model" / name).read_bytes(), name
+        assert (tmp_path / "full" / "model" / name).read_bytes() == (
+            tmp_path / "train_only" / "model" / name
+        ).read_bytes(), name
     # the check has teeth: prototypes over every image (held-out ones included) would differ
     model = full.model
     mine = [p.clone() for p in model.prototypes]

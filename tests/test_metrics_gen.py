@@ -35,7 +35,9 @@ def every_prototype(data):
 
 
 def test_all_right_is_one_when_the_oracle_reads_exactly_what_was_requested(data):
-    split = make_split(data.spec, SplitConfig(kind="composition", factors=("object_hue", "shape"), fraction=0.4))
+    split = make_split(
+        data.spec, SplitConfig(kind="composition", factors=("object_hue", "shape"), fraction=0.4)
+    )
     edits = plan_edits(data, split, per_factor=5)["seen"]
     src = data.factors[np.asarray(edits.source)]
     requested, changed = edits.requested(src)
@@ -48,7 +50,11 @@ def test_all_right_is_one_when_the_oracle_reads_exactly_what_was_requested(data)
     k = int(np.flatnonzero(~changed[0])[0])
     wrong[0, k] = (wrong[0, k] + 1) % data.spec.sizes[k]
     s = score_edits(FakeOracle(wrong), data.spec, edits, images, src)
-    assert s["all_right"] == pytest.approx(1 - 1 / len(edits)) and s["changed_right"] == 1.0 and s["preservation"] < 1.0
+    assert (
+        s["all_right"] == pytest.approx(1 - 1 / len(edits))
+        and s["changed_right"] == 1.0
+        and s["preservation"] < 1.0
+    )
     # the oracle reading the source unchanged: nothing effective, nothing right
     s = score_edits(FakeOracle(src), data.spec, edits, images, src)
     assert s["all_right"] == s["changed_right"] == s["effectiveness"] == 0.0 and s["preservation"] == 1.0
@@ -66,7 +72,9 @@ def test_all_right_never_exceeds_the_share_of_edits_whose_changed_factor_is_righ
 
 
 def test_pair_edits_go_from_training_combinations_into_the_heldout_block(data):
-    split = make_split(data.spec, SplitConfig(kind="composition", factors=("object_hue", "shape"), fraction=0.4))
+    split = make_split(
+        data.spec, SplitConfig(kind="composition", factors=("object_hue", "shape"), fraction=0.4)
+    )
     pairs, reason = plan_pair_edits(data, split, 20, TargetCodes(every_prototype(data), data))
     assert reason is None and len(pairs) == 20
     src = data.factors[np.asarray(pairs.source)]
@@ -107,7 +115,9 @@ def test_evaluation_reports_all_right_pairs_samples_and_soundness(tiny_run, tiny
     assert p["factors"] == ["object_hue", "shape"] and p["effectiveness"] == p["changed_right"]
     assert p["edits"] == 3  # evaluate.sources of the tiny config
     for kind in ("seen", "heldout"):
-        assert _share(m["samples"][kind]["all_factors"]) and all(_share(v) for v in m["samples"][kind]["by_factor"].values())
+        assert _share(m["samples"][kind]["all_factors"]) and all(
+            _share(v) for v in m["samples"][kind]["by_factor"].values()
+        )
     assert m["samples_guidance"] == {"form": "joint", "weight": 1.0, "steps": 5}
     s = m["soundness"]
     assert s["sources"] == 32 and set(s["composition"]) == {"1", "10"}
@@ -116,12 +126,22 @@ def test_evaluation_reports_all_right_pairs_samples_and_soundness(tiny_run, tiny
     assert s["reversibility"]["edits"] == 32
     _print_summary(m)
     out = capsys.readouterr().out
-    assert "all_right" in out and "heldout pairs (object_hue + shape)" in out and "soundness null edit x1" in out and "x10" in out
+    assert (
+        "all_right" in out
+        and "heldout pairs (object_hue + shape)" in out
+        and "soundness null edit x1" in out
+        and "x10" in out
+    )
 
     from factordiff.report import build_report
 
     page = build_report(tiny_run).read_text()
-    assert "all factors right" in page and "Two factors at once" in page and "Counterfactual soundness" in page and "joint guidance" in page
+    assert (
+        "all factors right" in page
+        and "Two factors at once" in page
+        and "Counterfactual soundness" in page
+        and "joint guidance" in page
+    )
 
 
 def test_samples_per_guidance_form_on_the_tiny_model(tiny_run):
@@ -147,9 +167,20 @@ def test_heldout_readout_of_the_codes(tiny_run, tiny_metrics):
     ro = tiny_metrics["distiller_readout"]
     assert set(ro) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
     for row in ro.values():
-        assert set(row) == {"r2_seen", "r2_heldout", "mae_seen", "mae_heldout", "accuracy_seen", "accuracy_heldout"}
+        assert set(row) == {
+            "r2_seen",
+            "r2_heldout",
+            "mae_seen",
+            "mae_heldout",
+            "accuracy_seen",
+            "accuracy_heldout",
+        }
         assert _share(row["accuracy_seen"]) and _share(row["accuracy_heldout"])
-        assert np.isfinite(row["r2_seen"]) and row["r2_seen"] <= 1.0 and (row["r2_heldout"] is None or row["r2_heldout"] <= 1.0)
+        assert (
+            np.isfinite(row["r2_seen"])
+            and row["r2_seen"] <= 1.0
+            and (row["r2_heldout"] is None or row["r2_heldout"] <= 1.0)
+        )
         assert 0 <= row["mae_seen"] and 0 <= row["mae_heldout"]
     from factordiff.report import build_report
 
@@ -166,8 +197,14 @@ def test_heldout_readout_r2_is_none_for_one_held_out_value():
     k = data.spec.position("object_hue")
     held = data.factors[:, k] == 7
     split = SimpleNamespace(heldout=lambda f: f[:, k] == 7)
-    model = SimpleNamespace(codes=lambda im: torch.from_numpy(np.random.default_rng(len(im)).normal(size=(len(im), 6, 2)).astype(np.float32)),
-                            encoder=object())
+    model = SimpleNamespace(
+        codes=lambda im: torch.from_numpy(
+            np.random.default_rng(len(im)).normal(size=(len(im), 6, 2)).astype(np.float32)
+        ),
+        encoder=object(),
+    )
     ro = heldout_readout(model, data, split, n=200)
-    assert held.any() and ro["object_hue"]["r2_heldout"] is None and np.isfinite(ro["object_hue"]["mae_heldout"])
+    assert (
+        held.any() and ro["object_hue"]["r2_heldout"] is None and np.isfinite(ro["object_hue"]["mae_heldout"])
+    )
     assert ro["scale"]["r2_heldout"] is not None

@@ -13,8 +13,16 @@ from factordiff.model import FactorModel
 
 
 def test_run_folder_layout(tiny_run):
-    for name in ("run_config.json", "split.json", "train_log.jsonl", "model/config.json", "model/distiller.safetensors",
-                 "model/autoencoder.safetensors", "model/denoiser.safetensors", "model/prototypes.safetensors"):
+    for name in (
+        "run_config.json",
+        "split.json",
+        "train_log.jsonl",
+        "model/config.json",
+        "model/distiller.safetensors",
+        "model/autoencoder.safetensors",
+        "model/denoiser.safetensors",
+        "model/prototypes.safetensors",
+    ):
         assert (tiny_run / name).is_file(), name
     stages = {json.loads(l)["stage"] for l in (tiny_run / "train_log.jsonl").read_text().splitlines()}
     assert stages == {"distiller", "autoencoder", "denoiser"}
@@ -52,7 +60,10 @@ def test_residual_edit_keeps_the_source_and_adds_the_models_change(tiny_run):
     assert not np.array_equal(model.edit(images, codes, codes, steps=3, x_T=x_T, residual=False), images)
     change = model.generate(x_T, new, steps=3).astype(int) - model.generate(x_T, codes, steps=3).astype(int)
     out = model.edit(images, codes, new, steps=3, x_T=x_T, residual=True)
-    assert np.abs(change).max() > 0 and np.abs(out.astype(int) - np.clip(images.astype(int) + change, 0, 255)).max() <= 2
+    assert (
+        np.abs(change).max() > 0
+        and np.abs(out.astype(int) - np.clip(images.astype(int) + change, 0, 255)).max() <= 2
+    )
 
 
 def test_heldout_combinations_never_reach_training(tiny_run):

@@ -29,8 +29,23 @@ def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
         cmd = [sys.executable, str(JOB), *args]
     else:
         accelerate = Path(sys.executable).parent / "accelerate"
-        cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(_port()), str(JOB), *args]
+        cmd = [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_port()),
+            str(JOB),
+            *args,
+        ]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
@@ -46,7 +61,10 @@ def runs(tmp_path_factory):
 
 
 def test_two_processes_match_one_on_the_same_global_batch(runs):
-    one, two = load_tensors(runs / "one" / "weights.safetensors"), load_tensors(runs / "two" / "weights.safetensors")
+    one, two = (
+        load_tensors(runs / "one" / "weights.safetensors"),
+        load_tensors(runs / "two" / "weights.safetensors"),
+    )
     assert one.keys() == two.keys()
     for k in one:
         # tolerance: float32 sums in another order (gradients averaged over processes), 12 steps
@@ -56,7 +74,10 @@ def test_two_processes_match_one_on_the_same_global_batch(runs):
 
 
 def test_two_process_checkpoints_resume_exactly(runs):
-    straight, resumed = load_tensors(runs / "two" / "straight.safetensors"), load_tensors(runs / "two" / "resumed.safetensors")
+    straight, resumed = (
+        load_tensors(runs / "two" / "straight.safetensors"),
+        load_tensors(runs / "two" / "resumed.safetensors"),
+    )
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
 
@@ -91,8 +112,28 @@ def test_fit_runs_under_accelerate_launch_on_two_processes(tmp_path):
     cfg = tiny_config(**{"denoiser.adapter": "tokens", "denoiser.train_base": False, "train.threads": 1})
     cfg.save(tmp_path / "tiny.json")
     accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_port()), "-m", "factordiff", "fit", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "run")]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_port()),
+        "-m",
+        "factordiff",
+        "fit",
+        "--config",
+        str(tmp_path / "tiny.json"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("trained ") == 1
@@ -100,4 +141,6 @@ def test_fit_runs_under_accelerate_launch_on_two_processes(tmp_path):
     assert model.prototypes
     for stage in ("distiller", "autoencoder", "base", "denoiser"):
         _, state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints", stage))
-        assert len(state["generators"]) == 2 and not torch.equal(state["generators"][0], state["generators"][1])
+        assert len(state["generators"]) == 2 and not torch.equal(
+            state["generators"][0], state["generators"][1]
+        )

@@ -70,10 +70,13 @@ def test_parquet_and_gzip_read_the_same(tmp_path):
     assert a.spec == b.spec
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda df: df.assign(**{df.columns[-1]: np.inf}), "infinite values"),
-    (lambda df: df.assign(**{df.columns[-1]: "text"}), "not numeric"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda df: df.assign(**{df.columns[-1]: np.inf}), "infinite values"),
+        (lambda df: df.assign(**{df.columns[-1]: "text"}), "not numeric"),
+    ],
+)
 def test_bad_feature_columns_named(tmp_path, change, message):
     path = tmp_path / "bad.csv"
     change(_frame()).to_csv(path, index=False)
@@ -151,16 +154,47 @@ def test_energy_distance_and_baselines():
 @pytest.fixture(scope="module")
 def profile_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("profiles") / "run"
-    code = main(["fit", "--data", f"profiles:{SAMPLE}", "--factors", FACTORS, "--holdout-where", HOLDOUT, "--controls", "Metadata_Compound=DMSO",
-                 "--moa", "Metadata_MoA", "--out", str(out), "--config", str(_tiny_config(out.parent))])
+    code = main(
+        [
+            "fit",
+            "--data",
+            f"profiles:{SAMPLE}",
+            "--factors",
+            FACTORS,
+            "--holdout-where",
+            HOLDOUT,
+            "--controls",
+            "Metadata_Compound=DMSO",
+            "--moa",
+            "Metadata_MoA",
+            "--out",
+            str(out),
+            "--config",
+            str(_tiny_config(out.parent)),
+        ]
+    )
     assert code == 0
     return out
 
 
 def _tiny_config(folder: Path) -> Path:
     path = folder / "tiny.json"
-    path.write_text(json.dumps({"profiles": {"width": 32, "depth": 1, "code_dims": 4, "steps": 40, "batch_size": 32, "sample_steps": 5},
-                                "denoiser": {"adapter_hidden": 16}, "train": {"checkpoint_every": 20}}))
+    path.write_text(
+        json.dumps(
+            {
+                "profiles": {
+                    "width": 32,
+                    "depth": 1,
+                    "code_dims": 4,
+                    "steps": 40,
+                    "batch_size": 32,
+                    "sample_steps": 5,
+                },
+                "denoiser": {"adapter_hidden": 16},
+                "train": {"checkpoint_every": 20},
+            }
+        )
+    )
     return path
 
 
@@ -174,24 +208,41 @@ def test_fit_writes_split_and_keeps_heldout_out(profile_run):
 
 def test_regenerate_cli(profile_run, tmp_path, capsys):
     out = tmp_path / "regen.csv"
-    assert main(["regenerate", str(profile_run), "--where", "compound=DMSO,batch=Week4", "--set", "batch=Week8", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "regenerate",
+                str(profile_run),
+                "--where",
+                "compound=DMSO,batch=Week4",
+                "--set",
+                "batch=Week8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     df, src = pd.read_csv(out), _frame()
     n = int(((src.Metadata_Compound == "DMSO") & (src.Metadata_Batch == "Week4")).sum())
     assert len(df) == n and (df.Metadata_Batch == "Week8").all() and (df.Metadata_Compound == "DMSO").all()
     feats = [c for c in src.columns if not c.startswith("Metadata_")]
-    assert list(df.columns[-len(feats):]) == feats and np.isfinite(df[feats].to_numpy()).all()
+    assert list(df.columns[-len(feats) :]) == feats and np.isfinite(df[feats].to_numpy()).all()
     rows = df.Metadata_source_row.to_numpy()
     assert (src.Metadata_Batch.to_numpy()[rows] == "Week4").all()
     assert "wrote" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--where", "batch=Week99", "--set", "batch=Week8"], "unknown value 'Week99'"),
-    (["--where", "nope=1", "--set", "batch=Week8"], "unknown column 'nope'"),
-    (["--where", "compound=PP-2,batch=Week4", "--set", "batch=Week8"], "no row"),
-    (["--set", "colour=red"], "unknown factor 'colour'"),
-    (["--set", "batch"], "expected FACTOR=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--where", "batch=Week99", "--set", "batch=Week8"], "unknown value 'Week99'"),
+        (["--where", "nope=1", "--set", "batch=Week8"], "unknown column 'nope'"),
+        (["--where", "compound=PP-2,batch=Week4", "--set", "batch=Week8"], "no row"),
+        (["--set", "colour=red"], "unknown factor 'colour'"),
+        (["--set", "batch"], "expected FACTOR=VALUE"),
+    ],
+)
 def test_regenerate_bad_input(profile_run, tmp_path, capsys, args, message):
     out = tmp_path / "x.csv"
     assert main(["regenerate", str(profile_run), *args, "--out", str(out)]) == 2
@@ -207,7 +258,9 @@ def test_evaluate_and_report(profile_run):
     assert task["kind"] == "transfer" and task["set"] == ["Metadata_Batch"] and task["truth_rows"] == 30
     assert set(task["methods"]) == {"model", "copy", "mean_shift", "nearest", "linear"}
     for r in task["methods"].values():
-        assert r["mean_error"] >= 0 and np.isfinite(r["energy"]) and 0 <= r["read_as_target.Metadata_Batch"] <= 1
+        assert (
+            r["mean_error"] >= 0 and np.isfinite(r["energy"]) and 0 <= r["read_as_target.Metadata_Batch"] <= 1
+        )
     assert 0 <= task["real_heldout_read_as_target"]["Metadata_Batch"] <= 1
     assert {"real", "model", "copy_control_null", "mean_shift"} <= set(m["retrieval"])
     assert main(["report", str(profile_run)]) == 0
@@ -226,13 +279,18 @@ def test_fit_bad_tables_exit_2(tmp_path, capsys):
     assert not out.exists()
     assert main(["fit", "--data", f"profiles:{tmp_path / 'none.csv'}", "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert main(["fit", "--data", f"profiles:{SAMPLE}", "--holdout-where", "batch=Week99", "--out", str(out)]) == 2
+    assert (
+        main(["fit", "--data", f"profiles:{SAMPLE}", "--holdout-where", "batch=Week99", "--out", str(out)])
+        == 2
+    )
     assert "Week99" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_config_roles_parse():
-    cfg = load_config(None, {"profiles.roles": ["Metadata_Plate=biological"], "data.source": f"profiles:{SAMPLE}"})
+    cfg = load_config(
+        None, {"profiles.roles": ["Metadata_Plate=biological"], "data.source": f"profiles:{SAMPLE}"}
+    )
     from factordiff.profile_model import prepare_profiles
 
     assert prepare_profiles(cfg).table.spec["Metadata_Plate"].role == "biological"
@@ -245,19 +303,37 @@ def test_residual_ridge_model_round_trip(tmp_path):
     from factordiff.evaluate.profiling import baseline_rows
     from factordiff.profile_model import ProfileModel, fit_profiles
 
-    cfg = load_config(None, {"data.source": f"profiles:{SAMPLE}", "data.factors": FACTORS.split(","), "split.where": [HOLDOUT],
-                             "profiles.residual": "ridge", "profiles.width": 32, "profiles.depth": 1, "profiles.code_dims": 4,
-                             "profiles.steps": 30, "profiles.batch_size": 32, "profiles.sample_steps": 5, "denoiser.adapter_hidden": 16})
+    cfg = load_config(
+        None,
+        {
+            "data.source": f"profiles:{SAMPLE}",
+            "data.factors": FACTORS.split(","),
+            "split.where": [HOLDOUT],
+            "profiles.residual": "ridge",
+            "profiles.width": 32,
+            "profiles.depth": 1,
+            "profiles.code_dims": 4,
+            "profiles.steps": 30,
+            "profiles.batch_size": 32,
+            "profiles.sample_steps": 5,
+            "denoiser.adapter_hidden": 16,
+        },
+    )
     model, data = fit_profiles(cfg, tmp_path / "run", progress=False)
     loaded = ProfileModel.load(tmp_path / "run" / "model")
     assert loaded.additive is not None
     torch.testing.assert_close(loaded.additive[0], model.additive[0])
     f, x = data.table.factors, data.features
-    np.testing.assert_allclose(loaded.from_space(loaded.to_space(x[:5], f[:5]), f[:5]), x[:5], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        loaded.from_space(loaded.to_space(x[:5], f[:5]), f[:5]), x[:5], rtol=1e-4, atol=1e-3
+    )
     # the additive part of a regeneration is the ridge baseline's shift (same training rows, same alpha)
     src = np.flatnonzero(data.train)[:4]
     target = f[src].copy()
     target[:, 3] = data.table.spec.factors[3].index("Week10")
     shift = loaded.from_space(loaded.to_space(x[src], f[src]), target) - x[src]
-    ridge = baseline_rows("linear", data.table.spec, loaded.standardize(x).numpy(), f, data.train, src, target) - loaded.standardize(x[src]).numpy()
+    ridge = (
+        baseline_rows("linear", data.table.spec, loaded.standardize(x).numpy(), f, data.train, src, target)
+        - loaded.standardize(x[src]).numpy()
+    )
     np.testing.assert_allclose(shift / loaded.std.numpy(), ridge, rtol=1e-3, atol=1e-3)

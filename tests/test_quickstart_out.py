@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import tiny_config
+
 from factordiff import FactordiffError
 from factordiff.cli import main
 from factordiff.fit import _check_run_folder
@@ -100,5 +100,10 @@ def test_quickstart_marks_its_output_and_replaces_it_next_time(tmp_path, cheap_q
     assert json.loads((out / MARKER).read_text())["finished"] is False
     cheap_quickstart["crash"] = False
     quickstart(out, minutes=1.0, progress=False)  # the interrupted output is still recognised and replaced
-    assert json.loads((out / MARKER).read_text()) == {**marker, "start": "scratch", "pretrained": None, "minutes": 1.0}
+    assert json.loads((out / MARKER).read_text()) == {
+        **marker,
+        "start": "scratch",
+        "pretrained": None,
+        "minutes": 1.0,
+    }
     assert not (out / "model").exists()

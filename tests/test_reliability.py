@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from factordiff import FactordiffError
 from factordiff.checkpoint import latest_checkpoint, load_checkpoint, load_tensors
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
@@ -23,7 +23,16 @@ pytestmark = pytest.mark.slow
 
 def write_config(path: Path, **extra) -> Path:
     """A tiny config with fixed steps (no time budget) and one thread, so runs are bit-reproducible."""
-    over = tiny_overrides(**{"train.threads": 1, "train.checkpoint_every": 3, "distill.steps": 9, "autoencoder.steps": 9, "denoiser.steps": 15, **extra})
+    over = tiny_overrides(
+        **{
+            "train.threads": 1,
+            "train.checkpoint_every": 3,
+            "distill.steps": 9,
+            "autoencoder.steps": 9,
+            "denoiser.steps": 15,
+            **extra,
+        }
+    )
     data: dict = {}
     for key, value in over.items():
         section, name = key.split(".")
@@ -41,13 +50,19 @@ def env() -> dict:
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return {f"{p.stem}.{k}": v for p in sorted((run / "model").glob("*.safetensors")) for k, v in load_tensors(p).items()}
+    return {
+        f"{p.stem}.{k}": v
+        for p in sorted((run / "model").glob("*.safetensors"))
+        for k, v in load_tensors(p).items()
+    }
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
     end = time.monotonic() + timeout
     while not predicate():
-        assert proc.poll() is None, f"fit ended before the kill point: {proc.stderr.read() if proc.stderr else ''}"
+        assert proc.poll() is None, (
+            f"fit ended before the kill point: {proc.stderr.read() if proc.stderr else ''}"
+        )
         assert time.monotonic() < end, "timed out waiting for the kill point"
         time.sleep(0.05)
 
@@ -64,7 +79,9 @@ def reference_run(tmp_path_factory) -> tuple[Path, Path]:
 def test_sigkill_then_resume_equals_an_uninterrupted_run(reference_run, tmp_path, stage, step):
     config, ref = reference_run
     out = tmp_path / "run"
-    proc = subprocess.Popen(fit_cmd(config, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fit_cmd(config, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     target = out / "checkpoints" / f"{stage}-{step:08d}"
     wait_for(lambda: (target / "state.json").exists(), proc)
     proc.send_signal(signal.SIGKILL)
@@ -99,12 +116,18 @@ def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
     config = write_config(tmp_path / "tiny.json")
     out = tmp_path / "run"
     # each checkpoint writes two safetensors files; the 5th call is the 3rd distiller checkpoint
-    p = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "fit", "--config", str(config), "--out", str(out)],
-                       env={**env(), "DIE_AT_SAVE": "5"}, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, "fit", "--config", str(config), "--out", str(out)],
+        env={**env(), "DIE_AT_SAVE": "5"},
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 9
     last = latest_checkpoint(out / "checkpoints", "distiller")
     assert last is not None and last.name == "distiller-00000006"
-    assert (out / "checkpoints" / "distiller-00000009.tmp").exists()  # the torn save, never taken for a checkpoint
+    assert (
+        out / "checkpoints" / "distiller-00000009.tmp"
+    ).exists()  # the torn save, never taken for a checkpoint
     weights, state = load_checkpoint(last)
     assert state["step"] == 6 and weights
     subprocess.run(fit_cmd(config, out, "--resume"), check=True, env=env(), capture_output=True)
@@ -112,9 +135,13 @@ def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    config = write_config(tmp_path / "tiny.json", **{"denoiser.steps": 100000, "train.checkpoint_every": 1000})
+    config = write_config(
+        tmp_path / "tiny.json", **{"denoiser.steps": 100000, "train.checkpoint_every": 1000}
+    )
     out = tmp_path / "run"
-    proc = subprocess.Popen(fit_cmd(config, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fit_cmd(config, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     wait_for(lambda: (out / "model" / "autoencoder.safetensors").exists(), proc)
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
@@ -141,8 +168,13 @@ class ExplodingStep(torch.nn.Module):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     step = ExplodingStep()
-    stage = Stage("toy", step, list(step.parameters()), ArrayBatches({"x": torch.randn(32, 2)}, 4), steps=20, lr=1e-2)
-    with pytest.raises(FactordiffError, match=r"toy: loss became nan at step 6; stopped; last good checkpoint: .*toy-00000005"):
+    stage = Stage(
+        "toy", step, list(step.parameters()), ArrayBatches({"x": torch.randn(32, 2)}, 4), steps=20, lr=1e-2
+    )
+    with pytest.raises(
+        FactordiffError,
+        match=r"toy: loss became nan at step 6; stopped; last good checkpoint: .*toy-00000005",
+    ):
         run_stage(stage, LoopOptions(checkpoints=tmp_path, checkpoint_every=5, progress=False))
     assert load_checkpoint(tmp_path / "toy-00000005")[1]["step"] == 5
 

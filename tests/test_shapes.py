@@ -47,7 +47,10 @@ def write_h5(path, images, labels):
 
 def raw_labels(idx):
     s = shapes_spec()
-    cols = [np.asarray([float(f.values[i]) if f.kind == "ordinal" else float(i) for i in idx[:, k]]) for k, f in enumerate(s.factors)]
+    cols = [
+        np.asarray([float(f.values[i]) if f.kind == "ordinal" else float(i) for i in idx[:, k]])
+        for k, f in enumerate(s.factors)
+    ]
     return np.stack(cols, 1)
 
 

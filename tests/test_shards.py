@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from factordiff.checkpoint import load_tensors
 from factordiff.cli import main
 from factordiff.data.base import load_data
@@ -57,7 +57,10 @@ def test_a_fit_on_the_pack_equals_the_fit_in_memory(packed, tmp_path):
     fit(tiny_config(), tmp_path / "mem", progress=False)
     fit(tiny_config(**{"data.source": f"shards:{out}", "data.n": None}), tmp_path / "disk", progress=False)
     for part in ("distiller", "autoencoder", "denoiser"):
-        a, b = load_tensors(tmp_path / "mem" / "model" / f"{part}.safetensors"), load_tensors(tmp_path / "disk" / "model" / f"{part}.safetensors")
+        a, b = (
+            load_tensors(tmp_path / "mem" / "model" / f"{part}.safetensors"),
+            load_tensors(tmp_path / "disk" / "model" / f"{part}.safetensors"),
+        )
         if part == "denoiser":
             # the same batches, noise and weights, but the first loss differs in the last bit (a CPU
             # kernel-level difference, not traced): equal to float rounding after 12 steps
@@ -67,7 +70,24 @@ def test_a_fit_on_the_pack_equals_the_fit_in_memory(packed, tmp_path):
 
 
 def test_pack_command_and_bad_packs(tmp_path, capsys):
-    assert main(["data", "pack", "shapes", "--size", "16", "--n", "64", "--shard-size", "30", "--out", str(tmp_path / "p")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "pack",
+                "shapes",
+                "--size",
+                "16",
+                "--n",
+                "64",
+                "--shard-size",
+                "30",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
     assert "packed 64 images (16x16x3) in 3 shard(s)" in capsys.readouterr().out
     assert len(open_shards(tmp_path / "p")) == 64
     # a non-empty --out is refused and left alone
@@ -79,7 +99,9 @@ def test_pack_command_and_bad_packs(tmp_path, capsys):
     assert "no index.json" in capsys.readouterr().err and not (tmp_path / "r1").exists()
     shard = tmp_path / "p" / "images-000001.npy"
     shard.write_bytes(shard.read_bytes()[:500])
-    with pytest.raises(FactordiffError, match="images-000001.npy: unreadable shard|images-000001.npy: expected uint8"):
+    with pytest.raises(
+        FactordiffError, match="images-000001.npy: unreadable shard|images-000001.npy: expected uint8"
+    ):
         open_shards(tmp_path / "p").images[np.arange(64)]
     shard.unlink()
     with pytest.raises(FactordiffError, match="missing shard file"):
@@ -97,11 +119,19 @@ def test_sigkill_then_resume_on_the_pack_equals_an_uninterrupted_run(packed, tmp
     _, out = packed
     config = write_config(tmp_path / "tiny.json", **{"data.source": f"shards:{out}", "data.n": None})
     subprocess.run(fit_cmd(config, tmp_path / "ref"), check=True, env=env(), capture_output=True)
-    proc = subprocess.Popen(fit_cmd(config, tmp_path / "run"), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fit_cmd(config, tmp_path / "run"),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (tmp_path / "run" / "checkpoints" / "denoiser-00000006" / "state.json").exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     subprocess.run(fit_cmd(config, tmp_path / "run", "--resume"), check=True, env=env(), capture_output=True)
     a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "run")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "run" / "train_log.jsonl").read_text() == (tmp_path / "ref" / "train_log.jsonl").read_text()
+    assert (tmp_path / "run" / "train_log.jsonl").read_text() == (
+        tmp_path / "ref" / "train_log.jsonl"
+    ).read_text()

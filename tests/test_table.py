@@ -35,7 +35,9 @@ def user_table(tmp_path: Path, n: int = 4, size: int = 8) -> Path:
     rows = [["filename", "compound", "dose", "batch"]]
     for i in range(n):
         Image.fromarray(rgb(size, i)).save(tmp_path / "imgs" / f"w{i}.png")
-        rows.append([f"imgs/w{i}.png", ["taxol", "DMSO"][i % 2], ["10", "2", "0.5", "2.0"][i % 4], f"b{i // 2 + 1}"])
+        rows.append(
+            [f"imgs/w{i}.png", ["taxol", "DMSO"][i % 2], ["10", "2", "0.5", "2.0"][i % 4], f"b{i // 2 + 1}"]
+        )
     return write_csv(tmp_path / "plate.csv", rows)
 
 
@@ -61,11 +63,13 @@ def fails(fn, *args, contains: list[str], **kwargs) -> str:
 
 
 def test_round_trip(tmp_path: Path) -> None:
-    spec = FactorSpec((
-        Factor("compound", ("DMSO", "nocodazole", "taxol, 1uM"), "categorical"),
-        Factor("dose", (0.0, 0.1, 1.5, 1e-7), "ordinal"),
-        Factor("plate", (1.0, 2.0), "ordinal"),
-    ))
+    spec = FactorSpec(
+        (
+            Factor("compound", ("DMSO", "nocodazole", "taxol, 1uM"), "categorical"),
+            Factor("dose", (0.0, 0.1, 1.5, 1e-7), "ordinal"),
+            Factor("plate", (1.0, 2.0), "ordinal"),
+        )
+    )
     idx = np.stack([RNG.integers(0, s, 20) for s in spec.sizes], axis=1)
     ds = FactorDataset(RNG.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), idx, spec, "test")
     csv_path = write_table(ds, tmp_path / "out")
@@ -84,7 +88,9 @@ def test_round_trip(tmp_path: Path) -> None:
 def test_round_trip_grayscale_and_rgba(tmp_path: Path) -> None:
     spec = FactorSpec((Factor("a", ("x", "y")),))
     for c in (1, 4):
-        ds = FactorDataset(RNG.integers(0, 256, (3, 8, 8, c), dtype=np.uint8), np.array([[0], [1], [0]]), spec)
+        ds = FactorDataset(
+            RNG.integers(0, 256, (3, 8, 8, c), dtype=np.uint8), np.array([[0], [1], [0]]), spec
+        )
         back = read_table(write_table(ds, tmp_path / f"c{c}", image_column="file"))
         np.testing.assert_array_equal(back.images, ds.images)
 
@@ -165,17 +171,29 @@ def test_duplicate_columns(tmp_path: Path) -> None:
 
 def test_missing_factor_column(tmp_path: Path) -> None:
     p = user_table(tmp_path)
-    fails(read_table, p, factors=["compound", "weight"], contains=["plate.csv", "'weight'", "columns: filename, compound, dose, batch"])
+    fails(
+        read_table,
+        p,
+        factors=["compound", "weight"],
+        contains=["plate.csv", "'weight'", "columns: filename, compound, dose, batch"],
+    )
 
 
 def test_image_column_as_factor(tmp_path: Path) -> None:
-    fails(read_table, user_table(tmp_path), factors=["filename"], contains=["plate.csv", "'filename'", "image paths"])
+    fails(
+        read_table,
+        user_table(tmp_path),
+        factors=["filename"],
+        contains=["plate.csv", "'filename'", "image paths"],
+    )
 
 
 def test_missing_image_column(tmp_path: Path) -> None:
     p = write_csv(tmp_path / "t.csv", [["cond", "dose"], ["x", "1"]])
     fails(read_table, p, contains=["t.csv", "no image column", "columns: cond, dose"])
-    fails(read_table, user_table(tmp_path), image_column="img", contains=["plate.csv", "no image column 'img'"])
+    fails(
+        read_table, user_table(tmp_path), image_column="img", contains=["plate.csv", "no image column 'img'"]
+    )
 
 
 def test_wrong_number_of_fields(tmp_path: Path) -> None:
@@ -187,7 +205,9 @@ def test_wrong_number_of_fields(tmp_path: Path) -> None:
 
 
 def test_empty_image_cell(tmp_path: Path) -> None:
-    fails(read_table, edit_table(user_table(tmp_path), 2, 0, ""), contains=["plate.csv row 3", "no image path"])
+    fails(
+        read_table, edit_table(user_table(tmp_path), 2, 0, ""), contains=["plate.csv row 3", "no image path"]
+    )
 
 
 def test_empty_factor_cell(tmp_path: Path) -> None:
@@ -196,7 +216,11 @@ def test_empty_factor_cell(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-Infinity"])
 def test_non_finite_in_numeric_column(tmp_path: Path, text: str) -> None:
-    fails(read_table, edit_table(user_table(tmp_path), 2, 2, text), contains=["plate.csv row 3", repr(text), "'dose'", "finite"])
+    fails(
+        read_table,
+        edit_table(user_table(tmp_path), 2, 2, text),
+        contains=["plate.csv row 3", repr(text), "'dose'", "finite"],
+    )
 
 
 def test_missing_image_file(tmp_path: Path) -> None:
@@ -309,7 +333,9 @@ def test_float_tiff(tmp_path: Path) -> None:
 
 
 def test_bad_channel_count_and_stack(tmp_path: Path) -> None:
-    tifffile.imwrite(tmp_path / "two.tif", np.zeros((8, 8, 2), np.uint8), photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(
+        tmp_path / "two.tif", np.zeros((8, 8, 2), np.uint8), photometric="minisblack", planarconfig="contig"
+    )
     fails(read_image, tmp_path / "two.tif", contains=["two.tif"])
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 8, 8), np.uint8), photometric="minisblack")
     fails(read_image, tmp_path / "stack.tif", contains=["stack.tif", "expected one 2-D image"])
@@ -320,7 +346,11 @@ def test_read_images_mismatches(tmp_path: Path) -> None:
     Image.fromarray(rgb(8)[:, :, :1].repeat(4, 2)).save(tmp_path / "b.png")
     Image.fromarray(rgb(9)).save(tmp_path / "c.png")
     assert read_images([tmp_path / "a.png"] * 3).shape == (3, 8, 8, 3)
-    fails(read_images, [tmp_path / "a.png", tmp_path / "b.png"], contains=["b.png", "4 channel(s)", "expected 3", "a.png"])
+    fails(
+        read_images,
+        [tmp_path / "a.png", tmp_path / "b.png"],
+        contains=["b.png", "4 channel(s)", "expected 3", "a.png"],
+    )
     fails(read_images, [tmp_path / "a.png", tmp_path / "c.png"], contains=["c.png", "9x9", "expected 8x8"])
     fails(read_images, [], contains=["no image files"])
 
@@ -331,5 +361,7 @@ def test_csv_not_utf8(tmp_path: Path) -> None:
 
 
 def test_write_table_rejects_clashing_image_column(tmp_path: Path) -> None:
-    ds = FactorDataset(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 1), np.int64), FactorSpec((Factor("path", ("a",)),)))
+    ds = FactorDataset(
+        np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 1), np.int64), FactorSpec((Factor("path", ("a",)),))
+    )
     fails(write_table, ds, tmp_path, contains=["'path'", "factor name"])

@@ -3,13 +3,19 @@
 import json
 
 import torch
-
 from conftest import tiny_config
+
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
-from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, UnsupervisedStep, active_segments, zero_output
+from factordiff.encoders.unsupervised import (
+    GradientEstimatorDenoiser,
+    SegmentEncoder,
+    UnsupervisedStep,
+    active_segments,
+    zero_output,
+)
 
 CFG = DenoiserConfig(block_out_channels=[16, 32], layers_per_block=1)
 
@@ -52,9 +58,24 @@ def test_unsupervised_fit_uses_no_labels_and_fits_the_model_interfaces(tmp_path,
 
     seen = []
     real = fit_module.ArrayBatches
-    monkeypatch.setattr(fit_module, "ArrayBatches", lambda tensors, *a, **k: seen.append(set(tensors)) or real(tensors, *a, **k))
-    cfg = tiny_config(**{"unsupervised.enabled": True, "unsupervised.steps": 6, "unsupervised.branch_channels": [16, 32], "unsupervised.segments": 3,
-                         "unsupervised.code_dims": 2, "unsupervised.width": 8, "unsupervised.batch_size": 16, "denoiser.steps": 6, "autoencoder.steps": 6})
+    monkeypatch.setattr(
+        fit_module,
+        "ArrayBatches",
+        lambda tensors, *a, **k: seen.append(set(tensors)) or real(tensors, *a, **k),
+    )
+    cfg = tiny_config(
+        **{
+            "unsupervised.enabled": True,
+            "unsupervised.steps": 6,
+            "unsupervised.branch_channels": [16, 32],
+            "unsupervised.segments": 3,
+            "unsupervised.code_dims": 2,
+            "unsupervised.width": 8,
+            "unsupervised.batch_size": 16,
+            "denoiser.steps": 6,
+            "autoencoder.steps": 6,
+        }
+    )
     result = fit_module.fit(cfg, tmp_path / "run", progress=False)
     assert all("factors" not in s for s in seen) and len(seen) == 3  # autoencoder, base, encoder
     model = result.model

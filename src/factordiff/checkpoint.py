@@ -41,7 +41,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """``safetensors.torch.save_file`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -57,7 +59,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise FactordiffError(f"{path}: not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
+        raise FactordiffError(
+            f"{path}: not a valid safetensors file ({str(e).splitlines()[0][:120]})"
+        ) from None
 
 
 def read_json(path: Path) -> Any:
@@ -79,11 +83,13 @@ def load_modules(modules: dict[str, torch.nn.Module], tensors: dict[str, torch.T
     """Load prefixed tensors into named modules, strictly: missing or unexpected keys are errors."""
     for name, m in modules.items():
         prefix = name + "."
-        sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
             m.load_state_dict(sub, strict=True)
         except RuntimeError as e:
-            raise FactordiffError(f"{where}: weights for {name!r} do not fit the model ({str(e).splitlines()[0][:160]})") from None
+            raise FactordiffError(
+                f"{where}: weights for {name!r} do not fit the model ({str(e).splitlines()[0][:160]})"
+            ) from None
 
 
 def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -92,9 +98,18 @@ def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> An
         tensors[prefix] = obj
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
-        return {"__dict__": [[flatten_state(k, f"{prefix}.k{i}", tensors), flatten_state(v, f"{prefix}.{i}", tensors)] for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__dict__": [
+                [flatten_state(k, f"{prefix}.k{i}", tensors), flatten_state(v, f"{prefix}.{i}", tensors)]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+        return {
+            "__list__" if isinstance(obj, list) else "__tuple__": [
+                flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)
+            ]
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
@@ -114,7 +129,9 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int | None = None) -> Path:
+def save_checkpoint(
+    folder: Path, weights: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int | None = None
+) -> Path:
     """Write a complete checkpoint folder atomically, then prune old ones of the same stage."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -150,5 +167,9 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def latest_checkpoint(checkpoints: Path, stage: str) -> Path | None:
     """Newest complete checkpoint of ``stage`` (folders named ``<stage>-<step:08d>``), or None."""
-    found = sorted(p for p in Path(checkpoints).glob(f"{stage}-*") if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_JSON).exists())
+    found = sorted(
+        p
+        for p in Path(checkpoints).glob(f"{stage}-*")
+        if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_JSON).exists()
+    )
     return found[-1] if found else None

@@ -29,12 +29,24 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
 def _fit_overrides(args: argparse.Namespace) -> dict:
     pairs = {
-        "data.source": args.data, "data.size": args.size, "data.factors": _csv_list(args.factors) if args.factors else None,
-        "split.kind": args.holdout, "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
-        "split.where": args.holdout_where, "train.minutes": args.minutes, "train.seed": args.seed,
-        "profiles.normalize": args.normalize, "profiles.controls": args.controls, "profiles.moa": args.moa,
-        "profiles.max_missing": args.max_missing, "profiles.perturbation_embedding": args.perturbation_embedding, "profiles.smiles": args.smiles, "profiles.roles": _csv_list(args.roles) if args.roles else None,
-        "denoiser.adapter": args.adapter, "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base), "denoiser.structure": args.structure,
+        "data.source": args.data,
+        "data.size": args.size,
+        "data.factors": _csv_list(args.factors) if args.factors else None,
+        "split.kind": args.holdout,
+        "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
+        "split.where": args.holdout_where,
+        "train.minutes": args.minutes,
+        "train.seed": args.seed,
+        "profiles.normalize": args.normalize,
+        "profiles.controls": args.controls,
+        "profiles.moa": args.moa,
+        "profiles.max_missing": args.max_missing,
+        "profiles.perturbation_embedding": args.perturbation_embedding,
+        "profiles.smiles": args.smiles,
+        "profiles.roles": _csv_list(args.roles) if args.roles else None,
+        "denoiser.adapter": args.adapter,
+        "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base),
+        "denoiser.structure": args.structure,
     }
     over = {k: v for k, v in pairs.items() if v is not None}
     if args.data and not args.data.startswith("shapes"):
@@ -55,14 +67,20 @@ def _cmd_fit(args: argparse.Namespace) -> None:
 
         model, data = fit_profiles(cfg, Path(args.out), resume=args.resume)
         c = data.table.cleaning
-        print(f"{data.table.source}: {c['rows']} of {c['rows_read']} rows, {c['features']} features; dropped {len(c['columns_dropped_missing'])} "
-              f"column(s) with more than {c['max_missing']:.0%} missing, then {c['rows_dropped_missing']} row(s) with missing values, "
-              f"{len(c['columns_dropped_constant'])} constant column(s); normalisation: {data.normalization['normalize']}")
-        print(f"trained {int(data.train.sum())} rows ({data.split.description}); model: {Path(args.out) / 'model'}")
+        print(
+            f"{data.table.source}: {c['rows']} of {c['rows_read']} rows, {c['features']} features; dropped {len(c['columns_dropped_missing'])} "
+            f"column(s) with more than {c['max_missing']:.0%} missing, then {c['rows_dropped_missing']} row(s) with missing values, "
+            f"{len(c['columns_dropped_constant'])} constant column(s); normalisation: {data.normalization['normalize']}"
+        )
+        print(
+            f"trained {int(data.train.sum())} rows ({data.split.description}); model: {Path(args.out) / 'model'}"
+        )
         return
     result = fit(cfg, Path(args.out), resume=args.resume)
     if process()[2]:  # under accelerate launch, one line from the main process
-        print(f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}")
+        print(
+            f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}"
+        )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -114,8 +132,25 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
         factors = [model.spec.position(n) for n in _csv_list(args.factor)]
-    strength, guidance, residual = edit_settings(cfg.evaluate, model.spec, sorted(set(sets) | set(factors or [])), args.strength, args.guidance, args.residual)
-    out = edit_image(model, image, sets, reference, factors, steps=args.steps or cfg.evaluate.steps, guidance=guidance, strength=strength, residual=residual)
+    strength, guidance, residual = edit_settings(
+        cfg.evaluate,
+        model.spec,
+        sorted(set(sets) | set(factors or [])),
+        args.strength,
+        args.guidance,
+        args.residual,
+    )
+    out = edit_image(
+        model,
+        image,
+        sets,
+        reference,
+        factors,
+        steps=args.steps or cfg.evaluate.steps,
+        guidance=guidance,
+        strength=strength,
+        residual=residual,
+    )
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
 
@@ -128,15 +163,27 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
 
         if not (Path(args.run) / "model" / "config.json").is_file():
             raise FactordiffError(f"{args.run}: not a factordiff run folder (no model/config.json)")
-        r = regenerate_images(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps, limit=args.limit, strength=args.strength,
-                              residual=args.residual)
+        r = regenerate_images(
+            Path(args.run),
+            args.where or [],
+            args.set,
+            Path(args.out),
+            steps=args.steps,
+            limit=args.limit,
+            strength=args.strength,
+            residual=args.residual,
+        )
         print(f"wrote {r['images']} regenerated images ({r['edit']}) and their table to {r['out']}")
         return
     if args.strength is not None or args.residual is not None:
-        raise FactordiffError(f"--{'strength' if args.strength is not None else 'residual'}: applies to image runs; {args.run} is a profile run (its regeneration has no inversion)")
+        raise FactordiffError(
+            f"--{'strength' if args.strength is not None else 'residual'}: applies to image runs; {args.run} is a profile run (its regeneration has no inversion)"
+        )
     r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
     for v in r["unseen_values"]:
-        print(f"note: {v} has no training row; generated with that factor's code absent (from the other factors)")
+        print(
+            f"note: {v} has no training row; generated with that factor's code absent (from the other factors)"
+        )
     print(f"wrote {r['rows']} regenerated rows to {r['out']}")
 
 
@@ -146,7 +193,13 @@ def _cmd_pack(args: argparse.Namespace) -> None:
 
     if args.source.startswith("shards:"):
         raise FactordiffError(f"{args.source}: already packed")
-    data = load_data(args.source, size=args.size, factors=_csv_list(args.factors) if args.factors else None, n=args.n, seed=args.seed)
+    data = load_data(
+        args.source,
+        size=args.size,
+        factors=_csv_list(args.factors) if args.factors else None,
+        n=args.n,
+        seed=args.seed,
+    )
     index = pack(data, Path(args.out), shard_size=args.shard_size)
     print(f"packed {describe(index)} into {args.out}; train with --data shards:{args.out}")
 
@@ -157,12 +210,20 @@ def _cmd_fields(args: argparse.Namespace) -> None:
     fields = open_fields(args.source, args.channels, Path(args.root) if args.root else None, args.plate)
     for spec in args.join or []:
         table, sep, pairs = spec.rpartition(":")
-        on = dict(p.split("=", 1) for p in _csv_list(pairs)) if sep and all("=" in p for p in _csv_list(pairs)) else None
+        on = (
+            dict(p.split("=", 1) for p in _csv_list(pairs))
+            if sep and all("=" in p for p in _csv_list(pairs))
+            else None
+        )
         if not on:
-            raise FactordiffError(f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. platemap.csv:Metadata_Well=well")
+            raise FactordiffError(
+                f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. platemap.csv:Metadata_Well=well"
+            )
         fields = join_metadata(fields, Path(table), on)
     summary = check_fields(fields, args.bit_depth)
-    print(f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels {', '.join(summary['channels'])}")
+    print(
+        f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels {', '.join(summary['channels'])}"
+    )
     for name, (lo, mid, hi) in summary["percentiles_1_50_99.9"].items():
         print(f"  {name:10s} intensity percentiles 1 / 50 / 99.9: {lo:g} / {mid:g} / {hi:g}")
     print(f"  metadata: {', '.join(summary['metadata'])}")
@@ -176,7 +237,9 @@ def _cmd_disentanglement(args: argparse.Namespace) -> None:
     from factordiff.evaluate.disentanglement import format_table, load_and_score
 
     blocks = [int(b) for b in _csv_list(args.blocks)] if args.blocks else None
-    scores = load_and_score(args.codes, args.factors, blocks=blocks, first_pc=args.first_pc, scale=args.scale, progress=True)
+    scores = load_and_score(
+        args.codes, args.factors, blocks=blocks, first_pc=args.first_pc, scale=args.scale, progress=True
+    )
     print(format_table(scores))
     if args.json:
         atomic_write_json(Path(args.json), scores)
@@ -191,23 +254,35 @@ def _print_summary(metrics: dict) -> None:
     for kind in ("seen", "heldout"):
         if cf.get(kind):
             c = cf[kind]
-            print(f"{kind:8s} effectiveness {_num(c['effectiveness'])}  preservation {_num(c['preservation'])}  all_right {_num(c.get('all_right'))}  ({c['edits']} edits)")
+            print(
+                f"{kind:8s} effectiveness {_num(c['effectiveness'])}  preservation {_num(c['preservation'])}  all_right {_num(c.get('all_right'))}  ({c['edits']} edits)"
+            )
     pairs = cf.get("heldout_pairs")
     if pairs and pairs.get("absent"):
         print(f"heldout pairs: not measured ({pairs['absent']})")
     elif pairs:
-        print(f"heldout pairs ({' + '.join(pairs['factors'])}) effectiveness {_num(pairs['effectiveness'])}  preservation {_num(pairs['preservation'])}  "
-              f"all_right {_num(pairs['all_right'])}  ({pairs['edits']} edits)")
+        print(
+            f"heldout pairs ({' + '.join(pairs['factors'])}) effectiveness {_num(pairs['effectiveness'])}  preservation {_num(pairs['preservation'])}  "
+            f"all_right {_num(pairs['all_right'])}  ({pairs['edits']} edits)"
+        )
     samples = metrics.get("samples", {})
     if samples:
         g = metrics.get("samples_guidance", {})
         form = f" ({g['form']} guidance {g['weight']:g})" if g else ""
-        print(f"samples{form} all factors right: " + "  ".join(f"{k} {_num(v['all_factors'])}" for k, v in samples.items()))
+        print(
+            f"samples{form} all factors right: "
+            + "  ".join(f"{k} {_num(v['all_factors'])}" for k, v in samples.items())
+        )
     sound = metrics.get("soundness")
     if sound:
-        comp = "  ".join(f"x{n} L1 {_num(v['l1'], 4)} agree {_num(v['oracle_agreement'])}" for n, v in sound["composition"].items())
+        comp = "  ".join(
+            f"x{n} L1 {_num(v['l1'], 4)} agree {_num(v['oracle_agreement'])}"
+            for n, v in sound["composition"].items()
+        )
         rev = sound["reversibility"]
-        print(f"soundness null edit {comp}  |  A->B->A L1 {_num(rev['l1'], 4)} agree {_num(rev['oracle_agreement'])}")
+        print(
+            f"soundness null edit {comp}  |  A->B->A L1 {_num(rev['l1'], 4)} agree {_num(rev['oracle_agreement'])}"
+        )
     if "reconstruction_mse" in metrics:
         print(f"reconstruction_mse {metrics['reconstruction_mse']:.2e}")
 
@@ -234,33 +309,93 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="factordiff", description="Counterfactual images from factor-conditioned diffusion models.")
+    parser = _Parser(
+        prog="factordiff", description="Counterfactual images from factor-conditioned diffusion models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("quickstart", help="train (or load the shipped model), evaluate and report on the built-in 3D Shapes replica")
-    p.add_argument("--minutes", type=float, help="train from scratch for this many minutes (default: start from the shipped pretrained model)")
+    p = sub.add_parser(
+        "quickstart",
+        help="train (or load the shipped model), evaluate and report on the built-in 3D Shapes replica",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="train from scratch for this many minutes (default: start from the shipped pretrained model)",
+    )
     p.add_argument("--size", type=_positive_int, default=32, help="image size in pixels (default 32)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
     p.add_argument("--from-scratch", action="store_true", help="ignore the shipped pretrained model")
     p.set_defaults(handler=_cmd_quickstart)
 
     p = sub.add_parser("fit", help="train a model on a dataset")
-    p.add_argument("--data", help="shapes | cellsim | h5:FILE | table:FACTORS.csv | profiles:TABLE (.csv, .csv.gz, .parquet)")
-    p.add_argument("--holdout", help="none | random | composition | interpolation | extrapolation | unseen_value")
+    p.add_argument(
+        "--data",
+        help="shapes | cellsim | h5:FILE | table:FACTORS.csv | profiles:TABLE (.csv, .csv.gz, .parquet)",
+    )
+    p.add_argument(
+        "--holdout", help="none | random | composition | interpolation | extrapolation | unseen_value"
+    )
     p.add_argument("--holdout-factors", help="factor names the split acts on, comma-separated")
-    p.add_argument("--factors", help="factor columns of a table, comma-separated (default: every non-image column; profiles: every Metadata_* column with more than one value that is not an identifier)")
-    p.add_argument("--holdout-where", action="append", metavar="F=V,G=W", help="hold out rows matching every pair (repeatable; any one condition holds a row out)")
-    p.add_argument("--normalize", choices=["none", "plate", "controls"], help="profiles: per-plate robust z-score to the plate's training rows or controls (default none)")
-    p.add_argument("--controls", metavar="F=V", help="profiles: the control condition, e.g. Metadata_Compound=DMSO")
-    p.add_argument("--moa", metavar="COLUMN", help="profiles: the mechanism-of-action column (unseen-perturbation retrieval)")
-    p.add_argument("--perturbation-embedding", metavar="KIND", help="profiles: onehot (default) | morgan | table:PATH, how the perturbation (the --controls factor) is coded")
-    p.add_argument("--smiles", metavar="COLUMN", help="profiles: metadata column with each row's SMILES (for --perturbation-embedding morgan)")
-    p.add_argument("--max-missing", type=float, help="profiles: drop feature columns with a larger share of missing values (default 0.05)")
-    p.add_argument("--roles", metavar="F=ROLE,...", help="profiles: biological or technical per factor (default from the name: batch, plate, well, ... are technical)")
+    p.add_argument(
+        "--factors",
+        help="factor columns of a table, comma-separated (default: every non-image column; profiles: every Metadata_* column with more than one value that is not an identifier)",
+    )
+    p.add_argument(
+        "--holdout-where",
+        action="append",
+        metavar="F=V,G=W",
+        help="hold out rows matching every pair (repeatable; any one condition holds a row out)",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=["none", "plate", "controls"],
+        help="profiles: per-plate robust z-score to the plate's training rows or controls (default none)",
+    )
+    p.add_argument(
+        "--controls", metavar="F=V", help="profiles: the control condition, e.g. Metadata_Compound=DMSO"
+    )
+    p.add_argument(
+        "--moa",
+        metavar="COLUMN",
+        help="profiles: the mechanism-of-action column (unseen-perturbation retrieval)",
+    )
+    p.add_argument(
+        "--perturbation-embedding",
+        metavar="KIND",
+        help="profiles: onehot (default) | morgan | table:PATH, how the perturbation (the --controls factor) is coded",
+    )
+    p.add_argument(
+        "--smiles",
+        metavar="COLUMN",
+        help="profiles: metadata column with each row's SMILES (for --perturbation-embedding morgan)",
+    )
+    p.add_argument(
+        "--max-missing",
+        type=float,
+        help="profiles: drop feature columns with a larger share of missing values (default 0.05)",
+    )
+    p.add_argument(
+        "--roles",
+        metavar="F=ROLE,...",
+        help="profiles: biological or technical per factor (default from the name: batch, plate, well, ... are technical)",
+    )
     p.add_argument("--size", type=_positive_int, help="image size the models work at")
-    p.add_argument("--adapter", choices=["embed", "tokens", "shift"], help="how codes enter the UNet: time embedding, cross-attention tokens, or a shift branch (default embed)")
-    p.add_argument("--base", choices=["joint", "frozen"], help="train the UNet with the adapter, or first alone and then frozen (default joint)")
-    p.add_argument("--structure", metavar="FACTOR", help="image runs: code this perturbation factor (e.g. compound) as a function of its Morgan fingerprint, learned with the denoiser (denoiser.structure)")
+    p.add_argument(
+        "--adapter",
+        choices=["embed", "tokens", "shift"],
+        help="how codes enter the UNet: time embedding, cross-attention tokens, or a shift branch (default embed)",
+    )
+    p.add_argument(
+        "--base",
+        choices=["joint", "frozen"],
+        help="train the UNet with the adapter, or first alone and then frozen (default joint)",
+    )
+    p.add_argument(
+        "--structure",
+        metavar="FACTOR",
+        help="image runs: code this perturbation factor (e.g. compound) as a function of its Morgan fingerprint, learned with the denoiser (denoiser.structure)",
+    )
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")
@@ -271,27 +406,77 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("counterfactual", help="change factors of one image")
     p.add_argument("run", help="run folder")
     p.add_argument("--image", required=True, help="source image")
-    p.add_argument("--set", action="append", metavar="FACTOR=VALUE", help="give FACTOR this value (repeatable)")
-    p.add_argument("--from", dest="from_", metavar="REF.png", help="take factor codes from this reference image")
+    p.add_argument(
+        "--set", action="append", metavar="FACTOR=VALUE", help="give FACTOR this value (repeatable)"
+    )
+    p.add_argument(
+        "--from", dest="from_", metavar="REF.png", help="take factor codes from this reference image"
+    )
     p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--steps", type=_positive_int, default=None, help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance weight on the changed factors (default: the run's evaluate.guidance, or technical_guidance when only technical factors change)")
-    p.add_argument("--strength", type=_strength, default=None, help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's evaluate.edit_strength, or technical_strength)")
-    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)")
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance weight on the changed factors (default: the run's evaluate.guidance, or technical_guidance when only technical factors change)",
+    )
+    p.add_argument(
+        "--strength",
+        type=_strength,
+        default=None,
+        help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's evaluate.edit_strength, or technical_strength)",
+    )
+    p.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)",
+    )
     p.set_defaults(handler=_cmd_counterfactual)
 
-    p = sub.add_parser("regenerate", help="regenerate the rows of a profile table, or the images of a run, with factors changed (a virtual experiment)")
+    p = sub.add_parser(
+        "regenerate",
+        help="regenerate the rows of a profile table, or the images of a run, with factors changed (a virtual experiment)",
+    )
     p.add_argument("run", help="run folder of fit (profiles:TABLE, or images: cellsim, shapes, table:...)")
-    p.add_argument("--where", action="append", metavar="F=V,G=W", help="rows to regenerate: matching every pair (repeatable: any condition); default all rows")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="F=V,G=W",
+        help="rows to regenerate: matching every pair (repeatable: any condition); default all rows",
+    )
     p.add_argument("--set", action="append", required=True, metavar="F=V,G=W", help="the new factor values")
-    p.add_argument("--out", required=True, help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)")
-    p.add_argument("--limit", type=_positive_int, help="images: regenerate at most this many of the matching images")
-    p.add_argument("--steps", type=_positive_int, help="solver steps (default: the run's profiles.sample_steps, or evaluate.steps for images)")
-    p.add_argument("--strength", type=_strength, default=None, help="images: how far up the noise schedule to invert, in (0, 1] (default: the run's evaluate.edit_strength, or technical_strength when only technical factors change)")
-    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="images: keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, help="images: regenerate at most this many of the matching images"
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="solver steps (default: the run's profiles.sample_steps, or evaluate.steps for images)",
+    )
+    p.add_argument(
+        "--strength",
+        type=_strength,
+        default=None,
+        help="images: how far up the noise schedule to invert, in (0, 1] (default: the run's evaluate.edit_strength, or technical_strength when only technical factors change)",
+    )
+    p.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="images: keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)",
+    )
     p.set_defaults(handler=_cmd_regenerate)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
@@ -302,25 +487,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.set_defaults(handler=_cmd_report)
 
-    p = sub.add_parser("analyze", help="latent-space analysis (metrics, traversals, interpolations, probes, projections) into the report")
+    p = sub.add_parser(
+        "analyze",
+        help="latent-space analysis (metrics, traversals, interpolations, probes, projections) into the report",
+    )
     p.add_argument("run")
-    p.add_argument("--images", type=_positive_int, default=5000, help="images whose codes are analysed (default 5000)")
-    p.add_argument("--metric-scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)")
+    p.add_argument(
+        "--images", type=_positive_int, default=5000, help="images whose codes are analysed (default 5000)"
+    )
+    p.add_argument(
+        "--metric-scale",
+        type=float,
+        default=1.0,
+        help="fraction of disentanglement_lib's sample counts (default 1)",
+    )
     p.set_defaults(handler=_cmd_analyze)
 
-    p = sub.add_parser("fields", help="read and check every field of a Cell Painting image set (phenix:DIR, load_data:TABLE, rxrx:CSV, bbbc021:CSV, npy:CSV)")
-    p.add_argument("source", help="phenix:DIR | load_data:TABLE | rxrx:metadata.csv | bbbc021:BBBC021_v1_image.csv | npy:INDEX.csv")
-    p.add_argument("--channels", help="phenix/rxrx: NAME=NUMBER in the wanted order (DNA=5,ER=2,RNA=6,AGP=3,Mito=4); load_data/npy: names (default DNA,ER,RNA,AGP,Mito)")
-    p.add_argument("--root", help="folder that relative image paths resolve against (default: the table's folder)")
+    p = sub.add_parser(
+        "fields",
+        help="read and check every field of a Cell Painting image set (phenix:DIR, load_data:TABLE, rxrx:CSV, bbbc021:CSV, npy:CSV)",
+    )
+    p.add_argument(
+        "source",
+        help="phenix:DIR | load_data:TABLE | rxrx:metadata.csv | bbbc021:BBBC021_v1_image.csv | npy:INDEX.csv",
+    )
+    p.add_argument(
+        "--channels",
+        help="phenix/rxrx: NAME=NUMBER in the wanted order (DNA=5,ER=2,RNA=6,AGP=3,Mito=4); load_data/npy: names (default DNA,ER,RNA,AGP,Mito)",
+    )
+    p.add_argument(
+        "--root", help="folder that relative image paths resolve against (default: the table's folder)"
+    )
     p.add_argument("--plate", help="phenix: the plate (barcode) of the folder (default: the folder's name)")
-    p.add_argument("--join", action="append", metavar="TABLE:COL=COL", help="add a plate map or compound table's columns, matched on field metadata column = table column (repeatable)")
+    p.add_argument(
+        "--join",
+        action="append",
+        metavar="TABLE:COL=COL",
+        help="add a plate map or compound table's columns, matched on field metadata column = table column (repeatable)",
+    )
     p.add_argument("--bit-depth", type=int, choices=[8, 16], help="refuse files of another bit depth")
     p.add_argument("--out", help="write a load_data-style index CSV of the fields")
     p.set_defaults(handler=_cmd_fields)
 
-    p = sub.add_parser("data", help="prepare data: 'data pack SOURCE --out DIR' writes shards that fit --data shards:DIR reads from disk")
+    p = sub.add_parser(
+        "data",
+        help="prepare data: 'data pack SOURCE --out DIR' writes shards that fit --data shards:DIR reads from disk",
+    )
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("pack", help="write a dataset as memory-mapped image shards with its factor table")
+    p = data_sub.add_parser(
+        "pack", help="write a dataset as memory-mapped image shards with its factor table"
+    )
     p.add_argument("source", help="any --data of fit: shapes, cellsim, h5:FILE, table:FILE.csv")
     p.add_argument("--out", required=True, help="a new folder")
     p.add_argument("--size", type=_positive_int, help="image size (default: the source's)")
@@ -334,8 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("codes", help="CODES.npy, (N, D) float")
     p.add_argument("factors", help="FACTORS.npy, (N, K) value indices")
     p.add_argument("--blocks", help="code dimensions per factor block, e.g. 4,4,4")
-    p.add_argument("--first-pc", action="store_true", help="reduce each block to its first principal component (as DisDiff reports)")
-    p.add_argument("--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)")
+    p.add_argument(
+        "--first-pc",
+        action="store_true",
+        help="reduce each block to its first principal component (as DisDiff reports)",
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)"
+    )
     p.add_argument("--json", help="write the scores to this JSON file")
     p.set_defaults(handler=_cmd_disentanglement)
     return parser

@@ -382,7 +382,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise FactordiffError(errors[0] if errors else f"{where}: unexpected value {value!r}")
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise FactordiffError(f"{where}: expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
+            raise FactordiffError(
+                f"{where}: expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}"
+            )
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -415,7 +417,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 # Options that were measured and removed: (section class, field) -> the one value that means what
 # the code now does. Configs of earlier runs that hold it still load; any other value is refused.
-RETIRED = {("DistillConfig", "pool"): "flatten"}  # flatten+mean: worse held-out read-out (benchmarks/distill_heldout.py)
+RETIRED = {
+    ("DistillConfig", "pool"): "flatten"
+}  # flatten+mean: worse held-out read-out (benchmarks/distill_heldout.py)
 
 
 # Defaults that depend on the data source, applied where the config does not set the field.
@@ -436,10 +440,21 @@ RETIRED = {("DistillConfig", "pool"): "flatten"}  # flatten+mean: worse held-out
 # (benchmarks/compound_guidance.py): 5 (0.58, mean distance 0.80; 8 gives 0.51 and 1.07). The
 # distiller trains 4,000 steps (0.15 of the budget): after 1,500 it read the compound on 0.41 of
 # fresh fields, after 4,000 on 60,000 fields 0.82 (benchmarks/cellsim_distiller.py).
-SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"cellsim": {"evaluate": {"edit_strength": 1.0, "guidance": 5.0, "oracle_steps": 6000, "technical_strength": 0.55,
-                                                                               "technical_guidance": 2.0, "technical_residual": True},
-                                                                  "autoencoder": {"enabled": False}, "denoiser": {"block_out_channels": [32, 64, 128]},
-                                                                  "distill": {"steps": 4000, "budget": 0.15}}}
+SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "cellsim": {
+        "evaluate": {
+            "edit_strength": 1.0,
+            "guidance": 5.0,
+            "oracle_steps": 6000,
+            "technical_strength": 0.55,
+            "technical_guidance": 2.0,
+            "technical_residual": True,
+        },
+        "autoencoder": {"enabled": False},
+        "denoiser": {"block_out_channels": [32, 64, 128]},
+        "distill": {"steps": 4000, "budget": 0.15},
+    }
+}
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
@@ -455,20 +470,65 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in [k for k in data if (cls.__name__, k) in RETIRED]:
         if data[key] != RETIRED[cls.__name__, key]:
-            raise FactordiffError(f"{where}.{key}: this option was removed; only {RETIRED[cls.__name__, key]!r} (what the code does) is accepted, got {data[key]!r}")
+            raise FactordiffError(
+                f"{where}.{key}: this option was removed; only {RETIRED[cls.__name__, key]!r} (what the code does) is accepted, got {data[key]!r}"
+            )
         data = {k: v for k, v in data.items() if k != key}
     for key in data:
         if key not in names:
-            shown = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, whatever the file held
-            raise FactordiffError(f"{where}.{shown}: unknown field; expected one of {', '.join(sorted(names))}")
+            shown = (
+                key if isinstance(key, str) and key.isprintable() else repr(key)
+            )  # one line, whatever the file held
+            raise FactordiffError(
+                f"{where}.{shown}: unknown field; expected one of {', '.join(sorted(names))}"
+            )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     _check_ranges(obj, where)
     return obj
 
 
-_POSITIVE = {"size", "code_dims", "ordinal_dims", "width", "steps", "batch_size", "latent_channels", "layers_per_block", "sources", "checkpoint_every", "keep_last", "oracle_steps", "oracle_images", "num_train_timesteps", "adapter_hidden", "segments", "depth", "sample_steps", "coind_rows", "soundness_sources"}
-_NONNEGATIVE = {"lr", "adversary_weight", "order_weight", "feature_weight", "latent_weight", "budget", "grad_clip", "threads", "minutes", "guidance", "snr_gamma", "max_missing", "guidance_biological", "guidance_technical", "technical_guidance", "coind_weight", "sample_guidance"}
+_POSITIVE = {
+    "size",
+    "code_dims",
+    "ordinal_dims",
+    "width",
+    "steps",
+    "batch_size",
+    "latent_channels",
+    "layers_per_block",
+    "sources",
+    "checkpoint_every",
+    "keep_last",
+    "oracle_steps",
+    "oracle_images",
+    "num_train_timesteps",
+    "adapter_hidden",
+    "segments",
+    "depth",
+    "sample_steps",
+    "coind_rows",
+    "soundness_sources",
+}
+_NONNEGATIVE = {
+    "lr",
+    "adversary_weight",
+    "order_weight",
+    "feature_weight",
+    "latent_weight",
+    "budget",
+    "grad_clip",
+    "threads",
+    "minutes",
+    "guidance",
+    "snr_gamma",
+    "max_missing",
+    "guidance_biological",
+    "guidance_technical",
+    "technical_guidance",
+    "coind_weight",
+    "sample_guidance",
+}
 
 
 def _check_ranges(obj: Any, where: str) -> None:
@@ -481,11 +541,15 @@ def _check_ranges(obj: Any, where: str) -> None:
         if f.name in _NONNEGATIVE and v < 0:
             raise FactordiffError(f"{where}.{f.name}: expected a number >= 0, got {v}")
     if isinstance(obj, (DenoiserConfig, ProfilesConfig)) and not 0 <= obj.cond_dropout < 1:
-        raise FactordiffError(f"{where}.cond_dropout: expected a probability in [0, 1), got {obj.cond_dropout}")
+        raise FactordiffError(
+            f"{where}.cond_dropout: expected a probability in [0, 1), got {obj.cond_dropout}"
+        )
     if isinstance(obj, EvaluateConfig):
         for name in ("edit_strength", "technical_strength"):
             if getattr(obj, name) is not None and not 0 < getattr(obj, name) <= 1:
-                raise FactordiffError(f"{where}.{name}: expected a share of the noise schedule in (0, 1], got {getattr(obj, name)}")
+                raise FactordiffError(
+                    f"{where}.{name}: expected a share of the noise schedule in (0, 1], got {getattr(obj, name)}"
+                )
     if isinstance(obj, DenoiserConfig) and not 0 <= obj.single_prob <= 1:
         raise FactordiffError(f"{where}.single_prob: expected a probability in [0, 1], got {obj.single_prob}")
     if isinstance(obj, ProfilesConfig):
@@ -493,7 +557,9 @@ def _check_ranges(obj: Any, where: str) -> None:
 
         check_kind(obj.perturbation_embedding, f"{where}.perturbation_embedding")
         if obj.perturbation_embedding != "onehot" and not obj.controls:
-            raise FactordiffError(f"{where}.perturbation_embedding: {obj.perturbation_embedding} needs profiles.controls (--controls), which names the perturbation factor and its control")
+            raise FactordiffError(
+                f"{where}.perturbation_embedding: {obj.perturbation_embedding} needs profiles.controls (--controls), which names the perturbation factor and its control"
+            )
     if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
         raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")
 

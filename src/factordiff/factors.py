@@ -36,7 +36,9 @@ class Factor:
         if not self.name or not isinstance(self.name, str):
             raise FactordiffError(f"factor name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("categorical", "ordinal"):
-            raise FactordiffError(f"factor {self.name}: kind must be 'categorical' or 'ordinal', got {self.kind!r}")
+            raise FactordiffError(
+                f"factor {self.name}: kind must be 'categorical' or 'ordinal', got {self.kind!r}"
+            )
         if len(self.values) < 1:
             raise FactordiffError(f"factor {self.name}: needs at least one value")
         if len(set(self.values)) != len(self.values):
@@ -78,7 +80,7 @@ def short_name(name: str) -> str:
     low = name.lower()
     for prefix in ("image_metadata_", "metadata_"):
         if low.startswith(prefix):
-            return low[len(prefix):]
+            return low[len(prefix) :]
     return low
 
 
@@ -155,7 +157,9 @@ class FactorSpec:
         """Validate an (N, K) array of value indices against the spec."""
         a = np.asarray(indices)
         if a.ndim != 2 or a.shape[1] != len(self):
-            raise FactordiffError(f"{where}: expected an (N, {len(self)}) array of value indices, got shape {a.shape}")
+            raise FactordiffError(
+                f"{where}: expected an (N, {len(self)}) array of value indices, got shape {a.shape}"
+            )
         if a.size and (a.min() < 0 or np.any(a.max(axis=0) >= np.array(self.sizes))):
             raise FactordiffError(f"{where}: value index out of range for sizes {self.sizes}")
         return a.astype(np.int64)

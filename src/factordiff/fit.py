@@ -31,11 +31,11 @@ from factordiff.config import RunConfig, from_dict
 from factordiff.data.base import FactorDataset, load_data
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
+from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.errors import FactordiffError
 from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
-from factordiff.diffusion.denoiser import Denoiser
+from factordiff.errors import FactordiffError
 from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, build_structure, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
@@ -68,9 +68,13 @@ class _Budget:
 
 def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
     """Load the data and remove the held-out combinations: (all data, split, training data)."""
-    data = load_data(cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed)
+    data = load_data(
+        cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed
+    )
     if data.size < 16 or data.size & (data.size - 1):
-        raise FactordiffError(f"{data.source}: images are {data.size}x{data.size}; the models need a power of two of at least 16 (set --size)")
+        raise FactordiffError(
+            f"{data.source}: images are {data.size}x{data.size}; the models need a power of two of at least 16 (set --size)"
+        )
     split = make_split(data.spec, cfg.split)
     train = data.subset(~split.heldout(data.factors))
     if len(train) == 0:
@@ -80,7 +84,15 @@ def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
 
 def _options(cfg: RunConfig, run: Path, resume: bool, progress: bool) -> LoopOptions:
     t = cfg.train
-    return LoopOptions(seed=t.seed, checkpoints=run / "checkpoints", checkpoint_every=t.checkpoint_every, keep_last=t.keep_last, grad_clip=t.grad_clip, resume=resume, progress=progress)
+    return LoopOptions(
+        seed=t.seed,
+        checkpoints=run / "checkpoints",
+        checkpoint_every=t.checkpoint_every,
+        keep_last=t.keep_last,
+        grad_clip=t.grad_clip,
+        resume=resume,
+        progress=progress,
+    )
 
 
 def _stage_done(run: Path, name: str) -> bool:
@@ -89,7 +101,9 @@ def _stage_done(run: Path, name: str) -> bool:
 
 def _save_part(run: Path, name: str, module: torch.nn.Module, log: list[dict]) -> None:
     """Write a finished stage: its log, then its weights (whose presence marks the stage done)."""
-    atomic_write_text(run / "logs" / f"{name}.jsonl", "".join(json.dumps({"stage": name, **row}) + "\n" for row in log))
+    atomic_write_text(
+        run / "logs" / f"{name}.jsonl", "".join(json.dumps({"stage": name, **row}) + "\n" for row in log)
+    )
     atomic_save_tensors(module.state_dict(), run / "model" / f"{name}.safetensors")
 
 
@@ -107,15 +121,23 @@ def _check_run_folder(cfg: RunConfig, run: Path, resume: bool, keep: tuple[str, 
     """Refuse to overwrite a run (files named in ``keep`` do not count); on --resume, insist on the
     same config. Returns whether to resume."""
     if run.exists() and any(p.name not in keep for p in run.iterdir()) and not resume:
-        raise FactordiffError(f"{run}: run folder exists and is not empty; pass --resume to continue it or choose another --out")
+        raise FactordiffError(
+            f"{run}: run folder exists and is not empty; pass --resume to continue it or choose another --out"
+        )
     if resume and not (run / "run_config.json").is_file():
         if run.exists() and any(run.iterdir()):
-            raise FactordiffError(f"{run}: not a factordiff run folder (no run_config.json); nothing to resume")
+            raise FactordiffError(
+                f"{run}: not a factordiff run folder (no run_config.json); nothing to resume"
+            )
         return False  # killed before anything was written: start afresh
     if resume:
-        saved = from_dict(RunConfig, json.loads((run / "run_config.json").read_text()), str(run / "run_config.json"))
+        saved = from_dict(
+            RunConfig, json.loads((run / "run_config.json").read_text()), str(run / "run_config.json")
+        )
         if saved.to_json() != cfg.to_json():
-            raise FactordiffError(f"{run}: --resume with a config different from the run's run_config.json; pass the same options")
+            raise FactordiffError(
+                f"{run}: --resume with a config different from the run's run_config.json; pass the same options"
+            )
     return resume
 
 
@@ -135,11 +157,33 @@ class _Fit:
         """The training images: the in-memory array, or packed images read per batch."""
         return self.train.images
 
-    def stage(self, name: str, step_module: torch.nn.Module, part: torch.nn.Module, trainable: list, tensors: dict, section, seed_offset: int, ema_decay: float = 0.999, warmup: int = 100) -> torch.nn.Module:
+    def stage(
+        self,
+        name: str,
+        step_module: torch.nn.Module,
+        part: torch.nn.Module,
+        trainable: list,
+        tensors: dict,
+        section,
+        seed_offset: int,
+        ema_decay: float = 0.999,
+        warmup: int = 100,
+    ) -> torch.nn.Module:
         """Train one stage unless it is done, then load its saved part read-only."""
         if not _stage_done(self.run, name):
             batches = ArrayBatches(tensors, section.batch_size, self.cfg.train.seed + seed_offset)
-            stage = Stage(name, step_module, trainable, batches, section.steps, section.lr, self.budget.seconds(name), ema_decay=ema_decay, warmup=warmup, images_per_step=section.batch_size)
+            stage = Stage(
+                name,
+                step_module,
+                trainable,
+                batches,
+                section.steps,
+                section.lr,
+                self.budget.seconds(name),
+                ema_decay=ema_decay,
+                warmup=warmup,
+                images_per_step=section.batch_size,
+            )
             run_stage(stage, self.opts)
             if process()[2]:
                 _save_part(self.run, name, part, stage.log)
@@ -153,7 +197,15 @@ def _train_distiller(f: _Fit) -> torch.nn.Module:
     torch.manual_seed(f.cfg.train.seed)
     distiller = build_encoder(f.cfg, f.train.spec, f.shape)
     tensors = {"images": f.images, "factors": torch.from_numpy(f.train.factors)}
-    return f.stage("distiller", DistillStep(distiller, f.cfg.distill), distiller, list(distiller.parameters()), tensors, f.cfg.distill, 0)
+    return f.stage(
+        "distiller",
+        DistillStep(distiller, f.cfg.distill),
+        distiller,
+        list(distiller.parameters()),
+        tensors,
+        f.cfg.distill,
+        0,
+    )
 
 
 def _train_autoencoder(f: _Fit, distiller: torch.nn.Module | None) -> torch.nn.Module | None:
@@ -162,7 +214,15 @@ def _train_autoencoder(f: _Fit, distiller: torch.nn.Module | None) -> torch.nn.M
     a = f.cfg.autoencoder
     torch.manual_seed(f.cfg.train.seed + 1)
     autoencoder = build_autoencoder(a, f.shape.channels, f.shape.size)
-    autoencoder = f.stage("autoencoder", AutoencoderStep(autoencoder, distiller, a), autoencoder, list(autoencoder.parameters()), {"images": f.images}, a, 1)
+    autoencoder = f.stage(
+        "autoencoder",
+        AutoencoderStep(autoencoder, distiller, a),
+        autoencoder,
+        list(autoencoder.parameters()),
+        {"images": f.images},
+        a,
+        1,
+    )
     with torch.no_grad():
         means = map_batches(lambda b: autoencoder.encode(to_unit(b)), f.images[:4096])
     f.shape.latent_scale = float(1.0 / means.std())
@@ -174,8 +234,20 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     UNet alone (unconditional), which then stays frozen while the adapter trains."""
     dn, denoiser = f.cfg.denoiser, model.denoiser
     if not dn.train_base:
-        base = Denoiser(denoiser.unet).train().requires_grad_(True)  # shares the UNet: the stage loads the trained base into it
-        f.stage("base", DiffusionStep(base, dn), base, list(base.parameters()), {} if _stage_done(f.run, "base") else {"x": x}, dn, 4, dn.ema_decay, warmup=500)
+        base = (
+            Denoiser(denoiser.unet).train().requires_grad_(True)
+        )  # shares the UNet: the stage loads the trained base into it
+        f.stage(
+            "base",
+            DiffusionStep(base, dn),
+            base,
+            list(base.parameters()),
+            {} if _stage_done(f.run, "base") else {"x": x},
+            dn,
+            4,
+            dn.ema_decay,
+            warmup=500,
+        )
     structure = model.structure
     step: torch.nn.Module = DiffusionStep(denoiser, dn)
     if _stage_done(f.run, "denoiser"):
@@ -186,7 +258,11 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
         structure.set_seen(np.isin(np.arange(len(structure.seen)), f.train.factors[:, structure.factor]))
         with torch.no_grad():
             raw = map_batches(lambda b: model.encoder(to_unit(b)), f.train.images)
-            tensors = {"x": x, "codes": raw, "posterior": structure.posterior(model.encoder.logits(raw)[structure.factor])}
+            tensors = {
+                "x": x,
+                "codes": raw,
+                "posterior": structure.posterior(model.encoder.logits(raw)[structure.factor]),
+            }
         step = _StructureStep(step)
     denoiser.train().requires_grad_(True)
     if not dn.train_base:
@@ -204,8 +280,12 @@ class _StructureStep(torch.nn.Module):
         super().__init__()
         self.step = step
 
-    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.step({**batch, "codes": self.step.denoiser.structure(batch["codes"], batch["posterior"])}, gen)
+    def forward(
+        self, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.step(
+            {**batch, "codes": self.step.denoiser.structure(batch["codes"], batch["posterior"])}, gen
+        )
 
 
 def _latents(f: _Fit, model: FactorModel):
@@ -224,7 +304,9 @@ def _latents(f: _Fit, model: FactorModel):
         for i in range(0, len(images), 4096):
             z = model.latents(images[i : i + 4096], desc).numpy()
             if out is None:
-                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(images), *z.shape[1:]))
+                out = np.lib.format.open_memmap(
+                    path, mode="w+", dtype=np.float32, shape=(len(images), *z.shape[1:])
+                )
             out[i : i + 4096] = z
         out.flush()
         del out
@@ -232,18 +314,46 @@ def _latents(f: _Fit, model: FactorModel):
     return np.load(path, mmap_mode="r")
 
 
-def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _train_unsupervised(
+    f: _Fit, model: FactorModel, x: torch.Tensor
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Base denoiser without codes, then encoder + gradient-estimator branch on the frozen base."""
     dn, u = f.cfg.denoiser, f.cfg.unsupervised
     base = model.denoiser.base.train().requires_grad_(True)
-    base = f.stage("base", DiffusionStep(base, dn), base, list(base.parameters()), {"x": x}, dn, 2, dn.ema_decay, warmup=500)
+    base = f.stage(
+        "base",
+        DiffusionStep(base, dn),
+        base,
+        list(base.parameters()),
+        {"x": x},
+        dn,
+        2,
+        dn.ema_decay,
+        warmup=500,
+    )
     model.denoiser.base = base
-    encoder, branch = model.encoder.train().requires_grad_(True), model.denoiser.branch.train().requires_grad_(True)
+    encoder, branch = (
+        model.encoder.train().requires_grad_(True),
+        model.denoiser.branch.train().requires_grad_(True),
+    )
     step = UnsupervisedStep(encoder, model.denoiser, dn.prediction_type, dn, u.snr_gamma)
-    if not _stage_done(f.run, "encoder"):  # the branch is saved as part of the denoiser, before the encoder marks the stage done
+    if not _stage_done(
+        f.run, "encoder"
+    ):  # the branch is saved as part of the denoiser, before the encoder marks the stage done
         trainable = list(encoder.parameters()) + list(branch.parameters())
         batches = ArrayBatches({"images": f.images, "x": x}, u.batch_size, f.cfg.train.seed + 3)
-        stage = Stage("encoder", step, trainable, batches, u.steps, u.lr, f.budget.seconds("encoder"), ema_decay=dn.ema_decay, warmup=500, images_per_step=u.batch_size)
+        stage = Stage(
+            "encoder",
+            step,
+            trainable,
+            batches,
+            u.steps,
+            u.lr,
+            f.budget.seconds("encoder"),
+            ema_decay=dn.ema_decay,
+            warmup=500,
+            images_per_step=u.batch_size,
+        )
         run_stage(stage, f.opts)
         if process()[2]:
             atomic_save_tensors(model.denoiser.state_dict(), f.run / "model" / "denoiser.safetensors")
@@ -255,8 +365,15 @@ def _train_unsupervised(f: _Fit, model: FactorModel, x: torch.Tensor) -> tuple[t
     return _load_part(f.run, "encoder", encoder), model.denoiser
 
 
-def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: tuple | None = None, encoder_only: bool = False,
-        keep: tuple[str, ...] = ()) -> FitResult:
+def fit(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    data: tuple | None = None,
+    encoder_only: bool = False,
+    keep: tuple[str, ...] = (),
+) -> FitResult:
     """Train every stage of a FactorModel into run folder ``out``; returns the trained model.
 
     ``data``: (all data, split, training data) as ``prepare_data`` returns them; only the training
@@ -284,24 +401,57 @@ def fit(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, 
     if unsup:
         shares.update(base=cfg.denoiser.budget, encoder=cfg.unsupervised.budget)
     else:
-        shares.update(distiller=cfg.distill.budget, base=cfg.denoiser.budget / 2 if frozen else 0.0, denoiser=cfg.denoiser.budget / (2 if frozen else 1))
-    order = ["autoencoder", "base", "encoder"] if unsup else ["distiller", "autoencoder", *(["base"] if frozen else []), "denoiser"]
-    f = _Fit(cfg, run, _options(cfg, run, resume, progress), _Budget(cfg.train.minutes, {k: shares[k] for k in order}), train, ModelShape(train.channels, train.size))
+        shares.update(
+            distiller=cfg.distill.budget,
+            base=cfg.denoiser.budget / 2 if frozen else 0.0,
+            denoiser=cfg.denoiser.budget / (2 if frozen else 1),
+        )
+    order = (
+        ["autoencoder", "base", "encoder"]
+        if unsup
+        else ["distiller", "autoencoder", *(["base"] if frozen else []), "denoiser"]
+    )
+    f = _Fit(
+        cfg,
+        run,
+        _options(cfg, run, resume, progress),
+        _Budget(cfg.train.minutes, {k: shares[k] for k in order}),
+        train,
+        ModelShape(train.channels, train.size),
+    )
 
     distiller = None if unsup else _train_distiller(f)
     if encoder_only and distiller is not None:
-        return FitResult(FactorModel(cfg, train.spec, f.shape, distiller, None, build_denoiser(cfg, train.spec, f.shape)), run, split, train, dataset)
+        return FitResult(
+            FactorModel(cfg, train.spec, f.shape, distiller, None, build_denoiser(cfg, train.spec, f.shape)),
+            run,
+            split,
+            train,
+            dataset,
+        )
     autoencoder = _train_autoencoder(f, distiller)
     torch.manual_seed(cfg.train.seed + 2)
     encoder = distiller if distiller is not None else build_encoder(cfg, train.spec, f.shape)
-    model = FactorModel(cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape))
+    model = FactorModel(
+        cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape)
+    )
     x = _latents(f, model) if not _stage_done(run, order[-1]) else None
     if unsup:
         model.encoder, model.denoiser = _train_unsupervised(f, model, x)
-        model.factor_blocks = align_blocks(model.codes(train.images[:5000]).numpy(), train.factors[:5000], cfg.train.seed)
+        model.factor_blocks = align_blocks(
+            model.codes(train.images[:5000]).numpy(), train.factors[:5000], cfg.train.seed
+        )
     else:
         model.denoiser = _train_denoiser(f, model, x)
-    model = FactorModel(cfg, train.spec, f.shape, model.encoder, autoencoder, model.denoiser, factor_blocks=model.factor_blocks)
+    model = FactorModel(
+        cfg,
+        train.spec,
+        f.shape,
+        model.encoder,
+        autoencoder,
+        model.denoiser,
+        factor_blocks=model.factor_blocks,
+    )
     model.set_prototypes(model.codes(train.images), train.factors)  # training images only: nothing held out
     if main:
         model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})

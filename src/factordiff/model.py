@@ -63,8 +63,15 @@ def build_encoder(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.
     if cfg.unsupervised.enabled:
         u = cfg.unsupervised
         return SegmentEncoder(shape.channels, shape.size, u.segments, u.code_dims, u.width)
-    return FactorDistiller(spec.sizes, [f.kind == "ordinal" for f in spec.factors], shape.channels, shape.size, cfg.distill.code_dims, cfg.distill.width,
-                           cfg.distill.ordinal_dims)
+    return FactorDistiller(
+        spec.sizes,
+        [f.kind == "ordinal" for f in spec.factors],
+        shape.channels,
+        shape.size,
+        cfg.distill.code_dims,
+        cfg.distill.width,
+        cfg.distill.ordinal_dims,
+    )
 
 
 def denoiser_space(cfg: RunConfig, shape: ModelShape) -> tuple[int, int]:
@@ -79,12 +86,26 @@ def build_base(cfg: RunConfig, shape: ModelShape) -> Denoiser:
     return Denoiser(build_unet(cfg.denoiser, *denoiser_space(cfg, shape)))
 
 
-def _shift(cfg: RunConfig, shape: ModelShape, blocks: int, code_dims: int, branch_channels: list[int], segmented: bool) -> GradientEstimatorDenoiser:
+def _shift(
+    cfg: RunConfig,
+    shape: ModelShape,
+    blocks: int,
+    code_dims: int,
+    branch_channels: list[int],
+    segmented: bool,
+) -> GradientEstimatorDenoiser:
     """A base UNet plus a code-conditioned branch UNet whose prediction is added to the base's."""
     channels, size = denoiser_space(cfg, shape)
     adapter = TimeEmbeddingAdapter(blocks, code_dims, branch_channels[0] * 4, cfg.denoiser.adapter_hidden)
-    branch = zero_output(Denoiser(build_unet(replace(cfg.denoiser, block_out_channels=list(branch_channels)), channels, size), adapter))
-    return GradientEstimatorDenoiser(build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps, segmented)
+    branch = zero_output(
+        Denoiser(
+            build_unet(replace(cfg.denoiser, block_out_channels=list(branch_channels)), channels, size),
+            adapter,
+        )
+    )
+    return GradientEstimatorDenoiser(
+        build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps, segmented
+    )
 
 
 def build_structure(cfg: RunConfig, spec: FactorSpec) -> StructureCodes | None:
@@ -94,14 +115,20 @@ def build_structure(cfg: RunConfig, spec: FactorSpec) -> StructureCodes | None:
     if name is None:
         return None
     if cfg.unsupervised.enabled:
-        raise FactordiffError("denoiser.structure: needs the supervised distiller (its posterior over the factor's values); unsupervised.enabled is true")
+        raise FactordiffError(
+            "denoiser.structure: needs the supervised distiller (its posterior over the factor's values); unsupervised.enabled is true"
+        )
     if name not in spec.names:
-        raise FactordiffError(f"denoiser.structure: unknown factor {name!r}; expected one of {', '.join(spec.names)}")
+        raise FactordiffError(
+            f"denoiser.structure: unknown factor {name!r}; expected one of {', '.join(spec.names)}"
+        )
     k = spec.position(name)
     values = [str(v) for v in spec.factors[k].values]
     control = cfg.denoiser.structure_control
     if control not in values:
-        raise FactordiffError(f"denoiser.structure_control: {name} has no value {control!r}; expected one of {', '.join(values[:8])}")
+        raise FactordiffError(
+            f"denoiser.structure_control: {name} has no value {control!r}; expected one of {', '.join(values[:8])}"
+        )
     library = {}
     if cfg.data.source == "cellsim":
         from factordiff.data.cellsim import COMPOUNDS as library
@@ -122,9 +149,19 @@ def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch
     else:
         unet = build_unet(dn, *denoiser_space(cfg, shape))
         if dn.adapter == "tokens":
-            denoiser = Denoiser(unet, TokenAdapter(len(spec), cfg.distill.code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden))
+            denoiser = Denoiser(
+                unet,
+                TokenAdapter(
+                    len(spec), cfg.distill.code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden
+                ),
+            )
         else:
-            denoiser = Denoiser(unet, TimeEmbeddingAdapter(len(spec), cfg.distill.code_dims, dn.block_out_channels[0] * 4, dn.adapter_hidden))
+            denoiser = Denoiser(
+                unet,
+                TimeEmbeddingAdapter(
+                    len(spec), cfg.distill.code_dims, dn.block_out_channels[0] * 4, dn.adapter_hidden
+                ),
+            )
     structure = build_structure(cfg, spec)
     if structure is not None:
         denoiser.structure = structure
@@ -148,7 +185,17 @@ class FactorModel:
             for the unsupervised encoder, the block that best predicts the factor).
     """
 
-    def __init__(self, config: RunConfig, spec: FactorSpec, shape: ModelShape, encoder, autoencoder, denoiser, prototypes: list[torch.Tensor] | None = None, factor_blocks: list[int] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        spec: FactorSpec,
+        shape: ModelShape,
+        encoder,
+        autoencoder,
+        denoiser,
+        prototypes: list[torch.Tensor] | None = None,
+        factor_blocks: list[int] | None = None,
+    ):
         self.config, self.spec, self.shape = config, spec, shape
         self.encoder, self.autoencoder, self.denoiser = encoder, autoencoder, denoiser
         self.prototypes = prototypes or []
@@ -184,7 +231,9 @@ class FactorModel:
     def _check_images(self, images: np.ndarray) -> None:
         want = (self.shape.size, self.shape.size, self.shape.channels)
         if images.ndim != 4 or images.shape[1:] != want:
-            raise FactordiffError(f"images: expected (N, {want[0]}, {want[1]}, {want[2]}) for this model, got {tuple(images.shape)}")
+            raise FactordiffError(
+                f"images: expected (N, {want[0]}, {want[1]}, {want[2]}) for this model, got {tuple(images.shape)}"
+            )
 
     @torch.no_grad()
     def set_prototypes(self, codes: torch.Tensor, factors: np.ndarray) -> None:
@@ -194,14 +243,20 @@ class FactorModel:
         self.mean_code = codes.mean(0)
         for k, f in enumerate(self.spec.factors):
             proto = torch.full((f.size, codes.shape[2]), float("nan"))
-            table = self.structure.table() if self.structure is not None and k == self.structure.factor else None
+            table = (
+                self.structure.table() if self.structure is not None and k == self.structure.factor else None
+            )
             for v in range(f.size):
                 m = torch.from_numpy(factors[:, k] == v)
-                if m.any():  # a structure-coded value's code is its own, not the posterior's mean over its images
+                if (
+                    m.any()
+                ):  # a structure-coded value's code is its own, not the posterior's mean over its images
                     proto[v] = codes[m, self.factor_blocks[k]].mean(0) if table is None else table[v]
             self.prototypes.append(proto)
 
-    def compose(self, values: np.ndarray, block: Callable[[int, int], torch.Tensor] | None = None) -> torch.Tensor:
+    def compose(
+        self, values: np.ndarray, block: Callable[[int, int], torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Codes (N, blocks, D) for combinations of value indices (N, K): the mean code with each
         factor's block set to ``block(factor, value)``, by default the value's prototype."""
         block = block or self.prototype
@@ -218,7 +273,9 @@ class FactorModel:
     def prototype(self, factor: int, value: int) -> torch.Tensor:
         if not self.has_prototype(factor, value):
             f = self.spec.factors[factor]
-            raise FactordiffError(f"{f.name}={f.values[value]}: no training image had this value, so it has no prototype code; pass a reference image with --from")
+            raise FactordiffError(
+                f"{f.name}={f.values[value]}: no training image had this value, so it has no prototype code; pass a reference image with --from"
+            )
         return self.prototypes[factor][value]
 
     # --- latent space ----------------------------------------------------------------------
@@ -243,7 +300,9 @@ class FactorModel:
 
     # --- diffusion -------------------------------------------------------------------------
     @torch.no_grad()
-    def invert(self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50, strength: float = 1.0) -> torch.Tensor:
+    def invert(
+        self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50, strength: float = 1.0
+    ) -> torch.Tensor:
         """Invert uint8 images to x_T (x_t at t = ``strength`` T) under their own codes (or
         ``codes``) with ``denoiser.sampler``."""
         codes = self.codes(images) if codes is None else codes
@@ -251,16 +310,43 @@ class FactorModel:
         return invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps, strength)
 
     @torch.no_grad()
-    def generate(self, x_T: torch.Tensor, codes: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, present: torch.Tensor | None = None, strength: float = 1.0) -> np.ndarray:
+    def generate(
+        self,
+        x_T: torch.Tensor,
+        codes: torch.Tensor,
+        steps: int = 50,
+        guidance: Guidance | None = None,
+        present: torch.Tensor | None = None,
+        strength: float = 1.0,
+    ) -> np.ndarray:
         """Sample from x_T (an inversion's x_t at the same ``strength``) under ``codes`` with
         ``denoiser.sampler``; returns uint8 images."""
         cond = Condition.full(codes) if present is None else Condition(codes, present)
-        out = [sample(self.denoiser, x_T[i : i + 256], cond.index(slice(i, i + 256)), self.config.denoiser, steps, guidance, strength) for i in range(0, len(x_T), 256)]
+        out = [
+            sample(
+                self.denoiser,
+                x_T[i : i + 256],
+                cond.index(slice(i, i + 256)),
+                self.config.denoiser,
+                steps,
+                guidance,
+                strength,
+            )
+            for i in range(0, len(x_T), 256)
+        ]
         return to_uint8(self.from_latent(torch.cat(out)))
 
     @torch.no_grad()
-    def regenerate(self, images: np.ndarray, codes: torch.Tensor, new: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0,
-                   x_T: torch.Tensor | None = None) -> np.ndarray:
+    def regenerate(
+        self,
+        images: np.ndarray,
+        codes: torch.Tensor,
+        new: torch.Tensor,
+        steps: int = 50,
+        guidance: Guidance | None = None,
+        strength: float = 1.0,
+        x_T: torch.Tensor | None = None,
+    ) -> np.ndarray:
         """Invert uint8 ``images`` under ``codes`` to t = ``strength`` T (or start from their ``x_T``
         of that strength) and generate under ``new``: an edit, or with ``new`` = ``codes`` a
         reconstruction. Returns uint8 images."""
@@ -268,8 +354,17 @@ class FactorModel:
         return self.generate(x_T, new, steps, guidance, strength=strength)
 
     @torch.no_grad()
-    def edit(self, images: np.ndarray, codes: torch.Tensor, new: torch.Tensor, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0,
-             x_T: torch.Tensor | None = None, residual: bool | None = None) -> np.ndarray:
+    def edit(
+        self,
+        images: np.ndarray,
+        codes: torch.Tensor,
+        new: torch.Tensor,
+        steps: int = 50,
+        guidance: Guidance | None = None,
+        strength: float = 1.0,
+        x_T: torch.Tensor | None = None,
+        residual: bool | None = None,
+    ) -> np.ndarray:
         """uint8 ``images`` with their ``codes`` changed to ``new``: ``regenerate``, or with
         ``residual`` (None: the run's ``evaluate.edit_residual``) the source plus the change that
         the model makes, G(x_T, new) - G(x_T, codes), both decoded from the same x_T with the same
@@ -279,13 +374,25 @@ class FactorModel:
         if not residual:
             return self.regenerate(images, codes, new, steps, guidance, strength, x_T)
         x_T = self.invert(images, codes, steps, strength) if x_T is None else x_T
-        both = self.generate(torch.cat([x_T, x_T]), torch.cat([new, codes]), steps, guidance, strength=strength).astype(np.float32)
+        both = self.generate(
+            torch.cat([x_T, x_T]), torch.cat([new, codes]), steps, guidance, strength=strength
+        ).astype(np.float32)
         n = len(images)
         return np.clip(np.rint(images.astype(np.float32) + both[:n] - both[n:]), 0, 255).astype(np.uint8)
 
     @torch.no_grad()
-    def counterfactual(self, images: np.ndarray, factor: int, blocks: torch.Tensor, steps: int = 50, guidance: float = 1.0, x_T: torch.Tensor | None = None, codes: torch.Tensor | None = None,
-                       strength: float = 1.0, residual: bool | None = None) -> np.ndarray:
+    def counterfactual(
+        self,
+        images: np.ndarray,
+        factor: int,
+        blocks: torch.Tensor,
+        steps: int = 50,
+        guidance: float = 1.0,
+        x_T: torch.Tensor | None = None,
+        codes: torch.Tensor | None = None,
+        strength: float = 1.0,
+        residual: bool | None = None,
+    ) -> np.ndarray:
         """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
 
         The source is inverted under its own codes (to t = ``strength`` T; a given ``x_T`` must be
@@ -296,7 +403,9 @@ class FactorModel:
         block = self.factor_blocks[factor]
         new = codes.clone()
         new[:, block] = blocks
-        return self.edit(images, codes, new, steps, Guidance(factors={block: guidance}), strength, x_T, residual)
+        return self.edit(
+            images, codes, new, steps, Guidance(factors={block: guidance}), strength, x_T, residual
+        )
 
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
@@ -305,7 +414,13 @@ class FactorModel:
             atomic_save_tensors(m.state_dict(), folder / f"{name}.safetensors")
         if self.prototypes:
             atomic_save_tensors(self.prototype_tensors(), folder / PROTOTYPES)
-        meta = {"run": self.config.to_json(), "factors": self.spec.to_json(), "shape": vars(self.shape), "factor_blocks": self.factor_blocks, **(extra or {})}
+        meta = {
+            "run": self.config.to_json(),
+            "factors": self.spec.to_json(),
+            "shape": vars(self.shape),
+            "factor_blocks": self.factor_blocks,
+            **(extra or {}),
+        }
         atomic_write_json(folder / CONFIG, meta)
 
     def prototype_tensors(self) -> dict[str, torch.Tensor]:
@@ -327,19 +442,31 @@ class FactorModel:
             raise FactordiffError(f"{folder / CONFIG}: missing or malformed entry {e}") from None
         encoder = build_encoder(config, spec, shape)
         denoiser = build_denoiser(config, spec, shape)
-        autoencoder = build_autoencoder(config.autoencoder, shape.channels, shape.size) if config.autoencoder.enabled else None
-        parts = {code_part(config): encoder, "denoiser": denoiser, **({"autoencoder": autoencoder} if autoencoder is not None else {})}
+        autoencoder = (
+            build_autoencoder(config.autoencoder, shape.channels, shape.size)
+            if config.autoencoder.enabled
+            else None
+        )
+        parts = {
+            code_part(config): encoder,
+            "denoiser": denoiser,
+            **({"autoencoder": autoencoder} if autoencoder is not None else {}),
+        }
         for name, m in parts.items():
             state = load_tensors(folder / f"{name}.safetensors")
             try:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise FactordiffError(f"{folder / (name + '.safetensors')}: weights do not fit the config ({str(e).splitlines()[0][:120]})") from None
+                raise FactordiffError(
+                    f"{folder / (name + '.safetensors')}: weights do not fit the config ({str(e).splitlines()[0][:120]})"
+                ) from None
         prototypes = None
         if (folder / PROTOTYPES).is_file():
             t = load_tensors(folder / PROTOTYPES)
             prototypes = [t[f.name] for f in spec.factors]
-        model = cls(config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks"))
+        model = cls(
+            config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks")
+        )
         if prototypes is not None:
             model.mean_code = t.get(MEAN_CODE)
         return model

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors, read_json
+from factordiff.checkpoint import (
+    atomic_save_tensors,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+)
 from factordiff.config import RunConfig, from_dict
 from factordiff.data.profiles import ProfileTable, normalize_plates, read_profiles
 from factordiff.data.splits import Split, make_split
@@ -63,14 +69,16 @@ class ProfileData:
 def prepare_profiles(cfg: RunConfig) -> ProfileData:
     """Read, clean, split and normalise the table named by ``cfg.data.source`` (``profiles:FILE``)."""
     p = cfg.profiles
-    table = read_profiles(cfg.data.source[len(PREFIX):], cfg.data.factors, roles_of(cfg), p.max_missing)
+    table = read_profiles(cfg.data.source[len(PREFIX) :], cfg.data.factors, roles_of(cfg), p.max_missing)
     split = make_split(table.spec, cfg.split)
     train = ~split.heldout(table.factors)
     if not train.any():
         raise FactordiffError(f"split {split.description}: holds out every row; nothing left to train on")
     controls = control_rows(table, p.controls) if p.normalize == "controls" else None
     if p.normalize == "controls" and controls is None:
-        raise FactordiffError("--normalize controls needs profiles.controls, e.g. --controls Metadata_Compound=DMSO")
+        raise FactordiffError(
+            "--normalize controls needs profiles.controls, e.g. --controls Metadata_Compound=DMSO"
+        )
     features, info = normalize_plates(table, p.normalize, train, controls, p.plate_column)
     return ProfileData(table, split, train, features, info)
 
@@ -112,7 +120,9 @@ def perturbation_table(cfg: RunConfig, table: ProfileTable) -> np.ndarray:
         for v, name in enumerate(values):
             found = sorted(set(column[table.factors[:, k] == v]) - {"", "nan", "None"})
             if name != control and len(found) != 1:
-                raise FactordiffError(f"profiles.smiles: {table.spec.factors[k].name}={name} has {len(found) or 'no'} SMILES in column {p.smiles!r}; expected one")
+                raise FactordiffError(
+                    f"profiles.smiles: {table.spec.factors[k].name}={name} has {len(found) or 'no'} SMILES in column {p.smiles!r}; expected one"
+                )
             if found:
                 smiles[name] = found[0]
     return perturbation_features(p.perturbation_embedding, values, {control}, smiles, p.fingerprint_bits)
@@ -125,7 +135,9 @@ def metadata_column(table: ProfileTable, name: str, where: str) -> str:
     short = {short_name(c): c for c in table.metadata}
     if short_name(name) in short:
         return short[short_name(name)]
-    raise FactordiffError(f"{where}: unknown column {name!r}; metadata columns are {', '.join(list(table.metadata)[:15])}")
+    raise FactordiffError(
+        f"{where}: unknown column {name!r}; metadata columns are {', '.join(list(table.metadata)[:15])}"
+    )
 
 
 class ProfileModel:
@@ -143,8 +155,18 @@ class ProfileModel:
             intercept (F,) in standardised units; the denoiser then works on what it leaves.
     """
 
-    def __init__(self, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean: torch.Tensor, std: torch.Tensor, seen: list[np.ndarray],
-                 embedder: MetadataEmbedder, denoiser: MLPDenoiser, additive: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        spec: FactorSpec,
+        feature_names: list[str],
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        seen: list[np.ndarray],
+        embedder: MetadataEmbedder,
+        denoiser: MLPDenoiser,
+        additive: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         self.config, self.spec, self.feature_names = config, spec, list(feature_names)
         self.mean, self.std, self.seen = mean, std, seen
         self.embedder, self.denoiser, self.additive = embedder, denoiser, additive
@@ -152,8 +174,17 @@ class ProfileModel:
             m.eval().requires_grad_(False)
 
     @classmethod
-    def build(cls, config: RunConfig, spec: FactorSpec, feature_names: list[str], mean=None, std=None, seen=None, additive=None,
-              perturbation: np.ndarray | None = None) -> "ProfileModel":
+    def build(
+        cls,
+        config: RunConfig,
+        spec: FactorSpec,
+        feature_names: list[str],
+        mean=None,
+        std=None,
+        seen=None,
+        additive=None,
+        perturbation: np.ndarray | None = None,
+    ) -> "ProfileModel":
         """``perturbation``: the features of the perturbation factor's values (``profiles.perturbation_embedding``
         other than onehot), from ``perturbation_table``."""
         p, f = config.profiles, len(feature_names)
@@ -196,22 +227,47 @@ class ProfileModel:
 
     def guidance(self, changed: list[int]) -> Guidance | None:
         p = self.config.profiles
-        w = {k: p.guidance_technical if self.spec.factors[k].role == "technical" else p.guidance_biological for k in changed}
+        w = {
+            k: p.guidance_technical if self.spec.factors[k].role == "technical" else p.guidance_biological
+            for k in changed
+        }
         return Guidance(factors=w) if any(v != 1.0 for v in w.values()) else None
 
     @torch.no_grad()
     def invert(self, x: np.ndarray, factors: np.ndarray, steps: int | None = None) -> torch.Tensor:
         steps = steps or self.config.profiles.sample_steps
-        return invert(self.denoiser, self.to_space(x, factors), self.condition(factors), self.config.denoiser, steps)
+        return invert(
+            self.denoiser, self.to_space(x, factors), self.condition(factors), self.config.denoiser, steps
+        )
 
     @torch.no_grad()
-    def generate(self, x_T: torch.Tensor, factors: np.ndarray, changed: list[int] | None = None, steps: int | None = None) -> np.ndarray:
+    def generate(
+        self,
+        x_T: torch.Tensor,
+        factors: np.ndarray,
+        changed: list[int] | None = None,
+        steps: int | None = None,
+    ) -> np.ndarray:
         steps = steps or self.config.profiles.sample_steps
-        z = sample(self.denoiser, x_T, self.condition(factors), self.config.denoiser, steps, self.guidance(changed or []))
+        z = sample(
+            self.denoiser,
+            x_T,
+            self.condition(factors),
+            self.config.denoiser,
+            steps,
+            self.guidance(changed or []),
+        )
         return self.from_space(z, factors)
 
     @torch.no_grad()
-    def regenerate(self, x: np.ndarray, factors: np.ndarray, target: np.ndarray, steps: int | None = None, desc: str | None = None) -> np.ndarray:
+    def regenerate(
+        self,
+        x: np.ndarray,
+        factors: np.ndarray,
+        target: np.ndarray,
+        steps: int | None = None,
+        desc: str | None = None,
+    ) -> np.ndarray:
         """Rows ``x`` with factor values ``factors`` (N, K), as they would look with ``target`` (N, K):
         DDIM inversion under the source codes, regeneration under the target codes, guidance on the
         changed factors. ``desc`` shows a progress bar over chunks of 512 rows."""
@@ -234,12 +290,24 @@ class ProfileModel:
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict | None = None) -> None:
         folder = Path(folder)
-        atomic_save_tensors({**{f"embedder.{k}": v for k, v in self.embedder.state_dict().items()},
-                             **{f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()},
-                             "mean": self.mean, "std": self.std, **({"additive.w": self.additive[0], "additive.b": self.additive[1]} if self.additive else {})},
-                            folder / "profile_model.safetensors")
-        meta = {"kind": "profiles", "run": self.config.to_json(), "factors": self.spec.to_json(), "features": self.feature_names,
-                "seen": [s.tolist() for s in self.seen], **(extra or {})}
+        atomic_save_tensors(
+            {
+                **{f"embedder.{k}": v for k, v in self.embedder.state_dict().items()},
+                **{f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()},
+                "mean": self.mean,
+                "std": self.std,
+                **({"additive.w": self.additive[0], "additive.b": self.additive[1]} if self.additive else {}),
+            },
+            folder / "profile_model.safetensors",
+        )
+        meta = {
+            "kind": "profiles",
+            "run": self.config.to_json(),
+            "factors": self.spec.to_json(),
+            "features": self.feature_names,
+            "seen": [s.tolist() for s in self.seen],
+            **(extra or {}),
+        }
         atomic_write_json(folder / "config.json", meta)
 
     @classmethod
@@ -255,17 +323,32 @@ class ProfileModel:
         t = load_tensors(folder / "profile_model.safetensors")
         additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None
         if (additive is None) != (config.profiles.residual == "none"):
-            raise FactordiffError(f"{folder / 'profile_model.safetensors'}: the additive model's weights do not match profiles.residual = {config.profiles.residual!r}")
+            raise FactordiffError(
+                f"{folder / 'profile_model.safetensors'}: the additive model's weights do not match profiles.residual = {config.profiles.residual!r}"
+            )
         features = t.get("embedder.perturbation.features")
         if (features is None) != (config.profiles.perturbation_embedding == "onehot"):
-            raise FactordiffError(f"{folder / 'profile_model.safetensors'}: the perturbation embedder's features do not match profiles.perturbation_embedding = {config.profiles.perturbation_embedding!r}")
-        model = cls.build(config, spec, names, t["mean"], t["std"], seen, additive, None if features is None else features.numpy())
+            raise FactordiffError(
+                f"{folder / 'profile_model.safetensors'}: the perturbation embedder's features do not match profiles.perturbation_embedding = {config.profiles.perturbation_embedding!r}"
+            )
+        model = cls.build(
+            config,
+            spec,
+            names,
+            t["mean"],
+            t["std"],
+            seen,
+            additive,
+            None if features is None else features.numpy(),
+        )
         for name, m in (("embedder", model.embedder), ("denoiser", model.denoiser)):
-            state = {k[len(name) + 1:]: v for k, v in t.items() if k.startswith(name + ".")}
+            state = {k[len(name) + 1 :]: v for k, v in t.items() if k.startswith(name + ".")}
             try:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise FactordiffError(f"{folder / 'profile_model.safetensors'}: weights do not fit the config ({str(e).splitlines()[0][:120]})") from None
+                raise FactordiffError(
+                    f"{folder / 'profile_model.safetensors'}: weights do not fit the config ({str(e).splitlines()[0][:120]})"
+                ) from None
         return model
 
 
@@ -274,7 +357,9 @@ def is_profile_run(run: Path) -> bool:
     return path.is_file() and read_json(path).get("kind") == "profiles"
 
 
-def fit_profiles(cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: ProfileData | None = None) -> tuple[ProfileModel, ProfileData]:
+def fit_profiles(
+    cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: ProfileData | None = None
+) -> tuple[ProfileModel, ProfileData]:
     """Train the profile model into run folder ``out`` (one stage: codes + denoiser, jointly)."""
     from factordiff.fit import _check_run_folder, _options
 
@@ -283,11 +368,20 @@ def fit_profiles(cfg: RunConfig, out: Path, resume: bool = False, progress: bool
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or prepare_profiles(cfg)
-    perturbation = perturbation_table(cfg, data.table) if cfg.profiles.perturbation_embedding != "onehot" else None  # bad input stops before the folder
+    perturbation = (
+        perturbation_table(cfg, data.table) if cfg.profiles.perturbation_embedding != "onehot" else None
+    )  # bad input stops before the folder
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         cfg.save(run / "run_config.json")
-        atomic_write_json(run / "split.json", {**data.split.to_json(), "heldout_rows": int((~data.train).sum()), "train_rows": int(data.train.sum())})
+        atomic_write_json(
+            run / "split.json",
+            {
+                **data.split.to_json(),
+                "heldout_rows": int((~data.train).sum()),
+                "train_rows": int(data.train.sum()),
+            },
+        )
     x = data.features[data.train]
     mean, std = torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0))
     std = torch.where(std > 0, std, torch.ones_like(std))
@@ -295,24 +389,55 @@ def fit_profiles(cfg: RunConfig, out: Path, resume: bool = False, progress: bool
     spec = data.table.spec
     p = cfg.profiles
     ftrain = data.table.factors[data.train]
-    additive = fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy()) if p.residual == "ridge" else None
+    additive = (
+        fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy())
+        if p.residual == "ridge"
+        else None
+    )
     seen = seen_values(spec, ftrain)
     if perturbation is not None:
         seen[perturbation_factor(cfg, spec)[0]][:] = True  # every value has features, so a code
     model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen, additive, perturbation)
     model.embedder.train().requires_grad_(True)
     model.denoiser.train().requires_grad_(True)
-    step = DiffusionStep(model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder)
-    batches = ArrayBatches({"x": model.to_space(x, ftrain), "factors": torch.from_numpy(ftrain)}, min(p.batch_size, len(x)), cfg.train.seed + 2)
+    step = DiffusionStep(
+        model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder
+    )
+    batches = ArrayBatches(
+        {"x": model.to_space(x, ftrain), "factors": torch.from_numpy(ftrain)},
+        min(p.batch_size, len(x)),
+        cfg.train.seed + 2,
+    )
     seconds = None if cfg.train.minutes is None else 60 * cfg.train.minutes
     trainable = list(model.embedder.parameters()) + list(model.denoiser.parameters())
-    stage = Stage("profiles", step, trainable, batches, p.steps, p.lr, seconds, ema_decay=cfg.denoiser.ema_decay, warmup=200, images_per_step=batches.batch_size)
+    stage = Stage(
+        "profiles",
+        step,
+        trainable,
+        batches,
+        p.steps,
+        p.lr,
+        seconds,
+        ema_decay=cfg.denoiser.ema_decay,
+        warmup=200,
+        images_per_step=batches.batch_size,
+    )
     opts: LoopOptions = _options(cfg, run, resume, progress)
     run_stage(stage, opts)
     model.embedder.eval().requires_grad_(False)
     model.denoiser.eval().requires_grad_(False)
-    atomic_write_text(run / "train_log.jsonl", "".join(json.dumps({"stage": "profiles", **row}) + "\n" for row in stage.log))
-    model.save(run / "model", extra={"split": data.split.to_json(), "train_rows": int(data.train.sum()), "cleaning": data.table.cleaning, "normalization": data.normalization})
+    atomic_write_text(
+        run / "train_log.jsonl", "".join(json.dumps({"stage": "profiles", **row}) + "\n" for row in stage.log)
+    )
+    model.save(
+        run / "model",
+        extra={
+            "split": data.split.to_json(),
+            "train_rows": int(data.train.sum()),
+            "cleaning": data.table.cleaning,
+            "normalization": data.normalization,
+        },
+    )
     return model, data
 
 
@@ -363,7 +488,9 @@ def parse_set(spec: FactorSpec, text: list[str]) -> dict[int, int]:
     return out
 
 
-def regenerate_table(run: Path, where: list[str], sets: list[str], out: Path, steps: int | None = None) -> dict:
+def regenerate_table(
+    run: Path, where: list[str], sets: list[str], out: Path, steps: int | None = None
+) -> dict:
     """``factordiff regenerate``: the rows of the run's table matching ``where``, regenerated with
     the factors named in ``sets`` changed, written to ``out`` (CSV): the input's metadata columns
     (the changed factors with their new values), its feature columns, the source row
@@ -382,20 +509,44 @@ def regenerate_table(run: Path, where: list[str], sets: list[str], out: Path, st
     target = factors.copy()
     for k, v in target_values.items():
         target[:, k] = v
-    unseen = [f"{model.spec.factors[k].name}={model.spec.factors[k].values[v]}" for k, v in target_values.items()
-              if model.spec.factors[k].kind != "ordinal" and not model.seen[k][v]]
+    unseen = [
+        f"{model.spec.factors[k].name}={model.spec.factors[k].values[v]}"
+        for k, v in target_values.items()
+        if model.spec.factors[k].kind != "ordinal" and not model.seen[k][v]
+    ]
     x = model.regenerate(data.features[rows], factors, target, steps, desc="regenerating")
-    write_regenerated(out, table, rows, target, x, ", ".join(f"{model.spec.factors[k].name}={model.spec.factors[k].values[v]}" for k, v in target_values.items()))
+    write_regenerated(
+        out,
+        table,
+        rows,
+        target,
+        x,
+        ", ".join(
+            f"{model.spec.factors[k].name}={model.spec.factors[k].values[v]}"
+            for k, v in target_values.items()
+        ),
+    )
     return {"rows": int(len(rows)), "out": str(out), "unseen_values": unseen}
 
 
-def write_regenerated(out: Path, table: ProfileTable, rows: np.ndarray, target: np.ndarray, x: np.ndarray, edit: str) -> None:
+def write_regenerated(
+    out: Path, table: ProfileTable, rows: np.ndarray, target: np.ndarray, x: np.ndarray, edit: str
+) -> None:
     import pandas as pd
 
     meta = {c: v[rows].copy() for c, v in table.metadata.items()}
     for k, f in enumerate(table.spec.factors):
-        meta[f.name] = np.array([str(f.values[i]) if f.kind != "ordinal" else repr(float(f.values[i])) for i in target[:, k]])
-    frame = pd.concat([pd.DataFrame(meta), pd.DataFrame({SOURCE_ROW: table.rows[rows], EDIT: edit}), pd.DataFrame(x, columns=table.feature_names)], axis=1)
+        meta[f.name] = np.array(
+            [str(f.values[i]) if f.kind != "ordinal" else repr(float(f.values[i])) for i in target[:, k]]
+        )
+    frame = pd.concat(
+        [
+            pd.DataFrame(meta),
+            pd.DataFrame({SOURCE_ROW: table.rows[rows], EDIT: edit}),
+            pd.DataFrame(x, columns=table.feature_names),
+        ],
+        axis=1,
+    )
     tmp = out.with_name(out.name + ".tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(tmp, index=False, compression="gzip" if out.name.lower().endswith(".gz") else None)

@@ -24,7 +24,9 @@ DEFAULT_MINUTES = 15.0
 MARKER = "quickstart.json"  # marks a folder as a quickstart's output, which the next quickstart may replace
 
 
-def quickstart_config(size: int = 32, minutes: float | None = DEFAULT_MINUTES, overrides: dict | None = None) -> RunConfig:
+def quickstart_config(
+    size: int = 32, minutes: float | None = DEFAULT_MINUTES, overrides: dict | None = None
+) -> RunConfig:
     """The quickstart experiment: 3D Shapes replica, object_hue x shape composition block held out
     (``overrides``: further ``"section.field": value`` settings)."""
     path = resources.files("factordiff") / "configs" / "quickstart.json"
@@ -47,12 +49,20 @@ def _prepare_out(out: Path) -> None:
         raise FactordiffError(f"{out}: is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
-            raise FactordiffError(f"{out}: not empty and not a quickstart's output (no {MARKER}); quickstart replaces only its own output: choose another --out")
+            raise FactordiffError(
+                f"{out}: not empty and not a quickstart's output (no {MARKER}); quickstart replaces only its own output: choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def quickstart(out: Path = Path("runs/quickstart"), minutes: float | None = None, size: int = 32, from_scratch: bool = False, progress: bool = True) -> dict:
+def quickstart(
+    out: Path = Path("runs/quickstart"),
+    minutes: float | None = None,
+    size: int = 32,
+    from_scratch: bool = False,
+    progress: bool = True,
+) -> dict:
     """Fit (or load the pretrained model), evaluate and report; returns the metrics."""
     from factordiff.evaluate.suite import evaluate_run
     from factordiff.fit import fit
@@ -63,9 +73,16 @@ def quickstart(out: Path = Path("runs/quickstart"), minutes: float | None = None
     use_pretrained = pretrained is not None and minutes is None and not from_scratch
     minutes = None if use_pretrained else (DEFAULT_MINUTES if minutes is None else minutes)
     _prepare_out(out)
-    done = {"command": "factordiff quickstart", "size": size, "start": "pretrained" if use_pretrained else "scratch",
-            "pretrained": str(pretrained) if use_pretrained else None, "minutes": minutes}
-    atomic_write_json(out / MARKER, {**done, "finished": False})  # first, so that even an interrupted quickstart is recognised
+    done = {
+        "command": "factordiff quickstart",
+        "size": size,
+        "start": "pretrained" if use_pretrained else "scratch",
+        "pretrained": str(pretrained) if use_pretrained else None,
+        "minutes": minutes,
+    }
+    atomic_write_json(
+        out / MARKER, {**done, "finished": False}
+    )  # first, so that even an interrupted quickstart is recognised
     if use_pretrained:
         shutil.copytree(pretrained, out, dirs_exist_ok=True)
         print(f"starting from the pretrained model in {pretrained} (train from scratch with --minutes N)")
@@ -75,4 +92,3 @@ def quickstart(out: Path = Path("runs/quickstart"), minutes: float | None = None
     build_report(out)
     atomic_write_json(out / MARKER, {**done, "finished": True})
     return metrics
-

@@ -32,7 +32,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from factordiff.checkpoint import latest_checkpoint, load_checkpoint, load_modules, module_tensors, save_checkpoint
+from factordiff.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_modules,
+    module_tensors,
+    save_checkpoint,
+)
 from factordiff.errors import FactordiffError
 
 Batch = dict[str, torch.Tensor]
@@ -71,7 +77,9 @@ class ArrayBatches:
     def __post_init__(self) -> None:
         # in-memory arrays become tensors over the same memory, indexed as before; memory-mapped and
         # packed arrays stay as they are and are read row by row
-        self.tensors = {k: torch.from_numpy(v) if type(v) is np.ndarray else v for k, v in self.tensors.items()}
+        self.tensors = {
+            k: torch.from_numpy(v) if type(v) is np.ndarray else v for k, v in self.tensors.items()
+        }
         sizes = {len(t) for t in self.tensors.values()}
         if len(sizes) != 1 or 0 in sizes:
             raise ValueError(f"ArrayBatches: tensors must share a non-zero first dimension, got {sizes}")
@@ -80,7 +88,10 @@ class ArrayBatches:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch, self._perm = (
+                epoch,
+                np.random.default_rng([self.seed, epoch]).permutation(self.n),
+            )
         return self._perm
 
     def indices(self, step: int) -> np.ndarray:
@@ -97,7 +108,10 @@ class ArrayBatches:
     def local(self, step: int, rank: int, world: int) -> Batch:
         """Rows ``rank::world`` of the global batch of ``step``."""
         idx = self.indices(step)[rank::world]
-        return {k: v[torch.from_numpy(idx)] if isinstance(v, torch.Tensor) else as_tensor(v[idx]) for k, v in self.tensors.items()}
+        return {
+            k: v[torch.from_numpy(idx)] if isinstance(v, torch.Tensor) else as_tensor(v[idx])
+            for k, v in self.tensors.items()
+        }
 
 
 @dataclass
@@ -190,7 +204,9 @@ def _local_batch(batches: Callable[[int], Batch], step: int, rank: int, world: i
     batch = None if local else batches(step)
     size = batches.batch_size if local else len(next(iter(batch.values())))
     if size % world:
-        raise FactordiffError(f"{stage}: batch_size {size} does not split evenly over {world} processes; choose a multiple of {world}")
+        raise FactordiffError(
+            f"{stage}: batch_size {size} does not split evenly over {world} processes; choose a multiple of {world}"
+        )
     return local(step, rank, world) if local else {k: v[rank::world] for k, v in batch.items()}
 
 
@@ -247,7 +263,9 @@ def _generator_states(gen: torch.Generator, world: int) -> list[torch.Tensor]:
     return gather_object([gen.get_state()])
 
 
-def _checkpoint_state(stage: Stage, step: int, optimizer, scheduler, ema, generators: list[torch.Tensor]) -> dict[str, Any]:
+def _checkpoint_state(
+    stage: Stage, step: int, optimizer, scheduler, ema, generators: list[torch.Tensor]
+) -> dict[str, Any]:
     state = {
         "stage": stage.name,
         "step": step,
@@ -263,11 +281,15 @@ def _checkpoint_state(stage: Stage, step: int, optimizer, scheduler, ema, genera
     return state
 
 
-def _restore(stage: Stage, folder: Path, optimizer, scheduler, ema, gen: torch.Generator, rank: int, world: int) -> int:
+def _restore(
+    stage: Stage, folder: Path, optimizer, scheduler, ema, gen: torch.Generator, rank: int, world: int
+) -> int:
     weights, state = load_checkpoint(folder)
     saved = len(state.get("generators", [None]))
     if saved != world:
-        raise FactordiffError(f"{folder}: checkpoint written by {saved} process(es); resume it on {saved}, not {world}")
+        raise FactordiffError(
+            f"{folder}: checkpoint written by {saved} process(es); resume it on {saved}, not {world}"
+        )
     load_modules(dict(stage.step_module.named_children()), weights, str(folder))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -288,7 +310,9 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(stage.warmup))
     module, optimizer = accelerator.prepare(stage.step_module, optimizer)
     ema = _ema(stage)
-    gen = torch.Generator(device="cpu").manual_seed(opts.seed * 1009 + sum(map(ord, stage.name)) + 104729 * rank)
+    gen = torch.Generator(device="cpu").manual_seed(
+        opts.seed * 1009 + sum(map(ord, stage.name)) + 104729 * rank
+    )
     ckpt_dir = Path(opts.checkpoints) if opts.checkpoints else None
     step = 0
     if opts.resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir, stage.name)) is not None:
@@ -301,23 +325,40 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
         where = ckpt_dir / f"{stage.name}-{at:08d}"
         if accelerator.is_main_process:
             weights = module_tensors(dict(stage.step_module.named_children()))
-            save_checkpoint(where, weights, _checkpoint_state(stage, at, optimizer, scheduler, ema, generators), opts.keep_last)
+            save_checkpoint(
+                where,
+                weights,
+                _checkpoint_state(stage, at, optimizer, scheduler, ema, generators),
+                opts.keep_last,
+            )
         accelerator.wait_for_everyone()
         return where
 
     start_time, start_step = time.monotonic(), step
-    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=not opts.progress or not accelerator.is_main_process, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=stage.steps,
+        initial=step,
+        desc=stage.name,
+        disable=not opts.progress or not accelerator.is_main_process,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     with _SignalFlag() as flag:
         while step < stage.steps:
             if _anyone(stage.seconds is not None and time.monotonic() - start_time >= stage.seconds, world):
                 break
-            batch = {k: v.to(device) for k, v in _local_batch(stage.batches, step, rank, world, stage.name).items()}
+            batch = {
+                k: v.to(device) for k, v in _local_batch(stage.batches, step, rank, world, stage.name).items()
+            }
             module.train()
             loss, logs = module(batch, gen)
             if _anyone(not bool(torch.isfinite(loss)), world):
                 last = latest_checkpoint(ckpt_dir, stage.name) if ckpt_dir else None
                 kept = f"; last good checkpoint: {last}" if last else ""
-                raise FactordiffError(f"{stage.name}: loss became {loss.item()} at step {step}; stopped{kept}")
+                raise FactordiffError(
+                    f"{stage.name}: loss became {loss.item()} at step {step}; stopped{kept}"
+                )
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if opts.grad_clip > 0:
@@ -334,8 +375,15 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
             if _anyone(flag.signum is not None, world):
                 where = save(step)
                 bar.close()
-                name = signal.Signals(flag.signum).name if flag.signum is not None else "a signal to another process"
-                raise Interrupted(f"{name} at {stage.name} step {step}; checkpoint saved to {where}; continue with --resume", flag.signum or signal.SIGTERM)
+                name = (
+                    signal.Signals(flag.signum).name
+                    if flag.signum is not None
+                    else "a signal to another process"
+                )
+                raise Interrupted(
+                    f"{name} at {stage.name} step {step}; checkpoint saved to {where}; continue with --resume",
+                    flag.signum or signal.SIGTERM,
+                )
     bar.close()
     if step % opts.checkpoint_every and step > start_step:
         save(step)
@@ -349,11 +397,15 @@ def _show(bar: tqdm, stage: Stage, start: float, steps_done: int) -> None:
     if bar.n % 10 == 0 or bar.n == stage.steps:
         rate = steps_done * max(stage.images_per_step, 1) / max(time.monotonic() - start, 1e-9)
         recent = stage.log[-10:]
-        bar.set_postfix(loss=f"{sum(r['loss'] for r in recent) / len(recent):.4f}", img_s=f"{rate:.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{sum(r['loss'] for r in recent) / len(recent):.4f}", img_s=f"{rate:.0f}", refresh=False
+        )
 
 
 @torch.no_grad()
-def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], x, batch_size: int = 256, desc: str | None = None) -> torch.Tensor:
+def map_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], x, batch_size: int = 256, desc: str | None = None
+) -> torch.Tensor:
     """Apply ``fn`` to ``x`` (a tensor, an array or images packed on disk) in batches and
     concatenate; with ``desc``, show a progress bar."""
     if not len(x):

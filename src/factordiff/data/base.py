@@ -34,7 +34,9 @@ class FactorDataset:
             )
         self.factors = self.spec.check_indices(self.factors, where=f"{self.source} factors")
         if len(self.factors) != len(self.images):
-            raise FactordiffError(f"{self.source}: {len(self.images)} images but {len(self.factors)} factor rows")
+            raise FactordiffError(
+                f"{self.source}: {len(self.images)} images but {len(self.factors)} factor rows"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,11 +53,17 @@ class FactorDataset:
         """The rows selected; packed images (``shards:DIR``) stay on disk."""
         from factordiff.data.shards import ShardedImages
 
-        images = self.images.view(mask_or_index) if isinstance(self.images, ShardedImages) else self.images[mask_or_index]
+        images = (
+            self.images.view(mask_or_index)
+            if isinstance(self.images, ShardedImages)
+            else self.images[mask_or_index]
+        )
         return FactorDataset(images, self.factors[mask_or_index], self.spec, self.source)
 
 
-def load_data(ref: str, size: int | None = None, factors: list[str] | None = None, n: int | None = None, seed: int = 0) -> FactorDataset:
+def load_data(
+    ref: str, size: int | None = None, factors: list[str] | None = None, n: int | None = None, seed: int = 0
+) -> FactorDataset:
     """Load a dataset from a reference string.
 
     ``size`` is the image size to return (None: 32 for the replica, the files' own size otherwise).
@@ -85,7 +93,9 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
         data = read_table(Path(arg), factors=factors)
         if size is not None and data.size != size:
             if data.size % size:
-                raise FactordiffError(f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)")
+                raise FactordiffError(
+                    f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model size {size} (set --size)"
+                )
             data.images = resize_images(data.images, size)
         return data
     if kind == "shards" and arg:
@@ -93,6 +103,10 @@ def load_data(ref: str, size: int | None = None, factors: list[str] | None = Non
 
         data = open_shards(Path(arg))
         if size is not None and data.size != size:
-            raise FactordiffError(f"{arg}: packed images are {data.size}x{data.size}, not {size}; pack them at --size {size}")
+            raise FactordiffError(
+                f"{arg}: packed images are {data.size}x{data.size}, not {size}; pack them at --size {size}"
+            )
         return data
-    raise FactordiffError(f"--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR' or 'profiles:TABLE', got {ref!r}")
+    raise FactordiffError(
+        f"--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR' or 'profiles:TABLE', got {ref!r}"
+    )

@@ -62,21 +62,29 @@ class FieldTable:
         return read_field(self.files[i], self.channels, bit_depth, where=f"{self.source} field {i}")
 
 
-def read_field(files: Sequence[Path], channels: Sequence[str], bit_depth: int | None = None, where: str = "") -> np.ndarray:
+def read_field(
+    files: Sequence[Path], channels: Sequence[str], bit_depth: int | None = None, where: str = ""
+) -> np.ndarray:
     """One field as (C, H, W), uint16 (or uint8 where every file is 8-bit).
 
     Each file must be one 2-D grayscale image of ``bit_depth`` bits when given (8 or 16), all of
     one size. Raises ``FactordiffError`` naming the file and channel otherwise."""
     if len(files) != len(channels):
-        raise FactordiffError(f"{where}: {len(files)} files for {len(channels)} channels ({', '.join(channels)})")
+        raise FactordiffError(
+            f"{where}: {len(files)} files for {len(channels)} channels ({', '.join(channels)})"
+        )
     planes = []
     for path, name in zip(files, channels):
         plane = _read_plane(Path(path), name)
         depth = plane.dtype.itemsize * 8
         if bit_depth is not None and depth != bit_depth:
-            raise FactordiffError(f"{path}: channel {name} is {depth}-bit; expected {bit_depth}-bit like the assay's config")
+            raise FactordiffError(
+                f"{path}: channel {name} is {depth}-bit; expected {bit_depth}-bit like the assay's config"
+            )
         if planes and plane.shape != planes[0].shape:
-            raise FactordiffError(f"{path}: channel {name} is {plane.shape[1]}x{plane.shape[0]} pixels; expected {planes[0].shape[1]}x{planes[0].shape[0]} like channel {channels[0]}")
+            raise FactordiffError(
+                f"{path}: channel {name} is {plane.shape[1]}x{plane.shape[0]} pixels; expected {planes[0].shape[1]}x{planes[0].shape[0]} like channel {channels[0]}"
+            )
         planes.append(plane)
     dtype = np.uint8 if all(p.dtype == np.uint8 for p in planes) else np.uint16
     return np.stack([p.astype(dtype) for p in planes])
@@ -100,18 +108,26 @@ def _read_plane(path: Path, channel: str) -> np.ndarray:
         elif suffix == ".npy":
             plane = np.load(path, allow_pickle=False)
         else:
-            raise FactordiffError(f"{path}: channel {channel}: unsupported file type {suffix!r}; expected .tif, .tiff, .png or .npy")
+            raise FactordiffError(
+                f"{path}: channel {channel}: unsupported file type {suffix!r}; expected .tif, .tiff, .png or .npy"
+            )
     except FactordiffError:
         raise
     except Exception as e:  # tifffile, Pillow and numpy raise many types for corrupt files
-        raise FactordiffError(f"{path}: channel {channel}: unreadable or corrupt ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise FactordiffError(
+            f"{path}: channel {channel}: unreadable or corrupt ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
     plane = np.squeeze(plane)
     if plane.size == 0:
         raise FactordiffError(f"{path}: channel {channel} holds no pixels (empty or corrupt file)")
     if plane.ndim != 2:
-        raise FactordiffError(f"{path}: channel {channel} holds an array of shape {plane.shape}; expected one grayscale image (H, W)")
+        raise FactordiffError(
+            f"{path}: channel {channel} holds an array of shape {plane.shape}; expected one grayscale image (H, W)"
+        )
     if plane.dtype.kind != "u" or plane.dtype.itemsize not in (1, 2):
-        raise FactordiffError(f"{path}: channel {channel} has {plane.dtype} pixels; expected 8- or 16-bit unsigned integers")
+        raise FactordiffError(
+            f"{path}: channel {channel} has {plane.dtype} pixels; expected 8- or 16-bit unsigned integers"
+        )
     return plane
 
 
@@ -121,15 +137,23 @@ def _table(path: Path):
     if not path.is_file():
         raise FactordiffError(f"{path}: no such table")
     try:
-        return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+        return (
+            pd.read_parquet(path)
+            if path.suffix.lower() == ".parquet"
+            else pd.read_csv(path, dtype=str, keep_default_na=False)
+        )
     except Exception as e:
-        raise FactordiffError(f"{path}: unreadable table ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise FactordiffError(
+            f"{path}: unreadable table ({type(e).__name__}: {' '.join(str(e).split())})"
+        ) from None
 
 
 def _require(df, columns: Sequence[str], where: Path) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise FactordiffError(f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        raise FactordiffError(
+            f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        )
 
 
 def _joined(folder: str, name: str) -> str:
@@ -138,7 +162,9 @@ def _joined(folder: str, name: str) -> str:
 
 def _local(path_text: str, base: Path, where: str) -> Path:
     if re.match(r"^[a-z][a-z0-9+.-]*://", path_text, re.IGNORECASE):
-        raise FactordiffError(f"{where}: {path_text} is a remote path; factordiff downloads nothing: copy the images locally and point PathName_* (or --root) at them")
+        raise FactordiffError(
+            f"{where}: {path_text} is a remote path; factordiff downloads nothing: copy the images locally and point PathName_* (or --root) at them"
+        )
     p = Path(path_text)
     return p if p.is_absolute() else base / p
 
@@ -147,16 +173,32 @@ def _metadata(df, columns: Sequence[str]) -> dict[str, np.ndarray]:
     return {c: df[c].astype(str).to_numpy() for c in columns}
 
 
-def load_data_fields(table: Path, channels: Sequence[str] = CELL_PAINTING, root: Path | None = None) -> FieldTable:
+def load_data_fields(
+    table: Path, channels: Sequence[str] = CELL_PAINTING, root: Path | None = None
+) -> FieldTable:
     """A JUMP / Cell Painting Gallery ``load_data`` table: ``FileName_Orig<Ch>`` and
     ``PathName_Orig<Ch>`` for each of ``channels``, plus every ``Metadata_*`` column."""
     table = Path(table)
     df = _table(table)
     _require(df, [f"{kind}_Orig{c}" for c in channels for kind in ("FileName", "PathName")], table)
     base = Path(root) if root else table.parent
-    files = [[_local(_joined(str(r[f"PathName_Orig{c}"]), str(r[f"FileName_Orig{c}"])), base, f"{table} row {i + 1}") for c in channels]
-             for i, r in enumerate(df.to_dict("records"))]
-    return FieldTable(tuple(channels), files, _metadata(df, [c for c in df.columns if c.startswith("Metadata_")]), str(table))
+    files = [
+        [
+            _local(
+                _joined(str(r[f"PathName_Orig{c}"]), str(r[f"FileName_Orig{c}"])),
+                base,
+                f"{table} row {i + 1}",
+            )
+            for c in channels
+        ]
+        for i, r in enumerate(df.to_dict("records"))
+    ]
+    return FieldTable(
+        tuple(channels),
+        files,
+        _metadata(df, [c for c in df.columns if c.startswith("Metadata_")]),
+        str(table),
+    )
 
 
 def phenix_fields(folder: Path, channel_map: dict[str, int], plate: str | None = None) -> FieldTable:
@@ -183,15 +225,24 @@ def phenix_fields(folder: Path, channel_map: dict[str, int], plate: str | None =
         well = f"{chr(64 + r)}{c:02d}"
         missing = [f"{n} (ch{k})" for n, k in zip(names, numbers) if k not in chans]
         if missing:
-            raise FactordiffError(f"{folder}: well {well} field {f} plane {pl}: no file for channel {', '.join(missing)}; "
-                                  f"channels on disk: {', '.join(f'ch{k}' for k in sorted(chans))}")
+            raise FactordiffError(
+                f"{folder}: well {well} field {f} plane {pl}: no file for channel {', '.join(missing)}; "
+                f"channels on disk: {', '.join(f'ch{k}' for k in sorted(chans))}"
+            )
         files.append([chans[k] for k in numbers])
-        for k, v in (("Metadata_Plate", plate or folder.name), ("Metadata_Well", well), ("Metadata_Site", str(f)), ("Metadata_Plane", str(pl))):
+        for k, v in (
+            ("Metadata_Plate", plate or folder.name),
+            ("Metadata_Well", well),
+            ("Metadata_Site", str(f)),
+            ("Metadata_Plane", str(pl)),
+        ):
             meta[k].append(v)
     return FieldTable(tuple(names), files, {k: np.asarray(v) for k, v in meta.items()}, str(folder))
 
 
-def rxrx_fields(metadata_csv: Path, channel_map: dict[str, int] | None = None, root: Path | None = None) -> FieldTable:
+def rxrx_fields(
+    metadata_csv: Path, channel_map: dict[str, int] | None = None, root: Path | None = None
+) -> FieldTable:
     """RxRx1 / RxRx3: ``metadata.csv`` (``experiment``, ``plate``, ``well`` or ``address``, ``site``)
     and ``<root>/images/<experiment>/Plate<plate>/<well>_s<site>_w<N>.png``. Every metadata
     column is kept, prefixed ``Metadata_``."""
@@ -201,7 +252,13 @@ def rxrx_fields(metadata_csv: Path, channel_map: dict[str, int] | None = None, r
     _require(df, ["experiment", "plate", well, "site"], metadata_csv)
     cmap = channel_map or RXRX_CHANNELS
     base = (Path(root) if root else metadata_csv.parent) / "images"
-    files = [[base / str(r["experiment"]) / f"Plate{r['plate']}" / f"{r[well]}_s{r['site']}_w{k}.png" for k in cmap.values()] for r in df.to_dict("records")]
+    files = [
+        [
+            base / str(r["experiment"]) / f"Plate{r['plate']}" / f"{r[well]}_s{r['site']}_w{k}.png"
+            for k in cmap.values()
+        ]
+        for r in df.to_dict("records")
+    ]
     meta = {f"Metadata_{c}": df[c].astype(str).to_numpy() for c in df.columns}
     return FieldTable(tuple(cmap), files, meta, str(metadata_csv))
 
@@ -214,18 +271,35 @@ def bbbc021_fields(image_csv: Path, root: Path | None = None) -> FieldTable:
     image_csv = Path(image_csv)
     df = _table(image_csv)
     stains = list(BBBC021_CHANNELS.values())
-    named = {"Image_Metadata_Plate_DAPI": "Metadata_Plate", "Image_Metadata_Well_DAPI": "Metadata_Well",
-             "Image_Metadata_Compound": "Metadata_Compound", "Image_Metadata_Concentration": "Metadata_Concentration"}
-    _require(df, [f"Image_{k}_{s}" for s in stains for k in ("FileName", "PathName")] + list(named), image_csv)
+    named = {
+        "Image_Metadata_Plate_DAPI": "Metadata_Plate",
+        "Image_Metadata_Well_DAPI": "Metadata_Well",
+        "Image_Metadata_Compound": "Metadata_Compound",
+        "Image_Metadata_Concentration": "Metadata_Concentration",
+    }
+    _require(
+        df, [f"Image_{k}_{s}" for s in stains for k in ("FileName", "PathName")] + list(named), image_csv
+    )
     base = Path(root) if root else image_csv.parent
-    files = [[_local(_joined(str(r[f"Image_PathName_{s}"]), str(r[f"Image_FileName_{s}"])), base, f"{image_csv} row {i + 1}") for s in stains]
-             for i, r in enumerate(df.to_dict("records"))]
+    files = [
+        [
+            _local(
+                _joined(str(r[f"Image_PathName_{s}"]), str(r[f"Image_FileName_{s}"])),
+                base,
+                f"{image_csv} row {i + 1}",
+            )
+            for s in stains
+        ]
+        for i, r in enumerate(df.to_dict("records"))
+    ]
     meta = {new: df[old].astype(str).to_numpy() for old, new in named.items()}
     meta["Metadata_Batch"] = np.asarray([p.split("_")[0] for p in meta["Metadata_Plate"]])
     return FieldTable(tuple(BBBC021_CHANNELS), files, meta, str(image_csv))
 
 
-def npy_fields(index: Path, channels: Sequence[str], column: str = "path", root: Path | None = None) -> FieldTable:
+def npy_fields(
+    index: Path, channels: Sequence[str], column: str = "path", root: Path | None = None
+) -> FieldTable:
     """An index table with one ``.npy`` crop per row in ``column``, each (C, H, W) with C =
     len(``channels``); the other columns are metadata. ``read_field`` of such a table reads the
     array (its channel count checked against ``channels``)."""
@@ -234,7 +308,11 @@ def npy_fields(index: Path, channels: Sequence[str], column: str = "path", root:
     _require(df, [column], index)
     base = Path(root) if root else index.parent
     files = [[_local(str(p), base, f"{index} row {i + 1}")] for i, p in enumerate(df[column])]
-    meta = {c if c.startswith("Metadata_") else f"Metadata_{c}": df[c].astype(str).to_numpy() for c in df.columns if c != column}
+    meta = {
+        c if c.startswith("Metadata_") else f"Metadata_{c}": df[c].astype(str).to_numpy()
+        for c in df.columns
+        if c != column
+    }
     return _NpyTable(tuple(channels), files, meta, str(index))
 
 
@@ -246,15 +324,27 @@ class _NpyTable(FieldTable):
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise FactordiffError(f"{path}: unreadable .npy ({type(e).__name__}: {' '.join(str(e).split())})") from None
+            raise FactordiffError(
+                f"{path}: unreadable .npy ({type(e).__name__}: {' '.join(str(e).split())})"
+            ) from None
         if arr.ndim != 3 or arr.shape[0] != len(self.channels):
-            raise FactordiffError(f"{path}: array of shape {arr.shape}; expected ({len(self.channels)}, H, W) for channels {', '.join(self.channels)}")
-        if arr.dtype.kind != "u" or arr.dtype.itemsize not in (1, 2) or (bit_depth and arr.dtype.itemsize * 8 != bit_depth):
-            raise FactordiffError(f"{path}: {arr.dtype} pixels; expected {f'{bit_depth}-bit' if bit_depth else '8- or 16-bit'} unsigned integers")
+            raise FactordiffError(
+                f"{path}: array of shape {arr.shape}; expected ({len(self.channels)}, H, W) for channels {', '.join(self.channels)}"
+            )
+        if (
+            arr.dtype.kind != "u"
+            or arr.dtype.itemsize not in (1, 2)
+            or (bit_depth and arr.dtype.itemsize * 8 != bit_depth)
+        ):
+            raise FactordiffError(
+                f"{path}: {arr.dtype} pixels; expected {f'{bit_depth}-bit' if bit_depth else '8- or 16-bit'} unsigned integers"
+            )
         return arr
 
 
-def join_metadata(fields: FieldTable, table: Path, on: dict[str, str], prefix: str = "Metadata_") -> FieldTable:
+def join_metadata(
+    fields: FieldTable, table: Path, on: dict[str, str], prefix: str = "Metadata_"
+) -> FieldTable:
     """Add the columns of ``table`` (a plate map, a compound table with SMILES or InChIKey) to every
     field, matched on ``on`` (field metadata column -> table column). A field with no match, or a
     key that matches several rows, is an error naming it."""
@@ -263,17 +353,23 @@ def join_metadata(fields: FieldTable, table: Path, on: dict[str, str], prefix: s
     _require(df, list(on.values()), table)
     for col in on:
         if col not in fields.metadata:
-            raise FactordiffError(f"{fields.source}: no metadata column {col} to join {table.name} on; have {', '.join(fields.metadata)}")
+            raise FactordiffError(
+                f"{fields.source}: no metadata column {col} to join {table.name} on; have {', '.join(fields.metadata)}"
+            )
     keys = [tuple(str(r[c]) for c in on.values()) for r in df.to_dict("records")]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
-        raise FactordiffError(f"{table}: {', '.join(on.values())} = {', '.join(dup)} appears in more than one row")
+        raise FactordiffError(
+            f"{table}: {', '.join(on.values())} = {', '.join(dup)} appears in more than one row"
+        )
     rows = {k: i for i, k in enumerate(keys)}
     index = []
     for i in range(len(fields)):
         key = tuple(str(fields.metadata[c][i]) for c in on)
         if key not in rows:
-            raise FactordiffError(f"{table}: no row for {', '.join(f'{c}={v}' for c, v in zip(on.values(), key))} (field {i} of {fields.source})")
+            raise FactordiffError(
+                f"{table}: no row for {', '.join(f'{c}={v}' for c, v in zip(on.values(), key))} (field {i} of {fields.source})"
+            )
         index.append(rows[key])
     meta = dict(fields.metadata)
     for c in df.columns:
@@ -292,7 +388,9 @@ def illumination_functions(folder: Path, plate: str, channels: Sequence[str]) ->
             raise FactordiffError(f"{path}: no illumination function for channel {c} of plate {plate}")
         fn = np.load(path, allow_pickle=False).astype(np.float32)
         if fn.ndim != 2 or not np.isfinite(fn).all() or fn.min() <= 0:
-            raise FactordiffError(f"{path}: expected a 2-D array of positive finite values, got {fn.dtype} {fn.shape}")
+            raise FactordiffError(
+                f"{path}: expected a 2-D array of positive finite values, got {fn.dtype} {fn.shape}"
+            )
         out.append(fn)
     return np.stack(out)
 
@@ -300,7 +398,9 @@ def illumination_functions(folder: Path, plate: str, channels: Sequence[str]) ->
 def correct_illumination(field: np.ndarray, functions: np.ndarray) -> np.ndarray:
     """``field`` (C, H, W) divided by the illumination functions, as float32."""
     if functions.shape != field.shape:
-        raise FactordiffError(f"illumination functions of shape {functions.shape} for a field of shape {field.shape}")
+        raise FactordiffError(
+            f"illumination functions of shape {functions.shape} for a field of shape {field.shape}"
+        )
     return field.astype(np.float32) / functions
 
 
@@ -359,7 +459,9 @@ class PlateScaler:
             by.setdefault(str(p), []).append(f.reshape(f.shape[0], -1))
         for p, fs in by.items():
             x = np.concatenate(fs, 1).astype(np.float32)
-            self.bounds[p] = np.stack([np.percentile(x, self.low, axis=1), np.percentile(x, self.high, axis=1)], 1)
+            self.bounds[p] = np.stack(
+                [np.percentile(x, self.low, axis=1), np.percentile(x, self.high, axis=1)], 1
+            )
         return self
 
     def __call__(self, plate: str, field: np.ndarray) -> np.ndarray:
@@ -381,20 +483,26 @@ def parse_channels(text: str | None, numbered: bool) -> dict[str, int] | list[st
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not numbered:
         if any("=" in t for t in items):
-            raise FactordiffError(f"--channels {text!r}: expected channel names in order, e.g. DNA,ER,RNA,AGP,Mito")
+            raise FactordiffError(
+                f"--channels {text!r}: expected channel names in order, e.g. DNA,ER,RNA,AGP,Mito"
+            )
         return items
     out: dict[str, int] = {}
     for t in items:
         name, sep, num = t.partition("=")
         if not sep or not num.strip().isdigit():
-            raise FactordiffError(f"--channels {text!r}: expected NAME=NUMBER pairs in order, e.g. DNA=5,ER=2,RNA=6,AGP=3,Mito=4")
+            raise FactordiffError(
+                f"--channels {text!r}: expected NAME=NUMBER pairs in order, e.g. DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
+            )
         out[name.strip()] = int(num)
     if len(set(out.values())) != len(out):
         raise FactordiffError(f"--channels {text!r}: a channel number appears twice")
     return out
 
 
-def open_fields(ref: str, channels: str | None = None, root: Path | None = None, plate: str | None = None) -> FieldTable:
+def open_fields(
+    ref: str, channels: str | None = None, root: Path | None = None, plate: str | None = None
+) -> FieldTable:
     """A field table from ``KIND:PATH`` (``phenix:DIR``, ``load_data:TABLE``, ``rxrx:metadata.csv``,
     ``bbbc021:BBBC021_v1_image.csv``, ``npy:INDEX.csv``) and ``--channels`` text."""
     kind, _, arg = ref.partition(":")
@@ -404,7 +512,9 @@ def open_fields(ref: str, channels: str | None = None, root: Path | None = None,
     if kind == "phenix":
         cmap = parse_channels(channels, True)
         if cmap is None:
-            raise FactordiffError("phenix: --channels is required (which ch number holds which stain), e.g. DNA=5,ER=2,RNA=6,AGP=3,Mito=4")
+            raise FactordiffError(
+                "phenix: --channels is required (which ch number holds which stain), e.g. DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
+            )
         return phenix_fields(path, cmap, plate)
     if kind == "rxrx":
         return rxrx_fields(path, parse_channels(channels, True), root)
@@ -427,19 +537,36 @@ def check_fields(fields: FieldTable, bit_depth: int | None = None, progress: boo
         raise FactordiffError(f"{fields.source}: no fields")
     shape, dtype, samples = None, None, [[] for _ in fields.channels]
     rng = np.random.default_rng(0)
-    for i in tqdm(range(len(fields)), desc="reading fields", unit="field", disable=not (progress and len(fields) >= 20 and sys.stderr.isatty())):
+    for i in tqdm(
+        range(len(fields)),
+        desc="reading fields",
+        unit="field",
+        disable=not (progress and len(fields) >= 20 and sys.stderr.isatty()),
+    ):
         f = fields.field(i, bit_depth)
         if shape is None:
             shape, dtype = f.shape, f.dtype
         elif f.shape != shape:
-            raise FactordiffError(f"{fields.source} field {i} ({fields.files[i][0]}): shape {f.shape}; expected {shape} like field 0")
+            raise FactordiffError(
+                f"{fields.source} field {i} ({fields.files[i][0]}): shape {f.shape}; expected {shape} like field 0"
+            )
         flat = f.reshape(f.shape[0], -1)
         pick = rng.choice(flat.shape[1], min(flat.shape[1], 4096), replace=False)
         for c in range(len(fields.channels)):
             samples[c].append(flat[c, pick])
-    pct = {name: [float(v) for v in np.percentile(np.concatenate(s), [1, 50, 99.9])] for name, s in zip(fields.channels, samples)}
-    return {"fields": len(fields), "channels": list(fields.channels), "height": int(shape[1]), "width": int(shape[2]), "dtype": str(dtype),
-            "percentiles_1_50_99.9": pct, "metadata": sorted(fields.metadata)}
+    pct = {
+        name: [float(v) for v in np.percentile(np.concatenate(s), [1, 50, 99.9])]
+        for name, s in zip(fields.channels, samples)
+    }
+    return {
+        "fields": len(fields),
+        "channels": list(fields.channels),
+        "height": int(shape[1]),
+        "width": int(shape[2]),
+        "dtype": str(dtype),
+        "percentiles_1_50_99.9": pct,
+        "metadata": sorted(fields.metadata),
+    }
 
 
 def write_index(fields: FieldTable, out: Path) -> None:

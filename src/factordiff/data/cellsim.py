@@ -61,23 +61,38 @@ CELL_LINES = ("A549", "U2OS")
 SOURCES = ("source_1", "source_2")
 BATCHES = ("batch_1", "batch_2", "batch_3", "batch_4")  # batch_1, _2 in source_1; _3, _4 in source_2
 PLATES = tuple(f"plate_{i}" for i in range(1, 9))  # two per batch, in order
-BIO_PARAMS = ("nucleus_size", "cell_size", "elongation", "dna", "er", "nucleoli", "agp_edge", "mito_count", "mito")
+BIO_PARAMS = (
+    "nucleus_size",
+    "cell_size",
+    "elongation",
+    "dna",
+    "er",
+    "nucleoli",
+    "agp_edge",
+    "mito_count",
+    "mito",
+)
 # per cell line: the base value of each biological parameter (sizes in pixels at size 64)
-_BASE = {"A549": (5.5, 12.0, 1.15, 1.0, 1.0, 3.0, 1.0, 10.0, 1.0), "U2OS": (6.5, 14.0, 1.45, 0.85, 1.2, 4.0, 0.8, 14.0, 0.9)}
+_BASE = {
+    "A549": (5.5, 12.0, 1.15, 1.0, 1.0, 3.0, 1.0, 10.0, 1.0),
+    "U2OS": (6.5, 14.0, 1.45, 0.85, 1.2, 4.0, 0.8, 14.0, 0.9),
+}
 EFFECT_SCALE = 0.45  # log-scale change of each parameter at the top dose for a unit effect
 FINGERPRINT_BITS = 1024
 ASSAY_SEED = 0  # fixes the assay's chemistry and instruments; a dataset's seed only draws fields and cells
 
 
 def cellsim_spec() -> FactorSpec:
-    return FactorSpec((
-        Factor("compound", tuple(COMPOUNDS), "categorical", "biological"),
-        Factor("dose", DOSES, "ordinal", "biological"),
-        Factor("cell_line", CELL_LINES, "categorical", "biological"),
-        Factor("source", SOURCES, "categorical", "technical"),
-        Factor("batch", BATCHES, "categorical", "technical"),
-        Factor("plate", PLATES, "categorical", "technical"),
-    ))
+    return FactorSpec(
+        (
+            Factor("compound", tuple(COMPOUNDS), "categorical", "biological"),
+            Factor("dose", DOSES, "ordinal", "biological"),
+            Factor("cell_line", CELL_LINES, "categorical", "biological"),
+            Factor("source", SOURCES, "categorical", "technical"),
+            Factor("batch", BATCHES, "categorical", "technical"),
+            Factor("plate", PLATES, "categorical", "technical"),
+        )
+    )
 
 
 def morgan(smiles: list[str], bits: int = FINGERPRINT_BITS, radius: int = 2) -> np.ndarray:
@@ -99,7 +114,9 @@ def morgan(smiles: list[str], bits: int = FINGERPRINT_BITS, radius: int = 2) -> 
 def _projection(seed: int = 0) -> np.ndarray:
     """The fixed map fingerprint -> effect, (BIO_PARAMS, bits); the assay's chemistry."""
     rng = np.random.default_rng(1_000_003 + seed)
-    return rng.normal(0.0, 1.0, (len(BIO_PARAMS), FINGERPRINT_BITS)) * (rng.random((len(BIO_PARAMS), FINGERPRINT_BITS)) < 0.15)
+    return rng.normal(0.0, 1.0, (len(BIO_PARAMS), FINGERPRINT_BITS)) * (
+        rng.random((len(BIO_PARAMS), FINGERPRINT_BITS)) < 0.15
+    )
 
 
 def compound_effect(smiles: str | list[str], seed: int = 0) -> np.ndarray:
@@ -112,7 +129,9 @@ def compound_effect(smiles: str | list[str], seed: int = 0) -> np.ndarray:
     return e[0] if isinstance(smiles, str) else e
 
 
-def biology(compound: str, dose: float, cell_line: str, seed: int = 0, smiles: str | None = None) -> np.ndarray:
+def biology(
+    compound: str, dose: float, cell_line: str, seed: int = 0, smiles: str | None = None
+) -> np.ndarray:
     """The biological parameters (BIO_PARAMS) of a compound (by name, or any ``smiles``) at ``dose``
     in ``cell_line``: the line's base values times exp(EFFECT_SCALE * effect * dose fraction),
     the dose fraction log-scaled (0.1 uM -> 1/3, 1 -> 2/3, 10 -> 1)."""
@@ -128,14 +147,24 @@ def biology(compound: str, dose: float, cell_line: str, seed: int = 0, smiles: s
 def technique(source: str, batch: str, plate: str, seed: int = 0) -> dict[str, np.ndarray | float]:
     """The technical parameters of a plate: per-channel ``gain`` and ``offset``, ``background``,
     illumination gradient ``illum_strength`` and ``illum_angle``, ``blur`` (pixels) and ``noise``."""
-    for name, value, values in (("source", source, SOURCES), ("batch", batch, BATCHES), ("plate", plate, PLATES)):
+    for name, value, values in (
+        ("source", source, SOURCES),
+        ("batch", batch, BATCHES),
+        ("plate", plate, PLATES),
+    ):
         if value not in values:
             raise FactordiffError(f"{name} {value!r}: expected one of {', '.join(values)}")
     s, b, p = SOURCES.index(source), BATCHES.index(batch), PLATES.index(plate)
     rs, rb, rp = (np.random.default_rng([seed, 17, k, i]) for k, i in ((1, s), (2, b), (3, p)))
-    return {"gain": np.exp(rb.normal(0, 0.3, 5)) * np.exp(rp.normal(0, 0.06, 5)), "offset": rb.uniform(100, 600, 5),
-            "background": float(rb.uniform(0.0, 0.08)), "illum_strength": float(rb.uniform(0.1, 0.4)), "illum_angle": float(rb.uniform(0, 2 * np.pi)),
-            "blur": float(rs.uniform(0.4, 1.4)), "noise": float(rs.uniform(0.01, 0.04))}
+    return {
+        "gain": np.exp(rb.normal(0, 0.3, 5)) * np.exp(rp.normal(0, 0.06, 5)),
+        "offset": rb.uniform(100, 600, 5),
+        "background": float(rb.uniform(0.0, 0.08)),
+        "illum_strength": float(rb.uniform(0.1, 0.4)),
+        "illum_angle": float(rb.uniform(0, 2 * np.pi)),
+        "blur": float(rs.uniform(0.4, 1.4)),
+        "noise": float(rs.uniform(0.01, 0.04)),
+    }
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -145,7 +174,17 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return x / (x.std() + 1e-8)
 
 
-def _inside(rng: np.random.Generator, cy: float, cx: float, a: float, b: float, c: float, s: float, r0: float, r1: float) -> tuple[float, float]:
+def _inside(
+    rng: np.random.Generator,
+    cy: float,
+    cx: float,
+    a: float,
+    b: float,
+    c: float,
+    s: float,
+    r0: float,
+    r1: float,
+) -> tuple[float, float]:
     """A random point of the ellipse (semi-axes a, b, rotated by (c, s) = (cos, sin)) between the
     relative radii r0 and r1, as image (y, x)."""
     r, t = rng.uniform(r0, r1), rng.uniform(0, 2 * np.pi)
@@ -153,7 +192,9 @@ def _inside(rng: np.random.Generator, cy: float, cx: float, a: float, b: float, 
     return cy + u * s + v * c, cx + u * c - v * s
 
 
-def render_field(bio: np.ndarray, tech: dict, size: int, rng: np.random.Generator, well: tuple[int, int] = (8, 12)) -> np.ndarray:
+def render_field(
+    bio: np.ndarray, tech: dict, size: int, rng: np.random.Generator, well: tuple[int, int] = (8, 12)
+) -> np.ndarray:
     """One field (5, size, size) uint16 of cells with parameters ``bio`` imaged with ``tech``."""
     from scipy.ndimage import gaussian_filter
 
@@ -179,7 +220,9 @@ def render_field(bio: np.ndarray, tech: dict, size: int, rng: np.random.Generato
         for _ in range(int(rng.poisson(nucleoli))):
             py, px = _inside(rng, cy, cx, na, nb, c, s, 0.0, 0.6)
             img[2] += 0.9 * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.9 * k) ** 2))
-        img[3] += agp * (np.abs(d_cell - 0.92) < 0.1) + 0.25 * agp * cyto * (0.5 + 0.5 * np.sin(2.5 * v / k) ** 2)
+        img[3] += agp * (np.abs(d_cell - 0.92) < 0.1) + 0.25 * agp * cyto * (
+            0.5 + 0.5 * np.sin(2.5 * v / k) ** 2
+        )
         for _ in range(int(rng.poisson(mito_n))):
             py, px = _inside(rng, cy, cx, a, b, c, s, 0.4, 0.9)
             img[4] += mito * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.8 * k) ** 2))
@@ -242,7 +285,9 @@ def cellsim(size: int = 64, n: int | None = None, seed: int = 0) -> FactorDatase
         raise FactordiffError(f"cellsim: size {size}; expected a power of two of at least 16")
     factors = sample_factors(n or 12000, seed)
     fields = render(factors, size, seed)
-    return FactorDataset(np.ascontiguousarray(to_uint8(fields).transpose(0, 2, 3, 1)), factors, cellsim_spec(), "cellsim")
+    return FactorDataset(
+        np.ascontiguousarray(to_uint8(fields).transpose(0, 2, 3, 1)), factors, cellsim_spec(), "cellsim"
+    )
 
 
 def structure_ceiling(unseen: list[str], known: list[str], seed: int = 0) -> dict[str, dict[str, float]]:
@@ -260,7 +305,9 @@ def structure_ceiling(unseen: list[str], known: list[str], seed: int = 0) -> dic
     for c in unseen:
         fu = perturbation_features("morgan", [COMPOUNDS[c]], set())
         pred, true = fit.predict(fu)[0], compound_effect(COMPOUNDS[c], seed)
-        out[c] = {"cosine": float(pred @ true / max(np.linalg.norm(pred) * np.linalg.norm(true), 1e-12)),
-                  "closer_than_control": bool(np.linalg.norm(pred - true) < np.linalg.norm(true)),
-                  "nearest_known_tanimoto": float(tanimoto(fu, fk).max())}
+        out[c] = {
+            "cosine": float(pred @ true / max(np.linalg.norm(pred) * np.linalg.norm(true), 1e-12)),
+            "closer_than_control": bool(np.linalg.norm(pred - true) < np.linalg.norm(true)),
+            "nearest_known_tanimoto": float(tanimoto(fu, fk).max()),
+        }
     return out

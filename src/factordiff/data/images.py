@@ -36,10 +36,21 @@ PROGRESS_MIN_FILES = 200  # below this many files no progress bar is shown
 
 # Pillow modes and what they become: a mode to convert to, or None to keep the pixels as they are.
 _PILLOW_MODES: dict[str, str | None] = {
-    "L": None, "RGB": None, "RGBA": None,
-    "I;16": None, "I;16L": None, "I;16B": None, "I;16N": None,
-    "P": "RGB", "PA": "RGBA", "LA": "RGBA", "La": "RGBA", "RGBa": "RGBA", "RGBX": "RGB",
-    "CMYK": "RGB", "YCbCr": "RGB",
+    "L": None,
+    "RGB": None,
+    "RGBA": None,
+    "I;16": None,
+    "I;16L": None,
+    "I;16B": None,
+    "I;16N": None,
+    "P": "RGB",
+    "PA": "RGBA",
+    "LA": "RGBA",
+    "La": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
 }
 # Pillow modes refused, with the bit depth they stand for (for the message).
 _PILLOW_REJECTED = {"1": "1-bit", "I": "32-bit integer", "F": "32-bit float"}
@@ -59,7 +70,9 @@ def read_image(path: Path) -> np.ndarray:
         raise FactordiffError(f"{path}: empty file (0 bytes); expected an image")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise FactordiffError(f"{path}: unsupported image format {suffix or '(no suffix)'!r}; expected one of {' '.join(IMAGE_SUFFIXES)}")
+        raise FactordiffError(
+            f"{path}: unsupported image format {suffix or '(no suffix)'!r}; expected one of {' '.join(IMAGE_SUFFIXES)}"
+        )
     pixels = _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_pillow(path)
     return _to_uint8_hwc(pixels, path)
 
@@ -83,7 +96,9 @@ def _read_pillow(path: Path) -> np.ndarray:
                 target = "RGBA"
             return np.asarray(im.convert(target) if target else im)
     except UnidentifiedImageError:
-        raise FactordiffError(f"{path}: not a PNG, JPEG or BMP image (unrecognised or corrupt contents)") from None
+        raise FactordiffError(
+            f"{path}: not a PNG, JPEG or BMP image (unrecognised or corrupt contents)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise FactordiffError(f"{path}: truncated or corrupt image ({_one_line(e)})") from None
 
@@ -97,12 +112,16 @@ def _read_tiff(path: Path) -> np.ndarray:
             series = tif.series[0]
             axes, pixels = series.axes, series.asarray()
     except Exception as e:  # tifffile raises many types (TiffFileError, ValueError, zlib.error, ...)
-        raise FactordiffError(f"{path}: truncated or corrupt TIFF ({type(e).__name__}: {_one_line(e)})") from None
+        raise FactordiffError(
+            f"{path}: truncated or corrupt TIFF ({type(e).__name__}: {_one_line(e)})"
+        ) from None
     if axes == "SYX":  # planar configuration: channels first
         return np.moveaxis(pixels, 0, -1)
     if axes in ("YX", "YXS"):
         return pixels
-    raise FactordiffError(f"{path}: TIFF holds an array of shape {pixels.shape} (axes {axes}); expected one 2-D image (H, W) or (H, W, C)")
+    raise FactordiffError(
+        f"{path}: TIFF holds an array of shape {pixels.shape} (axes {axes}); expected one 2-D image (H, W) or (H, W, C)"
+    )
 
 
 def _to_uint8_hwc(pixels: np.ndarray, path: Path) -> np.ndarray:
@@ -114,7 +133,9 @@ def _to_uint8_hwc(pixels: np.ndarray, path: Path) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
-        raise FactordiffError(f"{path}: image of shape {pixels.shape}; expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels")
+        raise FactordiffError(
+            f"{path}: image of shape {pixels.shape}; expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels"
+        )
     return np.array(pixels, dtype=np.uint8, order="C")  # a writable copy in native order
 
 

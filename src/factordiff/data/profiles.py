@@ -30,7 +30,21 @@ from factordiff.factors import Factor, FactorSpec
 
 Normalize = Literal["none", "plate", "controls"]
 NORMALIZE: tuple[str, ...] = ("none", "plate", "controls")
-TECHNICAL_WORDS = ("batch", "plate", "well", "site", "source", "row", "col", "date", "barcode", "replicate", "week", "microscope", "lab")
+TECHNICAL_WORDS = (
+    "batch",
+    "plate",
+    "well",
+    "site",
+    "source",
+    "row",
+    "col",
+    "date",
+    "barcode",
+    "replicate",
+    "week",
+    "microscope",
+    "lab",
+)
 MAD_TO_SD = 1.4826  # scales the median absolute deviation to a standard deviation under normality
 
 
@@ -62,8 +76,16 @@ class ProfileTable:
         return len(self.features)
 
     def subset(self, mask_or_index: np.ndarray) -> "ProfileTable":
-        return ProfileTable(self.features[mask_or_index], self.factors[mask_or_index], self.spec, self.feature_names,
-                            {k: v[mask_or_index] for k, v in self.metadata.items()}, self.rows[mask_or_index], self.source, self.cleaning)
+        return ProfileTable(
+            self.features[mask_or_index],
+            self.factors[mask_or_index],
+            self.spec,
+            self.feature_names,
+            {k: v[mask_or_index] for k, v in self.metadata.items()},
+            self.rows[mask_or_index],
+            self.source,
+            self.cleaning,
+        )
 
 
 def is_metadata(column: str) -> bool:
@@ -88,7 +110,9 @@ def _read_frame(path: Path):
         if name.endswith(".csv") or name.endswith(".csv.gz"):
             return pd.read_csv(path, low_memory=False)
     except Exception as e:  # pandas and pyarrow raise many types for a corrupt file
-        raise FactordiffError(f"{path}: cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise FactordiffError(
+            f"{path}: cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None
     raise FactordiffError(f"{path}: expected a .csv, .csv.gz or .parquet profile table")
 
 
@@ -106,7 +130,12 @@ def _factor(name: str, column, role: str) -> tuple[Factor, np.ndarray]:
     return Factor(name, tuple(str(v) for v in values), "categorical", role), idx.astype(np.int64)
 
 
-def read_profiles(path: Path | str, factors: list[str] | None = None, roles: dict[str, str] | None = None, max_missing: float = 0.05) -> ProfileTable:
+def read_profiles(
+    path: Path | str,
+    factors: list[str] | None = None,
+    roles: dict[str, str] | None = None,
+    max_missing: float = 0.05,
+) -> ProfileTable:
     """Read and clean a profile table (see the module docstring).
 
     Args:
@@ -126,26 +155,34 @@ def read_profiles(path: Path | str, factors: list[str] | None = None, roles: dic
     if factors:
         missing = [c for c in factors if c not in columns]
         if missing:
-            raise FactordiffError(f"{path}: no column {', '.join(map(repr, missing))}; metadata columns are {', '.join(meta_cols[:15]) or 'none'}")
+            raise FactordiffError(
+                f"{path}: no column {', '.join(map(repr, missing))}; metadata columns are {', '.join(meta_cols[:15]) or 'none'}"
+            )
         names = list(factors)
     else:
         many = [c for c in meta_cols if df[c].nunique(dropna=False) > 1]
         names = [c for c in many if df[c].nunique(dropna=False) < len(df)]
         cleaning["identifier_columns_skipped"] = [c for c in many if c not in names]
         if not names:
-            raise FactordiffError(f"{path}: no Metadata_* column with more than one value; name the factor columns with --factors")
+            raise FactordiffError(
+                f"{path}: no Metadata_* column with more than one value; name the factor columns with --factors"
+            )
     meta_cols += [c for c in names if c not in meta_cols]
     feature_cols = [c for c in columns if c not in meta_cols]
     if not feature_cols:
         raise FactordiffError(f"{path}: no feature columns (every column is metadata)")
     non_numeric = [c for c in feature_cols if not _is_numeric(df[c])]
     if non_numeric:
-        raise FactordiffError(f"{path}: feature column(s) {', '.join(non_numeric[:5])}{' ...' if len(non_numeric) > 5 else ''} are not numeric; "
-                              "name metadata columns Metadata_* or drop them")
+        raise FactordiffError(
+            f"{path}: feature column(s) {', '.join(non_numeric[:5])}{' ...' if len(non_numeric) > 5 else ''} are not numeric; "
+            "name metadata columns Metadata_* or drop them"
+        )
     values = df[feature_cols].to_numpy(np.float64)
     infinite = [feature_cols[j] for j in np.flatnonzero(np.isinf(values).any(0))]
     if infinite:
-        raise FactordiffError(f"{path}: infinite values in feature column(s) {', '.join(infinite[:5])}{' ...' if len(infinite) > 5 else ''}")
+        raise FactordiffError(
+            f"{path}: infinite values in feature column(s) {', '.join(infinite[:5])}{' ...' if len(infinite) > 5 else ''}"
+        )
     share = np.isnan(values).mean(0)
     keep_cols = share <= max_missing
     cleaning["columns_dropped_missing"] = [feature_cols[j] for j in np.flatnonzero(~keep_cols)]
@@ -154,7 +191,9 @@ def read_profiles(path: Path | str, factors: list[str] | None = None, roles: dic
     cleaning["rows_dropped_missing"] = int((~keep_rows).sum())
     values, df = values[keep_rows], df.loc[keep_rows]
     if not len(values):
-        raise FactordiffError(f"{path}: every row has a missing feature value; raise the missing-value cutoff")
+        raise FactordiffError(
+            f"{path}: every row has a missing feature value; raise the missing-value cutoff"
+        )
     constant = np.ptp(values, axis=0) == 0
     cleaning["columns_dropped_constant"] = [c for c, k in zip(feature_cols, constant) if k]
     values, feature_cols = values[:, ~constant], [c for c, k in zip(feature_cols, constant) if not k]
@@ -168,12 +207,22 @@ def read_profiles(path: Path | str, factors: list[str] | None = None, roles: dic
             raise FactordiffError(f"role of {name}: expected biological or technical, got {role!r}")
         built.append(_factor(name, df[name], role))
     if roles:
-        raise FactordiffError(f"--roles: {', '.join(roles)} is not a factor column; factors are {', '.join(names)}")
+        raise FactordiffError(
+            f"--roles: {', '.join(roles)} is not a factor column; factors are {', '.join(names)}"
+        )
     cleaning.update(rows=len(values), features=len(feature_cols))
     spec = FactorSpec(tuple(f for f, _ in built))
     metadata = {c: df[c].astype("string").fillna("NA").to_numpy(str) for c in meta_cols}
-    return ProfileTable(values.astype(np.float32), np.stack([i for _, i in built], 1), spec, feature_cols, metadata,
-                        np.flatnonzero(keep_rows), str(path), cleaning)
+    return ProfileTable(
+        values.astype(np.float32),
+        np.stack([i for _, i in built], 1),
+        spec,
+        feature_cols,
+        metadata,
+        np.flatnonzero(keep_rows),
+        str(path),
+        cleaning,
+    )
 
 
 def _is_numeric(column) -> bool:
@@ -187,10 +236,18 @@ def plate_column(table: ProfileTable) -> str:
     for c in table.metadata:
         if c.lower().endswith("plate"):
             return c
-    raise FactordiffError(f"{table.source}: no plate column (a metadata column named *Plate) for per-plate normalisation")
+    raise FactordiffError(
+        f"{table.source}: no plate column (a metadata column named *Plate) for per-plate normalisation"
+    )
 
 
-def normalize_plates(table: ProfileTable, mode: Normalize, fit_rows: np.ndarray, controls: np.ndarray | None = None, plate: str | None = None) -> tuple[np.ndarray, dict]:
+def normalize_plates(
+    table: ProfileTable,
+    mode: Normalize,
+    fit_rows: np.ndarray,
+    controls: np.ndarray | None = None,
+    plate: str | None = None,
+) -> tuple[np.ndarray, dict]:
     """Robust z-scores per plate, (x - median) / (1.4826 MAD), as pycytominer's ``robustize_mad``.
 
     Args:
@@ -224,5 +281,8 @@ def normalize_plates(table: ProfileTable, mode: Normalize, fit_rows: np.ndarray,
         sd = base.std(0)
         scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
         out[rows] = (table.features[rows] - med) / scale
-    return out.astype(np.float32), {"normalize": mode, "plate_column": plate, "plates": int(len(np.unique(plates)))}
-
+    return out.astype(np.float32), {
+        "normalize": mode,
+        "plate_column": plate,
+        "plates": int(len(np.unique(plates))),
+    }

@@ -220,18 +220,26 @@ def render(indices: np.ndarray, size: int = 64, supersample: int = 2, batch: int
     for i in range(0, len(idx), batch):
         b = idx[i : i + batch]
         m = maps[b[:, 4], b[:, 3], b[:, 5]]  # (B, 3 regions, H, W)
-        rgb = np.stack([hue_to_rgb(hues[b[:, k]]) for k in range(3)], 1).astype(np.float32)  # (B, 3 regions, 3)
+        rgb = np.stack([hue_to_rgb(hues[b[:, k]]) for k in range(3)], 1).astype(
+            np.float32
+        )  # (B, 3 regions, 3)
         img = np.einsum("brhw,brc->bhwc", m, rgb)
         out[i : i + batch] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return out
 
 
-def replica(size: int = 64, n: int | None = None, seed: int = 0, indices: np.ndarray | None = None) -> FactorDataset:
+def replica(
+    size: int = 64, n: int | None = None, seed: int = 0, indices: np.ndarray | None = None
+) -> FactorDataset:
     """The replica as a FactorDataset: the given ``indices``, ``n`` random combinations, or all 480,000."""
     spec = shapes_spec()
     if indices is None:
         grid = spec.grid_size
-        flat = np.arange(grid) if n is None or n >= grid else np.sort(np.random.default_rng(seed).choice(grid, n, replace=False))
+        flat = (
+            np.arange(grid)
+            if n is None or n >= grid
+            else np.sort(np.random.default_rng(seed).choice(grid, n, replace=False))
+        )
         indices = np.stack(np.unravel_index(flat, spec.sizes), axis=1)
     return FactorDataset(render(indices, size), np.asarray(indices, np.int64), spec, "shapes")
 
@@ -240,12 +248,16 @@ def labels_to_indices(labels: np.ndarray, spec: FactorSpec, where: str) -> np.nd
     """Map raw 3dshapes label values (N, 6) to value indices, rejecting values off the grid."""
     out = np.empty(labels.shape, np.int64)
     for k, f in enumerate(spec.factors):
-        grid = np.arange(f.size, dtype=float) if f.kind == "categorical" else np.asarray(f.values, dtype=float)
+        grid = (
+            np.arange(f.size, dtype=float) if f.kind == "categorical" else np.asarray(f.values, dtype=float)
+        )
         j = np.abs(labels[:, k, None] - grid[None]).argmin(1)
         bad = np.abs(grid[j] - labels[:, k]) > 1e-3 * max(1.0, float(np.abs(grid).max()))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise FactordiffError(f"{where}: labels[{row}, {k}] = {float(labels[row, k])!r} is not a value of {f.name}")
+            raise FactordiffError(
+                f"{where}: labels[{row}, {k}] = {float(labels[row, k])!r} is not a value of {f.name}"
+            )
         out[:, k] = j
     return out
 
@@ -256,7 +268,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     if h == size:
         return images
     if h % size:
-        raise FactordiffError(f"cannot resize {h}x{h} images to {size}x{size}: {h} is not a multiple of {size}")
+        raise FactordiffError(
+            f"cannot resize {h}x{h} images to {size}x{size}: {h} is not a multiple of {size}"
+        )
     f = h // size
     x = images.reshape(len(images), size, f, size, f, images.shape[3]).astype(np.float32).mean((2, 4))
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -276,10 +290,19 @@ def read_h5(path: Path, size: int | None = None, n: int | None = None, seed: int
     with f:
         for key in ("images", "labels"):
             if key not in f:
-                raise FactordiffError(f"{path}: missing dataset {key!r}; expected 'images' (N,64,64,3) uint8 and 'labels' (N,6)")
+                raise FactordiffError(
+                    f"{path}: missing dataset {key!r}; expected 'images' (N,64,64,3) uint8 and 'labels' (N,6)"
+                )
         images, labels = f["images"], f["labels"]
-        if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
-            raise FactordiffError(f"{path}: 'images' must be (N, H, H, 3) uint8, got {images.dtype} {images.shape}")
+        if (
+            images.ndim != 4
+            or images.shape[3] != 3
+            or images.shape[1] != images.shape[2]
+            or images.dtype != np.uint8
+        ):
+            raise FactordiffError(
+                f"{path}: 'images' must be (N, H, H, 3) uint8, got {images.dtype} {images.shape}"
+            )
         if labels.ndim != 2 or labels.shape != (images.shape[0], 6):
             raise FactordiffError(f"{path}: 'labels' must be ({images.shape[0]}, 6), got {labels.shape}")
         rows = np.arange(images.shape[0])
@@ -287,4 +310,6 @@ def read_h5(path: Path, size: int | None = None, n: int | None = None, seed: int
             rows = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
         imgs, labs = images[rows], np.asarray(labels[rows], dtype=np.float64)
     spec = shapes_spec()
-    return FactorDataset(resize_images(imgs, size or imgs.shape[1]), labels_to_indices(labs, spec, str(path)), spec, str(path))
+    return FactorDataset(
+        resize_images(imgs, size or imgs.shape[1]), labels_to_indices(labs, spec, str(path)), spec, str(path)
+    )

@@ -36,7 +36,13 @@ class ShardedImages:
     ``np.ndarray`` of just those images; ``view(rows)`` returns another ``ShardedImages`` without
     reading anything; ``np.asarray`` reads everything (for small data only)."""
 
-    def __init__(self, files: list[Path], counts: list[int], shape: tuple[int, int, int], rows: np.ndarray | None = None):
+    def __init__(
+        self,
+        files: list[Path],
+        counts: list[int],
+        shape: tuple[int, int, int],
+        rows: np.ndarray | None = None,
+    ):
         self.files, self.counts, self.image_shape = list(files), list(counts), tuple(shape)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.rows = np.arange(self.starts[-1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
@@ -57,9 +63,13 @@ class ShardedImages:
             try:
                 m = np.load(self.files[s], mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise FactordiffError(f"{self.files[s]}: unreadable shard ({e}); pack the data again") from None
+                raise FactordiffError(
+                    f"{self.files[s]}: unreadable shard ({e}); pack the data again"
+                ) from None
             if m.shape != (self.counts[s], *self.image_shape) or m.dtype != np.uint8:
-                raise FactordiffError(f"{self.files[s]}: expected uint8 {(self.counts[s], *self.image_shape)}, got {m.dtype} {m.shape}; pack the data again")
+                raise FactordiffError(
+                    f"{self.files[s]}: expected uint8 {(self.counts[s], *self.image_shape)}, got {m.dtype} {m.shape}; pack the data again"
+                )
             self._maps[s] = m
         return self._maps[s]
 
@@ -119,7 +129,14 @@ def pack(data, out: Path, shard_size: int = 4096, progress: bool = True) -> dict
                 shards.append({"file": name, "images": len(chunk)})
                 bar.update(len(chunk))
         np.save(tmp / "factors.npy", np.asarray(data.factors, np.int64), allow_pickle=False)
-        index = {"format": FORMAT, "images": n, "image_shape": list(data.images.shape[1:]), "spec": data.spec.to_json(), "source": data.source, "shards": shards}
+        index = {
+            "format": FORMAT,
+            "images": n,
+            "image_shape": list(data.images.shape[1:]),
+            "spec": data.spec.to_json(),
+            "source": data.source,
+            "shards": shards,
+        }
         atomic_write_json(tmp / INDEX, index)
         if out.exists():
             out.rmdir()
@@ -147,10 +164,14 @@ def open_shards(folder: Path):
         raise FactordiffError(f"{folder / 'factors.npy'}: unreadable ({e}); pack the data again") from None
     counts = [int(s["images"]) for s in index["shards"]]
     if sum(counts) != len(factors) or len(factors) != index["images"]:
-        raise FactordiffError(f"{folder}: {len(factors)} factor rows for {sum(counts)} images in the shards; pack the data again")
+        raise FactordiffError(
+            f"{folder}: {len(factors)} factor rows for {sum(counts)} images in the shards; pack the data again"
+        )
     missing = [s["file"] for s in index["shards"] if not (folder / s["file"]).is_file()]
     if missing:
-        raise FactordiffError(f"{folder}: missing shard file(s) {', '.join(missing[:3])}; pack the data again")
+        raise FactordiffError(
+            f"{folder}: missing shard file(s) {', '.join(missing[:3])}; pack the data again"
+        )
     images = ShardedImages([folder / s["file"] for s in index["shards"]], counts, tuple(index["image_shape"]))
     return FactorDataset(images, factors, FactorSpec.from_json(index["spec"]), f"shards:{folder}")
 

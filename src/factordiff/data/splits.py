@@ -30,7 +30,14 @@ from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs
 
 SplitKind = Literal["none", "random", "composition", "interpolation", "extrapolation", "unseen_value"]
-SPLIT_KINDS: tuple[str, ...] = ("none", "random", "composition", "interpolation", "extrapolation", "unseen_value")
+SPLIT_KINDS: tuple[str, ...] = (
+    "none",
+    "random",
+    "composition",
+    "interpolation",
+    "extrapolation",
+    "unseen_value",
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,12 @@ class Split:
         return self._predicate(idx)
 
     def to_json(self) -> dict:
-        return {"config": self.config.to_json(), "description": self.description, "held_values": self.held_values, "held_where": self.held_where}
+        return {
+            "config": self.config.to_json(),
+            "description": self.description,
+            "held_values": self.held_values,
+            "held_where": self.held_where,
+        }
 
     @property
     def held_where(self) -> list[dict[str, str]]:
@@ -85,20 +97,35 @@ class Split:
     _where: tuple[tuple[tuple[str, str], ...], ...] = ()
 
 
-def _pick(spec: FactorSpec, names: tuple[str, ...], count: int, rng: np.random.Generator, ordinal: bool, min_size: int) -> list[int]:
+def _pick(
+    spec: FactorSpec,
+    names: tuple[str, ...],
+    count: int,
+    rng: np.random.Generator,
+    ordinal: bool,
+    min_size: int,
+) -> list[int]:
     if names:
         if len(names) != count:
             raise FactordiffError(f"split factors: expected {count} factor name(s), got {list(names)}")
         pos = [spec.position(n) for n in names]
     else:
-        ok = [k for k, f in enumerate(spec.factors) if f.size >= min_size and (f.kind == "ordinal" or not ordinal)]
+        ok = [
+            k
+            for k, f in enumerate(spec.factors)
+            if f.size >= min_size and (f.kind == "ordinal" or not ordinal)
+        ]
         if len(ok) < count:
-            raise FactordiffError(f"split: need {count} factor(s) with at least {min_size} values{' (ordinal)' if ordinal else ''}")
+            raise FactordiffError(
+                f"split: need {count} factor(s) with at least {min_size} values{' (ordinal)' if ordinal else ''}"
+            )
         pos = sorted(rng.choice(ok, count, replace=False).tolist())
     for k in pos:
         f = spec.factors[k]
         if f.size < min_size or (ordinal and f.kind != "ordinal"):
-            raise FactordiffError(f"split: factor {f.name} needs at least {min_size} {'ordinal ' if ordinal else ''}values")
+            raise FactordiffError(
+                f"split: factor {f.name} needs at least {min_size} {'ordinal ' if ordinal else ''}values"
+            )
     return pos
 
 
@@ -114,7 +141,9 @@ def _values_in(column: int, values: list[int]) -> Callable[[np.ndarray], np.ndar
     return lambda idx: np.isin(idx[:, column], held)
 
 
-def where_conditions(spec: FactorSpec, texts: tuple[str, ...] | list[str], what: str = "--holdout-where") -> list[list[tuple[int, int]]]:
+def where_conditions(
+    spec: FactorSpec, texts: tuple[str, ...] | list[str], what: str = "--holdout-where"
+) -> list[list[tuple[int, int]]]:
     """Each ``"F=V,G=W"`` resolved to ``[(factor position, value index), ...]``; unknown names or
     values raise naming them."""
     out = []
@@ -150,7 +179,9 @@ def make_split(spec: FactorSpec, config: SplitConfig) -> Split:
         return split
     conds = where_conditions(spec, config.where)
     kind_pred = split._predicate
-    named = tuple(tuple((spec.factors[k].name, str(spec.factors[k].values[v])) for k, v in pairs) for pairs in conds)
+    named = tuple(
+        tuple((spec.factors[k].name, str(spec.factors[k].values[v])) for k, v in pairs) for pairs in conds
+    )
     text = "; ".join(", ".join(f"{n}={v}" for n, v in c) for c in named)
     desc = text if config.kind == "none" else f"{split.description}; and {text}"
 
@@ -170,7 +201,12 @@ def _make_kind_split(spec: FactorSpec, config: SplitConfig) -> Split:
         return Split(config, "nothing held out")
     if kind == "random":
         flat = np.flatnonzero(rng.random(spec.grid_size) < config.fraction)
-        return Split(config, f"random {config.fraction:.0%} of combinations", {}, lambda idx: np.isin(spec.ravel(idx), flat))
+        return Split(
+            config,
+            f"random {config.fraction:.0%} of combinations",
+            {},
+            lambda idx: np.isin(spec.ravel(idx), flat),
+        )
     if kind == "composition":
         a, b = _pick(spec, config.factors, 2, rng, ordinal=False, min_size=2)
         va = _window(spec.sizes[a], config.fraction, rng)

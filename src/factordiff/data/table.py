@@ -42,7 +42,9 @@ TABLE_NAME = "factors.csv"
 Row = tuple[int, list[str]]  # (row number, stripped cells)
 
 
-def read_table(csv_path: Path, factors: list[str] | None = None, image_column: str | None = None) -> FactorDataset:
+def read_table(
+    csv_path: Path, factors: list[str] | None = None, image_column: str | None = None
+) -> FactorDataset:
     """Read a CSV table of image paths and factor values, and the images it names.
 
     Args:
@@ -83,14 +85,18 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[Row]]:
         raise FactordiffError(f"{csv_path} row {reader.line_num}: malformed CSV ({e})") from None
     records = [(n, r) for n, r in records if any(r)]
     if not records:
-        raise FactordiffError(f"{csv_path}: empty file; expected a header row naming the image column and the factor columns")
+        raise FactordiffError(
+            f"{csv_path}: empty file; expected a header row naming the image column and the factor columns"
+        )
     (header_row, header), rows = records[0], records[1:]
     _check_header(csv_path, header_row, header)
     if not rows:
         raise FactordiffError(f"{csv_path}: header only, no data rows; expected one row per image")
     for n, r in rows:
         if len(r) != len(header):
-            raise FactordiffError(f"{csv_path} row {n}: {len(r)} fields; expected {len(header)} like the header ({_columns(header)})")
+            raise FactordiffError(
+                f"{csv_path} row {n}: {len(r)} fields; expected {len(header)} like the header ({_columns(header)})"
+            )
     return header, rows
 
 
@@ -98,14 +104,20 @@ def _check_header(csv_path: Path, row: int, header: list[str]) -> None:
     """Reject a missing header (data in row 1), unnamed columns and duplicate names."""
     for cell in header:
         if cell.lower().endswith(IMAGE_SUFFIXES):
-            raise FactordiffError(f"{csv_path}: no header row; row {row} looks like data ({cell!r}); expected column names such as 'filename,compound,dose'")
+            raise FactordiffError(
+                f"{csv_path}: no header row; row {row} looks like data ({cell!r}); expected column names such as 'filename,compound,dose'"
+            )
     for i, cell in enumerate(header):
         if not cell:
-            raise FactordiffError(f"{csv_path} row {row}: column {i + 1} has no name (a pandas index? save with index=False); expected a name for every column")
+            raise FactordiffError(
+                f"{csv_path} row {row}: column {i + 1} has no name (a pandas index? save with index=False); expected a name for every column"
+            )
     seen: set[str] = set()
     for cell in header:
         if cell in seen:
-            raise FactordiffError(f"{csv_path}: duplicate column name {cell!r} in the header ({_columns(header)})")
+            raise FactordiffError(
+                f"{csv_path}: duplicate column name {cell!r} in the header ({_columns(header)})"
+            )
         seen.add(cell)
 
 
@@ -132,7 +144,9 @@ def _find_image_column(csv_path: Path, header: list[str], rows: list[Row], image
     )
 
 
-def _factor_columns(csv_path: Path, header: list[str], image_col: int, factors: list[str] | None) -> list[str]:
+def _factor_columns(
+    csv_path: Path, header: list[str], image_col: int, factors: list[str] | None
+) -> list[str]:
     """The factor column names: the requested ones (checked) or every non-image column."""
     image_name = header[image_col]
     if factors is None:
@@ -142,14 +156,20 @@ def _factor_columns(csv_path: Path, header: list[str], image_col: int, factors: 
         missing = [f for f in names if f not in header]
         if missing:
             which = ", ".join(repr(m) for m in missing)
-            raise FactordiffError(f"{csv_path}: no factor column{'s' if len(missing) > 1 else ''} {which}; {_columns(header)}")
+            raise FactordiffError(
+                f"{csv_path}: no factor column{'s' if len(missing) > 1 else ''} {which}; {_columns(header)}"
+            )
         if image_name in names:
-            raise FactordiffError(f"{csv_path}: column {image_name!r} holds the image paths and cannot also be a factor")
+            raise FactordiffError(
+                f"{csv_path}: column {image_name!r} holds the image paths and cannot also be a factor"
+            )
         twice = [f for i, f in enumerate(names) if f in names[:i]]
         if twice:
             raise FactordiffError(f"{csv_path}: factor column {twice[0]!r} requested twice")
     if not names:
-        raise FactordiffError(f"{csv_path}: no factor columns; expected at least one column besides the image column {image_name!r}")
+        raise FactordiffError(
+            f"{csv_path}: no factor columns; expected at least one column besides the image column {image_name!r}"
+        )
     return names
 
 
@@ -189,7 +209,9 @@ def _build_factor(csv_path: Path, name: str, cells: list[tuple[int, str]]) -> tu
         return _indexed(name, [cell for _, cell in cells], "categorical")
     for (n, cell), x in zip(cells, numbers):
         if not math.isfinite(x):
-            raise FactordiffError(f"{csv_path} row {n}: {cell!r} in numeric factor column {name!r}; expected a finite number")
+            raise FactordiffError(
+                f"{csv_path} row {n}: {cell!r} in numeric factor column {name!r}; expected a finite number"
+            )
     return _indexed(name, numbers, "ordinal")
 
 
@@ -204,7 +226,9 @@ def _check_square(csv_path: Path, images: np.ndarray, first: Path) -> None:
     """The model works on square images; say so naming an example file."""
     h, w = images.shape[1:3]
     if h != w:
-        raise FactordiffError(f"{csv_path}: images are {w}x{h} pixels (e.g. {first}); the model needs square images, crop or pad them first")
+        raise FactordiffError(
+            f"{csv_path}: images are {w}x{h} pixels (e.g. {first}); the model needs square images, crop or pad them first"
+        )
 
 
 def write_table(dataset: FactorDataset, folder: Path, image_column: str = "path") -> Path:
@@ -222,14 +246,18 @@ def write_table(dataset: FactorDataset, folder: Path, image_column: str = "path"
     folder = Path(folder)
     spec = dataset.spec
     if image_column in spec.names:
-        raise FactordiffError(f"write_table: image_column {image_column!r} is also a factor name; choose another")
+        raise FactordiffError(
+            f"write_table: image_column {image_column!r} is also a factor name; choose another"
+        )
     cells = [_value_cells(f) for f in spec.factors]
     width = max(5, len(str(len(dataset) - 1)))
     names = [f"images/{i:0{width}d}.png" for i in range(len(dataset))]
     try:
         (folder / "images").mkdir(parents=True, exist_ok=True)
         _write_pngs(dataset.images, [folder / n for n in names])
-        rows = [[n, *(cells[k][j] for k, j in enumerate(idx))] for n, idx in zip(names, dataset.factors.tolist())]
+        rows = [
+            [n, *(cells[k][j] for k, j in enumerate(idx))] for n, idx in zip(names, dataset.factors.tolist())
+        ]
         return _write_csv_atomic(folder / TABLE_NAME, [image_column, *spec.names], rows)
     except OSError as e:
         raise FactordiffError(f"{folder}: cannot write the table ({e.strerror or e})") from None
@@ -240,7 +268,9 @@ def _value_cells(factor: Factor) -> list[str]:
     cells = [repr(v) if isinstance(v, float) else str(v) for v in factor.values]
     for v, cell in zip(factor.values, cells):
         if not cell or cell != cell.strip():
-            raise FactordiffError(f"write_table: factor {factor.name} value {v!r} cannot be written to a CSV cell and read back (empty or surrounding spaces)")
+            raise FactordiffError(
+                f"write_table: factor {factor.name} value {v!r} cannot be written to a CSV cell and read back (empty or surrounding spaces)"
+            )
     return cells
 
 
@@ -251,7 +281,9 @@ def _write_pngs(images: np.ndarray, paths: list[Path]) -> None:
 
     channels = images.shape[3]
     if channels not in (1, 3, 4):
-        raise FactordiffError(f"write_table: cannot write {channels}-channel images as PNG; expected 1, 3 or 4 channels")
+        raise FactordiffError(
+            f"write_table: cannot write {channels}-channel images as PNG; expected 1, 3 or 4 channels"
+        )
     show = len(paths) >= PROGRESS_MIN_FILES and sys.stderr.isatty()
     for img, path in zip(tqdm(images, desc="writing images", unit="img", disable=not show), paths):
         Image.fromarray(img[:, :, 0] if channels == 1 else img).save(path, format="PNG")

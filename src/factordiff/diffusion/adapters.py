@@ -47,7 +47,9 @@ class TimeEmbeddingAdapter(nn.Module):
     def factor_embeddings(self, cond: Condition) -> torch.Tensor:
         """Per-factor embeddings (B, K, E), the null embedding where a factor is absent."""
         if cond.codes.shape[1:] != (self.num_factors, self.code_dims):
-            raise ValueError(f"adapter expects codes of shape (batch, {self.num_factors}, {self.code_dims}), got {tuple(cond.codes.shape)}")
+            raise ValueError(
+                f"adapter expects codes of shape (batch, {self.num_factors}, {self.code_dims}), got {tuple(cond.codes.shape)}"
+            )
         h = nn.functional.silu(torch.einsum("bkd,kdh->bkh", cond.codes, self.w1) + self.b1)
         e = torch.einsum("bkh,khe->bke", h, self.w2) + self.b2
         return torch.where(cond.present[..., None], e, self.null.expand_as(e))
@@ -73,12 +75,29 @@ class TokenAdapter(TimeEmbeddingAdapter):
         heads: attention heads of each added layer.
     """
 
-    def __init__(self, num_factors: int, code_dims: int, token_dim: int, channels: list[int], hidden: int = 256, heads: int = 4):
+    def __init__(
+        self,
+        num_factors: int,
+        code_dims: int,
+        token_dim: int,
+        channels: list[int],
+        hidden: int = 256,
+        heads: int = 4,
+    ):
         super().__init__(num_factors, code_dims, token_dim, hidden)
         nn.init.normal_(self.w2, std=hidden**-0.5)
         nn.init.normal_(self.null, std=1.0)
-        self.layers = nn.ModuleList(Attention(query_dim=c, cross_attention_dim=token_dim, heads=heads, dim_head=max(c // heads, 8), norm_num_groups=min(32, c),
-                                              residual_connection=True) for c in channels)
+        self.layers = nn.ModuleList(
+            Attention(
+                query_dim=c,
+                cross_attention_dim=token_dim,
+                heads=heads,
+                dim_head=max(c // heads, 8),
+                norm_num_groups=min(32, c),
+                residual_connection=True,
+            )
+            for c in channels
+        )
         for layer in self.layers:
             nn.init.zeros_(layer.to_out[0].weight)
             nn.init.zeros_(layer.to_out[0].bias)
@@ -112,7 +131,11 @@ class _CrossAttentionHook:
 
     def __call__(self, module, args, output):
         tokens = self.adapter._tokens
-        return output if tokens is None else self.adapter.layers[self.index](output, encoder_hidden_states=tokens).contiguous()
+        return (
+            output
+            if tokens is None
+            else self.adapter.layers[self.index](output, encoder_hidden_states=tokens).contiguous()
+        )
 
 
 def token_channels(unet) -> list[int]:

@@ -27,8 +27,14 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         g = min(8, channels)
-        self.f = nn.Sequential(nn.GroupNorm(g, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, 1, 1),
-                               nn.GroupNorm(g, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, 1, 1))
+        self.f = nn.Sequential(
+            nn.GroupNorm(g, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1),
+            nn.GroupNorm(g, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.f(x)
@@ -47,11 +53,24 @@ class ConvAutoencoder(nn.Module):
         enc: list[nn.Module] = [nn.Conv2d(channels, w[0], 3, 1, 1)]
         for a, b in zip(w[:-1], w[1:]):
             enc += [nn.Conv2d(a, b, 3, 2, 1)] + [ResBlock(b) for _ in range(layers)]
-        enc += [ResBlock(w[-1]), nn.GroupNorm(min(8, w[-1]), w[-1]), nn.SiLU(), nn.Conv2d(w[-1], latent_channels, 1)]
+        enc += [
+            ResBlock(w[-1]),
+            nn.GroupNorm(min(8, w[-1]), w[-1]),
+            nn.SiLU(),
+            nn.Conv2d(w[-1], latent_channels, 1),
+        ]
         dec: list[nn.Module] = [nn.Conv2d(latent_channels, w[-1], 3, 1, 1), ResBlock(w[-1])]
         for a, b in zip(w[::-1][:-1], w[::-1][1:]):
-            dec += [ResBlock(a) for _ in range(layers)] + [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(a, b, 3, 1, 1)]
-        dec += [ResBlock(w[0]), nn.GroupNorm(min(8, w[0]), w[0]), nn.SiLU(), nn.Conv2d(w[0], channels, 3, 1, 1)]
+            dec += [ResBlock(a) for _ in range(layers)] + [
+                nn.Upsample(scale_factor=2.0, mode="nearest"),
+                nn.Conv2d(a, b, 3, 1, 1),
+            ]
+        dec += [
+            ResBlock(w[0]),
+            nn.GroupNorm(min(8, w[0]), w[0]),
+            nn.SiLU(),
+            nn.Conv2d(w[0], channels, 3, 1, 1),
+        ]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,14 +87,25 @@ class ConvAutoencoder(nn.Module):
 class KLAutoencoder(nn.Module):
     """diffusers ``AutoencoderKL`` behind the same interface (the posterior mean is the latent)."""
 
-    def __init__(self, channels: int, widths: list[int], latent_channels: int, layers: int = 1, size: int = 32):
+    def __init__(
+        self, channels: int, widths: list[int], latent_channels: int, layers: int = 1, size: int = 32
+    ):
         super().__init__()
         from diffusers import AutoencoderKL
 
         n = len(widths)
-        self.vae = AutoencoderKL(in_channels=channels, out_channels=channels, down_block_types=("DownEncoderBlock2D",) * n,
-                                 up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(widths), layers_per_block=layers,
-                                 latent_channels=latent_channels, norm_num_groups=min(32, min(widths)), sample_size=size, mid_block_add_attention=False)
+        self.vae = AutoencoderKL(
+            in_channels=channels,
+            out_channels=channels,
+            down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(widths),
+            layers_per_block=layers,
+            latent_channels=latent_channels,
+            norm_num_groups=min(32, min(widths)),
+            sample_size=size,
+            mid_block_add_attention=False,
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(x).latent_dist.mean
@@ -91,7 +121,9 @@ class KLAutoencoder(nn.Module):
 
 def build_autoencoder(cfg: AutoencoderConfig, channels: int, size: int) -> nn.Module:
     if cfg.kind == "kl":
-        return KLAutoencoder(channels, cfg.block_out_channels, cfg.latent_channels, cfg.layers_per_block, size)
+        return KLAutoencoder(
+            channels, cfg.block_out_channels, cfg.latent_channels, cfg.layers_per_block, size
+        )
     return ConvAutoencoder(channels, cfg.block_out_channels, cfg.latent_channels, cfg.layers_per_block)
 
 
@@ -112,9 +144,13 @@ class AutoencoderStep(nn.Module):
     def __init__(self, autoencoder: nn.Module, distiller: nn.Module | None, cfg: AutoencoderConfig):
         super().__init__()
         self.autoencoder, self.cfg = autoencoder, cfg
-        self._distiller = [distiller]  # a list hides it from state_dict and .parameters(): frozen, not saved here
+        self._distiller = [
+            distiller
+        ]  # a list hides it from state_dict and .parameters(): frozen, not saved here
 
-    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["images"].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         z, reg = self.autoencoder.encode_train(x, gen)
         x_hat = self.autoencoder.decode(z)

@@ -24,9 +24,13 @@ class Condition:
 
     def __post_init__(self) -> None:
         if self.codes.ndim != 3:
-            raise ValueError(f"Condition.codes: expected (batch, factors, code_dims), got shape {tuple(self.codes.shape)}")
+            raise ValueError(
+                f"Condition.codes: expected (batch, factors, code_dims), got shape {tuple(self.codes.shape)}"
+            )
         if self.present.shape != self.codes.shape[:2] or self.present.dtype != torch.bool:
-            raise ValueError(f"Condition.present: expected bool of shape {tuple(self.codes.shape[:2])}, got {self.present.dtype} {tuple(self.present.shape)}")
+            raise ValueError(
+                f"Condition.present: expected bool of shape {tuple(self.codes.shape[:2])}, got {self.present.dtype} {tuple(self.present.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.codes.shape[0]

@@ -80,7 +80,9 @@ class Guidance:
     def factor_order(self, num_factors: int) -> list[int]:
         """Nested form: every factor index once, ``order`` first."""
         if len(set(self.order)) != len(self.order) or any(not 0 <= k < num_factors for k in self.order):
-            raise ValueError(f"Guidance.order: expected distinct factor indices in [0, {num_factors}), got {list(self.order)}")
+            raise ValueError(
+                f"Guidance.order: expected distinct factor indices in [0, {num_factors}), got {list(self.order)}"
+            )
         return list(self.order) + [k for k in range(num_factors) if k not in self.order]
 
 
@@ -109,7 +111,9 @@ def guidance_terms(cond: Condition, guidance: Guidance) -> tuple[list[Condition]
     return conds, [1.0 - w[0]] + [w[j] - w[j + 1] for j in range(num)]
 
 
-def guided_prediction(denoiser, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: Guidance | None = None) -> torch.Tensor:
+def guided_prediction(
+    denoiser, x: torch.Tensor, t: torch.Tensor, cond: Condition, guidance: Guidance | None = None
+) -> torch.Tensor:
     """The denoiser's prediction under ``guidance``, its conditions batched into one forward pass."""
     if guidance is None or (guidance.form == "joint" and not guidance.active()):
         return denoiser(x, t, cond)

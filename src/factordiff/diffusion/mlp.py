@@ -36,7 +36,9 @@ class MLPDenoiser(nn.Module):
         adapter: Condition -> (B, width) added to the time embedding; None: unconditional.
     """
 
-    def __init__(self, features: int, width: int = 512, depth: int = 3, adapter: TimeEmbeddingAdapter | None = None):
+    def __init__(
+        self, features: int, width: int = 512, depth: int = 3, adapter: TimeEmbeddingAdapter | None = None
+    ):
         super().__init__()
         self.emb_dim = width
         self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)

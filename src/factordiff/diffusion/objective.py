@@ -15,7 +15,11 @@ from factordiff.diffusion.condition import Condition
 
 
 def noise_schedule(cfg: DenoiserConfig) -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type)
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+    )
 
 
 def drop_factors(present: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -82,13 +86,17 @@ class DiffusionStep(nn.Module):
         self.denoiser, self.cfg, self.embedder = denoiser, cfg, embedder
         self.schedule = noise_schedule(cfg)
 
-    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = batch["x"]
         codes = self.embedder(batch["factors"]) if self.embedder is not None else batch.get("codes")
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         t = torch.randint(0, self.cfg.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
         x_t = self.schedule.add_noise(x0, noise, t)
-        target = self.schedule.get_velocity(x0, noise, t) if self.cfg.prediction_type == "v_prediction" else noise
+        target = (
+            self.schedule.get_velocity(x0, noise, t) if self.cfg.prediction_type == "v_prediction" else noise
+        )
         if codes is None:
             return F.mse_loss(self.denoiser(x_t, t, None), target), {}
         full = Condition.full(codes)
@@ -102,7 +110,12 @@ class DiffusionStep(nn.Module):
         i, j = factor_pairs(n, codes.shape[1], gen)
         extra = coind_conditions(codes[:n], i, j)
         reps = [1] * (x_t.ndim - 1)
-        preds = self.denoiser(torch.cat([x_t, x_t[:n].repeat(4, *reps)]), torch.cat([t, t[:n].repeat(4)]), cond.cat(extra))
+        preds = self.denoiser(
+            torch.cat([x_t, x_t[:n].repeat(4, *reps)]), torch.cat([t, t[:n].repeat(4)]), cond.cat(extra)
+        )
         mse = F.mse_loss(preds[: len(x0)], target)
         coind = coind_residual(preds[len(x0) :]).pow(2).mean()
-        return mse + self.cfg.coind_weight * coind, {"mse": float(mse.detach()), "coind": float(coind.detach())}
+        return mse + self.cfg.coind_weight * coind, {
+            "mse": float(mse.detach()),
+            "coind": float(coind.detach()),
+        }

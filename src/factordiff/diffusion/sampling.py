@@ -17,17 +17,30 @@ from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, DPMSolverMultistepInverseScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DPMSolverMultistepInverseScheduler,
+    DPMSolverMultistepScheduler,
+)
 
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.guidance import Guidance, guided_prediction
 
-SAMPLERS = {"ddim": (DDIMScheduler, DDIMInverseScheduler), "dpmsolver++": (DPMSolverMultistepScheduler, DPMSolverMultistepInverseScheduler)}
+SAMPLERS = {
+    "ddim": (DDIMScheduler, DDIMInverseScheduler),
+    "dpmsolver++": (DPMSolverMultistepScheduler, DPMSolverMultistepInverseScheduler),
+}
 
 
 def scheduler_config(cfg: DenoiserConfig) -> dict:
-    common = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, timestep_spacing="trailing")
+    common = dict(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        timestep_spacing="trailing",
+    )
     if cfg.sampler == "ddim":
         return {**common, "clip_sample": False, "set_alpha_to_one": True}
     return {**common, "algorithm_type": "dpmsolver++", "solver_order": 2}
@@ -49,17 +62,31 @@ def timesteps(cfg: DenoiserConfig, steps: int, strength: float = 1.0, inverse: b
     sched.set_timesteps(total, device=device)
     if inverse:
         return sched, sched.timesteps[:steps]
-    if total > steps and hasattr(sched, "set_begin_index"):  # multistep solvers count their steps; DDIM does not
+    if total > steps and hasattr(
+        sched, "set_begin_index"
+    ):  # multistep solvers count their steps; DDIM does not
         sched.set_begin_index(total - steps)
     return sched, sched.timesteps[total - steps :]
 
 
 def _precision(cfg: DenoiserConfig, x: torch.Tensor):
     """bf16 autocast around the denoiser's passes when ``cfg.inference_precision`` asks for it."""
-    return torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.inference_precision == "bf16" else nullcontext()
+    return (
+        torch.autocast(x.device.type, dtype=torch.bfloat16)
+        if cfg.inference_precision == "bf16"
+        else nullcontext()
+    )
 
 
-def sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, guidance: Guidance | None = None, strength: float = 1.0) -> torch.Tensor:
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    cond: Condition | None,
+    cfg: DenoiserConfig,
+    steps: int = 50,
+    guidance: Guidance | None = None,
+    strength: float = 1.0,
+) -> torch.Tensor:
     """From noise ``x_T`` (or, with ``strength`` < 1, from the partly noised x_t that ``invert``
     returns at that strength) to a sample in ``steps`` network evaluations (each guided one batches
     its conditions into one forward pass), with optional per-factor guidance."""
@@ -72,7 +99,14 @@ def sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserCon
     return x
 
 
-def invert(denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, strength: float = 1.0) -> torch.Tensor:
+def invert(
+    denoiser,
+    x_0: torch.Tensor,
+    cond: Condition | None,
+    cfg: DenoiserConfig,
+    steps: int = 50,
+    strength: float = 1.0,
+) -> torch.Tensor:
     """The x_T (x_t at t = strength T) from which ``sample`` (same condition, solver, steps and
     strength, no guidance) returns ``x_0``."""
     sched, ts = timesteps(cfg, steps, strength, inverse=True, device=x_0.device)
@@ -84,9 +118,18 @@ def invert(denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserCon
     return x
 
 
-def ddim_sample(denoiser, x_T: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50, guidance: Guidance | None = None) -> torch.Tensor:
+def ddim_sample(
+    denoiser,
+    x_T: torch.Tensor,
+    cond: Condition | None,
+    cfg: DenoiserConfig,
+    steps: int = 50,
+    guidance: Guidance | None = None,
+) -> torch.Tensor:
     return sample(denoiser, x_T, cond, replace(cfg, sampler="ddim"), steps, guidance)
 
 
-def ddim_invert(denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50) -> torch.Tensor:
+def ddim_invert(
+    denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50
+) -> torch.Tensor:
     return invert(denoiser, x_0, cond, replace(cfg, sampler="ddim"), steps)

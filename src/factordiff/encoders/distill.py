@@ -51,19 +51,29 @@ class FactorDistiller(nn.Module):
             ``None`` uses all ``code_dims``.
     """
 
-    def __init__(self, sizes: list[int], ordinal: list[bool], in_channels: int, size: int, code_dims: int = 4, width: int = 32,
-                 ordinal_dims: int | None = None):
+    def __init__(
+        self,
+        sizes: list[int],
+        ordinal: list[bool],
+        in_channels: int,
+        size: int,
+        code_dims: int = 4,
+        width: int = 32,
+        ordinal_dims: int | None = None,
+    ):
         super().__init__()
         self.sizes, self.ordinal, self.code_dims = list(sizes), list(ordinal), code_dims
         k = len(sizes)
         mask = torch.ones(k, code_dims)
-        mask[torch.tensor(self.ordinal, dtype=torch.bool), ordinal_dims or code_dims:] = 0.0
+        mask[torch.tensor(self.ordinal, dtype=torch.bool), ordinal_dims or code_dims :] = 0.0
         self.register_buffer("mask", mask, persistent=False)
         self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
         self.to_codes = nn.Linear(256, k * code_dims)
         self.classifiers = nn.ModuleList(nn.Linear(code_dims, n) for n in sizes)
         others = [sum(sizes) - n for n in sizes]
-        self.adversaries = nn.ModuleList(nn.Sequential(nn.Linear(code_dims, 64), nn.SiLU(), nn.Linear(64, m)) for m in others)
+        self.adversaries = nn.ModuleList(
+            nn.Sequential(nn.Linear(code_dims, 64), nn.SiLU(), nn.Linear(64, m)) for m in others
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_codes(self.backbone(x)).view(len(x), len(self.sizes), self.code_dims) * self.mask
@@ -72,7 +82,9 @@ class FactorDistiller(nn.Module):
         """Each block's class logits for its own factor."""
         return [clf(codes[:, k]) for k, clf in enumerate(self.classifiers)]
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, adversary_weight: float = 0.1, order_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, adversary_weight: float = 0.1, order_weight: float = 1.0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on images ``x`` with value indices ``y`` (B, K)."""
         codes = self(x)
         carry = sum(F.cross_entropy(lg, y[:, k]) for k, lg in enumerate(self.logits(codes))) / len(self.sizes)
@@ -82,7 +94,9 @@ class FactorDistiller(nn.Module):
                 order = order + F.mse_loss(codes[:, k, 0], 2.0 * y[:, k].float() / (n - 1) - 1.0)
         adv = codes.new_zeros(())
         for k, head in enumerate(self.adversaries):
-            out = head(reverse_grad(codes[:, k], adversary_weight)).split([n for j, n in enumerate(self.sizes) if j != k], dim=1)
+            out = head(reverse_grad(codes[:, k], adversary_weight)).split(
+                [n for j, n in enumerate(self.sizes) if j != k], dim=1
+            )
             others = [j for j in range(len(self.sizes)) if j != k]
             adv = adv + sum(F.cross_entropy(o, y[:, j]) for o, j in zip(out, others)) / max(1, len(others))
         adv = adv / len(self.sizes)
@@ -104,6 +118,8 @@ class DistillStep(nn.Module):
         super().__init__()
         self.distiller, self.cfg = distiller, cfg
 
-    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["images"].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
         return self.distiller.loss(x, batch["factors"], self.cfg.adversary_weight, self.cfg.order_weight)

@@ -30,7 +30,11 @@ def axis_positions(spec: FactorSpec) -> list[torch.Tensor]:
     out = []
     for f in spec.factors:
         n = f.size
-        out.append(torch.linspace(-1.0, 1.0, n) if f.kind == "ordinal" and n > 1 else torch.zeros(n if f.kind == "ordinal" else 0))
+        out.append(
+            torch.linspace(-1.0, 1.0, n)
+            if f.kind == "ordinal" and n > 1
+            else torch.zeros(n if f.kind == "ordinal" else 0)
+        )
     return out
 
 
@@ -44,16 +48,30 @@ class MetadataEmbedder(nn.Module):
         perturbation: a factor's index and the ``PerturbationEmbedder`` that codes it instead of a table.
     """
 
-    def __init__(self, spec: FactorSpec, code_dims: int, hidden: int = 64, perturbation: tuple[int, nn.Module] | None = None):
+    def __init__(
+        self,
+        spec: FactorSpec,
+        code_dims: int,
+        hidden: int = 64,
+        perturbation: tuple[int, nn.Module] | None = None,
+    ):
         super().__init__()
         self.code_dims = code_dims
         self.ordinal = [f.kind == "ordinal" for f in spec.factors]
-        self.tables = nn.ModuleList(nn.Embedding(f.size, code_dims) if not o else nn.Identity() for f, o in zip(spec.factors, self.ordinal))
+        self.tables = nn.ModuleList(
+            nn.Embedding(f.size, code_dims) if not o else nn.Identity()
+            for f, o in zip(spec.factors, self.ordinal)
+        )
         self.perturbation_factor = None
         if perturbation is not None:
             self.perturbation_factor, self.perturbation = perturbation
             self.tables[self.perturbation_factor] = nn.Identity()
-        self.curves = nn.ModuleList(nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, code_dims)) if o else nn.Identity() for o in self.ordinal)
+        self.curves = nn.ModuleList(
+            nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, code_dims))
+            if o
+            else nn.Identity()
+            for o in self.ordinal
+        )
         for k, pos in enumerate(axis_positions(spec)):
             self.register_buffer(f"pos{k}", pos, persistent=False)
 
@@ -86,13 +104,19 @@ def present(spec: FactorSpec, seen: list[np.ndarray], factors: np.ndarray) -> np
 
 def one_hot(spec: FactorSpec, factors: np.ndarray) -> np.ndarray:
     """(N, sum of factor sizes) one-hot encoding of value indices (N, K), factor after factor."""
-    return np.concatenate([np.eye(f.size, dtype=np.float32)[factors[:, k]] for k, f in enumerate(spec.factors)], axis=1)
+    return np.concatenate(
+        [np.eye(f.size, dtype=np.float32)[factors[:, k]] for k, f in enumerate(spec.factors)], axis=1
+    )
 
 
-def fit_additive(spec: FactorSpec, factors: np.ndarray, z: np.ndarray, alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_additive(
+    spec: FactorSpec, factors: np.ndarray, z: np.ndarray, alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge regression of ``z`` (N, F) on one-hot factors: weights (P, F) and intercept (F,). A value
     no row has gets a zero weight."""
     from sklearn.linear_model import Ridge
 
     model = Ridge(alpha=alpha).fit(one_hot(spec, factors), z)
-    return torch.from_numpy(model.coef_.T.astype(np.float32).copy()), torch.from_numpy(np.asarray(model.intercept_, np.float32))
+    return torch.from_numpy(model.coef_.T.astype(np.float32).copy()), torch.from_numpy(
+        np.asarray(model.intercept_, np.float32)
+    )

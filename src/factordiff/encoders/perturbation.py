@@ -40,7 +40,9 @@ KINDS = ("onehot", "morgan", "table:PATH")
 def check_kind(kind: str, where: str) -> str:
     if kind in ("onehot", "morgan") or (kind.startswith("table:") and len(kind) > 6):
         return kind
-    raise FactordiffError(f"{where}: unknown perturbation embedding {kind!r}; expected one of {', '.join(KINDS)}")
+    raise FactordiffError(
+        f"{where}: unknown perturbation embedding {kind!r}; expected one of {', '.join(KINDS)}"
+    )
 
 
 def tanimoto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,18 +72,25 @@ def read_embedding_table(path: Path | str) -> dict[str, np.ndarray]:
     bad = ~np.isfinite(values)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise FactordiffError(f"{path}: row {r + 2}, column {frame.columns[c + 1]!r}: expected a number, got {frame.iloc[r, c + 1]!r}")
+        raise FactordiffError(
+            f"{path}: row {r + 2}, column {frame.columns[c + 1]!r}: expected a number, got {frame.iloc[r, c + 1]!r}"
+        )
     return dict(zip(names, values.astype(np.float32)))
 
 
-def perturbation_features(kind: str, values: list[str], controls: set[str], smiles: dict[str, str] | None = None, bits: int = 1024) -> np.ndarray:
+def perturbation_features(
+    kind: str, values: list[str], controls: set[str], smiles: dict[str, str] | None = None, bits: int = 1024
+) -> np.ndarray:
     """Features (V, F) float32 of the perturbation ``values``; control rows are zero (controls get
     their own code). ``smiles`` maps a value to its SMILES for ``morgan`` (a value that is itself a
     SMILES needs no entry)."""
     check_kind(kind, "perturbation embedding")
     treated = [v for v in values if v not in controls]
     if kind == "onehot":
-        return np.eye(len(values), dtype=np.float32) * np.array([v not in controls for v in values], np.float32)[:, None]
+        return (
+            np.eye(len(values), dtype=np.float32)
+            * np.array([v not in controls for v in values], np.float32)[:, None]
+        )
     if kind == "morgan":
         from factordiff.data.cellsim import morgan
 
@@ -93,7 +102,9 @@ def perturbation_features(kind: str, values: list[str], controls: set[str], smil
         table = read_embedding_table(kind[6:])
         missing = [v for v in treated if v not in table]
         if missing:
-            raise FactordiffError(f"{kind[6:]}: no row for perturbation {missing[0]!r} ({len(missing)} of {len(treated)} missing)")
+            raise FactordiffError(
+                f"{kind[6:]}: no row for perturbation {missing[0]!r} ({len(missing)} of {len(treated)} missing)"
+            )
         width = len(next(iter(table.values())))
         rows = {v: table[v] for v in treated}
     out = np.zeros((len(values), width), np.float32)
@@ -120,9 +131,13 @@ class PerturbationEmbedder(nn.Module):
         super().__init__()
         self.register_buffer("features", torch.as_tensor(features, dtype=torch.float32))
         control_slot = np.cumsum(is_control) - 1
-        self.register_buffer("control_slot", torch.as_tensor(np.where(is_control, control_slot, -1), dtype=torch.long))
+        self.register_buffer(
+            "control_slot", torch.as_tensor(np.where(is_control, control_slot, -1), dtype=torch.long)
+        )
         if hidden:
-            self.net = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.SiLU(), nn.Linear(hidden, code_dims))
+            self.net = nn.Sequential(
+                nn.Linear(features.shape[1], hidden), nn.SiLU(), nn.Linear(hidden, code_dims)
+            )
         else:
             self.net = nn.Linear(features.shape[1], code_dims)
             nn.init.zeros_(self.net.weight)
@@ -201,12 +216,29 @@ class CodeRegression:
             and ``loo_errors`` every candidate's mean squared leave-one-out error.
     """
 
-    CANDIDATES = (("ridge", 1e-3), ("ridge", 1e-2), ("ridge", 1e-1), ("ridge", 1.0), ("softmax", 0.05), ("softmax", 0.1), ("softmax", 0.2))
+    CANDIDATES = (
+        ("ridge", 1e-3),
+        ("ridge", 1e-2),
+        ("ridge", 1e-1),
+        ("ridge", 1.0),
+        ("softmax", 0.05),
+        ("softmax", 0.1),
+        ("softmax", 0.2),
+    )
 
-    def __init__(self, kind: str, features: np.ndarray, blocks: np.ndarray, control: np.ndarray | None = None, candidates: tuple = CANDIDATES):
+    def __init__(
+        self,
+        kind: str,
+        features: np.ndarray,
+        blocks: np.ndarray,
+        control: np.ndarray | None = None,
+        candidates: tuple = CANDIDATES,
+    ):
         self.kind = check_kind(kind, "perturbation embedding")
         if len(features) < 3:
-            raise FactordiffError("perturbation embedding: fewer than three training perturbations with features to learn codes from")
+            raise FactordiffError(
+                "perturbation embedding: fewer than three training perturbations with features to learn codes from"
+            )
         self.features = np.asarray(features, np.float64)
         self.blocks = np.asarray(blocks, np.float64)
         self.control = np.zeros(self.blocks.shape[1]) if control is None else np.asarray(control, np.float64)
@@ -214,7 +246,9 @@ class CodeRegression:
         self.loo_errors = {c: self._loo(*c) for c in candidates}
         self.choice = min(self.loo_errors, key=self.loo_errors.get)
         if self.choice[0] == "ridge":
-            self.weights = np.linalg.solve(self.gram + self.choice[1] * np.eye(len(self.gram)), self.blocks - self.control)
+            self.weights = np.linalg.solve(
+                self.gram + self.choice[1] * np.eye(len(self.gram)), self.blocks - self.control
+            )
 
     def _loo(self, family: str, p: float) -> float:
         y, n = self.blocks - self.control, len(self.blocks)
@@ -236,7 +270,9 @@ class CodeRegression:
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Codes (m, D) of perturbations with ``features`` (m, F)."""
         if self.kind == "onehot":
-            raise FactordiffError("perturbation embedding onehot: a perturbation no training image had has no code; use morgan (SMILES) or table:PATH")
+            raise FactordiffError(
+                "perturbation embedding onehot: a perturbation no training image had has no code; use morgan (SMILES) or table:PATH"
+            )
         k = self.kernel(np.asarray(features, np.float64))
         if self.choice[0] == "ridge":
             return k @ self.weights + self.control

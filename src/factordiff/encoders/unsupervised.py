@@ -64,7 +64,12 @@ class GradientEstimatorDenoiser(nn.Module):
 
     def __init__(self, base: Denoiser, branch: Denoiser, num_train_timesteps: int, segmented: bool = True):
         super().__init__()
-        self.base, self.branch, self.num_train_timesteps, self.segmented = base, branch, num_train_timesteps, segmented
+        self.base, self.branch, self.num_train_timesteps, self.segmented = (
+            base,
+            branch,
+            num_train_timesteps,
+            segmented,
+        )
         self.base.requires_grad_(False)
 
     @property
@@ -77,7 +82,9 @@ class GradientEstimatorDenoiser(nn.Module):
         if t.ndim == 0:
             t = t.expand(len(x))
         if self.segmented:
-            cond = Condition(cond.codes, cond.present & active_segments(t, cond.codes.shape[1], self.num_train_timesteps))
+            cond = Condition(
+                cond.codes, cond.present & active_segments(t, cond.codes.shape[1], self.num_train_timesteps)
+            )
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.base.unet.conv_out.weight.requires_grad):
             base = self.base(x, t)
         return base + self.branch(x, t, cond)
@@ -97,17 +104,28 @@ class UnsupervisedStep(nn.Module):
     measured on epsilon, eps_hat = sqrt(alpha_bar) v_hat + sqrt(1 - alpha_bar) x_t for v-prediction.
     """
 
-    def __init__(self, encoder: SegmentEncoder, denoiser: GradientEstimatorDenoiser, prediction_type: str, schedule_cfg, snr_gamma: float = 0.1):
+    def __init__(
+        self,
+        encoder: SegmentEncoder,
+        denoiser: GradientEstimatorDenoiser,
+        prediction_type: str,
+        schedule_cfg,
+        snr_gamma: float = 0.1,
+    ):
         super().__init__()
         self.encoder, self.denoiser = encoder, denoiser
         self.prediction_type, self.snr_gamma = prediction_type, snr_gamma
         self.schedule = noise_schedule(schedule_cfg)
 
-    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = batch["x"]
         codes = self.encoder(batch["images"].permute(0, 3, 1, 2).float().div(127.5).sub(1.0))
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        t = torch.randint(0, self.schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
+        t = torch.randint(0, self.schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(
+            x0.device
+        )
         x_t = self.schedule.add_noise(x0, noise, t)
         pred = self.denoiser(x_t, t, Condition.full(codes))
         a2 = self.schedule.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
@@ -116,7 +134,6 @@ class UnsupervisedStep(nn.Module):
         weight = snr**self.snr_gamma / (1 + snr)
         loss = (weight * (eps - noise) ** 2).mean()
         return loss, {}
-
 
 
 def align_blocks(codes, factors, seed: int = 0) -> list[int]:

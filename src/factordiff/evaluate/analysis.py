@@ -27,20 +27,26 @@ from factordiff.evaluate.suite import FIGURES, _tile, get_oracle, load_run, save
 def block_names(model) -> list[str]:
     """What each code block stands for: its factor, or for unsupervised segments the factors aligned to it."""
     names = []
-    for j in range(model.encoder(torch.zeros(1, model.shape.channels, model.shape.size, model.shape.size)).shape[1]):
+    for j in range(
+        model.encoder(torch.zeros(1, model.shape.channels, model.shape.size, model.shape.size)).shape[1]
+    ):
         carried = [f.name for f, b in zip(model.spec.factors, model.factor_blocks) if b == j]
         names.append(f"block {j}" + (f" ({', '.join(carried)})" if carried else ""))
     return names
 
 
-def code_metrics(codes: np.ndarray, factors: np.ndarray, scale: float = 1.0, seed: int = 0, progress: bool = False) -> dict:
+def code_metrics(
+    codes: np.ndarray, factors: np.ndarray, scale: float = 1.0, seed: int = 0, progress: bool = False
+) -> dict:
     """disentanglement_lib metrics on flattened codes, raw and first-principal-component per block."""
     n, k, d = codes.shape
     flat = codes.reshape(n, k * d).astype(np.float64)
     raw = score_all(flat, factors, blocks=[d] * k, first_pc=False, scale=scale, seed=seed, progress=progress)
     out = {"raw": raw}
     if d > 1:
-        out["first_pc"] = score_all(flat, factors, blocks=[d] * k, first_pc=True, scale=scale, seed=seed, progress=progress)
+        out["first_pc"] = score_all(
+            flat, factors, blocks=[d] * k, first_pc=True, scale=scale, seed=seed, progress=progress
+        )
     return out
 
 
@@ -48,12 +54,17 @@ def probes(codes: np.ndarray, factors: np.ndarray, names: list[str], seed: int =
     flat = codes.reshape(len(codes), -1)
     linear = latent.linear_probe(flat, factors, seed)
     return {
-        name: {"linear": linear[k], **{f"5way_{s}shot": latent.few_shot(flat, factors[:, k], s, seed=seed) for s in (1, 5, 10)}}
+        name: {
+            "linear": linear[k],
+            **{f"5way_{s}shot": latent.few_shot(flat, factors[:, k], s, seed=seed) for s in (1, 5, 10)},
+        }
         for k, name in enumerate(names)
     }
 
 
-def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps: int | None = None, progress: bool = True) -> dict:
+def analyze_run(
+    run: Path, images: int = 5000, metric_scale: float = 1.0, steps: int | None = None, progress: bool = True
+) -> dict:
     """Compute the analysis and merge it into ``RUN/metrics.json``; returns the analysis section."""
     from factordiff.fit import prepare_data
 
@@ -75,7 +86,10 @@ def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps:
     source = data.images[rng.choice(seen)]
     frames = 8
     sample_codes = torch.from_numpy(codes[:512])
-    trav = [latent.traversal(model, source, k, latent.block_axis(model, sample_codes, k, frames), steps) for k in range(codes.shape[1])]
+    trav = [
+        latent.traversal(model, source, k, latent.block_axis(model, sample_codes, k, frames), steps)
+        for k in range(codes.shape[1])
+    ]
     save_png(_tile(np.concatenate(trav), len(trav), frames), run / FIGURES / "traversals.png")
 
     pairs = rng.choice(seen, (3, 2), replace=False)
@@ -90,12 +104,26 @@ def analyze_run(run: Path, images: int = 5000, metric_scale: float = 1.0, steps:
     analysis = {
         "disentanglement": code_metrics(codes, factors, metric_scale, cfg.train.seed, progress),
         "probes": probes(codes, factors, data.spec.names, cfg.train.seed),
-        "interpolation_smoothness": {"paths": smooth, "mean_spread": float(np.mean([s["spread"] for s in smooth]))},
-        "perceptual_path_length": latent.perceptual_path_length(model, extractor, data.images[seen], steps=min(steps, 20), seed=cfg.train.seed),
+        "interpolation_smoothness": {
+            "paths": smooth,
+            "mean_spread": float(np.mean([s["spread"] for s in smooth])),
+        },
+        "perceptual_path_length": latent.perceptual_path_length(
+            model, extractor, data.images[seen], steps=min(steps, 20), seed=cfg.train.seed
+        ),
         "images": len(rows),
-        "figures": {"traversals": {"file": f"{FIGURES}/traversals.png", "rows": block_names(model), "frames": frames},
-                    "interpolations": {"file": f"{FIGURES}/interpolations.png", "pairs": [[int(a), int(b)] for a, b in pairs]},
-                    "projections": {"file": f"{FIGURES}/projections.png", "rows": "code blocks", "columns": data.spec.names}},
+        "figures": {
+            "traversals": {"file": f"{FIGURES}/traversals.png", "rows": block_names(model), "frames": frames},
+            "interpolations": {
+                "file": f"{FIGURES}/interpolations.png",
+                "pairs": [[int(a), int(b)] for a, b in pairs],
+            },
+            "projections": {
+                "file": f"{FIGURES}/projections.png",
+                "rows": "code blocks",
+                "columns": data.spec.names,
+            },
+        },
     }
     metrics = read_json(run / "metrics.json")
     metrics["analysis"] = analysis

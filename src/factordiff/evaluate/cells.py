@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from factordiff.config import EvaluateConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split
-from factordiff.config import EvaluateConfig
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.model import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
@@ -70,10 +70,16 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
     k = lambda x, y: (x @ y.T / d + 1) ** 3
     m, n = len(a), len(b)
     kaa, kbb = k(a, a), k(b, b)
-    return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1)) - 2 * k(a, b).mean())
+    return float(
+        (kaa.sum() - np.trace(kaa)) / (m * (m - 1))
+        + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+        - 2 * k(a, b).mean()
+    )
 
 
-def _distances(oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str, ...], fill: np.ndarray) -> dict:
+def _distances(
+    oracle, generated: np.ndarray, real: np.ndarray, names: tuple[str, ...], fill: np.ndarray
+) -> dict:
     g, r = oracle_features(oracle, generated), oracle_features(oracle, real)
     out, out_k = {"all": frechet(g, r)}, kernel_distance(g, r)
     for c, name in enumerate(names):
@@ -89,13 +95,22 @@ def autoencoder_roundtrip(model: FactorModel, images: np.ndarray) -> np.ndarray 
     return None if model.autoencoder is None else to_uint8(model.from_latent(model.latents(images)))
 
 
-def _same_batch(rng: np.random.Generator, pool: np.ndarray, rows: np.ndarray, batch: np.ndarray) -> np.ndarray:
+def _same_batch(
+    rng: np.random.Generator, pool: np.ndarray, rows: np.ndarray, batch: np.ndarray
+) -> np.ndarray:
     """For each of ``rows``, a random row of ``pool`` in the same batch (any row of ``pool`` where
     the batch has none)."""
-    return np.asarray([rng.choice(pool[batch[pool] == batch[r]]) if (batch[pool] == batch[r]).any() else rng.choice(pool) for r in rows])
+    return np.asarray(
+        [
+            rng.choice(pool[batch[pool] == batch[r]]) if (batch[pool] == batch[r]).any() else rng.choice(pool)
+            for r in rows
+        ]
+    )
 
 
-def batch_mean_shift(data: FactorDataset, train: np.ndarray, src: np.ndarray, target_batch: np.ndarray, kb: int) -> np.ndarray:
+def batch_mean_shift(
+    data: FactorDataset, train: np.ndarray, src: np.ndarray, target_batch: np.ndarray, kb: int
+) -> np.ndarray:
     """The baseline a user tries first: each source image's channels standardised with its batch's
     per-channel mean and spread and given the target batch's, over training images only."""
     x = data.images.reshape(len(data), -1, data.channels)
@@ -111,7 +126,9 @@ def batch_mean_shift(data: FactorDataset, train: np.ndarray, src: np.ndarray, ta
     return out
 
 
-def _edit(model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], e: EvaluateConfig) -> np.ndarray:
+def _edit(
+    model: FactorModel, images: np.ndarray, blocks: dict[int, torch.Tensor], e: EvaluateConfig
+) -> np.ndarray:
     """``edit_blocks`` with the settings of the changed factors' role (``edit_settings``)."""
     strength, guidance, residual = edit_settings(e, model.spec, list(blocks))
     return edit_blocks(model, images, blocks, e.steps, guidance, strength, residual)
@@ -123,7 +140,14 @@ def _closer(oracle, images: np.ndarray, true_mean: np.ndarray, control_mean: np.
     return np.linalg.norm(feats - true_mean, axis=1) < np.linalg.norm(feats - control_mean, axis=1)
 
 
-def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, target_rows: np.ndarray, factors: list[int], e: EvaluateConfig) -> np.ndarray:
+def _regenerate_into(
+    model: FactorModel,
+    data: FactorDataset,
+    src: np.ndarray,
+    target_rows: np.ndarray,
+    factors: list[int],
+    e: EvaluateConfig,
+) -> np.ndarray:
     """Images ``src`` regenerated with the ``factors`` of the rows ``target_rows`` (their prototype
     blocks), batched by identical targets, with the edit settings of those factors' role."""
     f = data.factors
@@ -136,7 +160,9 @@ def _regenerate_into(model: FactorModel, data: FactorDataset, src: np.ndarray, t
     return out
 
 
-def true_counterfactuals(data: FactorDataset, rows: np.ndarray, new: np.ndarray, seed: int) -> np.ndarray | None:
+def true_counterfactuals(
+    data: FactorDataset, rows: np.ndarray, new: np.ndarray, seed: int
+) -> np.ndarray | None:
     """cellsim's ground truth of an edit: fields ``rows`` rendered again, the same cells with the
     factor values ``new`` ((N, K) value indices). None where ``data`` is not cellsim rendered with
     ``seed`` (the first row is rendered to check)."""
@@ -144,13 +170,25 @@ def true_counterfactuals(data: FactorDataset, rows: np.ndarray, new: np.ndarray,
         return None
     from factordiff.data.cellsim import render, to_uint8
 
-    fields = lambda values, idx: to_uint8(render(values[None], data.size, seed, index_offset=int(idx)))[0].transpose(1, 2, 0)
+    fields = lambda values, idx: to_uint8(render(values[None], data.size, seed, index_offset=int(idx)))[
+        0
+    ].transpose(1, 2, 0)
     if not np.array_equal(fields(data.factors[rows[0]], rows[0]), data.images[rows[0]]):
         return None
     return np.stack([fields(v, r) for v, r in zip(new, rows)])
 
 
-def _swap(model: FactorModel, oracle, data: FactorDataset, train: np.ndarray, src: np.ndarray, target_rows: np.ndarray, e: EvaluateConfig, seed: int, pos: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict]:
+def _swap(
+    model: FactorModel,
+    oracle,
+    data: FactorDataset,
+    train: np.ndarray,
+    src: np.ndarray,
+    target_rows: np.ndarray,
+    e: EvaluateConfig,
+    seed: int,
+    pos: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fields ``src`` regenerated into the plate (and batch, source) of ``target_rows``; the
     regenerated images, the batch mean shift's, and the oracle's rates for them and the nulls."""
     f, kc, kb = data.factors, pos["compound"], pos["batch"]
@@ -160,24 +198,49 @@ def _swap(model: FactorModel, oracle, data: FactorDataset, train: np.ndarray, sr
 
     def rates(images: np.ndarray) -> dict:
         p = oracle.predict(images)
-        return {"target_batch_rate": float((p[:, kb] == f[target_rows, kb]).mean()), "biology_kept_rate": float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean()),
-                "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean())}
+        return {
+            "target_batch_rate": float((p[:, kb] == f[target_rows, kb]).mean()),
+            "biology_kept_rate": float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean()),
+            "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean()),
+        }
+
     moved = f[src].copy()
     moved[:, technical] = f[target_rows][:, technical]
     true_cf = true_counterfactuals(data, src, moved, seed)
     trip = autoencoder_roundtrip(model, data.images[src])
     shifted = batch_mean_shift(data, train, src, f[target_rows, kb], kb)
-    return generated, shifted, {**rates(generated), "copy_source": rates(data.images[src]), "mean_shift": rates(shifted),
-                       **({"autoencoder_roundtrip": rates(trip)} if trip is not None else {}), **({"true_counterfactual": rates(true_cf)} if true_cf is not None else {}),
-                       "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, data.spec, technical)))}
+    return (
+        generated,
+        shifted,
+        {
+            **rates(generated),
+            "copy_source": rates(data.images[src]),
+            "mean_shift": rates(shifted),
+            **({"autoencoder_roundtrip": rates(trip)} if trip is not None else {}),
+            **({"true_counterfactual": rates(true_cf)} if true_cf is not None else {}),
+            "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, data.spec, technical))),
+        },
+    )
 
 
-def seen_batch_swaps(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, n: int = 100, seed: int = 0) -> dict:
+def seen_batch_swaps(
+    model: FactorModel,
+    oracle,
+    data: FactorDataset,
+    split: Split,
+    e: EvaluateConfig,
+    n: int = 100,
+    seed: int = 0,
+) -> dict:
     """Batch swaps of top-dose training fields into another batch in which their compound was
     seen in training: the figures of ``batch_swap`` on combinations that are not held out, where
     edit settings may be chosen without looking at the held-out ones."""
     spec, f = data.spec, data.factors
-    pos = {name: spec.position(name) for name in ("compound", "batch", "plate", "source", "dose", "cell_line") if name in spec.names}
+    pos = {
+        name: spec.position(name)
+        for name in ("compound", "batch", "plate", "source", "dose", "cell_line")
+        if name in spec.names
+    }
     train = ~split.heldout(f)
     kc, kb = pos["compound"], pos["batch"]
     at_top = (f[:, pos["dose"]] == f[:, pos["dose"]].max()) if "dose" in pos else np.ones(len(f), bool)
@@ -190,11 +253,25 @@ def seen_batch_swaps(model: FactorModel, oracle, data: FactorDataset, split: Spl
             target_rows.append(rng.choice(targets))
         if len(src) == n:
             break
-    return {"edits": len(src), **_swap(model, oracle, data, train, np.asarray(src, int), np.asarray(target_rows, int), e, seed, pos)[2]}
+    return {
+        "edits": len(src),
+        **_swap(model, oracle, data, train, np.asarray(src, int), np.asarray(target_rows, int), e, seed, pos)[
+            2
+        ],
+    }
 
 
-def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, seed: int = 0, compounds: list[int] | None = None, per_compound: int = 8,
-                        leave_one_out: dict[str, str] | None = None) -> float | None:
+def seen_compound_edits(
+    model: FactorModel,
+    oracle,
+    data: FactorDataset,
+    split: Split,
+    e: EvaluateConfig,
+    seed: int = 0,
+    compounds: list[int] | None = None,
+    per_compound: int = 8,
+    leave_one_out: dict[str, str] | None = None,
+) -> float | None:
     """Same-batch training controls regenerated into training compounds (their prototype codes) at
     the top dose: the share closer to the compound's real fields than to the controls' (the
     ``unseen_compound`` criterion with the right code: how much of a compound the model imposes,
@@ -208,17 +285,39 @@ def seen_compound_edits(model: FactorModel, oracle, data: FactorDataset, split: 
         return None
     kc = data.spec.position("compound")
     names = [str(v) for v in data.spec.factors[kc].values]
-    code = None if leave_one_out is None else lambda c: (compound_code(model, kc, leave_one_out[names[c]], {k: v for k, v in leave_one_out.items() if k != names[c]})
-                                                        if names[c] in leave_one_out else None)
+    code = (
+        None
+        if leave_one_out is None
+        else lambda c: (
+            compound_code(
+                model, kc, leave_one_out[names[c]], {k: v for k, v in leave_one_out.items() if k != names[c]}
+            )
+            if names[c] in leave_one_out
+            else None
+        )
+    )
     if CONTROL not in names:
         return None
-    hits = [_closer(oracle, edited, true_mean, control_mean)
-            for _, edited, true_mean, control_mean in compound_edits(model, oracle, data, split, e, np.random.default_rng(seed + 13), compounds, per_compound, code)]
+    hits = [
+        _closer(oracle, edited, true_mean, control_mean)
+        for _, edited, true_mean, control_mean in compound_edits(
+            model, oracle, data, split, e, np.random.default_rng(seed + 13), compounds, per_compound, code
+        )
+    ]
     return float(np.concatenate(hits).mean()) if hits else None
 
 
-def compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split, e: EvaluateConfig, rng: np.random.Generator, compounds: list[int] | None = None,
-                   per_compound: int = 8, code: Callable[[int], torch.Tensor | None] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+def compound_edits(
+    model: FactorModel,
+    oracle,
+    data: FactorDataset,
+    split: Split,
+    e: EvaluateConfig,
+    rng: np.random.Generator,
+    compounds: list[int] | None = None,
+    per_compound: int = 8,
+    code: Callable[[int], torch.Tensor | None] | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """The edits of ``seen_compound_edits``, per training compound ``c`` (``compounds`` or every
     treated one) with top-dose training fields: ``(c, edited, true_mean, control_mean)``, where
     ``edited`` are ``per_compound`` same-batch training controls (drawn with ``rng``) regenerated
@@ -248,15 +347,29 @@ def compound_edits(model: FactorModel, oracle, data: FactorDataset, split: Split
         yield c, edited, oracle_features(oracle, data.images[real]).mean(0), control_mean
 
 
-def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split, channels: tuple[str, ...], e: EvaluateConfig, n: int = 100,
-                   seed: int = 0, library: dict[str, str] | None = None, parts: tuple[str, ...] = ("batch_swap", "unseen_compound", "map")) -> dict:
+def evaluate_cells(
+    model: FactorModel,
+    oracle,
+    data: FactorDataset,
+    split: Split,
+    channels: tuple[str, ...],
+    e: EvaluateConfig,
+    n: int = 100,
+    seed: int = 0,
+    library: dict[str, str] | None = None,
+    parts: tuple[str, ...] = ("batch_swap", "unseen_compound", "map"),
+) -> dict:
     """The figures above; factors are found by name (compound, batch, and plate, source, dose,
     cell_line where the data has them). Edits take the settings ``e`` of their factors' role
     (``edit_settings``: batch swaps the technical ones). ``seed`` is the run's (cellsim's fields
     are rendered with it, so that the batch swaps' true counterfactuals can be rendered).
     ``parts``: the figures to compute."""
     spec, f = data.spec, data.factors
-    pos = {name: spec.position(name) for name in ("compound", "batch", "plate", "source", "dose", "cell_line") if name in spec.names}
+    pos = {
+        name: spec.position(name)
+        for name in ("compound", "batch", "plate", "source", "dose", "cell_line")
+        if name in spec.names
+    }
     if "compound" not in pos or "batch" not in pos:
         return {"absent": "the data has no compound and batch factors"}
     rng = np.random.default_rng(seed + 11)
@@ -264,12 +377,18 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
     train = ~held
     kc, kb = pos["compound"], pos["batch"]
     biology = [pos[k] for k in ("compound", "dose", "cell_line") if k in pos]
-    fill = np.rint(data.images[rng.choice(len(data), min(2000, len(data)), replace=False)].reshape(-1, data.channels).mean(0)).astype(np.uint8)
+    fill = np.rint(
+        data.images[rng.choice(len(data), min(2000, len(data)), replace=False)]
+        .reshape(-1, data.channels)
+        .mean(0)
+    ).astype(np.uint8)
     out: dict = {}
 
     # batch swap into held-out compound x batch combinations
     combos = sorted({(int(c), int(b)) for c, b in f[held][:, [kc, kb]]})
-    combos = [(c, b) for c, b in combos if (train & (f[:, kc] == c)).any() and (train & (f[:, kb] == b)).any()]
+    combos = [
+        (c, b) for c, b in combos if (train & (f[:, kc] == c)).any() and (train & (f[:, kb] == b)).any()
+    ]
     if combos and "batch_swap" in parts:
         src, target_rows, truth = [], [], []
         at_top = (f[:, pos["dose"]] == f[:, pos["dose"]].max()) if "dose" in pos else np.ones(len(f), bool)
@@ -286,22 +405,35 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         src, target_rows = np.asarray(src, int), np.asarray(target_rows, int)
     if combos and "batch_swap" in parts and len(src):
         generated, shifted, swap = _swap(model, oracle, data, train, src, target_rows, e, seed, pos)
-        real_imgs = data.images[np.asarray(truth)]  # every real image of the held-out combinations at the top dose
-        out["batch_swap"] = {"edits": int(len(src)), "combinations": [f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos], **swap,
-                             **_distances(oracle, generated, real_imgs, channels, fill),
-                             "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill),
-                             "mean_shift_distances": _distances(oracle, shifted, real_imgs, channels, fill)}
+        real_imgs = data.images[
+            np.asarray(truth)
+        ]  # every real image of the held-out combinations at the top dose
+        out["batch_swap"] = {
+            "edits": int(len(src)),
+            "combinations": [
+                f"{spec.factors[kc].values[c]} x {spec.factors[kb].values[b]}" for c, b in combos
+            ],
+            **swap,
+            **_distances(oracle, generated, real_imgs, channels, fill),
+            "copy_source_distances": _distances(oracle, data.images[src], real_imgs, channels, fill),
+            "mean_shift_distances": _distances(oracle, shifted, real_imgs, channels, fill),
+        }
         out["frechet"] = out["batch_swap"]["frechet"]
 
     # an unseen compound, by its structure
     compounds = [str(v) for v in spec.factors[kc].values]
-    unseen = [c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()]
+    unseen = [
+        c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()
+    ]
     if unseen and library and CONTROL in compounds and "unseen_compound" in parts:
-
         from factordiff.encoders.perturbation import perturbation_features, tanimoto
 
         ctrl = compounds.index(CONTROL)
-        known = [c for c in range(len(compounds)) if c != ctrl and c not in unseen and (train & (f[:, kc] == c)).any() and compounds[c] in library]
+        known = [
+            c
+            for c in range(len(compounds))
+            if c != ctrl and c not in unseen and (train & (f[:, kc] == c)).any() and compounds[c] in library
+        ]
         fps_known = perturbation_features("morgan", [library[compounds[c]] for c in known], set())
         feats_ctrl = oracle_features(oracle, data.images[np.flatnonzero(f[:, kc] == ctrl)[:500]]).mean(0)
         kd = pos.get("dose")
@@ -314,31 +446,62 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
                 continue
             chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
             sources = _same_batch(rng, pool, chosen, f[:, kb])
-            blocks = {kc: compound_code(model, kc, library[compounds[c]], library), **({kd: model.prototype(kd, top)} if kd is not None else {})}
+            blocks = {
+                kc: compound_code(model, kc, library[compounds[c]], library),
+                **({kd: model.prototype(kd, top)} if kd is not None else {}),
+            }
             # the nearest training compound by structure, its real images at the same dose (and batch)
-            nearest = known[int(np.argmax(tanimoto(perturbation_features("morgan", [library[compounds[c]]], set()), fps_known)[0]))]
-            near_pool = np.flatnonzero(train & (f[:, kc] == nearest) & ((f[:, kd] == top) if kd is not None else True))
+            nearest = known[
+                int(
+                    np.argmax(
+                        tanimoto(perturbation_features("morgan", [library[compounds[c]]], set()), fps_known)[
+                            0
+                        ]
+                    )
+                )
+            ]
+            near_pool = np.flatnonzero(
+                train & (f[:, kc] == nearest) & ((f[:, kd] == top) if kd is not None else True)
+            )
             near_pool = near_pool if len(near_pool) else np.flatnonzero(train & (f[:, kc] == nearest))
             near = _same_batch(rng, near_pool, chosen, f[:, kb])
             true_mean = oracle_features(oracle, data.images[real]).mean(0)
-            row = {name: _closer(oracle, x, true_mean, feats_ctrl)
-                   for name, x in (("generated", _edit(model, data.images[sources], blocks, e)), ("copy_control", data.images[sources]), ("nearest_compound", data.images[near]))}
+            row = {
+                name: _closer(oracle, x, true_mean, feats_ctrl)
+                for name, x in (
+                    ("generated", _edit(model, data.images[sources], blocks, e)),
+                    ("copy_control", data.images[sources]),
+                    ("nearest_compound", data.images[near]),
+                )
+            }
             for k, v in row.items():
                 hits[k].append(v)
-            res.append({"compound": compounds[c], "images": int(len(chosen)), "closer_than_control": float(row["generated"].mean()),
-                        "copy_control_closer": float(row["copy_control"].mean()), "nearest_compound": compounds[nearest],
-                        "nearest_compound_closer": float(row["nearest_compound"].mean())})
+            res.append(
+                {
+                    "compound": compounds[c],
+                    "images": int(len(chosen)),
+                    "closer_than_control": float(row["generated"].mean()),
+                    "copy_control_closer": float(row["copy_control"].mean()),
+                    "nearest_compound": compounds[nearest],
+                    "nearest_compound_closer": float(row["nearest_compound"].mean()),
+                }
+            )
         if res:
-            out["unseen_compound"] = {"dose": str(spec.factors[kd].values[top]) if kd is not None else None,
-                                      "seen_compounds": seen_compound_edits(model, oracle, data, split, e, seed, known),
-                                      "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, spec, biology))),
-                                      "closer_than_control": float(np.concatenate(hits["generated"]).mean()),
-                                      "copy_control": float(np.concatenate(hits["copy_control"]).mean()),
-                                      "nearest_compound": float(np.concatenate(hits["nearest_compound"]).mean()), "by_compound": res}
+            out["unseen_compound"] = {
+                "dose": str(spec.factors[kd].values[top]) if kd is not None else None,
+                "seen_compounds": seen_compound_edits(model, oracle, data, split, e, seed, known),
+                "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, spec, biology))),
+                "closer_than_control": float(np.concatenate(hits["generated"]).mean()),
+                "copy_control": float(np.concatenate(hits["copy_control"]).mean()),
+                "nearest_compound": float(np.concatenate(hits["nearest_compound"]).mean()),
+                "by_compound": res,
+            }
             from factordiff.data.cellsim import COMPOUNDS, structure_ceiling
 
             if library is COMPOUNDS:  # cellsim's ground truth: how far structure alone can go
-                out["unseen_compound"]["structure_ceiling"] = structure_ceiling([compounds[c] for c in unseen], [compounds[c] for c in known])
+                out["unseen_compound"]["structure_ceiling"] = structure_ceiling(
+                    [compounds[c] for c in unseen], [compounds[c] for c in known]
+                )
 
     # compound retrieval (mAP) against controls
     if CONTROL in compounds and "map" in parts:
@@ -351,9 +514,27 @@ def evaluate_cells(model: FactorModel, oracle, data: FactorDataset, split: Split
         sources = _same_batch(rng, pool, treated, f[:, kb])
         generated = _regenerate_into(model, data, sources, treated, biology, e)
         controls = rng.choice(pool, min(len(pool), n), replace=False)
-        meta = {"Metadata_compound": np.r_[f[treated, kc], f[controls, kc]].astype(str), "Metadata_plate": np.r_[f[treated, pos.get("plate", kb)], f[controls, pos.get("plate", kb)]].astype(str)}
+        meta = {
+            "Metadata_compound": np.r_[f[treated, kc], f[controls, kc]].astype(str),
+            "Metadata_plate": np.r_[
+                f[treated, pos.get("plate", kb)], f[controls, pos.get("plate", kb)]
+            ].astype(str),
+        }
         is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(controls), bool)]
         feats_c = oracle_features(oracle, data.images[controls])
-        out["map"] = {name: mean_average_precision(meta, np.concatenate([oracle_features(oracle, x), feats_c]), "Metadata_compound", is_ctrl, "Metadata_plate", seed)["map"]
-                      for name, x in (("real", data.images[treated]), ("generated", generated), ("copy_control", data.images[sources]))}
+        out["map"] = {
+            name: mean_average_precision(
+                meta,
+                np.concatenate([oracle_features(oracle, x), feats_c]),
+                "Metadata_compound",
+                is_ctrl,
+                "Metadata_plate",
+                seed,
+            )["map"]
+            for name, x in (
+                ("real", data.images[treated]),
+                ("generated", generated),
+                ("copy_control", data.images[sources]),
+            )
+        }
     return out

@@ -73,12 +73,32 @@ class OracleStep(nn.Module):
         return sum(F.cross_entropy(lg, batch["factors"][:, k]) for k, lg in enumerate(logits)), {}
 
 
-def train_oracle(data: FactorDataset, steps: int = 2000, seconds: float | None = None, seed: int = 0, batch_size: int = 128, lr: float = 2e-3, progress: bool = True) -> Oracle:
+def train_oracle(
+    data: FactorDataset,
+    steps: int = 2000,
+    seconds: float | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    progress: bool = True,
+) -> Oracle:
     """Train the oracle on ``data`` (which should cover every combination, held-out ones included)."""
     torch.manual_seed(seed + 7)
     oracle = Oracle(data.spec.sizes, data.channels, data.size)
-    batches = ArrayBatches({"images": data.images, "factors": torch.from_numpy(data.factors)}, batch_size, seed + 7)
-    stage = Stage("oracle", OracleStep(oracle), list(oracle.parameters()), batches, steps, lr, seconds, ema_decay=0.999, images_per_step=batch_size)
+    batches = ArrayBatches(
+        {"images": data.images, "factors": torch.from_numpy(data.factors)}, batch_size, seed + 7
+    )
+    stage = Stage(
+        "oracle",
+        OracleStep(oracle),
+        list(oracle.parameters()),
+        batches,
+        steps,
+        lr,
+        seconds,
+        ema_decay=0.999,
+        images_per_step=batch_size,
+    )
     run_stage(stage, LoopOptions(seed=seed, progress=progress))
     return oracle.eval().requires_grad_(False)
 
@@ -140,7 +160,9 @@ class PairEdits:
         return requested, changed
 
 
-def plan_edits(data: FactorDataset, split: Split, per_factor: int, seed: int = 0, tries: int = 200) -> dict[str, Edits]:
+def plan_edits(
+    data: FactorDataset, split: Split, per_factor: int, seed: int = 0, tries: int = 200
+) -> dict[str, Edits]:
     """Choose ``per_factor`` edits of every factor whose target combination is seen, and as many
     whose target is held out (where the split allows any)."""
     rng = np.random.default_rng(seed)
@@ -190,7 +212,9 @@ def _scores(spec: FactorSpec, requested: np.ndarray, changed: np.ndarray, pred: 
     }
 
 
-def score_edits(oracle: Oracle, spec: FactorSpec, edits: Edits | PairEdits, images: np.ndarray, src: np.ndarray) -> dict:
+def score_edits(
+    oracle: Oracle, spec: FactorSpec, edits: Edits | PairEdits, images: np.ndarray, src: np.ndarray
+) -> dict:
     """``_scores`` of the edited ``images`` as the oracle reads them; ``src`` holds the sources'
     value indices (N, K)."""
     requested, changed = edits.requested(src)
@@ -211,8 +235,12 @@ class TargetCodes:
         self.model, self.data = model, data
         self.rng = np.random.default_rng(seed + 13)
         self.from_reference = 0
-        self.available = [np.array([model.has_prototype(k, v) or bool((data.factors[:, k] == v).any()) for v in range(f.size)])
-                          for k, f in enumerate(data.spec.factors)]  # per factor, the values that have a block
+        self.available = [
+            np.array(
+                [model.has_prototype(k, v) or bool((data.factors[:, k] == v).any()) for v in range(f.size)]
+            )
+            for k, f in enumerate(data.spec.factors)
+        ]  # per factor, the values that have a block
 
     def possible(self, combos: np.ndarray) -> np.ndarray:
         """True for the combinations (N, K) whose every value has a block."""
@@ -229,7 +257,16 @@ class TargetCodes:
         return self.model.codes(self.data.images[ref : ref + 1])[0, self.model.factor_blocks[k]]
 
 
-def run_edits(model: FactorModel, data: FactorDataset, edits: Edits, steps: int, guidance: float, bar=None, targets: TargetCodes | None = None, strength: float = 1.0) -> np.ndarray:
+def run_edits(
+    model: FactorModel,
+    data: FactorDataset,
+    edits: Edits,
+    steps: int,
+    guidance: float,
+    bar=None,
+    targets: TargetCodes | None = None,
+    strength: float = 1.0,
+) -> np.ndarray:
     """Generate every edit; returns uint8 images in the order of ``edits``.
 
     ``bar`` (a tqdm bar or None) advances by the number of images after the inversion and after
@@ -245,24 +282,34 @@ def run_edits(model: FactorModel, data: FactorDataset, edits: Edits, steps: int,
     for k in sorted(set(edits.factor)):
         rows = np.flatnonzero(np.asarray(edits.factor) == k)
         blocks = torch.stack([targets.block(k, edits.target[i]) for i in rows])
-        out[rows] = model.counterfactual(src[rows], k, blocks, steps, guidance, x_T=x_T[rows], codes=codes[rows], strength=strength)
+        out[rows] = model.counterfactual(
+            src[rows], k, blocks, steps, guidance, x_T=x_T[rows], codes=codes[rows], strength=strength
+        )
         if bar is not None:
             bar.update(len(rows))
     return out
 
 
-def plan_pair_edits(data: FactorDataset, split: Split, n: int, targets: TargetCodes, seed: int = 0, tries: int = 200) -> tuple[PairEdits | None, str | None]:
+def plan_pair_edits(
+    data: FactorDataset, split: Split, n: int, targets: TargetCodes, seed: int = 0, tries: int = 200
+) -> tuple[PairEdits | None, str | None]:
     """``n`` edits that change both factors of a composition split's held-out block at once: the
     source a training combination, the target value pair in the block (both values different from
     the source's), so that the edited combination is held out. Returns (edits, None), or (None, the
     reason) when the split has no such block."""
     if split.config.kind != "composition" or len(split.held_values) != 2:
-        return None, f"the {split.config.kind} split holds out no block of two factors' values (only composition does)"
+        return (
+            None,
+            f"the {split.config.kind} split holds out no block of two factors' values (only composition does)",
+        )
     (a, va), (b, vb) = ((data.spec.position(name), vals) for name, vals in split.held_values.items())
     block = [(x, y) for x in va for y in vb if targets.available[a][x] and targets.available[b][y]]
     seen = np.flatnonzero(~split.heldout(data.factors))
     if not block or not len(seen):
-        return None, "no held-out value pair has code blocks" if not block else "no training image to start from"
+        return (
+            None,
+            "no held-out value pair has code blocks" if not block else "no training image to start from",
+        )
     rng = np.random.default_rng(seed + 17)
     edits = PairEdits((a, b))
     for _ in range(n * tries):
@@ -273,11 +320,24 @@ def plan_pair_edits(data: FactorDataset, split: Split, n: int, targets: TargetCo
         if options:
             edits.source.append(s)
             edits.targets.append(options[int(rng.integers(len(options)))])
-    return (edits, None) if len(edits) else (None, "no training image differs from a held-out pair in both factors")
+    return (
+        (edits, None)
+        if len(edits)
+        else (None, "no training image differs from a held-out pair in both factors")
+    )
 
 
 @torch.no_grad()
-def run_pair_edits(model: FactorModel, data: FactorDataset, edits: PairEdits, steps: int, guidance: float, targets: TargetCodes, bar=None, strength: float = 1.0) -> np.ndarray:
+def run_pair_edits(
+    model: FactorModel,
+    data: FactorDataset,
+    edits: PairEdits,
+    steps: int,
+    guidance: float,
+    targets: TargetCodes,
+    bar=None,
+    strength: float = 1.0,
+) -> np.ndarray:
     """Generate two-factor edits: invert each source under its codes, swap both blocks, decode with
     guidance ``guidance`` on both changed blocks. Returns uint8 images in the order of ``edits``."""
     src = data.images[np.asarray(edits.source)]
@@ -288,14 +348,33 @@ def run_pair_edits(model: FactorModel, data: FactorDataset, edits: PairEdits, st
     new = codes.clone()
     for col, k in enumerate(edits.factors):
         new[:, model.factor_blocks[k]] = torch.stack([targets.block(k, t[col]) for t in edits.targets])
-    out = model.regenerate(src, codes, new, steps, Guidance(factors={model.factor_blocks[k]: guidance for k in edits.factors}), strength, x_T)
+    out = model.regenerate(
+        src,
+        codes,
+        new,
+        steps,
+        Guidance(factors={model.factor_blocks[k]: guidance for k in edits.factors}),
+        strength,
+        x_T,
+    )
     if bar is not None:
         bar.update(len(src))
     return out
 
 
-def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, per_factor: int = 100, steps: int = 50, guidance: float = 1.0, seed: int = 0, progress: bool = False,
-                             pairs: int | None = None, strength: float = 1.0) -> tuple[dict, dict]:
+def evaluate_counterfactuals(
+    model: FactorModel,
+    oracle: Oracle,
+    data: FactorDataset,
+    split: Split,
+    per_factor: int = 100,
+    steps: int = 50,
+    guidance: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    pairs: int | None = None,
+    strength: float = 1.0,
+) -> tuple[dict, dict]:
     """Effectiveness, preservation and all_right on seen and held-out targets, the same for
     ``pairs`` (default ``per_factor``) two-factor edits into held-out combinations
     (``heldout_pairs``: effectiveness is the share with both changed factors right; without a
@@ -322,26 +401,58 @@ def evaluate_counterfactuals(model: FactorModel, oracle: Oracle, data: FactorDat
             metrics[kind] = None
             continue
         before = targets.from_reference
-        images = run_edits(model, data, edits, steps, guidance, bar, targets, strength) if len(edits) else data.images[:0]
+        images = (
+            run_edits(model, data, edits, steps, guidance, bar, targets, strength)
+            if len(edits)
+            else data.images[:0]
+        )
         scores = score_edits(oracle, data.spec, edits, images, data.factors[np.asarray(edits.source, int)])
-        metrics[kind] = {**scores, "targets_from_reference": targets.from_reference - before, "skipped": skipped[kind]}
+        metrics[kind] = {
+            **scores,
+            "targets_from_reference": targets.from_reference - before,
+            "skipped": skipped[kind],
+        }
         examples[kind] = (edits, images)
     if pair_plan is not None:
         before = targets.from_reference
         images = run_pair_edits(model, data, pair_plan, steps, guidance, targets, bar, strength)
-        scores = score_edits(oracle, data.spec, pair_plan, images, data.factors[np.asarray(pair_plan.source, int)])
+        scores = score_edits(
+            oracle, data.spec, pair_plan, images, data.factors[np.asarray(pair_plan.source, int)]
+        )
         names = [data.spec.factors[k].name for k in pair_plan.factors]
-        metrics["heldout_pairs"] = {**scores, "effectiveness": scores["changed_right"], "factors": names, "targets_from_reference": targets.from_reference - before}
+        metrics["heldout_pairs"] = {
+            **scores,
+            "effectiveness": scores["changed_right"],
+            "factors": names,
+            "targets_from_reference": targets.from_reference - before,
+        }
         examples["heldout_pairs"] = (pair_plan, images)
     else:
-        metrics["heldout_pairs"] = {"effectiveness": None, "preservation": None, "all_right": None, "edits": 0, "absent": reason}
+        metrics["heldout_pairs"] = {
+            "effectiveness": None,
+            "preservation": None,
+            "all_right": None,
+            "edits": 0,
+            "absent": reason,
+        }
     bar.close()
-    metrics["reconstruction"] = reconstruction(model, oracle, data, split, min(len(data), 4 * per_factor), steps, seed, strength)
+    metrics["reconstruction"] = reconstruction(
+        model, oracle, data, split, min(len(data), 4 * per_factor), steps, seed, strength
+    )
     return metrics, examples
 
 
 @torch.no_grad()
-def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int, strength: float = 1.0) -> dict:
+def reconstruction(
+    model: FactorModel,
+    oracle: Oracle,
+    data: FactorDataset,
+    split: Split,
+    n: int,
+    steps: int,
+    seed: int,
+    strength: float = 1.0,
+) -> dict:
     """Invert and regenerate with nothing changed: pixel MSE (images in [0, 1]) against the source
     and against the autoencoder's own reconstruction, and how often the oracle reads all factors."""
     rng = np.random.default_rng(seed + 1)
@@ -353,7 +464,11 @@ def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, spli
     unit = lambda a: a.astype(np.float64) / 255.0  # noqa: E731
     res = {"mse": float(((unit(out) - unit(src)) ** 2).mean()), "images": len(rows)}
     if model.autoencoder is not None:
-        ae = (model.from_latent(model.to_latent(to_unit(src))).clamp(-1, 1).add(1).div(2)).permute(0, 2, 3, 1).numpy()
+        ae = (
+            (model.from_latent(model.to_latent(to_unit(src))).clamp(-1, 1).add(1).div(2))
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
         res["autoencoder_mse"] = float(((ae - unit(src)) ** 2).mean())
         res["mse_vs_autoencoder"] = float(((unit(out) - ae) ** 2).mean())
     pred = oracle.predict(out)
@@ -362,7 +477,18 @@ def reconstruction(model: FactorModel, oracle: Oracle, data: FactorDataset, spli
 
 
 @torch.no_grad()
-def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, guidance: float, seed: int = 0, repeats: tuple[int, ...] = (1, 10), strength: float = 1.0) -> dict:
+def soundness(
+    model: FactorModel,
+    oracle: Oracle,
+    data: FactorDataset,
+    split: Split,
+    n: int,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    repeats: tuple[int, ...] = (1, 10),
+    strength: float = 1.0,
+) -> dict:
     """Counterfactual soundness after Monteiro et al. (ICLR 2023), on ``n`` training-combination
     sources; each measured as the mean pixel L1 to the source (pixels in [0, 1]) and the oracle's
     agreement (the share of images on which it reads every factor as the source's); every
@@ -401,12 +527,27 @@ def soundness(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Sp
         x_b = model.counterfactual(src[r], k, to_b, steps, guidance, codes=mine_codes, strength=strength)
         codes_b = mine_codes.clone()
         codes_b[:, block] = to_b
-        back[mine] = model.counterfactual(x_b, k, mine_codes[:, block], steps, guidance, codes=codes_b, strength=strength)
-    reversibility = {**judge(back, keep), "edits": len(keep)} if len(keep) else {"l1": None, "oracle_agreement": None, "edits": 0}
-    return {"sources": len(rows), "steps": steps, "strength": strength, "guidance": guidance, "composition": composition, "reversibility": reversibility}
+        back[mine] = model.counterfactual(
+            x_b, k, mine_codes[:, block], steps, guidance, codes=codes_b, strength=strength
+        )
+    reversibility = (
+        {**judge(back, keep), "edits": len(keep)}
+        if len(keep)
+        else {"l1": None, "oracle_agreement": None, "edits": 0}
+    )
+    return {
+        "sources": len(rows),
+        "steps": steps,
+        "strength": strength,
+        "guidance": guidance,
+        "composition": composition,
+        "reversibility": reversibility,
+    }
 
 
-def _reversible_targets(model: FactorModel, data: FactorDataset, split: Split, truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _reversible_targets(
+    model: FactorModel, data: FactorDataset, split: Split, truth: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Per source (value indices ``truth``), a random factor (uniform over factors) and another value
     of it (uniform) that has a prototype and makes a seen combination; factor -1 where none does."""
     factor, target = np.full(len(truth), -1), np.zeros(len(truth), int)

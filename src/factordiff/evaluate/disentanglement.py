@@ -79,11 +79,15 @@ def _check_codes(codes: Any) -> np.ndarray:
     """Return ``codes`` as a finite 2-D float64 array or raise FactordiffError."""
     arr = np.asarray(codes)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-        raise FactordiffError(f"codes: expected a 2-D float array (points x dims), got {arr.ndim}-D {arr.dtype}")
+        raise FactordiffError(
+            f"codes: expected a 2-D float array (points x dims), got {arr.ndim}-D {arr.dtype}"
+        )
     if arr.shape[0] < MIN_ROWS or arr.shape[1] < 1:
         raise FactordiffError(f"codes: expected at least {MIN_ROWS} rows and 1 column, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise FactordiffError(f"codes: expected finite values, found {int(np.sum(~np.isfinite(arr)))} NaN/Inf")
+        raise FactordiffError(
+            f"codes: expected finite values, found {int(np.sum(~np.isfinite(arr)))} NaN/Inf"
+        )
     return arr.astype(np.float64, copy=False)
 
 
@@ -122,7 +126,9 @@ def _check_blocks(blocks: Any, num_dims: int) -> list[int]:
     except (TypeError, ValueError):
         raise FactordiffError(f"blocks: expected a list of positive integers, got {blocks!r}") from None
     if not sizes or any(s < 1 for s in sizes) or sum(sizes) != num_dims:
-        raise FactordiffError(f"blocks: expected positive sizes summing to {num_dims} code columns, got {sizes}")
+        raise FactordiffError(
+            f"blocks: expected positive sizes summing to {num_dims} code columns, got {sizes}"
+        )
     return sizes
 
 
@@ -147,7 +153,9 @@ def _split_sizes(num_rows: int, num_train: int, num_test: int) -> tuple[int, int
     return train, num_rows - train
 
 
-def _draw_split(rng: np.random.Generator, num_rows: int, num_train: int, num_test: int) -> tuple[np.ndarray, ...]:
+def _draw_split(
+    rng: np.random.Generator, num_rows: int, num_train: int, num_test: int
+) -> tuple[np.ndarray, ...]:
     """Disjoint train and test row indices, drawn without replacement."""
     train, test = _split_sizes(num_rows, num_train, num_test)
     rows = rng.choice(num_rows, size=train + test, replace=False)
@@ -198,8 +206,10 @@ def _histogram_discretize(codes: np.ndarray, num_bins: int) -> np.ndarray:
 def _mutual_info(discrete_codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """Matrix (num_codes x num_factors) of discrete mutual information in nats."""
     return np.array(
-        [[mutual_info_score(factors[:, k], discrete_codes[:, j]) for k in range(factors.shape[1])]
-         for j in range(discrete_codes.shape[1])]
+        [
+            [mutual_info_score(factors[:, k], discrete_codes[:, j]) for k in range(factors.shape[1])]
+            for j in range(discrete_codes.shape[1])
+        ]
     ).reshape(discrete_codes.shape[1], factors.shape[1])
 
 
@@ -233,7 +243,9 @@ def _importance_gbt(x_train, y_train, x_test, y_test, seed: int) -> tuple[np.nda
     releases the GIL); each has ``random_state=seed``, so the result does not depend on the order.
     """
     importance = np.zeros((x_train.shape[1], y_train.shape[1]))
-    models = Parallel(n_jobs=-1, prefer="threads")(delayed(_fit_gbt)(x_train, y_train[:, k], seed) for k in range(y_train.shape[1]))
+    models = Parallel(n_jobs=-1, prefer="threads")(
+        delayed(_fit_gbt)(x_train, y_train[:, k], seed) for k in range(y_train.shape[1])
+    )
     acc_train, acc_test = [], []
     for k, model in enumerate(models):
         importance[:, k] = np.abs(model.feature_importances_)
@@ -256,7 +268,9 @@ def _dci_completeness(importance: np.ndarray) -> float:
     return float(np.sum(per_factor * total.sum(axis=0) / total.sum()))
 
 
-def dci(codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_test: int = 5000, seed: int = 0) -> dict:
+def dci(
+    codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_test: int = 5000, seed: int = 0
+) -> dict:
     """DCI disentanglement, completeness and informativeness.
 
     Eastwood & Williams, "A Framework for the Quantitative Evaluation of Disentangled
@@ -294,7 +308,9 @@ def dci(codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_test
 # ----------------------------------------------------------------------------------------------
 
 
-def mig(codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_bins: int = 20, seed: int = 0) -> float:
+def mig(
+    codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_bins: int = 20, seed: int = 0
+) -> float:
     """Mutual Information Gap (discrete MIG).
 
     Chen et al., "Isolating Sources of Disentanglement in Variational Autoencoders", NeurIPS
@@ -336,7 +352,9 @@ def _sap_matrix(x_train, y_train, x_test, y_test, seed: int) -> np.ndarray:
     return scores
 
 
-def sap(codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_test: int = 5000, seed: int = 0) -> float:
+def sap(
+    codes: np.ndarray, factors: np.ndarray, num_train: int = 10000, num_test: int = 5000, seed: int = 0
+) -> float:
     """Separated Attribute Predictability (SAP), discrete-factor branch.
 
     Kumar et al., "Variational Inference of Disentangled Latent Concepts from Unlabeled
@@ -544,7 +562,9 @@ def modularity_explicitness(
     mean, std = codes[train].mean(axis=0), codes[train].std(axis=0)
     std = np.where(std > 0, std, 1.0)
     x_train, x_test = (codes[train] - mean) / std, (codes[test] - mean) / std
-    aucs = [_explicitness(x_train, y_train[:, k], x_test, y_test[:, k], seed) for k in range(y_train.shape[1])]
+    aucs = [
+        _explicitness(x_train, y_train[:, k], x_test, y_test[:, k], seed) for k in range(y_train.shape[1])
+    ]
     return {
         "modularity": _modularity(mi),
         "explicitness_train": float(np.mean([a[0] for a in aucs])),
@@ -594,8 +614,13 @@ def _plan(num_rows: int, scale: float) -> dict:
         "dci": dict(split),
         "mig": {"num_train": min(tr, num_rows), "num_bins": 20},
         "sap": dict(split),
-        "factorvae": {"batch_size": 64, "num_train": tr, "num_eval": ev,
-                      "num_variance_estimate": min(10000, num_rows), "prune_std": 0.05},
+        "factorvae": {
+            "batch_size": 64,
+            "num_train": tr,
+            "num_eval": ev,
+            "num_variance_estimate": min(10000, num_rows),
+            "prune_std": 0.05,
+        },
         "betavae": {"batch_size": 64, "num_train": tr, "num_eval": ev},
         "modularity_explicitness": {**split, "num_bins": 20},
     }
@@ -645,7 +670,9 @@ def score_all(
         "sap": lambda: sap(codes, factors, **plan["sap"], seed=seed),
         "factorvae": lambda: factor_vae(codes, factors, **plan["factorvae"], seed=seed)["eval_accuracy"],
         "betavae": lambda: beta_vae(codes, factors, **plan["betavae"], seed=seed)["eval_accuracy"],
-        "modularity_explicitness": lambda: modularity_explicitness(codes, factors, **plan["modularity_explicitness"], seed=seed),
+        "modularity_explicitness": lambda: modularity_explicitness(
+            codes, factors, **plan["modularity_explicitness"], seed=seed
+        ),
     }
     done = {}
     with tqdm(total=len(jobs), desc="metrics", unit="metric", disable=not progress) as bar:
@@ -713,8 +740,11 @@ def load_and_score(
 def format_table(scores: dict) -> str:
     """A two-column text table (metric, value) of the scores, names left- and values right-aligned."""
     rows = [(key, f"{float(scores[key]):.4f}") for key in SCORE_KEYS if key in scores]
-    rows += [(k, f"{float(v):.4f}") for k, v in scores.items()
-             if k not in SCORE_KEYS and k != "settings" and isinstance(v, (int, float))]
+    rows += [
+        (k, f"{float(v):.4f}")
+        for k, v in scores.items()
+        if k not in SCORE_KEYS and k != "settings" and isinstance(v, (int, float))
+    ]
     if isinstance(scores.get("settings"), dict) and "n" in scores["settings"]:
         rows.append(("points", str(scores["settings"]["n"])))
     left = max([len("metric")] + [len(r[0]) for r in rows])

@@ -35,7 +35,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, u: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolation(model: FactorModel, image_a: np.ndarray, image_b: np.ndarray, frames: int = 8, steps: int = 50) -> np.ndarray:
+def interpolation(
+    model: FactorModel, image_a: np.ndarray, image_b: np.ndarray, frames: int = 8, steps: int = 50
+) -> np.ndarray:
     """Frames (frames, H, W, C) from image_a to image_b: lerp of codes, slerp of x_T."""
     pair = np.stack([image_a, image_b])
     codes = model.codes(pair)
@@ -49,7 +51,11 @@ def interpolation(model: FactorModel, image_a: np.ndarray, image_b: np.ndarray, 
 def block_axis(model: FactorModel, codes: torch.Tensor, k: int, frames: int) -> torch.Tensor:
     """Points along block k: between the prototypes of the first and last value of the factor that
     block k carries (supervised blocks), else along the block's first principal axis (mean +- 2 std)."""
-    if model.prototypes and model.factor_blocks[k:k + 1] == [k] and not torch.isnan(model.prototypes[k][[0, -1]]).any():
+    if (
+        model.prototypes
+        and model.factor_blocks[k : k + 1] == [k]
+        and not torch.isnan(model.prototypes[k][[0, -1]]).any()
+    ):
         lo, hi = model.prototypes[k][0], model.prototypes[k][-1]
         return torch.stack([lo + (hi - lo) * u for u in np.linspace(0, 1, frames)])
     block = codes[:, k].numpy()
@@ -60,7 +66,9 @@ def block_axis(model: FactorModel, codes: torch.Tensor, k: int, frames: int) -> 
 
 
 @torch.no_grad()
-def traversal(model: FactorModel, image: np.ndarray, k: int, axis: torch.Tensor, steps: int = 50) -> np.ndarray:
+def traversal(
+    model: FactorModel, image: np.ndarray, k: int, axis: torch.Tensor, steps: int = 50
+) -> np.ndarray:
     """Frames of ``image`` with block k set to each row of ``axis``, decoded from the image's x_T."""
     codes = model.codes(image[None])
     x_T = model.invert(image[None], codes, steps)
@@ -83,7 +91,15 @@ def path_smoothness(extractor: torch.nn.Module, frames: np.ndarray) -> dict[str,
 
 
 @torch.no_grad()
-def perceptual_path_length(model: FactorModel, extractor: torch.nn.Module, images: np.ndarray, pairs: int = 16, eps: float = 1e-2, steps: int = 20, seed: int = 0) -> float:
+def perceptual_path_length(
+    model: FactorModel,
+    extractor: torch.nn.Module,
+    images: np.ndarray,
+    pairs: int = 16,
+    eps: float = 1e-2,
+    steps: int = 20,
+    seed: int = 0,
+) -> float:
     """E[ |f(x(u)) - f(x(u + eps))|^2 / eps^2 ] over random image pairs and u, x(u) the interpolation path."""
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(images), (pairs, 2))
@@ -91,15 +107,19 @@ def perceptual_path_length(model: FactorModel, extractor: torch.nn.Module, image
     ca, cb = model.codes(a), model.codes(b)
     na, nb = model.invert(a, ca, steps), model.invert(b, cb, steps)
     u = torch.from_numpy(rng.uniform(0, 1 - eps, pairs)).float()
+
     def at(v):
         codes = ca + (cb - ca) * v.view(-1, 1, 1)
         noise = torch.cat([slerp(na[i : i + 1], nb[i : i + 1], float(v[i])) for i in range(pairs)])
         return model.generate(noise, codes, steps)
+
     d = (features(extractor, at(u)) - features(extractor, at(u + eps))).pow(2).sum(1) / eps**2
     return float(d.mean())
 
 
-def linear_probe(codes: np.ndarray, factors: np.ndarray, seed: int = 0, test_fraction: float = 0.3) -> list[float]:
+def linear_probe(
+    codes: np.ndarray, factors: np.ndarray, seed: int = 0, test_fraction: float = 0.3
+) -> list[float]:
     """Held-out accuracy of a logistic-regression probe from all codes to each factor."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(codes))
@@ -117,7 +137,15 @@ def linear_probe(codes: np.ndarray, factors: np.ndarray, seed: int = 0, test_fra
     return out
 
 
-def few_shot(codes: np.ndarray, labels: np.ndarray, shots: int, ways: int = 5, episodes: int = 200, queries: int = 10, seed: int = 0) -> float:
+def few_shot(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    shots: int,
+    ways: int = 5,
+    episodes: int = 200,
+    queries: int = 10,
+    seed: int = 0,
+) -> float:
     """Mean accuracy of N-way K-shot nearest-centroid classification over random episodes."""
     rng = np.random.default_rng(seed)
     classes = [c for c in np.unique(labels) if (labels == c).sum() >= shots + queries]
@@ -162,7 +190,11 @@ def block_projections(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
     cells = []
     for b in range(k_blocks):
         block = codes[:, b]
-        pts = PCA(2).fit_transform(block) if block.shape[1] >= 2 else np.concatenate([block, np.zeros_like(block)], 1)
+        pts = (
+            PCA(2).fit_transform(block)
+            if block.shape[1] >= 2
+            else np.concatenate([block, np.zeros_like(block)], 1)
+        )
         cells += [projection_plot(pts, factors[:, f]) for f in range(k_factors)]
     h, w = cells[0].shape[:2]
     grid = np.full((k_blocks * (h + 2), k_factors * (w + 2), 3), 200, np.uint8)
@@ -189,22 +221,34 @@ def heldout_readout(model: FactorModel, data, split, n: int = 2000, seed: int = 
     if not len(held_rows):
         return {}
     fit_rows = rng.choice(seen_rows, min(n, len(seen_rows) // 2), replace=False)
-    test_seen = rng.choice(np.setdiff1d(seen_rows, fit_rows), min(n, len(seen_rows) - len(fit_rows)), replace=False)
+    test_seen = rng.choice(
+        np.setdiff1d(seen_rows, fit_rows), min(n, len(seen_rows) - len(fit_rows)), replace=False
+    )
     test_held = rng.choice(held_rows, min(n, len(held_rows)), replace=False)
-    codes = {name: model.codes(data.images[rows]) for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))}
+    codes = {
+        name: model.codes(data.images[rows])
+        for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))
+    }
     flat = {k: v.reshape(len(v), -1).numpy() for k, v in codes.items()}
     heads = model.encoder.logits if hasattr(model.encoder, "logits") else None
     out = {}
     for k, f in enumerate(data.spec.factors):
-        target = {name: data.factors[rows, k] / max(1, f.size - 1) for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))}
+        target = {
+            name: data.factors[rows, k] / max(1, f.size - 1)
+            for name, rows in (("fit", fit_rows), ("seen", test_seen), ("heldout", test_held))
+        }
         probe = Ridge(alpha=1e-3).fit(flat["fit"], target["fit"])
         row = {}
         for name in ("seen", "heldout"):
             pred = probe.predict(flat[name])
-            row[f"r2_{name}"] = float(r2_score(target[name], pred)) if len(np.unique(target[name])) > 1 else None
+            row[f"r2_{name}"] = (
+                float(r2_score(target[name], pred)) if len(np.unique(target[name])) > 1 else None
+            )
             row[f"mae_{name}"] = float(np.abs(pred - target[name]).mean())
         if heads is not None:
             for name, rows in (("seen", test_seen), ("heldout", test_held)):
-                row[f"accuracy_{name}"] = float((heads(codes[name])[k].argmax(1).numpy() == data.factors[rows, k]).mean())
+                row[f"accuracy_{name}"] = float(
+                    (heads(codes[name])[k].argmax(1).numpy() == data.factors[rows, k]).mean()
+                )
         out[f.name] = row
     return out

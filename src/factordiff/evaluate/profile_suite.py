@@ -25,10 +25,25 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import plate_column
 from factordiff.data.splits import where_conditions
 from factordiff.errors import FactordiffError
-from factordiff.evaluate.profiling import (BASELINES, baseline_rows, fit_oracles, mean_average_precision, moa_hits, read_share, standardizer,
-                                           truth_distances)
+from factordiff.evaluate.profiling import (
+    BASELINES,
+    baseline_rows,
+    fit_oracles,
+    mean_average_precision,
+    moa_hits,
+    read_share,
+    standardizer,
+    truth_distances,
+)
 from factordiff.factors import parse_pairs
-from factordiff.profile_model import ProfileData, ProfileModel, control_rows, load_profile_run, metadata_column, prepare_profiles
+from factordiff.profile_model import (
+    ProfileData,
+    ProfileModel,
+    control_rows,
+    load_profile_run,
+    metadata_column,
+    prepare_profiles,
+)
 
 
 def _plate(data: ProfileData, cfg) -> str | None:
@@ -38,7 +53,9 @@ def _plate(data: ProfileData, cfg) -> str | None:
         return None
 
 
-def _methods(model: ProfileModel, data: ProfileData, src: np.ndarray, target: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def _methods(
+    model: ProfileModel, data: ProfileData, src: np.ndarray, target: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
     x, f = data.features, data.table.factors
     out = {"model": model.regenerate(x[src], f[src], target)}
     for b in BASELINES:
@@ -46,7 +63,9 @@ def _methods(model: ProfileModel, data: ProfileData, src: np.ndarray, target: np
     return out
 
 
-def _same_plate_sources(data: ProfileData, rows: np.ndarray, pool: np.ndarray, plate: str | None, seed: int) -> np.ndarray:
+def _same_plate_sources(
+    data: ProfileData, rows: np.ndarray, pool: np.ndarray, plate: str | None, seed: int
+) -> np.ndarray:
     """For each row, a pool row of the same plate when there is one, else any pool row."""
     rng = np.random.default_rng(seed)
     plates = data.table.metadata[plate] if plate else None
@@ -60,7 +79,11 @@ def _same_plate_sources(data: ProfileData, rows: np.ndarray, pool: np.ndarray, p
 def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
     spec, f = data.table.spec, data.table.factors
     keep = [(k, v) for k, v in pairs if k not in set_ids]
-    src = np.flatnonzero(data.train & np.all([f[:, k] == v for k, v in keep], axis=0)) if keep else np.flatnonzero(data.train)
+    src = (
+        np.flatnonzero(data.train & np.all([f[:, k] == v for k, v in keep], axis=0))
+        if keep
+        else np.flatnonzero(data.train)
+    )
     rng = np.random.default_rng(seed)
     if len(src) > 2000:
         src = np.sort(rng.choice(src, 2000, replace=False))
@@ -69,7 +92,12 @@ def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
         if k in set_ids:
             target[:, k] = v
     methods = _methods(model, data, src, target, seed)
-    res = {"sources": int(len(src)), "truth_rows": int(len(truth)), "set": [spec.factors[k].name for k in set_ids], "methods": {}}
+    res = {
+        "sources": int(len(src)),
+        "truth_rows": int(len(truth)),
+        "set": [spec.factors[k].name for k in set_ids],
+        "methods": {},
+    }
     for name, rows in methods.items():
         r = truth_distances(rows, data.features[truth], scale)
         for k, (clf, _, _) in oracles.items():
@@ -80,8 +108,11 @@ def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
                 r[f"read_as_source.{fa.name}"] = read_share(clf, rows, f[src, k], scale)
         res["methods"][name] = r
     # the ceiling: the oracle's out-of-fold reading of the real held-out rows themselves
-    res["real_heldout_read_as_target"] = {spec.factors[k].name: float((oracles[k][2][truth] == v).mean()) for k, v in pairs
-                                          if k in set_ids and k in oracles and oracles[k][2] is not None}
+    res["real_heldout_read_as_target"] = {
+        spec.factors[k].name: float((oracles[k][2][truth] == v).mean())
+        for k, v in pairs
+        if k in set_ids and k in oracles and oracles[k][2] is not None
+    }
     return res
 
 
@@ -98,7 +129,9 @@ def _unseen(model, data, cfg, truth, controls, plate, scale, seed) -> dict:
         ref = np.flatnonzero(data.train & ~controls)
         labels = data.table.metadata[column]
         want = labels[truth]
-        res["real_heldout_moa_hits"] = moa_hits(data.features[truth], want, data.features[ref], labels[ref], scale)
+        res["real_heldout_moa_hits"] = moa_hits(
+            data.features[truth], want, data.features[ref], labels[ref], scale
+        )
     for name, rows in methods.items():
         r = truth_distances(rows, data.features[truth], scale)
         if moa:
@@ -111,7 +144,9 @@ def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500
     """copairs mAP of perturbations against the training controls, over the same training
     perturbation rows: real, regenerated from same-plate training controls into each row's factors,
     those controls unchanged (the copy-the-control null), and the mean-shift baseline."""
-    group = metadata_column(data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls")
+    group = metadata_column(
+        data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls"
+    )
     meta, f = data.table.metadata, data.table.factors
     rng = np.random.default_rng(seed)
     treated = np.flatnonzero(data.train & ~controls)
@@ -125,9 +160,18 @@ def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500
     sub = {k: v[rows] for k, v in meta.items()}
     is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(ctrl), bool)]
     out = {}
-    for name, x in (("real", data.features[treated]), ("model", regenerated), ("copy_control_null", data.features[src]),
-                    ("mean_shift", baseline_rows("mean_shift", data.table.spec, data.features, f, data.train, src, f[treated], seed))):
-        out[name] = mean_average_precision(sub, scale(np.concatenate([x, data.features[ctrl]])), group, is_ctrl, plate, seed)
+    for name, x in (
+        ("real", data.features[treated]),
+        ("model", regenerated),
+        ("copy_control_null", data.features[src]),
+        (
+            "mean_shift",
+            baseline_rows("mean_shift", data.table.spec, data.features, f, data.train, src, f[treated], seed),
+        ),
+    ):
+        out[name] = mean_average_precision(
+            sub, scale(np.concatenate([x, data.features[ctrl]])), group, is_ctrl, plate, seed
+        )
     for v in out.values():
         v.pop("by_group", None)
     return out
@@ -138,14 +182,22 @@ def _oracle_ids(spec, rows: int) -> list[int]:
     return [k for k in range(len(spec)) if 1 < spec.factors[k].size < rows // 2]
 
 
-def _task(data: ProfileData, pairs: list[tuple[int, int]], technical: list[int]) -> tuple[np.ndarray, list[int], bool]:
+def _task(
+    data: ProfileData, pairs: list[tuple[int, int]], technical: list[int]
+) -> tuple[np.ndarray, list[int], bool]:
     """A held-out condition's real rows, the factors a transfer sets (the technical ones, else the
     ordinal ones), and whether training rows match the rest of the condition (a transfer)."""
     spec, f = data.table.spec, data.table.factors
     truth = np.flatnonzero(np.all([f[:, k] == v for k, v in pairs], axis=0))
-    set_ids = [k for k, _ in pairs if k in technical] or [k for k, _ in pairs if spec.factors[k].kind == "ordinal"]
+    set_ids = [k for k, _ in pairs if k in technical] or [
+        k for k, _ in pairs if spec.factors[k].kind == "ordinal"
+    ]
     keep = [(k, v) for k, v in pairs if k not in set_ids]
-    return truth, set_ids, bool(set_ids) and (not keep or (data.train & np.all([f[:, k] == v for k, v in keep], axis=0)).any())
+    return (
+        truth,
+        set_ids,
+        bool(set_ids) and (not keep or (data.train & np.all([f[:, k] == v for k, v in keep], axis=0)).any()),
+    )
 
 
 def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> list[dict]:
@@ -165,7 +217,15 @@ def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> li
             continue
         for w in tqdm(weights, desc=f"guidance sweep {text}", disable=not progress):
             model.config.profiles.guidance_technical = w
-            out.append({"condition": text, "guidance_technical": w, **_transfer(model, data, pairs, set_ids, truth, oracles, scale, cfg.train.seed)["methods"]["model"]})
+            out.append(
+                {
+                    "condition": text,
+                    "guidance_technical": w,
+                    **_transfer(model, data, pairs, set_ids, truth, oracles, scale, cfg.train.seed)[
+                        "methods"
+                    ]["model"],
+                }
+            )
     return out
 
 
@@ -182,23 +242,37 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     plate = _plate(data, cfg)
     technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
     oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), seed)
-    metrics: dict = {"kind": "profiles", "split": data.split.to_json(), "cleaning": data.table.cleaning, "normalization": data.normalization,
-                     "rows": {"train": int(data.train.sum()), "heldout": int((~data.train).sum())},
-                     "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc, _) in oracles.items()}, "tasks": []}
+    metrics: dict = {
+        "kind": "profiles",
+        "split": data.split.to_json(),
+        "cleaning": data.table.cleaning,
+        "normalization": data.normalization,
+        "rows": {"train": int(data.train.sum()), "heldout": int((~data.train).sum())},
+        "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc, _) in oracles.items()},
+        "tasks": [],
+    }
     conditions = where_conditions(spec, cfg.split.where)
     perturbation = None
     if cfg.profiles.controls:
-        column = metadata_column(data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls")
+        column = metadata_column(
+            data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls"
+        )
         perturbation = spec.position(column) if column in spec.names else None
-    for text, pairs in tqdm(list(zip(cfg.split.where, conditions)), desc="held-out conditions", disable=not progress):
+    for text, pairs in tqdm(
+        list(zip(cfg.split.where, conditions)), desc="held-out conditions", disable=not progress
+    ):
         truth, set_ids, has_sources = _task(data, pairs, technical)
         task = {"condition": text}
         if has_sources:
-            task.update(kind="transfer", **_transfer(model, data, pairs, set_ids, truth, oracles, scale, seed))
+            task.update(
+                kind="transfer", **_transfer(model, data, pairs, set_ids, truth, oracles, scale, seed)
+            )
         elif controls is not None and perturbation is not None and perturbation in [k for k, _ in pairs]:
             task.update(kind="unseen", **_unseen(model, data, cfg, truth, controls, plate, scale, seed))
         else:
-            task.update(kind="skipped", reason="no training rows to regenerate from and no controls configured")
+            task.update(
+                kind="skipped", reason="no training rows to regenerate from and no controls configured"
+            )
         metrics["tasks"].append(task)
     if controls is not None:
         metrics["retrieval"] = _retrieval(model, data, cfg, controls, plate, scale, seed)
@@ -214,12 +288,16 @@ def summary_lines(metrics: dict) -> list[str]:
         if task.get("kind") == "skipped":
             lines.append(f"{task['condition']}: skipped ({task['reason']})")
             continue
-        lines.append(f"{task['condition']} ({task['kind']}, {task['sources']} sources, {task['truth_rows']} real held-out rows):")
+        lines.append(
+            f"{task['condition']} ({task['kind']}, {task['sources']} sources, {task['truth_rows']} real held-out rows):"
+        )
         for name, r in task["methods"].items():
             extra = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith(("read_as", "moa")))
             lines.append(f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}  {extra}")
         for k, v in task.get("real_heldout_read_as_target", {}).items():
-            lines.append(f"  the real held-out rows themselves are read as the target {k} on {v:.3f} (oracle out of fold)")
+            lines.append(
+                f"  the real held-out rows themselves are read as the target {k} on {v:.3f} (oracle out of fold)"
+            )
     for name, r in metrics.get("retrieval", {}).items():
         lines.append(f"mAP {name:18s} {r['map']:.3f} (significant {r['significant']:.2f} of {r['groups']})")
     return lines

@@ -52,7 +52,16 @@ def truth_distances(generated: np.ndarray, real: np.ndarray, scale) -> dict[str,
     return {"mean_error": float(np.abs(g.mean(0) - r.mean(0)).mean()), "energy": energy_distance(g, r)}
 
 
-def baseline_rows(name: str, spec: FactorSpec, x: np.ndarray, factors: np.ndarray, train: np.ndarray, src: np.ndarray, target: np.ndarray, seed: int = 0) -> np.ndarray:
+def baseline_rows(
+    name: str,
+    spec: FactorSpec,
+    x: np.ndarray,
+    factors: np.ndarray,
+    train: np.ndarray,
+    src: np.ndarray,
+    target: np.ndarray,
+    seed: int = 0,
+) -> np.ndarray:
     """The baseline ``name``'s regeneration of rows ``src`` (indices) into ``target`` (N, K) value indices."""
     xs, fs = x[src], factors[src]
     changed = np.flatnonzero((fs != target).any(0))
@@ -62,7 +71,11 @@ def baseline_rows(name: str, spec: FactorSpec, x: np.ndarray, factors: np.ndarra
         out = xs.copy()
         xt, ft = x[train], factors[train]
         for k in changed:
-            means = {v: xt[ft[:, k] == v].mean(0) for v in np.unique(np.concatenate([fs[:, k], target[:, k]])) if (ft[:, k] == v).any()}
+            means = {
+                v: xt[ft[:, k] == v].mean(0)
+                for v in np.unique(np.concatenate([fs[:, k], target[:, k]]))
+                if (ft[:, k] == v).any()
+            }
             for i in range(len(out)):
                 a, b = target[i, k], fs[i, k]
                 if a in means and b in means:
@@ -89,7 +102,9 @@ def baseline_rows(name: str, spec: FactorSpec, x: np.ndarray, factors: np.ndarra
 BASELINES = ("copy", "mean_shift", "nearest", "linear")
 
 
-def fit_oracles(spec: FactorSpec, x: np.ndarray, factors: np.ndarray, scale, factor_ids: list[int], seed: int = 0) -> dict[int, tuple[object, float, np.ndarray | None]]:
+def fit_oracles(
+    spec: FactorSpec, x: np.ndarray, factors: np.ndarray, scale, factor_ids: list[int], seed: int = 0
+) -> dict[int, tuple[object, float, np.ndarray | None]]:
     """Per factor, a logistic regression reading it from every real row, its stratified
     cross-validated accuracy (5 folds, fewer when a value has fewer rows) and its out-of-fold
     prediction for every row (None when a value has a single row): how often the oracle reads a
@@ -116,34 +131,67 @@ def read_share(oracle, rows: np.ndarray, want: np.ndarray, scale) -> float:
     return float((oracle.predict(scale(rows)) == want).mean()) if len(rows) else float("nan")
 
 
-def mean_average_precision(meta: dict[str, np.ndarray], x: np.ndarray, group: str, controls: np.ndarray, plate: str | None, seed: int = 0) -> dict:
+def mean_average_precision(
+    meta: dict[str, np.ndarray],
+    x: np.ndarray,
+    group: str,
+    controls: np.ndarray,
+    plate: str | None,
+    seed: int = 0,
+) -> dict:
     """copairs mAP of each non-control group against the controls (positives: same ``group``, in a
     different plate when ``plate`` is given and the rows span several plates; negatives: control rows). Returns the mean over groups,
     the share of groups significant at 0.05 (corrected), and per-group values."""
     import pandas as pd
-    from copairs.map import average_precision, mean_average_precision as map_
+    from copairs.map import average_precision
+    from copairs.map import mean_average_precision as map_
     from copairs.matching import UnpairedException
 
     ref = "Metadata_reference_index"
     frame = pd.DataFrame({group: meta[group], **({plate: meta[plate]} if plate else {})})
-    frame[ref] = np.where(controls, np.arange(len(frame)), -1)  # copairs' assign_reference_index: controls unique, others -1
+    frame[ref] = np.where(
+        controls, np.arange(len(frame)), -1
+    )  # copairs' assign_reference_index: controls unique, others -1
     feats = pd.DataFrame(x)
     across = bool(plate) and len(np.unique(meta[plate])) > 1  # one plate: positives can only share it
     try:
-        ap = average_precision(frame, feats.to_numpy(), pos_sameby=[group, ref], pos_diffby=[plate] if across else [], neg_sameby=[],
-                               neg_diffby=[group, ref], progress_bar=False)
+        ap = average_precision(
+            frame,
+            feats.to_numpy(),
+            pos_sameby=[group, ref],
+            pos_diffby=[plate] if across else [],
+            neg_sameby=[],
+            neg_diffby=[group, ref],
+            progress_bar=False,
+        )
     except UnpairedException:
-        return {"map": float("nan"), "significant": float("nan"), "groups": 0, "positives_across_plates": across}
+        return {
+            "map": float("nan"),
+            "significant": float("nan"),
+            "groups": 0,
+            "positives_across_plates": across,
+        }
     ap = ap[ap[ref] == -1].dropna(subset=["average_precision"])
     if ap.empty:
-        return {"map": float("nan"), "significant": float("nan"), "groups": 0, "positives_across_plates": across}
-    m = map_(ap, sameby=[group], null_size=10000, threshold=0.05, seed=seed, progress_bar=False)
-    return {"map": float(m["mean_average_precision"].mean()), "significant": float(m["below_corrected_p"].mean()), "groups": int(len(m)),
+        return {
+            "map": float("nan"),
+            "significant": float("nan"),
+            "groups": 0,
             "positives_across_plates": across,
-            "by_group": {str(g): float(v) for g, v in zip(m[group], m["mean_average_precision"])}}
+        }
+    m = map_(ap, sameby=[group], null_size=10000, threshold=0.05, seed=seed, progress_bar=False)
+    return {
+        "map": float(m["mean_average_precision"].mean()),
+        "significant": float(m["below_corrected_p"].mean()),
+        "groups": int(len(m)),
+        "positives_across_plates": across,
+        "by_group": {str(g): float(v) for g, v in zip(m[group], m["mean_average_precision"])},
+    }
 
 
-def moa_hits(generated: np.ndarray, want: np.ndarray, reference: np.ndarray, reference_moa: np.ndarray, scale) -> float:
+def moa_hits(
+    generated: np.ndarray, want: np.ndarray, reference: np.ndarray, reference_moa: np.ndarray, scale
+) -> float:
     """Share of generated rows whose nearest reference row (cosine, standardised features) has ``want``."""
     if not len(generated):
         return float("nan")

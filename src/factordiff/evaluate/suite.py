@@ -28,9 +28,18 @@ from factordiff.config import RunConfig, from_dict
 from factordiff.data.base import FactorDataset
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.guidance import Guidance
-from factordiff.evaluate.counterfactual import Edits, Oracle, TargetCodes, accuracy, evaluate_counterfactuals, run_edits, soundness, train_oracle
-from factordiff.evaluate.latent import heldout_readout
 from factordiff.errors import FactordiffError
+from factordiff.evaluate.counterfactual import (
+    Edits,
+    Oracle,
+    TargetCodes,
+    accuracy,
+    evaluate_counterfactuals,
+    run_edits,
+    soundness,
+    train_oracle,
+)
+from factordiff.evaluate.latent import heldout_readout
 from factordiff.model import FactorModel
 from factordiff.report import training_curves
 
@@ -41,9 +50,13 @@ def read_run_config(run: Path) -> RunConfig:
     """The run's config, after checking that ``run`` is a run folder with a trained model."""
     run = Path(run)
     if not (run / "run_config.json").is_file():
-        raise FactordiffError(f"{run}: not a run folder (no run_config.json); expected the --out folder of factordiff fit")
+        raise FactordiffError(
+            f"{run}: not a run folder (no run_config.json); expected the --out folder of factordiff fit"
+        )
     if not (run / "model" / "config.json").is_file():
-        raise FactordiffError(f"{run}: no trained model in {run / 'model'}; finish the run with factordiff fit --resume --out {run}")
+        raise FactordiffError(
+            f"{run}: no trained model in {run / 'model'}; finish the run with factordiff fit --resume --out {run}"
+        )
     return from_dict(RunConfig, read_json(run / "run_config.json"), str(run / "run_config.json"))
 
 
@@ -87,7 +100,16 @@ def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = 
 
 
 @torch.no_grad()
-def conditional_samples(model: FactorModel, oracle: Oracle, data: FactorDataset, split: Split, n: int, steps: int, seed: int, guidance: Guidance | None = None) -> dict:
+def conditional_samples(
+    model: FactorModel,
+    oracle: Oracle,
+    data: FactorDataset,
+    split: Split,
+    n: int,
+    steps: int,
+    seed: int,
+    guidance: Guidance | None = None,
+) -> dict:
     """Sample from noise under the prototype codes of random combinations (with ``guidance``, whose
     form composes the factors); oracle accuracy per factor (``by_factor``) and for all factors at
     once (``all_factors``), on seen and on held-out combinations.
@@ -105,15 +127,28 @@ def conditional_samples(model: FactorModel, oracle: Oracle, data: FactorDataset,
         possible = targets.possible(pool)
         skipped, pool = int((~possible).sum()), pool[possible]
         if len(pool) == 0:
-            out[kind] = {"all_factors": None, "by_factor": {}, "samples": 0, "codes_from_reference": 0, "combinations_skipped": skipped}
+            out[kind] = {
+                "all_factors": None,
+                "by_factor": {},
+                "samples": 0,
+                "codes_from_reference": 0,
+                "combinations_skipped": skipped,
+            }
             continue
         combos = pool[rng.choice(len(pool), n)]
         before = targets.from_reference
         codes = model.compose(combos, targets.block)
         x_T = torch.randn((n,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed))
         pred = oracle.predict(model.generate(x_T, codes, steps, guidance))
-        out[kind] = {"all_factors": float((pred == combos).all(1).mean()), "by_factor": {f.name: float((pred[:, k] == combos[:, k]).mean()) for k, f in enumerate(data.spec.factors)}, "samples": n,
-                     "codes_from_reference": targets.from_reference - before, "combinations_skipped": skipped}
+        out[kind] = {
+            "all_factors": float((pred == combos).all(1).mean()),
+            "by_factor": {
+                f.name: float((pred[:, k] == combos[:, k]).mean()) for k, f in enumerate(data.spec.factors)
+            },
+            "samples": n,
+            "codes_from_reference": targets.from_reference - before,
+            "combinations_skipped": skipped,
+        }
     return out
 
 
@@ -122,7 +157,9 @@ def _latent_shape(model: FactorModel) -> tuple[int, int, int]:
     return cfg.in_channels, cfg.sample_size, cfg.sample_size
 
 
-def _tile(images: np.ndarray, rows: int, cols: int, pad: int = 2, marks: np.ndarray | None = None) -> np.ndarray:
+def _tile(
+    images: np.ndarray, rows: int, cols: int, pad: int = 2, marks: np.ndarray | None = None
+) -> np.ndarray:
     """Images (rows*cols, H, W, C) -> one uint8 RGB mosaic; ``marks`` outlines cells in red."""
     h, w = images.shape[1:3]
     rgb = images if images.shape[3] == 3 else np.repeat(images[..., :1], 3, axis=3)
@@ -144,7 +181,7 @@ def composite(array: np.ndarray) -> np.ndarray:
     if c in (1, 3, 4):
         return array[..., 0] if array.ndim == 3 and c == 1 else array
     rest = list(range(1, c))
-    green, red = rest[: max(1, len(rest) // 2)], rest[max(1, len(rest) // 2):] or rest
+    green, red = rest[: max(1, len(rest) // 2)], rest[max(1, len(rest) // 2) :] or rest
     x = array.astype(np.float32)
     return np.stack([x[..., red].mean(-1), x[..., green].mean(-1), x[..., 0]], -1).round().astype(np.uint8)
 
@@ -158,7 +195,16 @@ def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
     tmp.replace(path)
 
 
-def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, rows: int, steps: int, guidance: float, seed: int, strength: float = 1.0) -> tuple[np.ndarray, list[dict], int]:
+def counterfactual_grid(
+    model: FactorModel,
+    data: FactorDataset,
+    split: Split,
+    rows: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    strength: float = 1.0,
+) -> tuple[np.ndarray, list[dict], int]:
     """Rows: seen source images; columns: the source, its DDIM reconstruction, then one column per
     factor with that factor changed to another value (one with a prototype or a reference image).
     Returns the mosaic, what each row shows and how many target blocks came from reference images."""
@@ -177,11 +223,27 @@ def counterfactual_grid(model: FactorModel, data: FactorDataset, split: Split, r
     recon = model.regenerate(src, codes, codes, steps, strength=strength)
     k = len(data.spec)
     cells = np.concatenate([src[:, None], recon[:, None], edited.reshape(rows, k, *src.shape[1:])], 1)
-    captions = [{"source": data.spec.values_of(data.factors[s]), "targets": {data.spec.factors[j].name: data.spec.factors[j].values[edits.target[i * k + j]] for j in range(k)}} for i, s in enumerate(sources)]
+    captions = [
+        {
+            "source": data.spec.values_of(data.factors[s]),
+            "targets": {
+                data.spec.factors[j].name: data.spec.factors[j].values[edits.target[i * k + j]]
+                for j in range(k)
+            },
+        }
+        for i, s in enumerate(sources)
+    ]
     return _tile(cells.reshape(-1, *src.shape[1:]), rows, k + 2), captions, targets.from_reference
 
 
-def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: int, seed: int, guidance: Guidance | None = None) -> tuple[np.ndarray, dict]:
+def sample_grid(
+    model: FactorModel,
+    data: FactorDataset,
+    split: Split,
+    steps: int,
+    seed: int,
+    guidance: Guidance | None = None,
+) -> tuple[np.ndarray, dict]:
     """Conditional samples over the two factors of the held-out block (or the first two factors),
     the others fixed; held-out cells are outlined in red. A value without a prototype takes a
     reference image's block; a cell with a value that no image has stays grey."""
@@ -201,15 +263,26 @@ def sample_grid(model: FactorModel, data: FactorDataset, split: Split, steps: in
     images = np.full((len(combos), data.size, data.size, data.channels), 128, np.uint8)
     if possible.any():
         codes = model.compose(combos[possible], targets.block)
-        x_T = torch.randn((1,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed)).expand(len(codes), -1, -1, -1)
+        x_T = torch.randn((1,) + _latent_shape(model), generator=torch.Generator().manual_seed(seed)).expand(
+            len(codes), -1, -1, -1
+        )
         images[possible] = model.generate(x_T.contiguous(), codes, steps, guidance)
     marks = split.heldout(combos)
-    info = {"rows": spec.factors[a].name, "row_values": list(spec.factors[a].values), "columns": spec.factors[b].name, "column_values": list(spec.factors[b].values), "fixed": spec.values_of(base),
-            "codes_from_reference": targets.from_reference, "cells_skipped": int((~possible).sum())}
+    info = {
+        "rows": spec.factors[a].name,
+        "row_values": list(spec.factors[a].values),
+        "columns": spec.factors[b].name,
+        "column_values": list(spec.factors[b].values),
+        "fixed": spec.values_of(base),
+        "codes_from_reference": targets.from_reference,
+        "cells_skipped": int((~possible).sum()),
+    }
     return _tile(images, spec.sizes[a], spec.sizes[b], marks=marks), info
 
 
-def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = True, per_factor: int | None = None) -> dict:
+def evaluate_run(
+    run: Path, data: FactorDataset | None = None, progress: bool = True, per_factor: int | None = None
+) -> dict:
     """Compute the run's metrics and figures; writes ``RUN/metrics.json`` and ``RUN/figures/*.png``."""
     from factordiff.fit import prepare_data
 
@@ -221,10 +294,42 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
     split = make_split(data.spec, cfg.split)
     e = cfg.evaluate
     oracle, oracle_acc = get_oracle(run, cfg, data, progress)
-    cf, _ = evaluate_counterfactuals(model, oracle, data, split, per_factor or e.sources, e.steps, e.guidance, seed=cfg.train.seed, progress=progress, strength=e.edit_strength)
-    sample_guidance = Guidance(all=e.sample_guidance, form=e.guidance_form)  # joint at weight 1: the plain conditional model
-    samples = conditional_samples(model, oracle, data, split, n=min(200, 2 * (per_factor or e.sources)), steps=e.sample_steps, seed=cfg.train.seed, guidance=sample_guidance)
-    sound = soundness(model, oracle, data, split, e.soundness_sources, e.steps, e.guidance, seed=cfg.train.seed, strength=e.edit_strength)
+    cf, _ = evaluate_counterfactuals(
+        model,
+        oracle,
+        data,
+        split,
+        per_factor or e.sources,
+        e.steps,
+        e.guidance,
+        seed=cfg.train.seed,
+        progress=progress,
+        strength=e.edit_strength,
+    )
+    sample_guidance = Guidance(
+        all=e.sample_guidance, form=e.guidance_form
+    )  # joint at weight 1: the plain conditional model
+    samples = conditional_samples(
+        model,
+        oracle,
+        data,
+        split,
+        n=min(200, 2 * (per_factor or e.sources)),
+        steps=e.sample_steps,
+        seed=cfg.train.seed,
+        guidance=sample_guidance,
+    )
+    sound = soundness(
+        model,
+        oracle,
+        data,
+        split,
+        e.soundness_sources,
+        e.steps,
+        e.guidance,
+        seed=cfg.train.seed,
+        strength=e.edit_strength,
+    )
     readout = heldout_readout(model, data, split, seed=cfg.train.seed)
     cells = None
     if {"compound", "batch"} <= set(data.spec.names):
@@ -234,13 +339,39 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
         library = None
         if cfg.data.source == "cellsim":
             from factordiff.data.cellsim import COMPOUNDS as library
-        cells = evaluate_cells(model, oracle, data, split, channel_names(model), e, n=per_factor or e.sources, seed=cfg.train.seed, library=library)
-    grid, captions, grid_refs = counterfactual_grid(model, data, split, rows=6, steps=e.steps, guidance=e.guidance, seed=cfg.train.seed, strength=e.edit_strength)
+        cells = evaluate_cells(
+            model,
+            oracle,
+            data,
+            split,
+            channel_names(model),
+            e,
+            n=per_factor or e.sources,
+            seed=cfg.train.seed,
+            library=library,
+        )
+    grid, captions, grid_refs = counterfactual_grid(
+        model,
+        data,
+        split,
+        rows=6,
+        steps=e.steps,
+        guidance=e.guidance,
+        seed=cfg.train.seed,
+        strength=e.edit_strength,
+    )
     save_png(grid, run / FIGURES / "counterfactuals.png")
     sgrid, sinfo = sample_grid(model, data, split, e.sample_steps, cfg.train.seed, sample_guidance)
     save_png(sgrid, run / FIGURES / "samples.png")
     metrics = {
-        "counterfactual": {"seen": cf["seen"], "heldout": cf["heldout"], "heldout_pairs": cf["heldout_pairs"], "steps": e.steps, "edit_strength": e.edit_strength, "guidance": e.guidance},
+        "counterfactual": {
+            "seen": cf["seen"],
+            "heldout": cf["heldout"],
+            "heldout_pairs": cf["heldout_pairs"],
+            "steps": e.steps,
+            "edit_strength": e.edit_strength,
+            "guidance": e.guidance,
+        },
         "reconstruction_mse": cf["reconstruction"]["mse"],
         "reconstruction": cf["reconstruction"],
         "samples": samples,
@@ -250,10 +381,21 @@ def evaluate_run(run: Path, data: FactorDataset | None = None, progress: bool = 
         **(cells or {}),  # batch_swap, frechet, unseen_compound, map (evaluate/cells.py)
         "oracle_accuracy": oracle_acc,
         "split": split.to_json(),
-        "missing_prototypes": [f"{f.name}={f.values[v]}" for k, f in enumerate(data.spec.factors) for v in range(f.size) if not model.has_prototype(k, v)],
-        "figures": {"counterfactuals": {"file": f"{FIGURES}/counterfactuals.png", "columns": ["source", "reconstruction"] + data.spec.names, "rows": captions,
-                                        "targets_from_reference": grid_refs},
-                    "samples": {"file": f"{FIGURES}/samples.png", **sinfo}},
+        "missing_prototypes": [
+            f"{f.name}={f.values[v]}"
+            for k, f in enumerate(data.spec.factors)
+            for v in range(f.size)
+            if not model.has_prototype(k, v)
+        ],
+        "figures": {
+            "counterfactuals": {
+                "file": f"{FIGURES}/counterfactuals.png",
+                "columns": ["source", "reconstruction"] + data.spec.names,
+                "rows": captions,
+                "targets_from_reference": grid_refs,
+            },
+            "samples": {"file": f"{FIGURES}/samples.png", **sinfo},
+        },
         "training": training_curves(run / "train_log.jsonl"),
         "seconds": round(time.monotonic() - t0, 1),
     }
