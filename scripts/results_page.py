@@ -1,0 +1,1273 @@
+"""Write docs/results.md, every measured table, from the benchmark results in benchmarks/results/*.json.
+
+    python scripts/results_page.py           # writes docs/results.md
+    python scripts/results_page.py --check   # exit 1 if docs/results.md differs from what it would write
+
+The page is a pure function of the JSON files (a file that records no command gets the one its
+benchmark script's docstring gives, kept below): no clock, no machine, no factordiff import. Numbers are
+printed with fixed formats (rates with 3 decimals, throughputs to the image), so regenerating
+from the same files gives the same bytes. Private run folders in recorded commands
+(``runs/e<N>``) are printed as ``runs/cells``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "results.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+
+def f3(x) -> str:
+    """A rate or score: 3 decimals; '' for a missing value."""
+    if x is None:
+        return ""
+    s = f"{x:.3f}"
+    return "0.000" if s == "-0.000" else s
+
+
+def f2(x) -> str:
+    if x is None:
+        return ""
+    s = f"{x:.2f}"
+    return "0.00" if s == "-0.00" else s
+
+
+def signed(x, digits: int = 3) -> str:
+    s = f"{x:+.{digits}f}"
+    return s.replace("-0." + "0" * digits, "+0." + "0" * digits)
+
+
+def rate(x) -> str:
+    """Images (or rows) per second: to the unit from 100 up, one decimal below."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def mean(v: list[float]) -> float:
+    return math.fsum(v) / len(v)
+
+
+def spread(v: list[float]) -> str:
+    """Mean over seeds with the range in brackets (the range only when there are several)."""
+    return f"{mean(v):.3f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def bold(row: list[str]) -> list[str]:
+    return [f"**{c}**" if c not in ("", "-") else c for c in row]
+
+
+PRIVATE_RUN = re.compile(r"runs/e\d+")
+
+
+def clean(text: str) -> str:
+    """A recorded command or note with private run folders replaced by ``runs/cells``."""
+    return PRIVATE_RUN.sub("runs/cells", text)
+
+
+def code(command: str) -> str:
+    """A recorded command as inline code; a trailing '  (...)' or '  # ...' remark stays prose."""
+    command = clean(command)
+    for mark in ("  (", "  # "):
+        if mark in command:
+            head, tail = command.split(mark, 1)
+            tail = ("(" + tail) if mark == "  (" else tail
+            return f"`{head.strip()}` {tail.strip()}"
+    return f"`{command.strip()}`"
+
+
+# The command of a results file that records none, as its benchmark script's docstring gives it.
+DOCSTRING_COMMANDS = {"speed.json": "python benchmarks/speed.py [--threads N]"}
+
+
+def provenance(d: dict, source: str, commands: list[str] | None = None) -> list[str]:
+    """The lines under a heading: command(s), JSON file, date and machine where recorded."""
+    if commands is None:
+        commands = [d["command"]] if "command" in d else []
+    lines = []
+    if len(commands) == 1:
+        lines += [f"Command: {code(commands[0])}", ""]
+    elif commands:
+        lines.append("Commands:")
+        lines += [f"- {code(c)}" for c in commands]
+        lines.append("")
+    facts = [f"`benchmarks/results/{source}`"]
+    if d.get("date"):
+        facts.append(f"date {d['date']}")
+    machine = d.get("machine")
+    if machine:
+        machine = machine.split(";")[0].strip()
+        if "threads" in d and "thread" not in machine:
+            machine += f", {d['threads']} threads"
+        if d.get("torch") and "torch" not in machine:
+            machine += f", torch {d['torch']}"
+        facts.append(f"machine: {machine}")
+    lines.append("Source: " + "; ".join(facts) + ".")
+    return lines + [""]
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def nfe_section() -> list[str]:
+    d = load("nfe.json")
+    chosen = d["defaults"]["edit"]["chosen"]
+    ref = d["defaults"]["edit"]["reference"]
+    out: list[str] = []
+    commands = list(dict.fromkeys(r["command"] for r in d["rows"]))
+    out += provenance(d, "nfe.json", commands)
+    out += [
+        f"Model: {d['model']}. Every row is the quickstart's evaluation at one solver, edit strength and",
+        "step count: one-factor edits into seen and into held-out combinations, two-factor edits into a",
+        "held-out pair, and samples from noise (in the strength-1 rows only). The strength is how far up",
+        "the noise schedule an edit inverts its source (`evaluate.edit_strength`); an edit costs 2 x steps",
+        "network passes. Rates are oracle-judged 'all right' shares (every factor read as requested).",
+        "The oracle reads clean images with accuracy "
+        + ", ".join(f"{k} {f3(v)}" for k, v in sorted(d["oracle_accuracy"].items()))
+        + ". Bold: the default edit setting.",
+        "",
+    ]
+
+    def key(r):
+        return (r["sampler"], r.get("precision", "fp32") != "fp32", -r["strength"], r["steps"])
+
+    rows = []
+    for r in sorted(d["rows"], key=key):
+        row = [
+            {"ddim": "DDIM", "dpmsolver++": "DPM-Solver++(2M)"}[r["sampler"]]
+            + ("" if r.get("precision", "fp32") == "fp32" else f", {r['precision']}"),
+            f"{r['strength']:g}",
+            str(r["steps"]),
+            str(r["edit_passes"]),
+            f3(r["edits_all_right"]),
+            f3(r["effectiveness"]),
+            f3(r["preservation"]),
+            f2(r["pairs_all_right"]),
+            f3(r["seen_edits_all_right"]),
+            f3(r["reconstruction_oracle"]),
+            f"{r['reconstruction_mse']:.2e}",
+            f3(r["samples_all_right_seen"]) or "-",
+            f3(r["samples_all_right_heldout"]) or "-",
+            f"{r['frechet_oracle']:.0f}" if r["frechet_oracle"] is not None else "-",
+            f"{r['edit_seconds']:.1f}",
+        ]
+        is_chosen = (
+            r["sampler"] == chosen["sampler"]
+            and r["strength"] == chosen["strength"]
+            and r["steps"] == chosen["steps"]
+            and r.get("precision", "fp32") == "fp32"
+        )
+        rows.append(bold(row) if is_chosen else row)
+    out += table(
+        [
+            "solver",
+            "strength",
+            "steps",
+            "passes",
+            "held-out edits all right",
+            "effectiveness",
+            "preservation",
+            "two-factor held-out",
+            "seen edits",
+            "reconstruction read right",
+            "reconstruction MSE",
+            "samples seen",
+            "samples held-out",
+            "Frechet (oracle features)",
+            "edit seconds",
+        ],
+        rows,
+    )
+    s = d["defaults"]["sample"]
+    vs = d["defaults"]["edit"]["against_reference"]
+    names = [
+        ("edits_all_right", "held-out edits all right"),
+        ("effectiveness", "effectiveness"),
+        ("preservation", "preservation"),
+        ("pairs_all_right", "two-factor held-out edits"),
+        ("seen_edits_all_right", "seen edits all right"),
+        ("reconstruction_oracle", "reconstruction read right"),
+    ]
+    chosen_row = next(
+        r
+        for r in d["rows"]
+        if r["sampler"] == chosen["sampler"]
+        and r["strength"] == chosen["strength"]
+        and r["steps"] == chosen["steps"]
+        and r.get("precision", "fp32") == "fp32"
+    )
+    out += [
+        f"Defaults chosen from these rows (`defaults` in the JSON): samples from noise take "
+        f"{s['chosen']['sampler'].upper()} at {s['chosen']['steps']} steps (`evaluate.sample_steps`; "
+        "reference "
+        f"{s['reference']['sampler'].upper()} at {s['reference']['steps']} steps); edits take "
+        f"{chosen['sampler'].upper()}, strength {chosen['strength']:g}, {chosen['steps']} steps, "
+        f"{chosen['edit_passes']} passes (`evaluate.edit_strength`, `evaluate.steps`), the setting of "
+        "at most "
+        f"{d['defaults']['edit']['budget_passes']} passes whose weaker held-out rate is highest. Beside the "
+        f"reference (strength {ref['strength']:g}, {ref['steps']} steps, {ref['edit_passes']} passes):",
+        "",
+    ]
+    out += table(
+        ["figure", "default edit", "reference", "difference"],
+        [[label, f3(chosen_row[k]), f3(ref[k]), signed(vs[k], 4)] for k, label in names],
+    )
+    bf = d["defaults"]["edit"]["bf16_against_fp32"]
+    out += [
+        'bf16 autocast of the denoiser\'s passes (`denoiser.inference_precision = "bf16"`) at the default '
+        f"edit setting: edit seconds {bf['edit_seconds'][0]:.1f} in fp32 against {bf['edit_seconds'][1]:.1f} "
+        "in bf16; differences in rates (bf16 - fp32): "
+        + ", ".join(f"{label} {signed(bf[k], 4)}" for k, label in names)
+        + ".",
+        "",
+        "Plot of these rows, written by `python benchmarks/nfe.py` (`python benchmarks/nfe.py",
+        "--defaults-only` redraws it from the rows in the file):",
+        "",
+        "![quality against steps](../benchmarks/results/nfe.svg)",
+        "",
+    ]
+    return out
+
+
+def generalization_section() -> list[str]:
+    d = load("generalization.json")
+    out = provenance(d, "generalization.json")
+    out += [
+        "Each row gives the denoiser the same budget and is evaluated as the quickstart is (samples",
+        "from noise under joint guidance, edits guided on the changed factor). These rows were measured",
+        "with edits inverted to pure noise (strength 1), before the part-way default of the section",
+        "above. Probe columns: a linear read-out of the distiller's codes on held-out images, fitted on",
+        "training images (mean R^2 over the factors where it is defined; error in units of each",
+        "factor's range).",
+        "",
+    ]
+    rows, cmds = [], []
+    for r in d["rows"]:
+        rows.append(
+            [
+                r["split"],
+                r["heldout"],
+                r["adapter"],
+                "joint" if r["train_base"] else "frozen",
+                r["encoders"],
+                f"{r['minutes']:g}",
+                f"{r['steps']['denoiser']:,}",
+                f3(r["samples_all_right_seen"]),
+                f3(r["samples_all_right_heldout"]),
+                f3(r["edits_all_right"]),
+                f3(r["effectiveness"]),
+                f3(r["preservation"]),
+                f3(r["pairs_all_right"]),
+                f3(r["probe_r2"]),
+                f3(r["probe_mae"]),
+            ]
+        )
+        cmds.append(f"- {r['split']}, {r['adapter']}: {code(r['command'])}")
+    out += table(
+        [
+            "split",
+            "held out",
+            "adapter",
+            "base",
+            "encoders",
+            "denoiser minutes",
+            "denoiser steps",
+            "samples all right, seen",
+            "samples all right, held-out",
+            "held-out edits all right",
+            "effectiveness",
+            "preservation",
+            "two-factor held-out edits",
+            "probe R^2 (held-out)",
+            "probe error (held-out)",
+        ],
+        rows,
+    )
+    out += ["The fit of each row:", ""] + cmds + [""]
+    return out
+
+
+def distill_section() -> list[str]:
+    d = load("distill_heldout.json")
+    out = provenance(d, "distill_heldout.json", d["commands"])
+    out += [
+        "The quickstart's distiller alone, trained on the training images of the composition split",
+        "(object hue x shape block held out), read on seen and on held-out images: its own head's",
+        "accuracy and the R^2 of a linear read-out, averaged over the held-out factors"
+        f" ({', '.join(d['rows'][0]['held_factors'])}). {d['note'][0].upper()}{d['note'][1:]}.",
+        "",
+    ]
+    label = {
+        "baseline": "as shipped (adversary weight 0.1)",
+        "adversary": "adversary weight 0.5",
+        "pooled": "map mean joined to the flattened map (removed)",
+    }
+    rows = []
+    for name, m in d["mean"].items():
+        rows.append(
+            [
+                label.get(name, name),
+                ", ".join(str(s) for s in m["seeds"]),
+                f"{m['seen_accuracy']:.4f}",
+                f"{m['heldout_accuracy']:.4f}",
+                f"{m['seen_r2']:.4f}",
+                f"{m['heldout_r2']:.4f}",
+            ]
+        )
+    out += table(
+        [
+            "distiller (mean over seeds)",
+            "seeds",
+            "accuracy, seen",
+            "accuracy, held-out",
+            "R^2, seen",
+            "R^2, held-out",
+        ],
+        rows,
+    )
+    rows = []
+    for r in sorted(d["rows"], key=lambda r: (r["variant"], r["seed"])):
+        rows.append(
+            [
+                r["variant"],
+                str(r["seed"]),
+                ", ".join(f"`{k}={v}`" for k, v in sorted(r["overrides"].items())) or "-",
+                f"{r['minutes']:.1f}",
+                f3(r["seen_accuracy"]),
+                f3(r["heldout_accuracy"]),
+                f3(r["seen_r2"]),
+                f3(r["heldout_r2"]),
+            ]
+        )
+    out += table(
+        [
+            "variant",
+            "seed",
+            "overrides",
+            "minutes",
+            "accuracy, seen",
+            "accuracy, held-out",
+            "R^2, seen",
+            "R^2, held-out",
+        ],
+        rows,
+    )
+    by = {(r["variant"], r["seed"]): r for r in d["rows"]}
+    seeds = sorted(s for v, s in by if v == "adversary" and ("baseline", s) in by)
+    if seeds:
+        acc = [by["adversary", s]["heldout_accuracy"] - by["baseline", s]["heldout_accuracy"] for s in seeds]
+        r2 = [by["adversary", s]["heldout_r2"] - by["baseline", s]["heldout_r2"] for s in seeds]
+        rows = [[str(s), signed(a), signed(b)] for s, a, b in zip(seeds, acc, r2)]
+        rows.append(["mean", signed(mean(acc)), signed(mean(r2))])
+        out += ["Paired by seed, adversary weight 0.5 minus the shipped distiller, on held-out images:", ""]
+        out += table(["seed", "accuracy", "R^2"], rows)
+    return out
+
+
+LATENT_COLUMNS = [
+    ("dci_disentanglement", "DCI dis."),
+    ("dci_completeness", "DCI compl."),
+    ("dci_informativeness_test", "DCI info. (test)"),
+    ("mig", "MIG"),
+    ("sap", "SAP"),
+    ("factorvae", "FactorVAE"),
+    ("betavae", "BetaVAE"),
+    ("modularity", "modularity"),
+    ("explicitness", "explicitness"),
+]
+
+
+def latent_section() -> list[str]:
+    d = load("latent.json")
+    out = provenance(d, "latent.json", [d["distiller"]["command"], d["unsupervised"]["command"]])
+    st = d["distiller"]["raw"]["settings"]
+    out += [
+        f"Codes of {d['points']:,} fresh {d['size']}x{d['size']} replica images scored with",
+        f"disentanglement_lib's protocols (seed {st['seed']}; DCI {st['dci']['num_train']:,} / "
+        f"{st['dci']['num_test']:,} points, MIG {st['mig']['num_bins']} bins, FactorVAE batches of "
+        f"{st['factorvae']['batch_size']} with dimensions of std < {st['factorvae']['prune_std']} pruned),",
+        "raw and with each code block reduced to its first principal component. Nothing is held out.",
+        f"Note: {d['note']}; the published rows are for the original Shapes3D and are indications only.",
+        "",
+    ]
+    rows = []
+    for part, name in (("distiller", "distiller"), ("unsupervised", "unsupervised encoder")):
+        p = d[part]
+        for reading, rname in (
+            ("raw", f"raw {p['raw']['settings']['code_dims']} dims"),
+            ("first_pc", "first PC per block"),
+        ):
+            rows.append([f"{name}, {rname}"] + [f3(p[reading][k]) for k, _ in LATENT_COLUMNS])
+    for name, figs in sorted(d["published_shapes3d"].items()):
+        rows.append([f"{name} (Shapes3D, published)"] + [f3(figs.get(k)) for k, _ in LATENT_COLUMNS])
+    out += table(["codes"] + [c for _, c in LATENT_COLUMNS], rows)
+    for part in ("distiller", "unsupervised"):
+        p = d[part]
+        cfg = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in sorted(p["config"].items()))
+        out.append(f"- {part}: trained in {p['train_seconds'] / 60:.1f} minutes; config {cfg}.")
+    return out + [""]
+
+
+def profiles_markdown(runs: list[dict]) -> list[str]:
+    """Per dataset and model variant, each method's figures averaged over the tasks of a kind, then
+    over seeds (the min-max over seeds in brackets); retrieval mAP per method."""
+    groups: dict = {}
+    for r in runs:
+        g = groups.setdefault((r["dataset"], r["residual"]), {})
+        per_kind: dict = {}
+        for task in r["metrics"]["tasks"]:
+            for method, figs in task.get("methods", {}).items():
+                row = per_kind.setdefault(task["kind"], {}).setdefault(method, {})
+                row.setdefault("mean error", []).append(figs["mean_error"])
+                row.setdefault("energy", []).append(figs["energy"])
+                reads = [v for k, v in figs.items() if k.startswith("read_as_target")]
+                keeps = [v for k, v in figs.items() if k.startswith("read_as_source")]
+                if reads:
+                    row.setdefault("read as target", []).append(mean(reads))
+                if keeps:
+                    row.setdefault("biology kept", []).append(mean(keeps))
+                if "moa_hits" in figs:
+                    row.setdefault("MoA hits", []).append(figs["moa_hits"])
+            for _, v in sorted(task.get("real_heldout_read_as_target", {}).items()):
+                per_kind.setdefault(task["kind"], {}).setdefault(
+                    "real held-out rows (oracle out of fold)", {}
+                ).setdefault("read as target", []).append(v)
+            if "real_heldout_moa_hits" in task:
+                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault(
+                    "MoA hits", []
+                ).append(task["real_heldout_moa_hits"])
+        for kind, methods in per_kind.items():
+            for method, figs in methods.items():
+                for k, v in figs.items():
+                    g.setdefault(kind, {}).setdefault(method, {}).setdefault(k, []).append(mean(v))
+        for name, v in r["metrics"].get("retrieval", {}).items():
+            g.setdefault("retrieval", {}).setdefault(name, {}).setdefault("mAP", []).append(v["map"])
+    lines: list[str] = []
+    for (dataset, residual), g in groups.items():
+        for kind, methods in g.items():
+            cols = list(dict.fromkeys(c for m in methods.values() for c in m))
+            n = len(next(iter(next(iter(methods.values())).values())))
+            lines += [
+                f"**{dataset}**, `profiles.residual = {residual}`, {kind} ({n} seed{'s' if n > 1 else ''})",
+                "",
+            ]
+            lines += table(
+                ["method"] + cols,
+                [[m] + [spread(v[c]) if c in v else "" for c in cols] for m, v in methods.items()],
+            )
+    return lines
+
+
+def profiles_sweep(sweep: dict) -> list[str]:
+    by: dict = {}
+    for r in sweep["rows"]:
+        d = by.setdefault((r["condition"], r["guidance_technical"]), {})
+        for k, v in r.items():
+            if k in ("mean_error", "energy"):
+                d.setdefault(k.replace("_", " "), []).append(v)
+            elif k.startswith("read_as_target"):
+                d.setdefault("read as target", []).append(v)
+            elif k.startswith("read_as_source"):
+                d.setdefault("biology kept", []).append(v)
+    cols = ["mean error", "energy", "read as target", "biology kept"]
+    conditions = sorted({c for c, _ in by})
+    lead = ["weight"] if len(conditions) == 1 else ["condition", "weight"]
+    rows = [
+        ([f"{w:g}"] if len(conditions) == 1 else [cond, f"{w:g}"])
+        + [spread(d[k]) if k in d else "" for k in cols]
+        for (cond, w), d in by.items()
+    ]
+    return table(lead + cols, rows)
+
+
+def profiles_section() -> list[str]:
+    d = load("profiles.json")
+    out = provenance(d, "profiles.json")
+    datasets: dict = {}
+    timing: dict = {}
+    for r in d["runs"]:
+        m = r["metrics"]
+        kinds: dict = {}
+        for t in m["tasks"]:
+            kinds[t["kind"]] = kinds.get(t["kind"], 0) + 1
+        datasets.setdefault(
+            r["dataset"],
+            [
+                r["dataset"],
+                f"{m['cleaning']['rows']:,}",
+                f"{m['cleaning']['features']:,}",
+                f"{m['rows']['train']:,}",
+                f"{m['rows']['heldout']:,}",
+                m["normalization"]["normalize"],
+                str(kinds.get("transfer", 0)),
+                str(kinds.get("unseen", 0)),
+            ],
+        )
+        t = timing.setdefault((r["dataset"], r["residual"]), {"fit": [], "evaluate": [], "steps": set()})
+        t["fit"].append(r["fit_seconds"])
+        t["evaluate"].append(r["evaluate_seconds"])
+        t["steps"].add(r["steps"])
+    out += [
+        "BBBC021: per-well profiles in weekly batches, the DMSO wells of one week held out (a transfer)",
+        "together with one compound per mechanism of action (unseen compounds), no normalisation (the",
+        "weeks' batch effects are real). LINCS: one plate, the top dose of some compounds held out and",
+        "regenerated from their other doses (transfers), and some compounds held out entirely. A",
+        "*transfer* is a condition with a technical factor (or a dose) regenerated from other rows; an",
+        "*unseen* perturbation is generated from same-plate controls with its MoA, dose and batch, its own",
+        "code absent. Every learner sees training rows only; the oracles (logistic regressions) see every",
+        "real row.",
+        "",
+    ]
+    out += table(
+        [
+            "dataset",
+            "rows",
+            "features",
+            "training rows",
+            "held-out rows",
+            "normalisation",
+            "transfer tasks",
+            "unseen tasks",
+        ],
+        list(datasets.values()),
+    )
+    out += [
+        "Methods: the model, and four baselines fitted on training rows: *copy* the source, *mean shift*",
+        "(add the target group's training mean minus the source group's), *nearest* training condition,",
+        "and an additive *linear* (ridge) model. Figures, averaged over the tasks of a kind, then over seeds",
+        "(the range over seeds in brackets): *mean error*, the mean over features of |mean(regenerated) -",
+        "mean(real held-out rows)|, features standardised by the training rows; *energy*, the energy",
+        "distance in the same units; *read as target*, the share of regenerated rows that an oracle reads",
+        "as the target value of the changed factor; *biology kept*, the share still read as the source's",
+        "values of the other factors; *MoA hits*, the share of generated rows whose nearest training",
+        "profile (cosine) has their MoA; retrieval *mAP*, copairs mAP of the compounds against the controls",
+        "(*copy_control_null*: the control wells unchanged). The *real held-out rows* line is how often",
+        "the oracle, out of fold, reads the real held-out rows themselves as the target: the ceiling of",
+        "*read as target*. Time of each fit and evaluation:",
+        "",
+    ]
+    rows = [
+        [
+            ds,
+            res,
+            str(len(t["fit"])),
+            ", ".join(f"{s:,}" for s in sorted(t["steps"])),
+            spread_s(t["fit"]),
+            spread_s(t["evaluate"]),
+        ]
+        for (ds, res), t in timing.items()
+    ]
+    out += table(["dataset", "profiles.residual", "seeds", "steps", "fit seconds", "evaluate seconds"], rows)
+    out += profiles_markdown(d["runs"])
+    sw = d.get("guidance_sweep")
+    if sw:
+        conditions = sorted({r["condition"] for r in sw["rows"]})
+        seeds = sorted({r["seed"] for r in sw["rows"]})
+        out += [
+            "### Guidance on the changed batch",
+            "",
+            f"Command: {code(sw['command'])}; date {sw['date']}. The transfer ("
+            + "; ".join(f"`{c}`" for c in conditions)
+            + ") of the bbbc021 `profiles.residual = none` runs (seeds "
+            + ", ".join(str(x) for x in seeds)
+            + ") regenerated"
+            " at each guidance weight on the changed technical factor; weight 1 is the model row above.",
+            "",
+        ]
+        out += profiles_sweep(sw)
+    out += [
+        "### The fits",
+        "",
+        "Seed 0 of each dataset (the other seeds differ only in `--seed`; the ridge variant only in",
+        '`profiles.residual = "ridge"` in its config):',
+        "",
+    ]
+    seen = set()
+    for r in d["runs"]:
+        if r["dataset"] in seen or r["residual"] != "none":
+            continue
+        seen.add(r["dataset"])
+        out.append(f"- {r['dataset']}: {code(r['command'])}")
+    return out + [""]
+
+
+def spread_s(v: list[float]) -> str:
+    return f"{mean(v):.1f}" + (f" ({min(v):.1f}-{max(v):.1f})" if len(v) > 1 else "")
+
+
+def swap_rows(settings: dict) -> list[list[str]]:
+    rows = []
+    items = [(s["technical"], s) for s in settings["technical"]]
+    names = {
+        "copy_source": "copy the source",
+        "mean_shift": "batch mean shift",
+        "true_counterfactual": "true counterfactual",
+    }
+    items += [(names.get(k, k), v) for k, v in settings["nulls"].items()]
+    for name, s in items:
+        seen, held = s["seen"], s["heldout"]
+        rows.append(
+            [
+                name,
+                f3(seen["target_batch_rate"]),
+                f3(seen["compound_kept_rate"]),
+                f3(seen["biology_kept_rate"]),
+                f3(held["target_batch_rate"]),
+                f3(held["compound_kept_rate"]),
+                f3(held["biology_kept_rate"]),
+                f"{held['frechet_all']:.0f}" if "frechet_all" in held else "-",
+            ]
+        )
+    return rows
+
+
+SWAP_HEADER = [
+    "setting (strength : guidance : kind)",
+    "seen: target batch",
+    "seen: compound kept",
+    "seen: biology kept",
+    "held-out: target batch",
+    "held-out: compound kept",
+    "held-out: biology kept",
+    "held-out Frechet",
+]
+
+
+def realism_rows(rows: list[dict], chosen: float) -> list[list[str]]:
+    out = []
+    for r in rows:
+        un = r["unseen_closer_than_control"]
+        row = [
+            f"{r['guidance']:g}",
+            f3(r["closer_than_control"]),
+            f3(r["oracle_compound"]),
+            f3(r["mean_distance"]),
+            " / ".join(f"{k} {f3(v)}" for k, v in sorted(un.items())),
+        ]
+        out.append(bold(row) if r["guidance"] == chosen else row)
+    return out
+
+
+REALISM_HEADER = [
+    "guidance",
+    "training compounds: closer than control",
+    "oracle reads the compound",
+    "mean distance",
+    "unseen compounds (record only)",
+]
+
+
+def frechet(fr: dict) -> str:
+    chans = [k for k in fr if k != "all"]
+    return f"{fr['all']:.0f} (" + " / ".join(f"{fr[c]:.0f}" for c in chans) + ")"
+
+
+def cells_section() -> list[str]:
+    d = load("cells.json")
+    prev = d["previous_run_e3"]
+    out = provenance(d, "cells.json")
+    bs, un = d["batch_swap"], d["unseen_compound"]
+    chans = " / ".join(k for k in bs["frechet"] if k != "all")
+    out += [
+        f"The fit: {code(d['fit_command'])}.",
+        "",
+        f"{d['fields']:,} fields at {d['size']}x{d['size']}, one seed. Held out of every learning stage: "
+        + "; ".join(f"`{h}`" for h in d["heldout"])
+        + f". Minutes: fit {d['minutes']['fit']:.1f}, evaluate {d['minutes']['evaluate']:.1f}, regenerating "
+        f"{d['regenerate']['images']} fields {d['minutes']['regenerate_64_fields']:.2f}. Batch swaps "
+        f"({bs['edits']} edits into {', '.join(bs['combinations'])}) are edits at strength "
+        f"{bs['edit']['strength']:g}, guidance {bs['edit']['guidance']:g}, "
+        f"{'residual' if bs['edit']['residual'] else 'plain'}; unseen compounds (by SMILES, at "
+        f"{float(un['dose']):g} uM) "
+        f"at strength {un['edit']['strength']:g}, guidance {un['edit']['guidance']:g}, "
+        f"{'residual' if un['edit']['residual'] else 'plain'}. The *previous configuration* column is "
+        "`previous_run_e3` in the JSON ("
+        + clean(prev["note"].split(": ", 1)[-1])
+        + f"; fit: {code(prev['fit_command'])}; evaluated by {code(prev['command'])}). "
+        "The *true counterfactual*"
+        " is cellsim's ground truth: the same cells rendered again in the target plate.",
+        "",
+    ]
+    ms, cp, tc = bs["mean_shift"], bs["copy_source"], bs["true_counterfactual"]
+    pb = prev["batch_swap"]
+    pu = prev["unseen_compound"]
+    byc = {c["compound"]: c for c in un["by_compound"]}
+
+    def baselines(k: str) -> str:
+        copy, shift, true = f3(cp[k]), f3(ms[k]), f3(tc[k])
+        return f"{copy} (copy the source); {shift} (batch mean shift); {true} (true counterfactual)"
+
+    rows = [
+        [
+            "batch swap into held-out compound x batch: read as the target batch",
+            f3(bs["target_batch_rate"]),
+            f3(pb["target_batch_rate"]),
+            baselines("target_batch_rate"),
+        ],
+        [
+            "... compound still read as the source's",
+            f3(bs["compound_kept_rate"]),
+            f3(pb["compound_kept_rate"]),
+            baselines("compound_kept_rate"),
+        ],
+        [
+            "... compound, dose and cell line still read as the source's",
+            f3(bs["biology_kept_rate"]),
+            f3(pb["biology_kept_rate"]),
+            baselines("biology_kept_rate"),
+        ],
+        [
+            f"Frechet to the real held-out fields (oracle features), all ({chans})",
+            frechet(bs["frechet"]),
+            frechet(pb["frechet"]),
+            f"{frechet(bs['copy_source_distances']['frechet'])} (copy the source); "
+            f"{frechet(bs['mean_shift_distances']['frechet'])} (batch mean shift)",
+        ],
+        [
+            "kernel distance (KID) to the real held-out fields, all channels",
+            f3(bs["kernel"]["all"]),
+            f3(pb["kernel"]["all"]),
+            f"{f3(bs['copy_source_distances']['kernel']['all'])} (copy the source); "
+            f"{f3(bs['mean_shift_distances']['kernel']['all'])} (batch mean shift)",
+        ],
+        [
+            f"unseen compound by SMILES at {float(un['dose']):g} uM, "
+            "closer to its real fields than to the controls",
+            f"{f3(un['closer_than_control'])} ("
+            + ", ".join(f"{c} {f3(v['closer_than_control'])}" for c, v in sorted(byc.items()))
+            + ")",
+            f3(pu["closer_than_control"]),
+            f"{f3(un['copy_control'])} (copy the control); "
+            f"{f3(un['nearest_compound'])} (real fields of the nearest "
+            "training compound: "
+            + ", ".join(
+                f"{v['nearest_compound']} {f3(v['nearest_compound_closer'])}" for _, v in sorted(byc.items())
+            )
+            + ")",
+        ],
+        [
+            "the same edit into training compounds, with their own codes",
+            f3(un["seen_compounds"]),
+            f3(pu["seen_compounds"]),
+            "-",
+        ],
+        [
+            "compound retrieval mAP against controls",
+            f3(d["map"]["generated"]),
+            f3(prev["map"]["generated"]),
+            f"{f3(d['map']['copy_control'])} (copy the control); {f3(d['map']['real'])} (real fields)",
+        ],
+        [
+            "generic held-out counterfactuals: effectiveness / preservation / all right",
+            " / ".join(
+                f3(d["counterfactual_heldout"][k]) for k in ("effectiveness", "preservation", "all_right")
+            ),
+            " / ".join(
+                f3(prev["counterfactual_heldout"][k]) for k in ("effectiveness", "preservation", "all_right")
+            ),
+            "-",
+        ],
+        [
+            "samples from noise, every factor right: seen / held-out",
+            f"{f3(d['samples']['seen'])} / {f3(d['samples']['heldout'])}",
+            f"{f3(prev['samples']['seen'])} / {f3(prev['samples']['heldout'])}",
+            "-",
+        ],
+    ]
+    out += table(["figure", "model", "previous configuration", "baselines"], rows)
+    out += [
+        "Structure ceiling (`unseen_compound.structure_ceiling`): how well the other compounds' true",
+        "effects predict an unseen compound's from structure alone, and the nearest training compound's",
+        "Tanimoto similarity.",
+        "",
+    ]
+    out += table(
+        [
+            "unseen compound",
+            "images",
+            "model closer than control",
+            "nearest training compound",
+            "its real fields closer",
+            "structure ceiling (cosine)",
+            "nearest Tanimoto",
+        ],
+        [
+            [
+                c,
+                str(v["images"]),
+                f3(v["closer_than_control"]),
+                v["nearest_compound"],
+                f3(v["nearest_compound_closer"]),
+                f3(un["structure_ceiling"][c]["cosine"]),
+                f3(un["structure_ceiling"][c]["nearest_known_tanimoto"]),
+            ]
+            for c, v in sorted(byc.items())
+        ],
+    )
+    out += [
+        "The evaluation oracle's accuracy on fresh fields at all doses (`oracle_accuracy`): "
+        + ", ".join(f"{k} {f3(v)}" for k, v in sorted(d["oracle_accuracy"].items()))
+        + ".",
+        "",
+    ]
+
+    # compound guidance
+    cg = d["compound_guidance_realism"]
+    pcg = prev["compound_guidance_realism"]
+    out += [
+        "### How compound edits are guided",
+        "",
+        f"Command: {code(cg['command'])}; date {cg['date']}.",
+        "",
+        "Controls are regenerated into the training compounds with their own codes, so nothing held out",
+        "chooses. *mean distance*: the distance from the generated fields' mean feature to the real",
+        "compound's, over the control's distance (above 1: further than the control). The rule: the",
+        "guidance at which the oracle names the compound most often, among those whose mean distance",
+        "stays below 1. Bold: the guidance the run uses.",
+        "",
+    ]
+    out += table(REALISM_HEADER, realism_rows(cg["rows"], un["edit"]["guidance"]))
+    out += [f"Previous configuration: {code(pcg['command'])}; date {pcg['date']}.", ""]
+    out += table(REALISM_HEADER, realism_rows(pcg["rows"], pu["edit"]["guidance"]))
+    pcomp = prev["edit_settings"].get("compound_guidance") or []
+    if pcomp:
+        out += [
+            "Previous configuration, training compounds closer than the control by compound guidance",
+            "(`edit_settings.compound_guidance`):",
+            "",
+        ]
+        out += table(
+            ["guidance", "closer than control"],
+            [[f"{r['guidance']:g}", f3(r["seen_compounds_closer_than_control"])] for r in pcomp],
+        )
+
+    # edit settings
+    es, pes = d["edit_settings"], prev["edit_settings"]
+    out += [
+        "### How the batch-swap settings were chosen",
+        "",
+        "Batch swaps into *seen* compound x batch combinations choose among strength : guidance : kind (a",
+        "*residual* edit returns the source plus the model's change between its regenerations under the new",
+        "and the source's own codes); the held-out figures stand beside them for the record. The rule: the",
+        "highest minimum of the two seen rates (target batch, compound kept).",
+        "",
+        f"Command: {code(es['command'])}; date {es['date']}; {es['steps']} steps.",
+        "",
+    ]
+    out += table(SWAP_HEADER, swap_rows(es))
+    out += [f"Previous configuration: {code(pes['command'])}; date {pes['date']}; {pes['steps']} steps.", ""]
+    out += table(SWAP_HEADER, swap_rows(pes))
+
+    # codes from structure
+    loo, ploo = d["structure_codes_leave_one_out"], prev["structure_codes_leave_one_out"]
+    sc = prev["structure_codes"]
+    out += [
+        "### Codes from structure",
+        "",
+        "Training compounds coded from their structure and the other training compounds' codes",
+        "(`--code-loo`), beside their own codes: the share of control edits closer to the compound than to",
+        "the controls.",
+        "",
+    ]
+    out += table(
+        ["run", "command", "guidance", "own codes", "codes from structure"],
+        [
+            [
+                "current",
+                code(loo["command"]),
+                f"{loo['guidance']:g}",
+                f3(loo["own_codes"]),
+                f3(loo["codes_from_structure"]),
+            ],
+            [
+                "previous configuration",
+                code(ploo["command"]),
+                f"{ploo['guidance']:g}",
+                f3(ploo["own_codes"]),
+                f3(ploo["codes_from_structure"]),
+            ],
+        ],
+    )
+    out += [
+        '`denoiser.structure = "compound"` (the compound\'s code learned as a linear function of its',
+        "fingerprint during training), against the previous configuration without it.",
+        f"Fit: {code(sc['fit_command'])};",
+        f"benchmark: {code(sc['command'])}.",
+        "",
+    ]
+    ssu, psu = sc["unseen_compound"], pu
+    out += table(
+        ["figure", "denoiser.structure = compound", "previous configuration"],
+        [
+            [
+                "unseen compound closer than control",
+                f3(ssu["closer_than_control"]),
+                f3(psu["closer_than_control"]),
+            ],
+        ]
+        + [
+            [
+                f"... {c}",
+                f3(ssu["by_compound"][c]),
+                f3({x["compound"]: x for x in psu["by_compound"]}[c]["closer_than_control"]),
+            ]
+            for c in sorted(ssu["by_compound"])
+        ]
+        + [
+            ["training compounds, own codes", f3(ssu["seen_compounds"]), f3(psu["seen_compounds"])],
+            [
+                "held-out batch swap: target batch",
+                f3(sc["batch_swap"]["target_batch_rate"]),
+                f3(pb["target_batch_rate"]),
+            ],
+            ["... compound kept", f3(sc["batch_swap"]["compound_kept_rate"]), f3(pb["compound_kept_rate"])],
+            ["... biology kept", f3(sc["batch_swap"]["biology_kept_rate"]), f3(pb["biology_kept_rate"])],
+            ["Frechet, all channels", f"{sc['frechet_all']:.0f}", f"{pb['frechet']['all']:.0f}"],
+            ["mAP, generated", f3(sc["map_generated"]), f3(prev["map"]["generated"])],
+        ],
+    )
+
+    # probes
+    pr = d.get("probes_2026_12_03")
+    if pr:
+        out += probes_section(pr)
+    return out
+
+
+def probes_section(pr: dict) -> list[str]:
+    names = sorted(pr["runs"])
+    alias = {k: f"fit {i + 1}" for i, k in enumerate(names)}
+
+    def unalias(text: str) -> str:
+        text = clean(text)
+        for k, v in alias.items():
+            text = re.sub(rf"\b{k}\b", v, text)
+        return text
+
+    out = [
+        "### Two changes measured and not kept (2026-12-03)",
+        "",
+        "Machine: "
+        + pr["machine"].split(";")[0].strip()
+        + ". The figures come from a probe that is not in the tree",
+        "(`probes_2026_12_03.why` in the JSON); the runs it probed:",
+        "",
+    ]
+    for k in names:
+        text = unalias(pr["runs"][k])
+        head, _, rest = text.partition(" (")
+        out.append(f"- {alias[k]}: `{head}` ({rest}")
+    out.append("")
+    cr = pr["code_regression_neighbours_only"]
+    today, nb = cr["all_compounds_judged (today's)"], cr["neighbours_only"]
+    out += [
+        "`CodeRegression`'s choice judged only on training compounds with a structural neighbour ("
+        + cr["change"].split(" (")[0].split("taken only over ")[-1]
+        + "):",
+        "",
+    ]
+
+    def choice(c):
+        return f"{c['choice'][0]} {c['choice'][1]:g}"
+
+    out += table(
+        ["figure", "all training compounds judged (the current rule)", "neighbours only"],
+        [
+            ["family and parameter chosen", choice(today), choice(nb)],
+            ["unseen compound closer than control", f3(today["unseen"]), f3(nb["unseen"])],
+        ]
+        + [
+            [f"... {c}", f3(today["by_compound"][c]), f3(nb["by_compound"][c])]
+            for c in sorted(today["by_compound"])
+        ]
+        + [
+            ["analogues coded from the others", f3(today["loo_analogues"]), f3(nb["loo_analogues"])],
+            ["analogues with their own codes", f3(cr["own_codes_analogues"]), f3(cr["own_codes_analogues"])],
+            ["training compounds, own codes", f3(today["seen_compounds"]), f3(nb["seen_compounds"])],
+            [
+                "real fields of the nearest training compound (baseline)",
+                f3(today["nearest_compound"]),
+                f3(nb["nearest_compound"]),
+            ],
+        ],
+    )
+    kg = pr["technical_keep_guidance"]
+    out += [f"Guidance on the kept biology during batch swaps: {kg['change']}.", ""]
+    rows = []
+    for k in sorted(x for x in kg if x.startswith("keep_")):
+        v = kg[k]
+        rows.append(
+            [
+                f"model, keep guidance {k.split('_')[1]}",
+                f3(v["target_batch_rate"]),
+                f3(v["compound_kept_rate"]),
+                f3(v["biology_kept_rate"]),
+            ]
+        )
+    first = kg[sorted(x for x in kg if x.startswith("keep_"))[0]]
+    for b, name in (
+        ("copy_source", "copy the source"),
+        ("mean_shift", "batch mean shift"),
+        ("true_counterfactual", "true counterfactual"),
+    ):
+        v = first[b]
+        rows.append(
+            [name, f3(v["target_batch_rate"]), f3(v["compound_kept_rate"]), f3(v["biology_kept_rate"])]
+        )
+    out += table(["seen swaps", "target batch", "compound kept", "biology kept"], rows)
+    return out
+
+
+def cellsim_distiller_section() -> list[str]:
+    d = load("cellsim_distiller.json")
+    oracle = load("cells.json")["oracle_accuracy"]
+    out = provenance(d, "cellsim_distiller.json")
+    factors = list(d["variants"][0]["accuracy"])
+    out += [
+        "Only the distiller, on the cellsim benchmark's data and split, scored on fresh fields of the",
+        "training combinations (accuracy of its class heads per factor; the compound also at the top",
+        "dose). Beside it, the cellsim benchmark's evaluation oracle on fresh fields (`cells.json`,",
+        "`oracle_accuracy`).",
+        "",
+    ]
+    rows = []
+    for v in d["variants"]:
+        rows.append(
+            [f"{v['steps']:,}", f"{v['fields']:,}", f"{v['minutes']:.2f}", f"{v['fresh_fields']:,}"]
+            + [f3(v["accuracy"][f]) for f in factors]
+            + [f3(v["compound_top_dose"])]
+        )
+    rows.append(["oracle", "", "", ""] + [f3(oracle.get(f)) for f in factors] + [""])
+    out += table(
+        ["steps", "fields", "minutes", "fresh fields scored"] + factors + ["compound, top dose"], rows
+    )
+    return out
+
+
+def speed_section() -> list[str]:
+    d = load("speed.json")
+    out = ["### Throughput of each part", ""]
+    out += provenance(d, "speed.json", ["make bench", DOCSTRING_COMMANDS["speed.json"]])
+    out += ["Images per second, batches of 64, the quickstart config at 32x32.", ""]
+    cols = [
+        ("render_32px", "renderer 32px"),
+        ("render_64px", "renderer 64px"),
+        ("train_distiller", "distiller training"),
+        ("train_autoencoder", "autoencoder training"),
+        ("train_denoiser", f"denoiser training ({d['train_denoiser']['parameters'] / 1e6:.2f} M parameters)"),
+        ("train_oracle", "oracle training"),
+        ("ddim_sample_50_steps", "DDIM sampling, 50 steps"),
+        ("ddim_invert_50_steps", "DDIM inversion, 50 steps"),
+    ]
+    out += table([c for _, c in cols], [[rate(d[k]["images_per_s"]) for k, _ in cols]])
+
+    t = load("train_throughput.json")
+    out += ["### Training loop against a diffusers reference loop", ""]
+    out += provenance(t, "train_throughput.json")
+    out += [
+        f"{t['model']}, {t['model_params'] / 1e6:.2f} M parameters, batch {t['batch_size']},",
+        f"{t['optimizer']}, {t['precision']}; alternating trials of {t['steps_per_trial']} steps, medians.",
+        "The reference loop follows",
+        "diffusers' `train_unconditional.py` example.",
+        "",
+    ]
+    out += table(
+        ["loop", "images/s (median)", "trials"],
+        [
+            [
+                "factordiff (`train.run_stage`)",
+                rate(t["factordiff_img_s"]),
+                ", ".join(f"{x:.1f}" for x in t["trial_img_s"]["factordiff"]),
+            ],
+            [
+                "diffusers reference",
+                rate(t["reference_img_s"]),
+                ", ".join(f"{x:.1f}" for x in t["trial_img_s"]["reference"]),
+            ],
+            ["ratio", f"{t['ratio_vs_diffusers']:.3f}", ""],
+        ],
+    )
+    pf, pr = t["profile"]["factordiff"], t["profile"]["reference"]
+    out += ["Top operators by self CPU time (`--profile`):", ""]
+    rows = []
+    for i in range(max(len(pf), len(pr))):
+        a = pf[i] if i < len(pf) else None
+        b = pr[i] if i < len(pr) else None
+        rows.append(
+            [str(i + 1)]
+            + ([f"`{a['op']}`", f"{a['self_cpu_ms']:.1f}", str(a["calls"])] if a else ["", "", ""])
+            + ([f"`{b['op']}`", f"{b['self_cpu_ms']:.1f}", str(b["calls"])] if b else ["", "", ""])
+        )
+    out += table(["rank", "factordiff op", "ms", "calls", "reference op", "ms", "calls"], rows)
+
+    lv = load("levers.json")
+    out += ["### Speed levers", ""]
+    out += provenance(lv, "levers.json")
+    out += [
+        f"On the quickstart's denoiser ({lv['model_params'] / 1e6:.2f} M parameters, batch "
+        f"{lv['batch_size']}, device {lv['device']}); images/s, medians of alternating trials.",
+        "Training: AdamW; sampling: 20 guided DDIM steps.",
+        "",
+    ]
+    rows = []
+    tr = lv["train_adamw"]
+    rows.append(
+        [
+            "training: AdamW `fused=True`",
+            rate(tr["foreach"]),
+            rate(tr["fused"]),
+            f"{100 * (tr['fused'] / tr['foreach'] - 1):+.1f}%",
+        ]
+    )
+    sm = lv["sample_20_steps_img_s"]
+    base_key = next(k for k in sm if "default" in k)
+    for k, v in sm.items():
+        if k == base_key:
+            continue
+        rows.append([f"sampling: {k}", rate(sm[base_key]), rate(v), f"{100 * (v / sm[base_key] - 1):+.1f}%"])
+    out += table(["lever", "default", "with the lever", "change"], rows)
+    out += [
+        "Fused AdamW is what training uses; bf16 autocast is an option (`denoiser.inference_precision`), its",
+        "effect on edit quality is in the first section.",
+        "",
+    ]
+
+    sh = load("shards.json")
+    out += ["### Data from disk", ""]
+    out += provenance(sh, "shards.json")
+    out += [
+        f"{sh['images']:,} images at {sh['size']}x{sh['size']}, packed by `factordiff data pack` in "
+        f"{sh['pack_seconds']:.2f} s into {sh['pack_bytes'] / 1e6:.0f} MB; random rows, warm page cache",
+        "(cold reads",
+        "not measured). Images per second:",
+        "",
+    ]
+    out += table(
+        ["", "from memory", "from the pack", "pack / memory"],
+        [
+            [
+                label,
+                rate(sh[k]["memory"]),
+                rate(sh[k]["shards"]),
+                f"{100 * (sh[k]['shards'] / sh[k]['memory'] - 1):+.1f}%",
+            ]
+            for k, label in (
+                ("read_img_s_batch64", "read, batches of 64"),
+                ("read_img_s_batch256", "read, batches of 256"),
+                ("train_distiller_img_s", "distiller training"),
+                ("train_autoencoder_img_s", "autoencoder training"),
+            )
+        ],
+    )
+    sf = load("shard_formats.json")
+    out += ["### Which format", ""]
+    out += provenance(sf, "shard_formats.json", ["pip install zarr webdataset; " + sf["command"]])
+    out += [
+        f"The same {sf['images']:,} images at {sf['size']}x{sf['size']}, batches of {sf['batch']}, "
+        "warm cache; " + ", ".join(f"{k} {v}" for k, v in sorted(sf["versions"].items())) + ".",
+        "",
+    ]
+    out += table(
+        [
+            "format",
+            "packed in (s)",
+            "on disk (MB)",
+            "images/s as training reads them",
+            "access",
+            "exact resume",
+        ],
+        [
+            [
+                name,
+                f"{v['pack_seconds']:.1f}",
+                f"{v['bytes'] / 1e6:.0f}",
+                rate(v["img_s"]),
+                v["access"],
+                v["exact_resume"],
+            ]
+            for name, v in sf["formats"].items()
+        ],
+    )
+    return out
+
+
+def render() -> str:
+    sections = [
+        ("Edits and samples against solver steps (Shapes replica)", nfe_section),
+        ("Held-out conditions: adapters and splits (Shapes replica)", generalization_section),
+        ("The distiller on held-out combinations (Shapes replica)", distill_section),
+        ("Latent-space metrics (Shapes replica, 64x64)", latent_section),
+        ("Cell Painting profiles: the regenerator beside its baselines", profiles_section),
+        ("Cell Painting images on cellsim", cells_section),
+        ("cellsim's distiller: steps and fields", cellsim_distiller_section),
+        ("Speed", speed_section),
+    ]
+    out = [
+        "# Measured results",
+        "",
+        "<!-- Generated by scripts/results_page.py from benchmarks/results/*.json: do not edit by hand. -->",
+        "",
+        "Every measured table of factordiff, generated by `python scripts/results_page.py` from",
+        "`benchmarks/results/*.json` (`python scripts/results_page.py --check` fails when this page and the",
+        "JSON files disagree). Each section names the command that reproduces it, the JSON file that holds",
+        "it, and the date and machine where the file records them. Rates are shares of edits, samples or",
+        "rows in [0, 1], printed with 3 decimals; the quickstart's own table is in the README.",
+        "",
+    ]
+    for title, _ in sections:
+        anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+        out.append(f"- [{title}](#{anchor})")
+    out.append("")
+    for title, fn in sections:
+        out += [f"## {title}", ""] + fn()
+    text = "\n".join(out)
+    text = re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
+    if PRIVATE_RUN.search(text):
+        raise SystemExit("results page: a private run folder (runs/e<N>) survived cleaning")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/results.md is not what this would write"
+    )
+    a = ap.parse_args(argv)
+    text = render()
+    if a.check:
+        current = PAGE.read_text() if PAGE.is_file() else None
+        if current != text:
+            print(
+                "docs/results.md is out of date with benchmarks/results/*.json: "
+                "run python scripts/results_page.py",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    PAGE.write_text(text)
+    print(f"wrote {PAGE.relative_to(ROOT)} ({len(text.encode()):,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
