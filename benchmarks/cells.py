@@ -12,8 +12,9 @@ The run is ``factordiff fit --data cellsim`` with those ``--holdout-where`` cond
 ``--fit-only`` fits into ``--out`` and stops (its minutes and command go to ``--out/bench_fit.json``);
 ``--set`` passes config overrides to the fit (the configurations compared in docs/design.md).
 ``--evaluate-only`` keeps the fitted run in ``--out`` (and the fit's minutes from
-``bench_fit.json``, else from the results file), gives it the current evaluation settings of a cellsim run (its config's ``evaluate``
-section), retrains its oracle, and evaluates and regenerates again.
+``bench_fit.json``, else from the results file), gives it the current evaluation settings of a
+cellsim run (its config's ``evaluate`` section), retrains its oracle, and evaluates and
+regenerates again.
 
 ``--edits 0.55:2:residual,1:2:plain --guidances 2,5,8`` instead compares edit settings on the run
 already in ``--out`` without looking at what is held out: batch swaps into seen compound x batch
@@ -39,9 +40,10 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
-from factordiff.edit import regenerate_images
 from factordiff.evaluate.suite import evaluate_run
 from factordiff.fit import fit
+from factordiff.models.runs import load_run
+from factordiff.regenerate import regenerate, write_regenerated
 from factordiff.report import build_report
 
 RESULTS = Path(__file__).parent / "results" / "cells.json"
@@ -83,7 +85,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--edits",
-        help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on the run in --out and stop",
+        help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on "
+        "the run in --out and stop",
     )
     ap.add_argument(
         "--guidances",
@@ -93,7 +96,8 @@ def main() -> None:
     ap.add_argument(
         "--code-loo",
         action="store_true",
-        help="the unseen-compound test on training compounds (codes from the others' structures) on the run in --out, and stop",
+        help="the unseen-compound test on training compounds (codes from the others' structures) on "
+        "the run in --out, and stop",
     )
     ap.add_argument(
         "--set",
@@ -171,13 +175,11 @@ def main() -> None:
     build_report(out)
     eval_min = (time.monotonic() - t0) / 60
     t0 = time.monotonic()
-    regen = regenerate_images(
-        out,
-        ["compound=nocodazole,batch=batch_1"],
-        ["batch=batch_2,plate=plate_3"],
-        out / "regenerated-batch2",
-        limit=64,
+    run = load_run(out)
+    regenerated = regenerate(
+        run, ["compound=nocodazole,batch=batch_1"], ["batch=batch_2,plate=plate_3"], limit=64
     )
+    regen = write_regenerated(regenerated, run, out / "regenerated-batch2")
     regen_min = (time.monotonic() - t0) / 60
     keep = {k: m[k] for k in ("batch_swap", "unseen_compound", "map", "frechet") if k in m}
     result = {
@@ -213,12 +215,13 @@ def probe_code_loo(run: Path) -> None:
     import json
 
     from factordiff.data.cellsim import COMPOUNDS
+    from factordiff.data.sources import prepare_data
     from factordiff.data.splits import make_split
     from factordiff.evaluate.cells import seen_compound_edits
-    from factordiff.evaluate.suite import get_oracle, load_run
-    from factordiff.fit import prepare_data
+    from factordiff.evaluate.suite import get_oracle
+    from factordiff.models.runs import load_model
 
-    cfg, model = load_run(run)
+    cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)
     oracle, _ = get_oracle(run, cfg, data, progress=False)
@@ -243,13 +246,14 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None
     import dataclasses
     import json
 
+    from factordiff.data.cellsim import CHANNELS
+    from factordiff.data.sources import prepare_data
     from factordiff.data.splits import make_split
-    from factordiff.edit import channel_names
     from factordiff.evaluate.cells import evaluate_cells, seen_batch_swaps, seen_compound_edits
-    from factordiff.evaluate.suite import get_oracle, load_run
-    from factordiff.fit import prepare_data
+    from factordiff.evaluate.suite import get_oracle
+    from factordiff.models.runs import load_model
 
-    cfg, model = load_run(run)
+    cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)
     oracle, _ = get_oracle(run, cfg, data, progress=False)
@@ -269,7 +273,7 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None
             oracle,
             data,
             split,
-            channel_names(model),
+            CHANNELS,
             e,
             n=cfg.evaluate.sources,
             seed=cfg.train.seed,

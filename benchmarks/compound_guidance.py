@@ -2,7 +2,8 @@
 compounds only, with what the unseen-compound criterion cannot see: into
 ``benchmarks/results/cells.json`` as ``compound_guidance_realism``.
 
-    python benchmarks/compound_guidance.py --out runs/e5 --guidances 1,3,5,8,12   # cells.json today (runs/e3: 1,8,20,50)
+    # cells.json today (runs/e3: 1,8,20,50)
+    python benchmarks/compound_guidance.py --out runs/e5 --guidances 1,3,5,8,12
 
 Same-batch training controls are regenerated into each training compound at the top dose with
 its prototype code (the run's compound-edit settings, guidance varied). Per guidance:
@@ -28,11 +29,12 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.data.cellsim import COMPOUNDS
+from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.edit import compound_code
 from factordiff.evaluate.cells import CONTROL, _closer, _edit, _same_batch, compound_edits, oracle_features
-from factordiff.evaluate.suite import get_oracle, load_run
-from factordiff.fit import prepare_data
+from factordiff.evaluate.suite import get_oracle
+from factordiff.models.runs import load_model
 
 RESULTS = Path(__file__).parent / "results" / "cells.json"
 
@@ -45,7 +47,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     run = Path(a.out)
-    cfg, model = load_run(run)
+    cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)
     oracle, _ = get_oracle(run, cfg, data, progress=False)
@@ -80,7 +82,7 @@ def main() -> None:
         for c in unseen:
             real = np.flatnonzero((f[:, kc] == c) & (f[:, kd] == top))
             chosen = rng.choice(real, min(len(real), 40), replace=False)
-            code = compound_code(model, kc, COMPOUNDS[names[c]], COMPOUNDS)
+            code = compound_code(model, kc, COMPOUNDS[names[c]], COMPOUNDS, CONTROL)
             edited = _edit(
                 model,
                 data.images[_same_batch(rng, pool, chosen, f[:, kb])],

@@ -78,8 +78,9 @@ def main() -> None:
             row = run(variant, seed, Path(a.work))
             rows.append(row)
             print(
-                f"{variant} seed {seed}: held-out accuracy {row['heldout_accuracy']:.3f} (seen {row['seen_accuracy']:.3f}), "
-                f"held-out R^2 {row['heldout_r2']:.3f} (seen {row['seen_r2']:.3f}) on {', '.join(HELD)}",
+                f"{variant} seed {seed}: held-out accuracy {row['heldout_accuracy']:.3f} (seen "
+                f"{row['seen_accuracy']:.3f}), held-out R^2 {row['heldout_r2']:.3f} (seen "
+                f"{row['seen_r2']:.3f}) on {', '.join(HELD)}",
                 flush=True,
             )
     atomic_write_json(

@@ -151,14 +151,18 @@ def probe_summary(readout: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    f = lambda v: "" if v is None else f"{v:.3f}"
+    def f(v):
+        return "" if v is None else f"{v:.3f}"
+
     lines = [
-        "| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out | edits all right | effectiveness | preservation | pairs all right | probe R^2 | probe error |",
+        "| split (held out) | adapter | base | denoiser minutes | samples all right, seen | held-out "
+        "| edits all right | effectiveness | preservation | pairs all right | probe R^2 | probe error |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['split']} ({r['heldout']}) | {r['adapter']} | {'joint' if r['train_base'] else 'frozen'} | {r['minutes']:g} | "
+            f"| {r['split']} ({r['heldout']}) | {r['adapter']} | {'joint' if r['train_base'] else 'frozen'} "
+            f"| {r['minutes']:g} | "
             + " | ".join(
                 f(r[k])
                 for k in (
@@ -179,16 +183,16 @@ def table(rows: list[dict]) -> str:
 
 def rescore(previous: dict, work: Path) -> None:
     """Recompute ``probe_r2``/``probe_mae`` of every row whose run folder is in ``work``."""
+    from factordiff.data.sources import prepare_data
     from factordiff.data.splits import make_split
     from factordiff.evaluate.latent import heldout_readout
-    from factordiff.evaluate.suite import load_run
-    from factordiff.fit import prepare_data
+    from factordiff.models.runs import load_model
 
     for row in previous["rows"]:
         run = work / f"{row['split']}-{row['adapter']}-{'joint' if row['train_base'] else 'frozen'}"
         if not (run / "model").is_dir():
             continue
-        cfg, model = load_run(run)
+        cfg, model = load_model(run)
         data, _, _ = prepare_data(cfg)
         row.update(
             probe_summary(heldout_readout(model, data, make_split(data.spec, cfg.split), seed=cfg.train.seed))
@@ -214,7 +218,8 @@ def main() -> None:
     ap.add_argument(
         "--best",
         default=None,
-        help="adapter of the other splits' rows (default: the composition row with the best held-out samples)",
+        help="adapter of the other splits' rows (default: the composition row with the "
+        "best held-out samples)",
     )
     ap.add_argument("--base", choices=["joint", "frozen"], default="joint")
     ap.add_argument("--work", default="runs/bench-generalization")
@@ -249,7 +254,8 @@ def main() -> None:
         atomic_write_json(
             RESULTS,
             {
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                f"torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"),
                 "command": "python " + shlex.join(sys.argv),
                 "rows": rows,

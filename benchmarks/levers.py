@@ -36,7 +36,7 @@ from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.diffusion.sampling import sample
-from factordiff.model import ModelShape, build_denoiser, denoiser_space
+from factordiff.models.images import ModelShape, build_denoiser, denoiser_space
 
 OUT = Path(__file__).parent / "results" / "levers.json"
 

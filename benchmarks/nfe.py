@@ -2,7 +2,8 @@
 quickstart model; into ``benchmarks/results/nfe.json`` (and the README's plot,
 ``benchmarks/results/nfe.svg``).
 
-    python benchmarks/nfe.py [--samplers ddim,dpmsolver++] [--steps 5,10,20,50,100] [--strengths 1,0.5] [--per-factor 100]
+    python benchmarks/nfe.py [--samplers ddim,dpmsolver++] [--steps 5,10,20,50,100]
+        [--strengths 1,0.5] [--per-factor 100]
 
 Per solver (``denoiser.sampler``: DDIM, or DPM-Solver++(2M) with its own inverse scheduler for
 the inversion), per edit strength s (how far up the noise schedule an edit inverts: to t = s T)
@@ -23,9 +24,9 @@ of the first solver (DDIM at 100 by default; ``--steps`` per solver as ``ddim=5,
 of the reference's, Frechet distance within 10%) and the setting of edits (solver, strength and
 steps, at most 50 passes: the best weaker held-out rate; see ``defaults``), each ``chosen``;
 ``--defaults-only`` recomputes it from the rows already in the results file. ``--precision bf16``
-measures the bf16-autocast lever (``denoiser.inference_precision``); defaults come from fp32 rows. Rows already in the
-file for other (solver, strength, steps) are kept. The oracle is the quickstart's (trained once
-here and kept in the work folder).
+measures the bf16-autocast lever (``denoiser.inference_precision``); defaults come from fp32 rows.
+Rows already in the file for other (solver, strength, steps) are kept. The oracle is the
+quickstart's (trained once here and kept in the work folder).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_write_json
+from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.cells import frechet, oracle_features
 from factordiff.evaluate.counterfactual import evaluate_counterfactuals
-from factordiff.evaluate.suite import conditional_samples, get_oracle, load_run
-from factordiff.fit import prepare_data
+from factordiff.evaluate.suite import conditional_samples, get_oracle
+from factordiff.models.runs import load_model
 from factordiff.quickstart import pretrained_run
 
 OUT = Path(__file__).parent / "results" / "nfe.json"
@@ -174,11 +176,14 @@ def defaults(rows: list[dict]) -> dict:
         else {"sampler": ref["sampler"], "steps": ref["steps"]},
     }
     held = ("edits_all_right", "pairs_all_right")
-    rank = lambda r: (
-        min(r[k] for k in held if r[k] is not None),
-        float(np.mean([r[k] for k in held if r[k] is not None])),
-        -r["edit_passes"],
-    )  # noqa: E731
+
+    def rank(r):
+        return (
+            min(r[k] for k in held if r[k] is not None),
+            float(np.mean([r[k] for k in held if r[k] is not None])),
+            -r["edit_passes"],
+        )
+
     candidates = [
         r
         for r in rows
@@ -223,12 +228,15 @@ def plot(rows: list[dict], path: Path) -> None:
     colours = {"ddim": "#1f5fbf", "dpmsolver++": "#d0561b"}
     w, h, pad = 300, 200, 36
     steps = sorted({r["steps"] for r in rows})
-    lx = lambda k: (
-        pad
-        + (np.log(k) - np.log(steps[0])) / max(1e-9, np.log(steps[-1]) - np.log(steps[0])) * (w - pad - 10)
-    )  # noqa: E731
+
+    def lx(k):
+        return pad + (np.log(k) - np.log(steps[0])) / max(1e-9, np.log(steps[-1]) - np.log(steps[0])) * (
+            w - pad - 10
+        )
+
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w}" height="{h + 20}" font-family="sans-serif" font-size="10">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w}" height="{h + 20}" '
+        'font-family="sans-serif" font-size="10">'
     ]
     for i, (key, title) in enumerate(panels):
         vals = [r[key] for r in rows if r[key] is not None]
@@ -250,13 +258,15 @@ def plot(rows: list[dict], path: Path) -> None:
             )
             if pts:
                 g.append(
-                    f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{" ".join(f"{lx(k):.1f},{ly(v):.1f}" for k, v in pts)}"/>'
+                    f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} '
+                    f'points="{" ".join(f"{lx(k):.1f},{ly(v):.1f}" for k, v in pts)}"/>'
                 )
                 g += [f'<circle cx="{lx(k):.1f}" cy="{ly(v):.1f}" r="3" fill="{colour}"/>' for k, v in pts]
                 if key == "edits_all_right" and strength < 1:
                     k, v = pts[-1]
                     g.append(
-                        f'<text x="{lx(k) - 40:.0f}" y="{ly(v) - 6:.0f}" fill="{colour}">strength {strength:g}</text>'
+                        f'<text x="{lx(k) - 40:.0f}" y="{ly(v) - 6:.0f}" fill="{colour}">strength '
+                        f"{strength:g}</text>"
                     )
         g.append(f'<text x="{pad}" y="{h + 14}">steps (an edit costs 2x steps passes)</text></g>')
         parts += g
@@ -314,7 +324,7 @@ def main() -> None:
     run = Path(a.work) / "quickstart"
     if not (run / "model").is_dir():
         shutil.copytree(shipped, run, dirs_exist_ok=True)
-    cfg, model = load_run(run)
+    cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)
     oracle, acc = get_oracle(run, cfg, data, progress=True)
@@ -339,7 +349,8 @@ def main() -> None:
                 atomic_write_json(
                     OUT,
                     {
-                        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                        f"torch {torch.__version__}",
                         "date": time.strftime("%Y-%m-%d"),
                         "model": "shipped quickstart model (tokens adapter, composition split)",
                         "oracle_accuracy": acc,

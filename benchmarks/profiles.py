@@ -35,7 +35,7 @@ from bbbc021 import bbbc021_table  # noqa: E402
 from factordiff.checkpoint import atomic_write_json  # noqa: E402
 from factordiff.config import load_config  # noqa: E402
 from factordiff.evaluate.profile_suite import evaluate_profile_run, guidance_sweep, summary_lines  # noqa: E402
-from factordiff.profile_model import fit_profiles  # noqa: E402
+from factordiff.fit import fit_profiles  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "profiles.json"
 
@@ -176,7 +176,10 @@ def markdown(runs: list[dict]) -> str:
                     g.setdefault(kind, {}).setdefault(method, {}).setdefault(k, []).append(float(np.mean(v)))
         for name, v in r["metrics"].get("retrieval", {}).items():
             g.setdefault("retrieval", {}).setdefault(name, {}).setdefault("mAP", []).append(v["map"])
-    f = lambda v: f"{np.mean(v):.3f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+
+    def f(v):
+        return f"{np.mean(v):.3f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+
     lines = []
     for (dataset, residual), g in groups.items():
         for kind, methods in g.items():
@@ -210,9 +213,13 @@ def sweep_table(sweep: dict) -> str:
                     else k.replace("_", " "),
                     [],
                 ).append(v)
-    f = lambda v: f"{np.mean(v):.3f} ({min(v):.2f}-{max(v):.2f})"
+
+    def f(v):
+        return f"{np.mean(v):.3f} ({min(v):.2f}-{max(v):.2f})"
+
     lines = [
-        f"**bbbc021**, model (residual none) by guidance weight on the changed technical factor (`{sweep['command']}`)",
+        "**bbbc021**, model (residual none) by guidance weight on the changed technical factor "
+        f"(`{sweep['command']}`)",
         "",
         "| condition | weight | mean error | energy | read as target | biology kept |",
         "|---|---|---|---|---|---|",
@@ -252,8 +259,8 @@ def main() -> None:
     ap.add_argument(
         "--sweep",
         metavar="W,W,...",
-        help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at each "
-        "guidance weight on the technical factor, into the results file's guidance_sweep",
+        help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at "
+        "each guidance weight on the technical factor, into the results file's guidance_sweep",
     )
     a = ap.parse_args()
     if a.table:

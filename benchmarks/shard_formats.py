@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from factordiff.checkpoint import atomic_write_json
-from factordiff.data.base import load_data
 from factordiff.data.shards import open_shards, pack
+from factordiff.data.sources import load_data
 
 OUT = Path(__file__).parent / "results" / "shard_formats.json"
 BATCH = 64

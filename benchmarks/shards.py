@@ -23,8 +23,8 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
-from factordiff.data.base import load_data
 from factordiff.data.shards import open_shards, pack
+from factordiff.data.sources import load_data
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
 from factordiff.encoders.distill import DistillStep, FactorDistiller
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage

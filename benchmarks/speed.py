@@ -23,7 +23,7 @@ from factordiff.diffusion.objective import DiffusionStep
 from factordiff.diffusion.sampling import ddim_invert, ddim_sample
 from factordiff.encoders.distill import DistillStep, FactorDistiller
 from factordiff.evaluate.counterfactual import Oracle, OracleStep
-from factordiff.model import ModelShape, build_denoiser
+from factordiff.models.images import ModelShape, build_denoiser
 
 OUT = Path(__file__).parent / "results" / "speed.json"
 

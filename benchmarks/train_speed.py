@@ -41,7 +41,7 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.model import ModelShape, denoiser_space
+from factordiff.models.images import ModelShape, denoiser_space
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
 
 OUT = Path(__file__).parent / "results" / "train_throughput.json"
@@ -150,7 +150,8 @@ def main() -> None:
         times["factordiff"].append(factordiff_trial(ours, x, cfg, a.steps, r + 1))
         times["reference"].append(reference_trial(ref, x, cfg, a.steps, r + 1))
         print(
-            f"trial {r + 1}: factordiff {a.steps * b / times['factordiff'][-1]:.0f} img/s, reference {a.steps * b / times['reference'][-1]:.0f} img/s",
+            f"trial {r + 1}: factordiff {a.steps * b / times['factordiff'][-1]:.0f} img/s, reference "
+            f"{a.steps * b / times['reference'][-1]:.0f} img/s",
             flush=True,
         )
     rate = {k: a.steps * b / float(np.median(v)) for k, v in times.items()}
@@ -159,7 +160,8 @@ def main() -> None:
         "reference_img_s": round(rate["reference"], 1),
         "ratio_vs_diffusers": round(rate["factordiff"] / rate["reference"], 3),
         "trial_img_s": {k: [round(a.steps * b / t, 1) for t in v] for k, v in times.items()},
-        "model": f"UNet2DModel {list(cfg.denoiser.block_out_channels)} on {channels}x{size}x{size} latents, unconditional, v-prediction",
+        "model": f"UNet2DModel {list(cfg.denoiser.block_out_channels)} on {channels}x{size}x{size} latents, "
+        "unconditional, v-prediction",
         "model_params": sum(p.numel() for p in unet.parameters()),
         "batch_size": b,
         "steps_per_trial": a.steps,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from factordiff.checkpoint import atomic_save_tensors, load_tensors, read_json
 from factordiff.config import RunConfig, from_dict
-from factordiff.fit import prepare_data
-from factordiff.model import PROTOTYPES, FactorModel
+from factordiff.data.sources import prepare_data
+from factordiff.models.images import PROTOTYPES, FactorModel
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "factordiff" / "pretrained"
 HALF = ("distiller", "encoder", "autoencoder", "denoiser")

@@ -12,7 +12,7 @@ from factordiff.checkpoint import load_tensors
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.model import FactorModel, ModelShape, build_denoiser
+from factordiff.models.images import FactorModel, ModelShape, build_denoiser
 
 ADAPTERS = ["embed", "tokens", "shift"]
 

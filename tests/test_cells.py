@@ -32,7 +32,8 @@ from factordiff.data.cells import (
 )
 
 FOV = Path(__file__).parent / "data" / "fov-BR00143976-C03-s3"
-# the plate's channel map (WayScience pediatric cancer atlas): ch5 DNA, ch2 ER, ch6 RNA, ch3 AGP, ch4 Mito (ch1 brightfield)
+# the plate's channel map (WayScience pediatric cancer atlas): ch5 DNA, ch2 ER, ch6 RNA, ch3 AGP,
+# ch4 Mito (ch1 brightfield)
 CHANNEL_MAP = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
 
 

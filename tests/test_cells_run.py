@@ -69,12 +69,13 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
         u["edit"] == {"strength": 1.0, "guidance": 5.0, "residual": False} and 0 <= u["seen_compounds"] <= 1
     )
     assert set(m["map"]) == {"real", "generated", "copy_control"}
+    from factordiff.data.sources import prepare_data
     from factordiff.data.splits import make_split
     from factordiff.evaluate.cells import seen_compound_edits
-    from factordiff.evaluate.suite import get_oracle, load_run
-    from factordiff.fit import prepare_data
+    from factordiff.evaluate.suite import get_oracle
+    from factordiff.models.runs import load_model
 
-    cfg, model = load_run(cell_run)
+    cfg, model = load_model(cell_run)
     data = prepare_data(cfg)[0]
     args = (
         model,
@@ -192,11 +193,11 @@ def test_regenerate_images_into_a_held_out_combination_and_an_unseen_smiles(cell
 
 
 def test_autoencoder_roundtrip(tiny_run):
+    from factordiff.data.sources import prepare_data
     from factordiff.evaluate.cells import autoencoder_roundtrip
-    from factordiff.evaluate.suite import load_run
-    from factordiff.fit import prepare_data
+    from factordiff.models.runs import load_model
 
-    cfg, model = load_run(tiny_run)
+    cfg, model = load_model(tiny_run)
     images = prepare_data(cfg)[0].images[:6]
     trip = autoencoder_roundtrip(model, images)
     assert trip.shape == images.shape and trip.dtype == np.uint8 and not np.array_equal(trip, images)
@@ -220,7 +221,7 @@ def test_batch_mean_shift_moves_channel_statistics():
 
 def test_true_counterfactuals_render_the_same_cells_in_another_plate():
     from factordiff.data.cellsim import cellsim
-    from factordiff.evaluate.cells import true_counterfactuals
+    from factordiff.data.cellsim import true_counterfactuals
 
     data = cellsim(16, n=30, seed=3)
     rows = np.arange(0, 30, 3)

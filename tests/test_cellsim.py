@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from factordiff import FactordiffError
-from factordiff.data.base import load_data
 from factordiff.data.cellsim import (
     COMPOUNDS,
     CONTROL,
@@ -20,6 +19,7 @@ from factordiff.data.cellsim import (
     technique,
     to_uint8,
 )
+from factordiff.data.sources import load_data
 
 
 def test_cellsim_is_deterministic_multichannel_and_validly_nested():
@@ -67,7 +67,8 @@ def test_ground_truth_separates_biology_from_technique():
     assert (
         not np.allclose(t1["gain"], t2["gain"]) and t1["blur"] == t2["blur"]
     )  # the batch changes gains, the source's microscope stays
-    # the same cells (same seed and index) imaged in two batches: every channel's intensity changes, the mask of the cells does not
+    # the same cells (same seed and index) imaged in two batches: every channel's intensity changes,
+    # the mask of the cells does not
     spec = cellsim_spec()
     row = np.array([[spec["compound"].index("colchicine"), 3, 0, 0, 0, 0]])
     other = row.copy()

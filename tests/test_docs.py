@@ -17,15 +17,23 @@ def test_readme_is_at_most_12_kib():
     assert size <= 12 * 1024, f"README.md is {size} bytes; move detail to docs/ (limit 12,288)"
 
 
-def test_results_page_is_generated_from_the_benchmark_files():
+def _check(script: str) -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "results_page.py"), "--check"],
+        [sys.executable, str(ROOT / "scripts" / script), "--check"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr or done.stdout
+
+
+def test_results_page_is_generated_from_the_benchmark_files():
+    _check("results_page.py")
+
+
+def test_cli_page_flags_are_the_parsers():
+    _check("cli_page.py")
 
 
 def test_no_doc_names_a_private_run_folder():

@@ -7,8 +7,9 @@ import torch
 from conftest import tiny_config
 
 from factordiff import FactordiffError
-from factordiff.fit import fit, prepare_data
-from factordiff.model import FactorModel
+from factordiff.data.sources import prepare_data
+from factordiff.fit import fit
+from factordiff.models.images import FactorModel
 
 FAST = {"data.n": 192, "distill.steps": 3, "autoencoder.steps": 3, "denoiser.steps": 3, "train.threads": 1}
 

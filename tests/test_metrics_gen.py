@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from factordiff.cli import _print_summary
 from factordiff.data.shapes import replica
 from factordiff.data.splits import SplitConfig, make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.counterfactual import TargetCodes, plan_edits, plan_pair_edits, score_edits
+from factordiff.evaluate.suite import summary_lines
 
 
 class FakeOracle:
@@ -124,8 +124,7 @@ def test_evaluation_reports_all_right_pairs_samples_and_soundness(tiny_run, tiny
     for v in [*s["composition"].values(), s["reversibility"]]:
         assert v["l1"] >= 0 and v["l1"] <= 1 and _share(v["oracle_agreement"])
     assert s["reversibility"]["edits"] == 32
-    _print_summary(m)
-    out = capsys.readouterr().out
+    out = "\n".join(summary_lines(m))
     assert (
         "all_right" in out
         and "heldout pairs (object_hue + shape)" in out
@@ -145,12 +144,13 @@ def test_evaluation_reports_all_right_pairs_samples_and_soundness(tiny_run, tiny
 
 
 def test_samples_per_guidance_form_on_the_tiny_model(tiny_run):
+    from factordiff.data.sources import prepare_data
     from factordiff.data.splits import make_split as split_of
     from factordiff.evaluate.counterfactual import Oracle
-    from factordiff.evaluate.suite import conditional_samples, load_run
-    from factordiff.fit import prepare_data
+    from factordiff.evaluate.suite import conditional_samples
+    from factordiff.models.runs import load_model
 
-    cfg, model = load_run(tiny_run)
+    cfg, model = load_model(tiny_run)
     data, split, _ = prepare_data(cfg)
     oracle = Oracle(data.spec.sizes, data.channels, data.size).eval()
     args = (model, oracle, data, split_of(data.spec, cfg.split), 4, 2, 0)

@@ -9,7 +9,7 @@ import torch
 from factordiff import FactordiffError
 from factordiff.checkpoint import load_tensors
 from factordiff.data.shapes import replica
-from factordiff.model import FactorModel
+from factordiff.models.images import FactorModel
 
 
 def test_run_folder_layout(tiny_run):
@@ -24,7 +24,7 @@ def test_run_folder_layout(tiny_run):
         "model/prototypes.safetensors",
     ):
         assert (tiny_run / name).is_file(), name
-    stages = {json.loads(l)["stage"] for l in (tiny_run / "train_log.jsonl").read_text().splitlines()}
+    stages = {json.loads(line)["stage"] for line in (tiny_run / "train_log.jsonl").read_text().splitlines()}
     assert stages == {"distiller", "autoencoder", "denoiser"}
 
 
@@ -70,7 +70,7 @@ def test_heldout_combinations_never_reach_training(tiny_run):
     """The prototypes cover every value, but the split's held-out block is missing from the data
     the learners trained on: the run records the count, and it equals the non-held-out rows."""
     from factordiff.config import RunConfig, from_dict
-    from factordiff.fit import prepare_data
+    from factordiff.data.sources import prepare_data
 
     cfg = from_dict(RunConfig, json.loads((tiny_run / "run_config.json").read_text()))
     data, split, train = prepare_data(cfg)

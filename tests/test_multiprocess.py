@@ -107,7 +107,7 @@ def test_fit_runs_under_accelerate_launch_on_two_processes(tmp_path):
     from conftest import tiny_config
 
     from factordiff.checkpoint import latest_checkpoint, load_checkpoint
-    from factordiff.model import FactorModel
+    from factordiff.models.images import FactorModel
 
     cfg = tiny_config(**{"denoiser.adapter": "tokens", "denoiser.train_base": False, "train.threads": 1})
     cfg.save(tmp_path / "tiny.json")

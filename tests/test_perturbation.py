@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from factordiff.cli import main
-from factordiff.data.cellsim import COMPOUNDS, CONTROL, biology, compound_effect, structure_ceiling
+from factordiff.data.cellsim import COMPOUNDS, CONTROL, biology, compound_effect
 from factordiff.encoders.perturbation import (
     CodeRegression,
     PerturbationEmbedder,
@@ -26,6 +26,7 @@ from factordiff.encoders.perturbation import (
     tanimoto,
 )
 from factordiff.errors import FactordiffError
+from factordiff.evaluate.cells import structure_ceiling
 
 UNSEEN = "camptothecin"
 

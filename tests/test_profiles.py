@@ -37,7 +37,8 @@ def _frame() -> pd.DataFrame:
 
 def test_read_real_sample_defaults():
     t = read_profiles(SAMPLE)
-    # Metadata_Well differs in almost every row but not all; Plate, Batch, Compound, Concentration, MoA are factors
+    # Metadata_Well differs in almost every row but not all; Plate, Batch, Compound, Concentration,
+    # MoA are factors
     assert {"Metadata_Compound", "Metadata_Batch", "Metadata_Plate"} <= set(t.spec.names)
     assert t.features.shape == (157, 47) and t.features.dtype == np.float32
     assert t.spec["Metadata_Concentration"].kind == "ordinal"
@@ -291,7 +292,7 @@ def test_config_roles_parse():
     cfg = load_config(
         None, {"profiles.roles": ["Metadata_Plate=biological"], "data.source": f"profiles:{SAMPLE}"}
     )
-    from factordiff.profile_model import prepare_profiles
+    from factordiff.models.profiles import prepare_profiles
 
     assert prepare_profiles(cfg).table.spec["Metadata_Plate"].role == "biological"
 
@@ -301,7 +302,8 @@ def test_residual_ridge_model_round_trip(tmp_path):
     and to_space/from_space invert each other; the untrained adapter leaves regeneration at the
     additive shift plus the denoiser's own round trip."""
     from factordiff.evaluate.profiling import baseline_rows
-    from factordiff.profile_model import ProfileModel, fit_profiles
+    from factordiff.fit import fit_profiles
+    from factordiff.models.profiles import ProfileModel
 
     cfg = load_config(
         None,

@@ -7,7 +7,7 @@ from conftest import tiny_config
 
 from factordiff import FactordiffError
 from factordiff.cli import main
-from factordiff.fit import _check_run_folder
+from factordiff.models.runs import check_run_folder
 from factordiff.quickstart import MARKER, _prepare_out
 
 
@@ -35,7 +35,7 @@ def cheap_quickstart(monkeypatch):
     monkeypatch.setattr(factordiff.report, "build_report", lambda out: out / "report.html")
 
     def fake_fit(cfg, out, progress=True, keep=()):
-        _check_run_folder(cfg, out, False, keep)  # fit's own check: the marker alone must pass
+        check_run_folder(cfg, out, False, keep)  # fit's own check: the marker alone must pass
         calls["marker_before_fit"] = (out / MARKER).is_file()
         (out / "run_config.json").write_text("{}")
         if calls.get("crash"):
@@ -79,9 +79,9 @@ def test_prepare_out_replaces_a_quickstart_output_and_accepts_empty_or_absent(tm
 def test_fit_accepts_a_folder_holding_only_the_marker_when_told(tmp_path):
     cfg = tiny_config()
     (tmp_path / MARKER).write_text("{}")
-    assert _check_run_folder(cfg, tmp_path, False, keep=(MARKER,)) is False
+    assert check_run_folder(cfg, tmp_path, False, keep=(MARKER,)) is False
     with pytest.raises(FactordiffError, match="not empty"):
-        _check_run_folder(cfg, tmp_path, False)
+        check_run_folder(cfg, tmp_path, False)
 
 
 def test_quickstart_marks_its_output_and_replaces_it_next_time(tmp_path, cheap_quickstart):

@@ -11,8 +11,8 @@ from conftest import tiny_config
 
 from factordiff.checkpoint import load_tensors
 from factordiff.cli import main
-from factordiff.data.base import load_data
 from factordiff.data.shards import ShardedImages, open_shards, pack
+from factordiff.data.sources import load_data
 from factordiff.errors import FactordiffError
 from factordiff.train import ArrayBatches
 

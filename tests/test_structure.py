@@ -33,7 +33,7 @@ def structure_run(tmp_path_factory):
 
 def test_structure_codes_train_with_the_denoiser_and_code_an_unseen_compound(structure_run):
     from factordiff.edit import compound_code
-    from factordiff.model import FactorModel, to_unit
+    from factordiff.models.images import FactorModel, to_unit
 
     model = FactorModel.load(structure_run.run / "model")  # the structure codes are saved with the denoiser
     s, spec = model.structure, model.spec
@@ -65,7 +65,7 @@ def test_structure_codes_train_with_the_denoiser_and_code_an_unseen_compound(str
     )
     assert not model.has_prototype(s.factor, caffeine)
     # an unseen compound by SMILES: its fingerprint through the same map, not a regression of prototypes
-    code = compound_code(model, s.factor, COMPOUNDS["caffeine"], COMPOUNDS)
+    code = compound_code(model, s.factor, COMPOUNDS["caffeine"], COMPOUNDS, CONTROL)
     fp = torch.from_numpy(perturbation_features("morgan", [COMPOUNDS["caffeine"]], set()))
     assert torch.allclose(code, (fp @ weight.T + s.embedder.net.bias)[0]) and torch.allclose(
         code, s.table()[caffeine], atol=1e-5
@@ -74,7 +74,7 @@ def test_structure_codes_train_with_the_denoiser_and_code_an_unseen_compound(str
 
 def test_structure_needs_a_known_factor_and_the_distiller():
     from factordiff.data.cellsim import cellsim_spec
-    from factordiff.model import build_structure
+    from factordiff.models.images import build_structure
 
     spec = cellsim_spec()
     for over, match in (

@@ -10,8 +10,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from factordiff.data.base import FactorDataset, load_data
+from factordiff.data.base import FactorDataset
 from factordiff.data.images import read_image, read_images
+from factordiff.data.sources import load_data
 from factordiff.data.table import read_table, write_table
 from factordiff.errors import FactordiffError
 from factordiff.factors import Factor, FactorSpec

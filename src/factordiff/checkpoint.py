@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,12 @@ def latest_checkpoint(checkpoints: Path, stage: str) -> Path | None:
         if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_JSON).exists()
     )
     return found[-1] if found else None
+
+
+def model_meta(extra: dict | None = None) -> dict:
+    """What every model's ``config.json`` records beside its own entries: the factordiff version."""
+    try:
+        ours = version("factordiff")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "unknown"
+    return {"factordiff_version": ours, **(extra or {})}

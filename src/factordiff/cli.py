@@ -20,10 +20,11 @@ def _csv_list(text: str) -> list[str]:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from factordiff.evaluate.suite import summary_lines
     from factordiff.quickstart import quickstart
 
     metrics = quickstart(Path(args.out), minutes=args.minutes, size=args.size, from_scratch=args.from_scratch)
-    _print_summary(metrics)
+    print("\n".join(summary_lines(metrics)))
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
@@ -59,43 +60,31 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from factordiff.fit import fit
     from factordiff.train import process
 
-    cfg = load_config(args.config, _fit_overrides(args))
-    from factordiff.profile_model import is_profile_source
-
-    if is_profile_source(cfg.data.source):
-        from factordiff.profile_model import fit_profiles
-
-        model, data = fit_profiles(cfg, Path(args.out), resume=args.resume)
-        c = data.table.cleaning
-        print(
-            f"{data.table.source}: {c['rows']} of {c['rows_read']} rows, {c['features']} features; dropped {len(c['columns_dropped_missing'])} "
-            f"column(s) with more than {c['max_missing']:.0%} missing, then {c['rows_dropped_missing']} row(s) with missing values, "
-            f"{len(c['columns_dropped_constant'])} constant column(s); normalisation: {data.normalization['normalize']}"
-        )
-        print(
-            f"trained {int(data.train.sum())} rows ({data.split.description}); model: {Path(args.out) / 'model'}"
-        )
-        return
-    result = fit(cfg, Path(args.out), resume=args.resume)
+    result = fit(load_config(args.config, _fit_overrides(args)), Path(args.out), resume=args.resume)
     if process()[2]:  # under accelerate launch, one line from the main process
-        print(
-            f"trained {len(result.train)} images ({result.split.description}); model: {result.run / 'model'}"
-        )
+        print("\n".join(result.summary()))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from factordiff.evaluate.suite import evaluate_run
-    from factordiff.profile_model import is_profile_run
+    from factordiff.evaluate.suite import evaluate, summary_lines
 
-    if is_profile_run(Path(args.run)):
-        from factordiff.evaluate.profile_suite import evaluate_profile_run, summary_lines
-
-        print("\n".join(summary_lines(evaluate_profile_run(Path(args.run)))))
-        print(f"metrics: {Path(args.run) / 'metrics.json'}")
-        return
-
-    _print_summary(evaluate_run(Path(args.run)))
+    print("\n".join(summary_lines(evaluate(Path(args.run)))))
     print(f"metrics: {Path(args.run) / 'metrics.json'}")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from factordiff.models.runs import load_run
+
+    info = load_run(Path(args.run)).info()
+    print(f"{info['run']}: {info['kind']} run of {info['source']}")
+    for f in info["factors"]:
+        values = ", ".join(f["values"][:12]) + (
+            f" ... ({len(f['values'])} values)" if len(f["values"]) > 12 else ""
+        )
+        print(f"  {f['name']} ({f['kind']}, {f['role'] or 'no role'}): {values}")
+    print(f"training rows: {info['train_rows']}")
+    print(f"held out: {info['heldout'] or 'nothing'}")
+    print(f"written by factordiff {info['factordiff_version'] or '(version not recorded)'}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -115,9 +104,10 @@ def _cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def _cmd_counterfactual(args: argparse.Namespace) -> None:
-    from factordiff.data.images import read_image
-    from factordiff.edit import edit_image, edit_settings, fit_image, parse_sets
-    from factordiff.evaluate.suite import load_run, save_png
+    from factordiff.data.images import read_image, save_png
+    from factordiff.edit import edit_image, edit_settings, fit_image
+    from factordiff.factors import parse_settings
+    from factordiff.models.runs import load_run
 
     if not args.set and not (args.from_ and args.factor):
         raise FactordiffError("expected --set FACTOR=VALUE, or --from REF.png with --factor FACTOR")
@@ -125,13 +115,19 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
         raise FactordiffError("--from and --factor go together: --from REF.png --factor FACTOR")
     if Path(args.out).suffix.lower() != ".png":
         raise FactordiffError(f"--out {args.out}: expected a .png path")
-    cfg, model = load_run(Path(args.run))
+    run = load_run(Path(args.run))
+    if run.kind != "images":
+        raise FactordiffError(
+            f"{args.run}: a {run.kind} run; counterfactual edits images (use factordiff regenerate)"
+        )
+    cfg, model = run.config, run.model
     image = fit_image(model, read_image(Path(args.image)), args.image)
-    sets = parse_sets(model, args.set or [])
+    settings = parse_settings(model.spec, args.set) if args.set else {}
+    sets = {k: model.spec.factors[k].index(v) for k, v in settings.items()}
     reference, factors = None, None
     if args.from_:
         reference = fit_image(model, read_image(Path(args.from_)), args.from_)
-        factors = [model.spec.position(n) for n in _csv_list(args.factor)]
+        factors = [model.spec.resolve(n) for n in _csv_list(args.factor)]
     strength, guidance, residual = edit_settings(
         cfg.evaluate,
         model.spec,
@@ -156,40 +152,38 @@ def _cmd_counterfactual(args: argparse.Namespace) -> None:
 
 
 def _cmd_regenerate(args: argparse.Namespace) -> None:
-    from factordiff.profile_model import is_profile_run, regenerate_table
+    from factordiff.models.runs import load_run
+    from factordiff.regenerate import check_out, regenerate, write_regenerated
 
-    if not is_profile_run(Path(args.run)):
-        from factordiff.edit import regenerate_images
-
-        if not (Path(args.run) / "model" / "config.json").is_file():
-            raise FactordiffError(f"{args.run}: not a factordiff run folder (no model/config.json)")
-        r = regenerate_images(
-            Path(args.run),
-            args.where or [],
-            args.set,
-            Path(args.out),
-            steps=args.steps,
-            limit=args.limit,
-            strength=args.strength,
-            residual=args.residual,
-        )
-        print(f"wrote {r['images']} regenerated images ({r['edit']}) and their table to {r['out']}")
-        return
-    if args.strength is not None or args.residual is not None:
-        raise FactordiffError(
-            f"--{'strength' if args.strength is not None else 'residual'}: applies to image runs; {args.run} is a profile run (its regeneration has no inversion)"
-        )
-    r = regenerate_table(Path(args.run), args.where or [], args.set, Path(args.out), steps=args.steps)
+    run = load_run(Path(args.run))
+    check_out(run, Path(args.out))
+    result = regenerate(
+        run,
+        args.where or [],
+        args.set,
+        steps=args.steps,
+        guidance=args.guidance,
+        strength=args.strength,
+        residual=args.residual,
+        limit=args.limit,
+        draws=args.draws,
+        seed=args.seed,
+    )
+    r = write_regenerated(result, run, Path(args.out))
     for v in r["unseen_values"]:
         print(
-            f"note: {v} has no training row; generated with that factor's code absent (from the other factors)"
+            f"note: {v} has no training row; generated with that factor's code absent "
+            "(from the other factors)"
         )
-    print(f"wrote {r['rows']} regenerated rows to {r['out']}")
+    print(
+        f"wrote {r['rows']} regenerated {run.kind == 'profiles' and 'rows' or 'images'} "
+        f"({r['edit']}) to {r['out']}"
+    )
 
 
 def _cmd_pack(args: argparse.Namespace) -> None:
-    from factordiff.data.base import load_data
     from factordiff.data.shards import describe, pack
+    from factordiff.data.sources import load_data
 
     if args.source.startswith("shards:"):
         raise FactordiffError(f"{args.source}: already packed")
@@ -217,12 +211,14 @@ def _cmd_fields(args: argparse.Namespace) -> None:
         )
         if not on:
             raise FactordiffError(
-                f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. platemap.csv:Metadata_Well=well"
+                f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. "
+                "platemap.csv:Metadata_Well=well"
             )
         fields = join_metadata(fields, Path(table), on)
     summary = check_fields(fields, args.bit_depth)
     print(
-        f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels {', '.join(summary['channels'])}"
+        f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels "
+        f"{', '.join(summary['channels'])}"
     )
     for name, (lo, mid, hi) in summary["percentiles_1_50_99.9"].items():
         print(f"  {name:10s} intensity percentiles 1 / 50 / 99.9: {lo:g} / {mid:g} / {hi:g}")
@@ -245,48 +241,6 @@ def _cmd_disentanglement(args: argparse.Namespace) -> None:
         atomic_write_json(Path(args.json), scores)
 
 
-def _num(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def _print_summary(metrics: dict) -> None:
-    cf = metrics.get("counterfactual", {})
-    for kind in ("seen", "heldout"):
-        if cf.get(kind):
-            c = cf[kind]
-            print(
-                f"{kind:8s} effectiveness {_num(c['effectiveness'])}  preservation {_num(c['preservation'])}  all_right {_num(c.get('all_right'))}  ({c['edits']} edits)"
-            )
-    pairs = cf.get("heldout_pairs")
-    if pairs and pairs.get("absent"):
-        print(f"heldout pairs: not measured ({pairs['absent']})")
-    elif pairs:
-        print(
-            f"heldout pairs ({' + '.join(pairs['factors'])}) effectiveness {_num(pairs['effectiveness'])}  preservation {_num(pairs['preservation'])}  "
-            f"all_right {_num(pairs['all_right'])}  ({pairs['edits']} edits)"
-        )
-    samples = metrics.get("samples", {})
-    if samples:
-        g = metrics.get("samples_guidance", {})
-        form = f" ({g['form']} guidance {g['weight']:g})" if g else ""
-        print(
-            f"samples{form} all factors right: "
-            + "  ".join(f"{k} {_num(v['all_factors'])}" for k, v in samples.items())
-        )
-    sound = metrics.get("soundness")
-    if sound:
-        comp = "  ".join(
-            f"x{n} L1 {_num(v['l1'], 4)} agree {_num(v['oracle_agreement'])}"
-            for n, v in sound["composition"].items()
-        )
-        rev = sound["reversibility"]
-        print(
-            f"soundness null edit {comp}  |  A->B->A L1 {_num(rev['l1'], 4)} agree {_num(rev['oracle_agreement'])}"
-        )
-    if "reconstruction_mse" in metrics:
-        print(f"reconstruction_mse {metrics['reconstruction_mse']:.2e}")
-
-
 def _positive_int(text: str) -> int:
     v = int(text)
     if v <= 0:
@@ -299,6 +253,44 @@ def _strength(text: str) -> float:
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"expected a share of the noise schedule in (0, 1], got {text}")
     return v
+
+
+SET_HELP = (
+    "new factor values, F=V,G=W (repeatable; names with or without Metadata_; "
+    'a value holding a comma in double quotes: compound="a,b")'
+)
+WHERE_HELP = (
+    "rows to regenerate: matching every pair of F=V,G=W (repeatable: any condition); default all rows"
+)
+
+
+def _edit_options(p: argparse.ArgumentParser) -> None:
+    """The edit options that counterfactual and regenerate share, for every kind of run."""
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps; "
+        "profiles: profiles.sample_steps)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="one guidance weight on the set factors (default: the run's weights per role in its config)",
+    )
+    p.add_argument(
+        "--strength",
+        type=_strength,
+        help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's "
+        "evaluate.edit_strength or technical_strength; profiles: 1)",
+    )
+    p.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the source's detail: source + the model's change between regenerations "
+        "under the new and the source's codes (default: the run's evaluate.edit_residual or "
+        "technical_residual; profiles: off)",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -339,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-factors", help="factor names the split acts on, comma-separated")
     p.add_argument(
         "--factors",
-        help="factor columns of a table, comma-separated (default: every non-image column; profiles: every Metadata_* column with more than one value that is not an identifier)",
+        help="factor columns of a table, comma-separated (default: every non-image column; profiles: every "
+        "Metadata_* column with more than one value that is not an identifier)",
     )
     p.add_argument(
         "--holdout-where",
@@ -363,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--perturbation-embedding",
         metavar="KIND",
-        help="profiles: onehot (default) | morgan | table:PATH, how the perturbation (the --controls factor) is coded",
+        help="profiles: onehot (default) | morgan | table:PATH, how the perturbation (the "
+        "--controls factor) is coded",
     )
     p.add_argument(
         "--smiles",
@@ -378,13 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--roles",
         metavar="F=ROLE,...",
-        help="profiles: biological or technical per factor (default from the name: batch, plate, well, ... are technical)",
+        help="profiles: biological or technical per factor (default from the name: batch, plate, "
+        "well, ... are technical)",
     )
     p.add_argument("--size", type=_positive_int, help="image size the models work at")
     p.add_argument(
         "--adapter",
         choices=["embed", "tokens", "shift"],
-        help="how codes enter the UNet: time embedding, cross-attention tokens, or a shift branch (default embed)",
+        help="how codes enter the UNet: time embedding, cross-attention tokens, or a shift "
+        "branch (default embed)",
     )
     p.add_argument(
         "--base",
@@ -394,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--structure",
         metavar="FACTOR",
-        help="image runs: code this perturbation factor (e.g. compound) as a function of its Morgan fingerprint, learned with the denoiser (denoiser.structure)",
+        help="image runs: code this perturbation factor (e.g. compound) as a function of its Morgan "
+        "fingerprint, learned with the denoiser (denoiser.structure)",
     )
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
@@ -406,82 +403,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("counterfactual", help="change factors of one image")
     p.add_argument("run", help="run folder")
     p.add_argument("--image", required=True, help="source image")
-    p.add_argument(
-        "--set", action="append", metavar="FACTOR=VALUE", help="give FACTOR this value (repeatable)"
-    )
+    p.add_argument("--set", action="append", metavar="F=V,G=W", help=SET_HELP)
     p.add_argument(
         "--from", dest="from_", metavar="REF.png", help="take factor codes from this reference image"
     )
     p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=None,
-        help="solver steps of the inversion and of the regeneration (default: the run's evaluate.steps)",
-    )
-    p.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        help="guidance weight on the changed factors (default: the run's evaluate.guidance, or technical_guidance when only technical factors change)",
-    )
-    p.add_argument(
-        "--strength",
-        type=_strength,
-        default=None,
-        help="how far up the noise schedule to invert, in (0, 1]; 1 = to pure noise (default: the run's evaluate.edit_strength, or technical_strength)",
-    )
-    p.add_argument(
-        "--residual",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)",
-    )
+    _edit_options(p)
     p.set_defaults(handler=_cmd_counterfactual)
 
     p = sub.add_parser(
         "regenerate",
-        help="regenerate the rows of a profile table, or the images of a run, with factors changed (a virtual experiment)",
+        help="regenerate the rows of a profile table, or the images of a run, with factors changed "
+        "(a virtual experiment)",
     )
-    p.add_argument("run", help="run folder of fit (profiles:TABLE, or images: cellsim, shapes, table:...)")
-    p.add_argument(
-        "--where",
-        action="append",
-        metavar="F=V,G=W",
-        help="rows to regenerate: matching every pair (repeatable: any condition); default all rows",
-    )
-    p.add_argument("--set", action="append", required=True, metavar="F=V,G=W", help="the new factor values")
+    p.add_argument("run", help="run folder of fit (images or profiles)")
+    p.add_argument("--where", action="append", metavar="F=V,G=W", help=WHERE_HELP)
+    p.add_argument("--set", action="append", required=True, metavar="F=V,G=W", help=SET_HELP)
     p.add_argument(
         "--out",
         required=True,
-        help="profiles: output .csv or .csv.gz; images: a new folder (images and regenerated.csv)",
+        help="profiles: output .csv, .csv.gz or .parquet; images: a new folder (images and regenerated.csv)",
     )
+    p.add_argument("--limit", type=_positive_int, help="regenerate at most this many of the matching rows")
     p.add_argument(
-        "--limit", type=_positive_int, help="images: regenerate at most this many of the matching images"
-    )
-    p.add_argument(
-        "--steps",
+        "--draws",
         type=_positive_int,
-        help="solver steps (default: the run's profiles.sample_steps, or evaluate.steps for images)",
+        default=1,
+        help="regenerations per source (more than one: each from fresh noise)",
     )
-    p.add_argument(
-        "--strength",
-        type=_strength,
-        default=None,
-        help="images: how far up the noise schedule to invert, in (0, 1] (default: the run's evaluate.edit_strength, or technical_strength when only technical factors change)",
-    )
-    p.add_argument(
-        "--residual",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="images: keep the source's detail: source + the model's change between regenerations under the new and the source's codes (default: the run's evaluate.edit_residual, or technical_residual)",
-    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws' noise (default 0)")
+    _edit_options(p)
     p.set_defaults(handler=_cmd_regenerate)
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
     p.add_argument("run")
     p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "info", help="what a run folder holds: kind, factors with values and roles, split, version"
+    )
+    p.add_argument("run")
+    p.set_defaults(handler=_cmd_info)
 
     p = sub.add_parser("report", help="write RUN/report.html from RUN/metrics.json")
     p.add_argument("run")
@@ -489,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "analyze",
-        help="latent-space analysis (metrics, traversals, interpolations, probes, projections) into the report",
+        help="latent-space analysis (metrics, traversals, interpolations, probes, "
+        "projections) into the report",
     )
     p.add_argument("run")
     p.add_argument(
@@ -505,15 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "fields",
-        help="read and check every field of a Cell Painting image set (phenix:DIR, load_data:TABLE, rxrx:CSV, bbbc021:CSV, npy:CSV)",
+        help="read and check every field of a Cell Painting image set (phenix:DIR, load_data:TABLE, "
+        "rxrx:CSV, bbbc021:CSV, npy:CSV)",
     )
     p.add_argument(
         "source",
-        help="phenix:DIR | load_data:TABLE | rxrx:metadata.csv | bbbc021:BBBC021_v1_image.csv | npy:INDEX.csv",
+        help="phenix:DIR | load_data:TABLE | rxrx:metadata.csv | bbbc021:BBBC021_v1_image.csv "
+        "| npy:INDEX.csv",
     )
     p.add_argument(
         "--channels",
-        help="phenix/rxrx: NAME=NUMBER in the wanted order (DNA=5,ER=2,RNA=6,AGP=3,Mito=4); load_data/npy: names (default DNA,ER,RNA,AGP,Mito)",
+        help="phenix/rxrx: NAME=NUMBER in the wanted order (DNA=5,ER=2,RNA=6,AGP=3,Mito=4); load_data/npy: "
+        "names (default DNA,ER,RNA,AGP,Mito)",
     )
     p.add_argument(
         "--root", help="folder that relative image paths resolve against (default: the table's folder)"
@@ -523,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--join",
         action="append",
         metavar="TABLE:COL=COL",
-        help="add a plate map or compound table's columns, matched on field metadata column = table column (repeatable)",
+        help="add a plate map or compound table's columns, matched on field metadata column = "
+        "table column (repeatable)",
     )
     p.add_argument("--bit-depth", type=int, choices=[8, 16], help="refuse files of another bit depth")
     p.add_argument("--out", help="write a load_data-style index CSV of the fields")
@@ -531,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "data",
-        help="prepare data: 'data pack SOURCE --out DIR' writes shards that fit --data shards:DIR reads from disk",
+        help="prepare data: 'data pack SOURCE --out DIR' writes shards that fit --data "
+        "shards:DIR reads from disk",
     )
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser(

@@ -11,12 +11,58 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from factordiff.data.splits import SPLIT_KINDS, SplitConfig
 from factordiff.errors import FactordiffError
+
+SplitKind = Literal["none", "random", "composition", "interpolation", "extrapolation", "unseen_value"]
+SPLIT_KINDS: tuple[str, ...] = (
+    "none",
+    "random",
+    "composition",
+    "interpolation",
+    "extrapolation",
+    "unseen_value",
+)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Parameters of a held-out split.
+
+    Args:
+        kind: one of SPLIT_KINDS.
+        factors: factor names the split acts on (composition: two; interpolation, extrapolation and
+            unseen_value: one). Empty: chosen from the seed among eligible factors.
+        fraction: random: fraction of combinations held out; composition: fraction of each
+            factor's values in the held-out block; extrapolation: fraction of values at the top.
+        seed: seeds every random choice.
+        where: conditions by value, each ``"F=V,G=W"``; rows matching every pair of one of them
+            are held out as well (factor names may drop a ``Metadata_`` prefix).
+    """
+
+    kind: SplitKind = "none"
+    factors: tuple[str, ...] = ()
+    fraction: float = 0.25
+    seed: int = 0
+    where: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "factors": list(self.factors), "where": list(self.where)}
+
+
+EMBEDDING_KINDS = ("onehot", "morgan", "table:PATH")
+
+
+def check_embedding_kind(kind: str, where: str) -> str:
+    """``kind`` if it names a perturbation embedding (``onehot``, ``morgan``, ``table:PATH``)."""
+    if kind in ("onehot", "morgan") or (kind.startswith("table:") and len(kind) > 6):
+        return kind
+    raise FactordiffError(
+        f"{where}: unknown perturbation embedding {kind!r}; expected one of {', '.join(EMBEDDING_KINDS)}"
+    )
 
 
 @dataclass
@@ -471,7 +517,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     for key in [k for k in data if (cls.__name__, k) in RETIRED]:
         if data[key] != RETIRED[cls.__name__, key]:
             raise FactordiffError(
-                f"{where}.{key}: this option was removed; only {RETIRED[cls.__name__, key]!r} (what the code does) is accepted, got {data[key]!r}"
+                f"{where}.{key}: this option was removed; only {RETIRED[cls.__name__, key]!r} (what the code "
+                f"does) is accepted, got {data[key]!r}"
             )
         data = {k: v for k, v in data.items() if k != key}
     for key in data:
@@ -548,17 +595,17 @@ def _check_ranges(obj: Any, where: str) -> None:
         for name in ("edit_strength", "technical_strength"):
             if getattr(obj, name) is not None and not 0 < getattr(obj, name) <= 1:
                 raise FactordiffError(
-                    f"{where}.{name}: expected a share of the noise schedule in (0, 1], got {getattr(obj, name)}"
+                    f"{where}.{name}: expected a share of the noise schedule in (0, 1], "
+                    f"got {getattr(obj, name)}"
                 )
     if isinstance(obj, DenoiserConfig) and not 0 <= obj.single_prob <= 1:
         raise FactordiffError(f"{where}.single_prob: expected a probability in [0, 1], got {obj.single_prob}")
     if isinstance(obj, ProfilesConfig):
-        from factordiff.encoders.perturbation import check_kind
-
-        check_kind(obj.perturbation_embedding, f"{where}.perturbation_embedding")
+        check_embedding_kind(obj.perturbation_embedding, f"{where}.perturbation_embedding")
         if obj.perturbation_embedding != "onehot" and not obj.controls:
             raise FactordiffError(
-                f"{where}.perturbation_embedding: {obj.perturbation_embedding} needs profiles.controls (--controls), which names the perturbation factor and its control"
+                f"{where}.perturbation_embedding: {obj.perturbation_embedding} needs profiles.controls "
+                "(--controls), which names the perturbation factor and its control"
             )
     if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
         raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")

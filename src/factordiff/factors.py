@@ -84,15 +84,55 @@ def short_name(name: str) -> str:
     return low
 
 
+def _split_unquoted(text: str, where: str) -> list[str]:
+    """``text`` split at the commas that stand outside double quotes."""
+    parts, part, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(ch)
+    if quoted:
+        raise FactordiffError(f"{where}: unbalanced double quote in {text!r}")
+    return parts + ["".join(part)]
+
+
 def parse_pairs(text: str, where: str) -> list[tuple[str, str]]:
-    """``"F=V,G=W"`` -> ``[("F", "V"), ("G", "W")]``; a malformed pair raises naming ``where``."""
+    """``"F=V,G=W"`` -> ``[("F", "V"), ("G", "W")]``: the one grammar of ``--set``, ``--where`` and
+    ``--holdout-where``. A value holding a comma is double-quoted (``compound="a,b",dose=1``); the
+    quotes are not part of it. A malformed pair raises naming ``where``."""
     pairs = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in (p.strip() for p in _split_unquoted(text, where)):
         name, eq, value = part.partition("=")
-        if not part or not eq or not name.strip() or not value.strip():
+        name, value = name.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if not part or not eq or not name or not value:
             raise FactordiffError(f"{where}: expected FACTOR=VALUE pairs separated by commas, got {text!r}")
-        pairs.append((name.strip(), value.strip()))
+        pairs.append((name, value))
     return pairs
+
+
+def parse_settings(spec: "FactorSpec", texts: Sequence[str], where: str = "--set") -> dict[int, str]:
+    """Repeatable ``--set "F=V,G=W"`` -> {factor position: value as written}; names resolve with or
+    without their ``Metadata_`` prefix (``FactorSpec.resolve``). ``--set a=1 --set b=2`` and ``--set
+    a=1,b=2`` are the same; a factor set twice to different values is an error."""
+    out: dict[int, str] = {}
+    for text in texts:
+        for name, value in parse_pairs(text, where):
+            try:
+                k = spec.resolve(name)
+            except FactordiffError as e:
+                raise FactordiffError(f"{where} {name}={value}: {e}") from None
+            if k in out and out[k] != value:
+                raise FactordiffError(f"{where}: {spec.factors[k].name} set twice ({out[k]} and {value})")
+            out[k] = value
+    if not out:
+        raise FactordiffError(f"{where}: expected at least one FACTOR=VALUE")
+    return out
 
 
 @dataclass(frozen=True)

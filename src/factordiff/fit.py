@@ -20,23 +20,39 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
-from factordiff.config import RunConfig, from_dict
-from factordiff.data.base import FactorDataset, load_data
-from factordiff.data.splits import Split, make_split
+from factordiff.config import RunConfig
+from factordiff.data.base import FactorDataset
+from factordiff.data.sources import prepare_data
+from factordiff.data.splits import Split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
 from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.encoders.distill import DistillStep
+from factordiff.encoders.metadata import fit_additive, seen_values
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
-from factordiff.errors import FactordiffError
-from factordiff.model import FactorModel, ModelShape, build_denoiser, build_encoder, build_structure, to_unit
+from factordiff.models.images import (
+    FactorModel,
+    ModelShape,
+    build_denoiser,
+    build_encoder,
+    build_structure,
+    to_unit,
+)
+from factordiff.models.profiles import (
+    ProfileData,
+    ProfileModel,
+    perturbation_factor,
+    perturbation_table,
+    prepare_profiles,
+)
+from factordiff.models.runs import check_run_folder, fit_kind
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
 STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
@@ -44,11 +60,30 @@ STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
 
 @dataclass
 class FitResult:
-    model: FactorModel
+    """A finished fit: the model, its run folder, the split, and the training and whole data
+    (images: FactorDatasets; profiles: the ``ProfileData`` both times)."""
+
+    model: FactorModel | ProfileModel
     run: Path
     split: Split
-    train: FactorDataset
-    dataset: FactorDataset
+    train: FactorDataset | ProfileData
+    dataset: FactorDataset | ProfileData
+
+    def summary(self) -> list[str]:
+        """What ``factordiff fit`` prints."""
+        where = self.run / "model"
+        if not isinstance(self.model, ProfileModel):
+            return [f"trained {len(self.train)} images ({self.split.description}); model: {where}"]
+        data = self.dataset
+        c = data.table.cleaning
+        return [
+            f"{data.table.source}: {c['rows']} of {c['rows_read']} rows, {c['features']} features; "
+            f"dropped {len(c['columns_dropped_missing'])} column(s) with more than {c['max_missing']:.0%} "
+            f"missing, then {c['rows_dropped_missing']} row(s) with missing values, "
+            f"{len(c['columns_dropped_constant'])} constant column(s); "
+            f"normalisation: {data.normalization['normalize']}",
+            f"trained {int(data.train.sum())} rows ({data.split.description}); model: {where}",
+        ]
 
 
 class _Budget:
@@ -64,22 +99,6 @@ class _Budget:
         left = max(0.0, self.end - time.monotonic())
         share = self.shares.pop(stage)
         return left * share / max(1e-9, share + sum(self.shares.values()))
-
-
-def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
-    """Load the data and remove the held-out combinations: (all data, split, training data)."""
-    data = load_data(
-        cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed
-    )
-    if data.size < 16 or data.size & (data.size - 1):
-        raise FactordiffError(
-            f"{data.source}: images are {data.size}x{data.size}; the models need a power of two of at least 16 (set --size)"
-        )
-    split = make_split(data.spec, cfg.split)
-    train = data.subset(~split.heldout(data.factors))
-    if len(train) == 0:
-        raise FactordiffError(f"split {split.description}: holds out every image; nothing left to train on")
-    return data, split, train
 
 
 def _options(cfg: RunConfig, run: Path, resume: bool, progress: bool) -> LoopOptions:
@@ -115,30 +134,6 @@ def _join_logs(run: Path) -> None:
 def _load_part(run: Path, name: str, module: torch.nn.Module) -> torch.nn.Module:
     module.load_state_dict(load_tensors(run / "model" / f"{name}.safetensors"))
     return module.eval().requires_grad_(False)
-
-
-def _check_run_folder(cfg: RunConfig, run: Path, resume: bool, keep: tuple[str, ...] = ()) -> bool:
-    """Refuse to overwrite a run (files named in ``keep`` do not count); on --resume, insist on the
-    same config. Returns whether to resume."""
-    if run.exists() and any(p.name not in keep for p in run.iterdir()) and not resume:
-        raise FactordiffError(
-            f"{run}: run folder exists and is not empty; pass --resume to continue it or choose another --out"
-        )
-    if resume and not (run / "run_config.json").is_file():
-        if run.exists() and any(run.iterdir()):
-            raise FactordiffError(
-                f"{run}: not a factordiff run folder (no run_config.json); nothing to resume"
-            )
-        return False  # killed before anything was written: start afresh
-    if resume:
-        saved = from_dict(
-            RunConfig, json.loads((run / "run_config.json").read_text()), str(run / "run_config.json")
-        )
-        if saved.to_json() != cfg.to_json():
-            raise FactordiffError(
-                f"{run}: --resume with a config different from the run's run_config.json; pass the same options"
-            )
-    return resume
 
 
 @dataclass
@@ -254,7 +249,8 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
         tensors = {}
     elif structure is None:
         tensors = {"x": x, "codes": model.codes(f.train.images)}
-    else:  # the distiller's codes and its posterior over the training values; the structure codes train with the denoiser
+    else:  # the distiller's codes and its posterior over the training values;
+        # the structure codes train with the denoiser
         structure.set_seen(np.isin(np.arange(len(structure.seen)), f.train.factors[:, structure.factor]))
         with torch.no_grad():
             raw = map_batches(lambda b: model.encoder(to_unit(b)), f.train.images)
@@ -382,7 +378,10 @@ def fit(
     benchmarks need. ``keep``: names of files that may already be in ``out`` (quickstart's marker).
     """
     run = Path(out)
-    resume = _check_run_folder(cfg, run, resume, keep)
+    if fit_kind(cfg) == "profiles":
+        model, profiles = fit_profiles(cfg, run, resume, progress)
+        return FitResult(model, run, profiles.split, profiles, profiles)
+    resume = check_run_folder(cfg, run, resume, keep)
     main = process()[2]
     barrier()  # every process has checked the folder before the main one writes to it
     if cfg.train.threads:
@@ -458,3 +457,85 @@ def fit(
         _join_logs(run)
     barrier()
     return FitResult(model, run, split, train, dataset)
+
+
+def fit_profiles(
+    cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: ProfileData | None = None
+) -> tuple[ProfileModel, ProfileData]:
+    """Train the profile model into run folder ``out`` (one stage: codes + denoiser, jointly)."""
+    run = Path(out)
+    resume = check_run_folder(cfg, run, resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = data or prepare_profiles(cfg)
+    perturbation = (
+        perturbation_table(cfg, data.table) if cfg.profiles.perturbation_embedding != "onehot" else None
+    )  # bad input stops before the folder
+    run.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        cfg.save(run / "run_config.json")
+        atomic_write_json(
+            run / "split.json",
+            {
+                **data.split.to_json(),
+                "heldout_rows": int((~data.train).sum()),
+                "train_rows": int(data.train.sum()),
+            },
+        )
+    x = data.features[data.train]
+    mean, std = torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0))
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    torch.manual_seed(cfg.train.seed)
+    spec = data.table.spec
+    p = cfg.profiles
+    ftrain = data.table.factors[data.train]
+    additive = (
+        fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy())
+        if p.residual == "ridge"
+        else None
+    )
+    seen = seen_values(spec, ftrain)
+    if perturbation is not None:
+        seen[perturbation_factor(cfg, spec)[0]][:] = True  # every value has features, so a code
+    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen, additive, perturbation)
+    model.embedder.train().requires_grad_(True)
+    model.denoiser.train().requires_grad_(True)
+    step = DiffusionStep(
+        model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder
+    )
+    batches = ArrayBatches(
+        {"x": model.to_space(x, ftrain), "factors": torch.from_numpy(ftrain)},
+        min(p.batch_size, len(x)),
+        cfg.train.seed + 2,
+    )
+    seconds = None if cfg.train.minutes is None else 60 * cfg.train.minutes
+    trainable = list(model.embedder.parameters()) + list(model.denoiser.parameters())
+    stage = Stage(
+        "profiles",
+        step,
+        trainable,
+        batches,
+        p.steps,
+        p.lr,
+        seconds,
+        ema_decay=cfg.denoiser.ema_decay,
+        warmup=200,
+        images_per_step=batches.batch_size,
+    )
+    opts: LoopOptions = _options(cfg, run, resume, progress)
+    run_stage(stage, opts)
+    model.embedder.eval().requires_grad_(False)
+    model.denoiser.eval().requires_grad_(False)
+    atomic_write_text(
+        run / "train_log.jsonl", "".join(json.dumps({"stage": "profiles", **row}) + "\n" for row in stage.log)
+    )
+    model.save(
+        run / "model",
+        extra={
+            "split": data.split.to_json(),
+            "train_rows": int(data.train.sum()),
+            "cleaning": data.table.cleaning,
+            "normalization": data.normalization,
+        },
+    )
+    return model, data

@@ -50,7 +50,8 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise FactordiffError(
-                f"{out}: not empty and not a quickstart's output (no {MARKER}); quickstart replaces only its own output: choose another --out"
+                f"{out}: not empty and not a quickstart's output (no {MARKER}); quickstart replaces only its "
+                "own output: choose another --out"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,38 +5,21 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 from factordiff.checkpoint import atomic_write_text, read_json
 from factordiff.errors import FactordiffError
+from factordiff.train import training_curves
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0}td,th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
+table{border-collapse:collapse;margin:.6em 0}\
+td,th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}.good{color:#137333}.bad{color:#b3261e}
 img{image-rendering:pixelated;max-width:100%}.note{color:#555;font-size:.92em}
 """
-
-
-def training_curves(log_path: Path, points: int = 200) -> dict[str, list[list[float]]]:
-    """Per stage, (step, mean loss) pairs averaged over windows so each stage has about ``points``."""
-    by_stage: dict[str, list[tuple[int, float]]] = {}
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_stage.setdefault(row["stage"], []).append((row["step"], row["loss"]))
-    curves = {}
-    for stage, rows in by_stage.items():
-        w = max(1, len(rows) // points)
-        curves[stage] = [
-            [rows[min(i + w, len(rows)) - 1][0], sum(r[1] for r in rows[i : i + w]) / len(rows[i : i + w])]
-            for i in range(0, len(rows), w)
-        ]
-    return curves
 
 
 def _svg_curve(points: list[list[float]], title: str, width: int = 330, height: int = 180) -> str:
@@ -53,8 +36,10 @@ def _svg_curve(points: list[list[float]], title: str, width: int = 330, height: 
         f'<svg width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>'
         f'<polyline fill="none" stroke="#1a73e8" stroke-width="1.5" points="{pts}"/>'
         f'<text x="30" y="{height - 12}" font-size="11">step {min(xs)}–{max(xs)}</text>'
-        f'<text x="{width - 10}" y="{height - 12}" font-size="11" text-anchor="end">{html.escape(title)}</text>'
-        f'<text x="2" y="14" font-size="10">{hi:.3g}</text><text x="2" y="{height - 28}" font-size="10">{lo:.3g}</text></svg>'
+        f'<text x="{width - 10}" y="{height - 12}" font-size="11" text-anchor="end">'
+        f"{html.escape(title)}</text>"
+        f'<text x="2" y="14" font-size="10">{hi:.3g}</text>'
+        f'<text x="2" y="{height - 28}" font-size="10">{lo:.3g}</text></svg>'
     )
 
 
@@ -82,7 +67,8 @@ def _counterfactual_table(cf: dict) -> str:
     rows = []
     for name in factors:
         cells = "".join(
-            f"<td>{_fmt(cf[k]['effectiveness_by_factor'].get(name))}</td><td>{_fmt(cf[k]['preservation_by_factor'].get(name))}</td>"
+            f"<td>{_fmt(cf[k]['effectiveness_by_factor'].get(name))}</td>"
+            f"<td>{_fmt(cf[k]['preservation_by_factor'].get(name))}</td>"
             for k in kinds
         )
         rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
@@ -120,9 +106,10 @@ def _pairs_section(p: dict | None) -> str:
         return "".join(parts) + f"<p class=note>Not measured: {html.escape(p['absent'])}.</p>"
     names = " and ".join(html.escape(n) for n in p.get("factors", []))
     parts.append(
-        f"<p class=note>Each edit changes {names} of a training combination into a held-out value pair (both code blocks swapped, "
-        "guidance on both). <i>Effectiveness</i>: share of edits with both changed factors read as requested; <i>preservation</i>: "
-        "mean over the other factors of the share still read as the source's.</p>"
+        f"<p class=note>Each edit changes {names} of a training combination into a held-out value pair (both "
+        "code blocks swapped, guidance on both). <i>Effectiveness</i>: share of edits with both changed "
+        "factors read as requested; <i>preservation</i>: mean over the other factors of the share still "
+        "read as the source's.</p>"
     )
     by = "".join(
         f"<tr><td>{html.escape(n)} read as requested</td><td>{_fmt(v)}</td></tr>"
@@ -131,7 +118,8 @@ def _pairs_section(p: dict | None) -> str:
     parts.append(
         f"<table><tr><td><b>effectiveness</b></td><td><b>{_fmt(p['effectiveness'])}</b></td></tr>{by}"
         f"<tr><td><b>preservation</b></td><td><b>{_fmt(p['preservation'])}</b></td></tr>"
-        f"<tr><td><b>all factors right</b></td><td><b>{_fmt(p['all_right'])}</b></td></tr><tr><td>edits</td><td>{p['edits']}</td></tr></table>"
+        f"<tr><td><b>all factors right</b></td><td><b>{_fmt(p['all_right'])}</b></td></tr><tr><td>edits</td>"
+        f"<td>{p['edits']}</td></tr></table>"
     )
     return "".join(parts)
 
@@ -149,10 +137,11 @@ def _soundness_section(s: dict) -> str:
     )
     return (
         "<h2>Counterfactual soundness</h2><p class=note>After Monteiro et al. (ICLR 2023), on "
-        f"{s.get('sources', '–')} training-combination sources. <i>Composition</i>: the null edit (invert and regenerate under the source's own codes) "
-        "applied repeatedly should leave the image unchanged. <i>Reversibility</i>: changing a factor and changing it back should return the source. "
-        "<i>L1</i>: mean absolute pixel difference to the source, pixels in [0, 1]; <i>oracle agreement</i>: share of images on which the oracle reads "
-        "every factor as the source's.</p>"
+        f"{s.get('sources', '–')} training-combination sources. <i>Composition</i>: the null edit (invert "
+        "and regenerate under the source's own codes) applied repeatedly should leave the image unchanged. "
+        "<i>Reversibility</i>: changing a factor and changing it back should return the source. <i>L1</i>: "
+        "mean absolute pixel difference to the source, pixels in [0, 1]; <i>oracle agreement</i>: share "
+        "of images on which the oracle reads every factor as the source's.</p>"
         f"<table><tr><th>edit</th><th>L1</th><th>oracle agreement</th></tr>{body}</table>"
     )
 
@@ -165,11 +154,13 @@ def _cells_section(c: dict) -> str:
     b = c.get("batch_swap")
     if b:
         parts.append(
-            "<p class=note>Training images of a compound regenerated into a batch that compound was never seen in ("
+            "<p class=note>Training images of a compound regenerated into a batch that "
+            "compound was never seen in ("
             + html.escape(", ".join(b["combinations"]))
             + f"; {b['edits']} edits). <i>Target batch</i>: share the oracle reads as the target batch; "
-            "<i>biology kept</i>: share whose compound, dose and cell line it still reads as the source's; <i>compound kept</i>: the compound alone. "
-            "<i>Autoencoder round trip</i>: the sources through the latent autoencoder alone, the most an edit can keep; <i>true counterfactual</i> (cellsim): "
+            "<i>biology kept</i>: share whose compound, dose and cell line it still reads as the source's; "
+            "<i>compound kept</i>: the compound alone. <i>Autoencoder round trip</i>: the sources through "
+            "the latent autoencoder alone, the most an edit can keep; <i>true counterfactual</i> (cellsim): "
             "the same cells rendered in the target plate, what a perfect edit gives. "
             + (
                 html.escape(
@@ -181,7 +172,8 @@ def _cells_section(c: dict) -> str:
             )
             + "Distances to the real held-out images "
             "over the oracle's features (per channel: the other channels replaced by their mean).</p>"
-            "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>compound kept</th><th>Frechet, all channels</th><th>KID</th>"
+            "<table><tr><th>method</th><th>target batch</th><th>biology kept</th><th>compound kept</th>"
+            "<th>Frechet, all channels</th><th>KID</th>"
             + "".join(f"<th>Frechet {html.escape(k)}</th>" for k in b["frechet"] if k != "all")
             + "</tr>"
         )
@@ -203,7 +195,8 @@ def _cells_section(c: dict) -> str:
         )
         for name, rates, dist in rows:
             parts.append(
-                f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td><td>{_fmt(rates['biology_kept_rate'])}</td><td>{_fmt(rates.get('compound_kept_rate'))}</td>"
+                f"<tr><td>{name}</td><td>{_fmt(rates['target_batch_rate'])}</td>"
+                f"<td>{_fmt(rates['biology_kept_rate'])}</td><td>{_fmt(rates.get('compound_kept_rate'))}</td>"
                 + (
                     f"<td>{_fmt(dist['frechet']['all'])}</td><td>{_fmt(dist['kernel']['all'])}</td>"
                     + "".join(f"<td>{_fmt(v)}</td>" for k, v in dist["frechet"].items() if k != "all")
@@ -217,20 +210,28 @@ def _cells_section(c: dict) -> str:
     if u:
         ceiling = u.get("structure_ceiling", {})
         parts.append(
-            f"<p class=note>Compounds no training image had, generated at {html.escape(str(u.get('dose')))} from same-batch controls with codes from their "
-            "structure: share of images closer (oracle features) to the real compound's mean at that dose than to the controls'. Beside it: the controls "
-            "themselves, real images of the nearest training compound by structure, and (cellsim) whether the true effects of the training compounds "
-            "predict this one's from structure at all (the cosine of that prediction with the truth).</p><table><tr><th>compound</th><th>model</th>"
-            "<th>copy the control</th><th>nearest training compound</th><th>structure ceiling (cosine)</th></tr>"
+            f"<p class=note>Compounds no training image had, generated at {html.escape(str(u.get('dose')))} "
+            "from same-batch controls with codes from their structure: share of images closer (oracle "
+            "features) to the real compound's mean at that dose than to the controls'. Beside it: the "
+            "controls themselves, real images of the nearest training compound by structure, and (cellsim) "
+            "whether the true effects of the training compounds predict this one's from structure "
+            "at all (the cosine of that prediction with the truth).</p><table><tr><th>compound</th>"
+            "<th>model</th><th>copy the control</th><th>nearest training compound</th><th>structure "
+            "ceiling (cosine)</th></tr>"
             + "".join(
-                f"<tr><td>{html.escape(r['compound'])}</td><td>{_fmt(r['closer_than_control'])}</td><td>{_fmt(r['copy_control_closer'])}</td>"
-                f"<td>{html.escape(r['nearest_compound'])}: {_fmt(r['nearest_compound_closer'])}</td><td>{_fmt(ceiling.get(r['compound'], {}).get('cosine'))}</td></tr>"
+                f"<tr><td>{html.escape(r['compound'])}</td>"
+                f"<td>{_fmt(r['closer_than_control'])}</td><td>{_fmt(r['copy_control_closer'])}</td>"
+                f"<td>{html.escape(r['nearest_compound'])}: {_fmt(r['nearest_compound_closer'])}</td>"
+                f"<td>{_fmt(ceiling.get(r['compound'], {}).get('cosine'))}</td></tr>"
                 for r in u["by_compound"]
             )
-            + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td><td>{_fmt(u['copy_control'])}</td><td>{_fmt(u['nearest_compound'])}</td><td></td></tr></table>"
+            + f"<tr><td><b>all</b></td><td><b>{_fmt(u['closer_than_control'])}</b></td>"
+            f"<td>{_fmt(u['copy_control'])}</td><td>{_fmt(u['nearest_compound'])}</td>"
+            "<td></td></tr></table>"
             + (
-                f"<p class=note>The same edit into training compounds, with their own codes: {_fmt(u['seen_compounds'])} closer to the compound than to the controls "
-                "(how much of a compound the model imposes when its code is right).</p>"
+                "<p class=note>The same edit into training compounds, with their own codes: "
+                f"{_fmt(u['seen_compounds'])} closer to the compound than to the controls (how much of a "
+                "compound the model imposes when its code is right).</p>"
                 if u.get("seen_compounds") is not None
                 else ""
             )
@@ -238,8 +239,9 @@ def _cells_section(c: dict) -> str:
     mp = c.get("map")
     if mp:
         parts.append(
-            "<p class=note>Compound retrieval against controls (copairs mAP over oracle features): real treated images, controls regenerated into "
-            "each compound, and the controls themselves.</p>" + _kv_table(mp)
+            "<p class=note>Compound retrieval against controls (copairs mAP over oracle "
+            "features): real treated images, controls regenerated into each compound, and the "
+            "controls themselves.</p>" + _kv_table(mp)
         )
     return "".join(parts)
 
@@ -264,7 +266,8 @@ def _analysis_section(run: Path, a: dict) -> str:
         variants = list(dis)
         parts.append(
             "<p class=note>disentanglement_lib protocols on the codes of "
-            f"{a.get('images')} images; <i>first_pc</i>: each code block reduced to its first principal component (as DisDiff reports).</p>"
+            f"{a.get('images')} images; <i>first_pc</i>: each code block reduced to its first principal "
+            "component (as DisDiff reports).</p>"
         )
         parts.append(
             "<table><tr><th>metric</th>"
@@ -280,7 +283,8 @@ def _analysis_section(run: Path, a: dict) -> str:
     if pr:
         cols = list(next(iter(pr.values())))
         parts.append(
-            "<p class=note>Probes from codes to factors: logistic regression (held-out accuracy) and 5-way few-shot nearest-centroid accuracy.</p>"
+            "<p class=note>Probes from codes to factors: logistic regression (held-out accuracy) and 5-way "
+            "few-shot nearest-centroid accuracy.</p>"
         )
         parts.append(
             "<table><tr><th>factor</th>"
@@ -304,13 +308,15 @@ def _analysis_section(run: Path, a: dict) -> str:
         sm = a.get("interpolation_smoothness", {})
         spreads = ", ".join(f"{p['spread']:.3f}" for p in sm.get("paths", []))
         parts.append(
-            f"<h3>Interpolations</h3><p class=note>Codes interpolated linearly, x_T spherically. Smoothness spread per row (std/mean of consecutive feature distances; 0 = constant speed): {spreads}. "
+            "<h3>Interpolations</h3><p class=note>Codes interpolated linearly, x_T spherically. Smoothness "
+            f"spread per row (std/mean of consecutive feature distances; 0 = constant speed): {spreads}. "
             f"Perceptual path length: {_fmt(a.get('perceptual_path_length'))}.</p>"
             + _img(run / figs["interpolations"]["file"], "interpolations")
         )
     if "projections" in figs:
         parts.append(
-            "<h3>Projections</h3><p class=note>Rows: code blocks (first two principal components); columns: coloured by "
+            "<h3>Projections</h3><p class=note>Rows: code blocks (first two principal components); "
+            "columns: coloured by "
             + ", ".join(map(html.escape, figs["projections"]["columns"]))
             + ".</p>"
             + _img(run / figs["projections"]["file"], "projections")
@@ -322,17 +328,22 @@ def _profile_sections(m: dict) -> list[str]:
     """The profile run's figures: cleaning, each held-out task (model beside the baselines), mAP."""
     c = m.get("cleaning", {})
     parts = [
-        f"<p class=note>Held out: {html.escape(m.get('split', {}).get('description', '–'))} ({m['rows']['heldout']} rows; {m['rows']['train']} training rows). "
-        f"Table: {c.get('rows')} of {c.get('rows_read')} rows and {c.get('features')} features kept; {len(c.get('columns_dropped_missing', []))} feature column(s) "
-        f"with more than {c.get('max_missing', 0):.0%} missing values dropped, then {c.get('rows_dropped_missing')} row(s) with missing values, "
-        f"{len(c.get('columns_dropped_constant', []))} constant column(s). Normalisation: {html.escape(str(m.get('normalization', {}).get('normalize')))}.</p>"
+        f"<p class=note>Held out: {html.escape(m.get('split', {}).get('description', '–'))} "
+        f"({m['rows']['heldout']} rows; {m['rows']['train']} training rows). Table: "
+        f"{c.get('rows')} of {c.get('rows_read')} rows and {c.get('features')} features "
+        f"kept; {len(c.get('columns_dropped_missing', []))} feature column(s) with more than "
+        f"{c.get('max_missing', 0):.0%} missing values dropped, then {c.get('rows_dropped_missing')} "
+        f"row(s) with missing values, {len(c.get('columns_dropped_constant', []))} constant column(s). "
+        f"Normalisation: {html.escape(str(m.get('normalization', {}).get('normalize')))}.</p>"
     ]
     parts.append(
-        "<h2>Held-out conditions</h2><p class=note><i>mean error</i>: mean over features of |mean(generated) - mean(real held-out)|, "
-        "features standardised by the training rows; <i>energy</i>: energy distance in the same units (0 = same distribution). "
-        "<i>read_as_target</i>: share of generated rows an oracle (logistic regression on every real row) reads as the requested value; "
-        "<i>read_as_source</i>: share whose biological factor is still read as the source's; <i>moa_hits</i>: share whose nearest "
-        "training profile has the true mechanism of action. Baselines: copy the source, mean shift, nearest training condition, additive ridge model.</p>"
+        "<h2>Held-out conditions</h2><p class=note><i>mean error</i>: mean over features of |mean(generated) "
+        "- mean(real held-out)|, features standardised by the training rows; <i>energy</i>: energy distance "
+        "in the same units (0 = same distribution). <i>read_as_target</i>: share of generated rows an "
+        "oracle (logistic regression on every real row) reads as the requested value; <i>read_as_source</i>: "
+        "share whose biological factor is still read as the source's; <i>moa_hits</i>: share whose nearest "
+        "training profile has the true mechanism of action. Baselines: copy the source, mean shift, nearest "
+        "training condition, additive ridge model.</p>"
     )
     for task in m.get("tasks", []):
         parts.append(f"<h3>{html.escape(task['condition'])} ({html.escape(task['kind'])})</h3>")
@@ -348,23 +359,29 @@ def _profile_sections(m: dict) -> list[str]:
             for n, r in task["methods"].items()
         )
         ceiling = "".join(
-            f" The oracle, cross-validated, reads the real held-out rows themselves as the target {html.escape(k)} on {_fmt(v)}."
+            " The oracle, cross-validated, reads the real held-out rows themselves as the target "
+            f"{html.escape(k)} on {_fmt(v)}."
             for k, v in task.get("real_heldout_read_as_target", {}).items()
         )
         parts.append(
-            f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows.{ceiling}</p>"
-            f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr>{rows}</table>"
+            f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows."
+            f"{ceiling}</p>"
+            f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr>"
+            f"{rows}</table>"
         )
     r = m.get("retrieval")
     if r:
         parts.append(
-            "<h2>Perturbation retrieval (copairs mAP)</h2><p class=note>Positives: rows of the same perturbation in another plate; negatives: controls. "
-            "<i>model</i> and <i>mean_shift</i>: training perturbation rows regenerated from same-plate controls; <i>copy_control_null</i>: those controls unchanged.</p>"
+            "<h2>Perturbation retrieval (copairs mAP)</h2><p class=note>Positives: rows of the same "
+            "perturbation in another plate; negatives: controls. <i>model</i> and <i>mean_shift</i>: "
+            "training perturbation rows regenerated from same-plate controls; <i>copy_control_null</i>: "
+            "those controls unchanged.</p>"
         )
         parts.append(
             "<table><tr><th>rows</th><th>mAP</th><th>significant share</th><th>groups</th></tr>"
             + "".join(
-                f"<tr><td>{html.escape(n)}</td><td>{_fmt(v['map'])}</td><td>{_fmt(v['significant'])}</td><td>{v['groups']}</td></tr>"
+                f"<tr><td>{html.escape(n)}</td><td>{_fmt(v['map'])}</td><td>{_fmt(v['significant'])}</td>"
+                f"<td>{v['groups']}</td></tr>"
                 for n, v in r.items()
             )
             + "</table>"
@@ -396,13 +413,15 @@ def build_report(run: Path) -> Path:
     parts = [f"<h1>factordiff report: {html.escape(run.name)}</h1>"]
     parts.append(
         f"<p class=note>Held-out split: {html.escape(m.get('split', {}).get('description', '–'))}. "
-        f"Edits: inversion up to {cf.get('edit_strength', 1.0):g} of the noise schedule and regeneration, {cf.get('steps', '–')} steps each, guidance {cf.get('guidance', '–')} on the changed factor.</p>"
+        f"Edits: inversion up to {cf.get('edit_strength', 1.0):g} of the noise schedule and regeneration, "
+        f"{cf.get('steps', '–')} steps each, guidance {cf.get('guidance', '–')} on the changed factor.</p>"
     )
     parts.append("<h2>Counterfactuals, judged by the oracle</h2>")
     parts.append(
-        "<p class=note><i>Effectiveness</i>: share of edits of a factor that the oracle reads as the requested value. "
-        "<i>Preservation</i>: share of edits of the other factors after which the oracle still reads this factor as in the source. "
-        "<i>seen</i>: the edited combination was in the training data; <i>heldout</i>: it was held out from every learning stage.</p>"
+        "<p class=note><i>Effectiveness</i>: share of edits of a factor that the oracle reads as the "
+        "requested value. <i>Preservation</i>: share of edits of the other factors after which the oracle "
+        "still reads this factor as in the source. <i>seen</i>: the edited combination was in the training "
+        "data; <i>heldout</i>: it was held out from every learning stage.</p>"
     )
     parts.append(_counterfactual_table(cf))
     parts.append(_pairs_section(cf.get("heldout_pairs")))
@@ -418,16 +437,19 @@ def build_report(run: Path) -> Path:
     if "samples" in figs:
         f = figs["samples"]
         parts.append(
-            f"<h2>Samples</h2><p class=note>Generated from noise under prototype codes: rows {html.escape(f['rows'])}, columns {html.escape(f['columns'])}; "
-            "other factors fixed; held-out combinations outlined in red.</p>"
+            "<h2>Samples</h2><p class=note>Generated from noise under prototype codes: rows "
+            f"{html.escape(f['rows'])}, columns {html.escape(f['columns'])}; other factors fixed; held-out "
+            "combinations outlined in red.</p>"
         )
         parts.append(_img(run / f["file"], "sample grid"))
     s = m.get("samples", {})
     if s:
         g = m.get("samples_guidance", {"form": "joint", "weight": 1.0})
         parts.append(
-            f"<h2>Sample accuracy</h2><p class=note>Samples from noise under prototype codes, {html.escape(str(g['form']))} guidance, weight {_fmt(g['weight'])} "
-            "on every factor (joint at weight 1: no guidance); read by the oracle.</p><table><tr><th>combinations</th><th>all factors right</th>"
+            "<h2>Sample accuracy</h2><p class=note>Samples from noise under prototype codes, "
+            f"{html.escape(str(g['form']))} guidance, weight {_fmt(g['weight'])} on every factor "
+            "(joint at weight 1: no guidance); read by the oracle.</p><table><tr><th>combinations</th>"
+            "<th>all factors right</th>"
             + "".join(f"<th>{html.escape(n)}</th>" for n in next(iter(s.values()))["by_factor"])
             + "</tr>"
         )
@@ -444,8 +466,8 @@ def build_report(run: Path) -> Path:
         parts.append(_cells_section(m))
     parts.append("<h2>Reconstruction and oracle</h2>")
     parts.append(
-        "<p class=note>Inversion (at the edits' strength) followed by sampling with nothing changed; MSE of pixels in [0, 1].</p>"
-        + _kv_table(m.get("reconstruction", {}))
+        "<p class=note>Inversion (at the edits' strength) followed by sampling with nothing changed; "
+        "MSE of pixels in [0, 1].</p>" + _kv_table(m.get("reconstruction", {}))
     )
     parts.append(
         "<p class=note>Oracle accuracy per factor on fresh real images.</p>"
@@ -455,8 +477,10 @@ def build_report(run: Path) -> Path:
     if ro:
         cols = list(next(iter(ro.values())))
         parts.append(
-            "<h2>Held-out read-out of the codes</h2><p class=note>Per factor: the encoder's own accuracy and the R<sup>2</sup> of a linear read-out of the value index "
-            "(scaled to [0, 1]) from the whole code, fitted on training images, on other training-split images (<i>seen</i>) and on held-out images.</p>"
+            "<h2>Held-out read-out of the codes</h2><p class=note>Per factor: the encoder's own accuracy "
+            "and the R<sup>2</sup> of a linear read-out of the value index (scaled to [0, 1]) from the whole "
+            "code, fitted on training images, on other training-split images (<i>seen</i>) and on held-out "
+            "images.</p>"
             "<table><tr><th>factor</th>"
             + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
             + "</tr>"
@@ -479,7 +503,10 @@ def build_report(run: Path) -> Path:
 
 
 def _write_page(run: Path, parts: list[str]) -> Path:
-    page = f"<!doctype html><html><head><meta charset=utf-8><title>factordiff {html.escape(run.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>factordiff {html.escape(run.name)}</title>"
+        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
     out = run / "report.html"
     atomic_write_text(out, page)
     return out

@@ -21,6 +21,7 @@ generator state of every process, so resuming on as many processes is exact. The
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -205,7 +206,8 @@ def _local_batch(batches: Callable[[int], Batch], step: int, rank: int, world: i
     size = batches.batch_size if local else len(next(iter(batch.values())))
     if size % world:
         raise FactordiffError(
-            f"{stage}: batch_size {size} does not split evenly over {world} processes; choose a multiple of {world}"
+            f"{stage}: batch_size {size} does not split evenly over {world} processes; choose "
+            f"a multiple of {world}"
         )
     return local(step, rank, world) if local else {k: v[rank::world] for k, v in batch.items()}
 
@@ -381,7 +383,8 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
                     else "a signal to another process"
                 )
                 raise Interrupted(
-                    f"{name} at {stage.name} step {step}; checkpoint saved to {where}; continue with --resume",
+                    f"{name} at {stage.name} step {step}; checkpoint saved to {where}; "
+                    "continue with --resume",
                     flag.signum or signal.SIGTERM,
                 )
     bar.close()
@@ -416,3 +419,21 @@ def map_batches(
             out.append(fn(as_tensor(x[i : i + batch_size])))
             bar.update(len(out[-1]))
     return torch.cat(out)
+
+
+def training_curves(log_path: Path, points: int = 200) -> dict[str, list[list[float]]]:
+    """Per stage, (step, mean loss) pairs averaged over windows so each stage has about ``points``."""
+    by_stage: dict[str, list[tuple[int, float]]] = {}
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_stage.setdefault(row["stage"], []).append((row["step"], row["loss"]))
+    curves = {}
+    for stage, rows in by_stage.items():
+        w = max(1, len(rows) // points)
+        curves[stage] = [
+            [rows[min(i + w, len(rows)) - 1][0], sum(r[1] for r in rows[i : i + w]) / len(rows[i : i + w])]
+            for i in range(0, len(rows), w)
+        ]
+    return curves

@@ -1,5 +1,2 @@
-"""Datasets: images with a table of factor values, described by a FactorSpec."""
-
-from factordiff.data.base import FactorDataset, load_data
-
-__all__ = ["FactorDataset", "load_data"]
+"""Datasets: images or profiles with a table of factor values, described by a FactorSpec
+(``sources.load_data`` reads the ``--data`` reference of an image run)."""

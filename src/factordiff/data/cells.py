@@ -83,7 +83,8 @@ def read_field(
             )
         if planes and plane.shape != planes[0].shape:
             raise FactordiffError(
-                f"{path}: channel {name} is {plane.shape[1]}x{plane.shape[0]} pixels; expected {planes[0].shape[1]}x{planes[0].shape[0]} like channel {channels[0]}"
+                f"{path}: channel {name} is {plane.shape[1]}x{plane.shape[0]} pixels; expected "
+                f"{planes[0].shape[1]}x{planes[0].shape[0]} like channel {channels[0]}"
             )
         planes.append(plane)
     dtype = np.uint8 if all(p.dtype == np.uint8 for p in planes) else np.uint16
@@ -109,20 +110,23 @@ def _read_plane(path: Path, channel: str) -> np.ndarray:
             plane = np.load(path, allow_pickle=False)
         else:
             raise FactordiffError(
-                f"{path}: channel {channel}: unsupported file type {suffix!r}; expected .tif, .tiff, .png or .npy"
+                f"{path}: channel {channel}: unsupported file type {suffix!r}; expected "
+                ".tif, .tiff, .png or .npy"
             )
     except FactordiffError:
         raise
     except Exception as e:  # tifffile, Pillow and numpy raise many types for corrupt files
         raise FactordiffError(
-            f"{path}: channel {channel}: unreadable or corrupt ({type(e).__name__}: {' '.join(str(e).split())})"
+            f"{path}: channel {channel}: unreadable or corrupt ({type(e).__name__}: "
+            f"{' '.join(str(e).split())})"
         ) from None
     plane = np.squeeze(plane)
     if plane.size == 0:
         raise FactordiffError(f"{path}: channel {channel} holds no pixels (empty or corrupt file)")
     if plane.ndim != 2:
         raise FactordiffError(
-            f"{path}: channel {channel} holds an array of shape {plane.shape}; expected one grayscale image (H, W)"
+            f"{path}: channel {channel} holds an array of shape {plane.shape}; expected one "
+            "grayscale image (H, W)"
         )
     if plane.dtype.kind != "u" or plane.dtype.itemsize not in (1, 2):
         raise FactordiffError(
@@ -163,7 +167,8 @@ def _joined(folder: str, name: str) -> str:
 def _local(path_text: str, base: Path, where: str) -> Path:
     if re.match(r"^[a-z][a-z0-9+.-]*://", path_text, re.IGNORECASE):
         raise FactordiffError(
-            f"{where}: {path_text} is a remote path; factordiff downloads nothing: copy the images locally and point PathName_* (or --root) at them"
+            f"{where}: {path_text} is a remote path; factordiff downloads nothing: copy the images locally "
+            "and point PathName_* (or --root) at them"
         )
     p = Path(path_text)
     return p if p.is_absolute() else base / p
@@ -329,7 +334,8 @@ class _NpyTable(FieldTable):
             ) from None
         if arr.ndim != 3 or arr.shape[0] != len(self.channels):
             raise FactordiffError(
-                f"{path}: array of shape {arr.shape}; expected ({len(self.channels)}, H, W) for channels {', '.join(self.channels)}"
+                f"{path}: array of shape {arr.shape}; expected ({len(self.channels)}, H, W) for channels "
+                f"{', '.join(self.channels)}"
             )
         if (
             arr.dtype.kind != "u"
@@ -337,7 +343,8 @@ class _NpyTable(FieldTable):
             or (bit_depth and arr.dtype.itemsize * 8 != bit_depth)
         ):
             raise FactordiffError(
-                f"{path}: {arr.dtype} pixels; expected {f'{bit_depth}-bit' if bit_depth else '8- or 16-bit'} unsigned integers"
+                f"{path}: {arr.dtype} pixels; expected {f'{bit_depth}-bit' if bit_depth else '8- or 16-bit'} "
+                "unsigned integers"
             )
         return arr
 
@@ -354,7 +361,8 @@ def join_metadata(
     for col in on:
         if col not in fields.metadata:
             raise FactordiffError(
-                f"{fields.source}: no metadata column {col} to join {table.name} on; have {', '.join(fields.metadata)}"
+                f"{fields.source}: no metadata column {col} to join {table.name} on; have "
+                f"{', '.join(fields.metadata)}"
             )
     keys = [tuple(str(r[c]) for c in on.values()) for r in df.to_dict("records")]
     if len(set(keys)) != len(keys):
@@ -368,7 +376,8 @@ def join_metadata(
         key = tuple(str(fields.metadata[c][i]) for c in on)
         if key not in rows:
             raise FactordiffError(
-                f"{table}: no row for {', '.join(f'{c}={v}' for c, v in zip(on.values(), key))} (field {i} of {fields.source})"
+                f"{table}: no row for {', '.join(f'{c}={v}' for c, v in zip(on.values(), key))} (field "
+                f"{i} of {fields.source})"
             )
         index.append(rows[key])
     meta = dict(fields.metadata)
@@ -492,7 +501,8 @@ def parse_channels(text: str | None, numbered: bool) -> dict[str, int] | list[st
         name, sep, num = t.partition("=")
         if not sep or not num.strip().isdigit():
             raise FactordiffError(
-                f"--channels {text!r}: expected NAME=NUMBER pairs in order, e.g. DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
+                f"--channels {text!r}: expected NAME=NUMBER pairs in order, e.g. "
+                "DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
             )
         out[name.strip()] = int(num)
     if len(set(out.values())) != len(out):
@@ -513,7 +523,8 @@ def open_fields(
         cmap = parse_channels(channels, True)
         if cmap is None:
             raise FactordiffError(
-                "phenix: --channels is required (which ch number holds which stain), e.g. DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
+                "phenix: --channels is required (which ch number holds which stain), e.g. "
+                "DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
             )
         return phenix_fields(path, cmap, plate)
     if kind == "rxrx":
@@ -548,7 +559,8 @@ def check_fields(fields: FieldTable, bit_depth: int | None = None, progress: boo
             shape, dtype = f.shape, f.dtype
         elif f.shape != shape:
             raise FactordiffError(
-                f"{fields.source} field {i} ({fields.files[i][0]}): shape {f.shape}; expected {shape} like field 0"
+                f"{fields.source} field {i} ({fields.files[i][0]}): shape {f.shape}; expected "
+                f"{shape} like field 0"
             )
         flat = f.reshape(f.shape[0], -1)
         pick = rng.choice(flat.shape[1], min(flat.shape[1], 4096), replace=False)

@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from factordiff.chem import morgan
 from factordiff.data.base import FactorDataset
 from factordiff.errors import FactordiffError
 from factordiff.factors import Factor, FactorSpec
@@ -93,22 +94,6 @@ def cellsim_spec() -> FactorSpec:
             Factor("plate", PLATES, "categorical", "technical"),
         )
     )
-
-
-def morgan(smiles: list[str], bits: int = FINGERPRINT_BITS, radius: int = 2) -> np.ndarray:
-    """Morgan fingerprints (N, bits) uint8 of SMILES strings; an invalid one is an error naming it."""
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem import rdFingerprintGenerator
-
-    RDLogger.DisableLog("rdApp.*")
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
-    out = np.zeros((len(smiles), bits), np.uint8)
-    for i, s in enumerate(smiles):
-        mol = Chem.MolFromSmiles(s)
-        if mol is None:
-            raise FactordiffError(f"SMILES {s!r}: not a valid molecule")
-        out[i] = gen.GetFingerprintAsNumPy(mol)
-    return out
 
 
 def _projection(seed: int = 0) -> np.ndarray:
@@ -290,24 +275,18 @@ def cellsim(size: int = 64, n: int | None = None, seed: int = 0) -> FactorDatase
     )
 
 
-def structure_ceiling(unseen: list[str], known: list[str], seed: int = 0) -> dict[str, dict[str, float]]:
-    """How far structure alone can take a prediction of an unseen compound's effect in this assay:
-    the Morgan ``CodeRegression`` fitted on the *true* effects of the ``known`` compounds (names),
-    applied to each ``unseen`` one. Per compound: the cosine between predicted and true effect,
-    whether the prediction is closer to the truth than the control's (zero) effect is, and the
-    Tanimoto similarity of its nearest known compound. No model of images can beat this."""
-    from factordiff.encoders.perturbation import CodeRegression, perturbation_features, tanimoto
+def true_counterfactuals(
+    data: FactorDataset, rows: np.ndarray, new: np.ndarray, seed: int
+) -> np.ndarray | None:
+    """cellsim's ground truth of an edit: fields ``rows`` rendered again, the same cells with the
+    factor values ``new`` ((N, K) value indices). None where ``data`` is not cellsim rendered with
+    ``seed`` (the first row is rendered to check)."""
+    if data.source != "cellsim" or not len(rows):
+        return None
 
-    known = [c for c in known if c != CONTROL]
-    fk = perturbation_features("morgan", [COMPOUNDS[c] for c in known], set())
-    fit = CodeRegression("morgan", fk, compound_effect([COMPOUNDS[c] for c in known], seed))
-    out = {}
-    for c in unseen:
-        fu = perturbation_features("morgan", [COMPOUNDS[c]], set())
-        pred, true = fit.predict(fu)[0], compound_effect(COMPOUNDS[c], seed)
-        out[c] = {
-            "cosine": float(pred @ true / max(np.linalg.norm(pred) * np.linalg.norm(true), 1e-12)),
-            "closer_than_control": bool(np.linalg.norm(pred - true) < np.linalg.norm(true)),
-            "nearest_known_tanimoto": float(tanimoto(fu, fk).max()),
-        }
-    return out
+    def fields(values, idx):
+        return to_uint8(render(values[None], data.size, seed, index_offset=int(idx)))[0].transpose(1, 2, 0)
+
+    if not np.array_equal(fields(data.factors[rows[0]], rows[0]), data.images[rows[0]]):
+        return None
+    return np.stack([fields(v, r) for v, r in zip(new, rows)])

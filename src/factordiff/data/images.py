@@ -71,7 +71,8 @@ def read_image(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise FactordiffError(
-            f"{path}: unsupported image format {suffix or '(no suffix)'!r}; expected one of {' '.join(IMAGE_SUFFIXES)}"
+            f"{path}: unsupported image format {suffix or '(no suffix)'!r}; expected one of "
+            f"{' '.join(IMAGE_SUFFIXES)}"
         )
     pixels = _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_pillow(path)
     return _to_uint8_hwc(pixels, path)
@@ -120,7 +121,8 @@ def _read_tiff(path: Path) -> np.ndarray:
     if axes in ("YX", "YXS"):
         return pixels
     raise FactordiffError(
-        f"{path}: TIFF holds an array of shape {pixels.shape} (axes {axes}); expected one 2-D image (H, W) or (H, W, C)"
+        f"{path}: TIFF holds an array of shape {pixels.shape} (axes {axes}); expected one 2-D "
+        "image (H, W) or (H, W, C)"
     )
 
 
@@ -193,3 +195,27 @@ def _mismatch(shape: tuple[int, ...], expected: tuple[int, ...], first: Path) ->
     if (h, w) != (eh, ew):
         return f"image is {w}x{h} pixels; expected {ew}x{eh} like the first image {first}"
     return f"image has {c} channel(s); expected {ec} like the first image {first}"
+
+
+def composite(array: np.ndarray) -> np.ndarray:
+    """An (H, W, C) uint8 image for display: grayscale, RGB and RGBA as they are; 2 or 5+ channels
+    (a Cell Painting field: DNA, ER, RNA, AGP, Mito) as RGB with the first channel blue, the mean of
+    the next half green and the mean of the rest red."""
+    c = array.shape[2] if array.ndim == 3 else 1
+    if c in (1, 3, 4):
+        return array[..., 0] if array.ndim == 3 and c == 1 else array
+    rest = list(range(1, c))
+    green, red = rest[: max(1, len(rest) // 2)], rest[max(1, len(rest) // 2) :] or rest
+    x = array.astype(np.float32)
+    return np.stack([x[..., red].mean(-1), x[..., green].mean(-1), x[..., 0]], -1).round().astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    img = Image.fromarray(composite(array))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    tmp = path.with_name(path.name + ".tmp.png")
+    img.save(tmp)
+    tmp.replace(path)

@@ -111,7 +111,8 @@ def _read_frame(path: Path):
             return pd.read_csv(path, low_memory=False)
     except Exception as e:  # pandas and pyarrow raise many types for a corrupt file
         raise FactordiffError(
-            f"{path}: cannot read the table ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+            f"{path}: cannot read the table ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
         ) from None
     raise FactordiffError(f"{path}: expected a .csv, .csv.gz or .parquet profile table")
 
@@ -156,7 +157,8 @@ def read_profiles(
         missing = [c for c in factors if c not in columns]
         if missing:
             raise FactordiffError(
-                f"{path}: no column {', '.join(map(repr, missing))}; metadata columns are {', '.join(meta_cols[:15]) or 'none'}"
+                f"{path}: no column {', '.join(map(repr, missing))}; metadata columns are "
+                f"{', '.join(meta_cols[:15]) or 'none'}"
             )
         names = list(factors)
     else:
@@ -165,7 +167,8 @@ def read_profiles(
         cleaning["identifier_columns_skipped"] = [c for c in many if c not in names]
         if not names:
             raise FactordiffError(
-                f"{path}: no Metadata_* column with more than one value; name the factor columns with --factors"
+                f"{path}: no Metadata_* column with more than one value; name the factor "
+                "columns with --factors"
             )
     meta_cols += [c for c in names if c not in meta_cols]
     feature_cols = [c for c in columns if c not in meta_cols]
@@ -174,14 +177,15 @@ def read_profiles(
     non_numeric = [c for c in feature_cols if not _is_numeric(df[c])]
     if non_numeric:
         raise FactordiffError(
-            f"{path}: feature column(s) {', '.join(non_numeric[:5])}{' ...' if len(non_numeric) > 5 else ''} are not numeric; "
-            "name metadata columns Metadata_* or drop them"
+            f"{path}: feature column(s) {', '.join(non_numeric[:5])}{' ...' if len(non_numeric) > 5 else ''} "
+            "are not numeric; name metadata columns Metadata_* or drop them"
         )
     values = df[feature_cols].to_numpy(np.float64)
     infinite = [feature_cols[j] for j in np.flatnonzero(np.isinf(values).any(0))]
     if infinite:
         raise FactordiffError(
-            f"{path}: infinite values in feature column(s) {', '.join(infinite[:5])}{' ...' if len(infinite) > 5 else ''}"
+            f"{path}: infinite values in feature column(s) "
+            f"{', '.join(infinite[:5])}{' ...' if len(infinite) > 5 else ''}"
         )
     share = np.isnan(values).mean(0)
     keep_cols = share <= max_missing

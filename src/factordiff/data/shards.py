@@ -33,7 +33,7 @@ class ShardedImages:
     """uint8 images (N, H, W, C) spread over memory-mapped shards; ``rows`` selects a lazy view.
 
     Indexing with an int, a slice, an integer array or a boolean mask returns an in-memory
-    ``np.ndarray`` of just those images; ``view(rows)`` returns another ``ShardedImages`` without
+    ``np.ndarray`` of just those images; ``select(rows)`` returns another ``ShardedImages`` without
     reading anything; ``np.asarray`` reads everything (for small data only)."""
 
     def __init__(
@@ -68,7 +68,8 @@ class ShardedImages:
                 ) from None
             if m.shape != (self.counts[s], *self.image_shape) or m.dtype != np.uint8:
                 raise FactordiffError(
-                    f"{self.files[s]}: expected uint8 {(self.counts[s], *self.image_shape)}, got {m.dtype} {m.shape}; pack the data again"
+                    f"{self.files[s]}: expected uint8 {(self.counts[s], *self.image_shape)}, got {m.dtype} "
+                    f"{m.shape}; pack the data again"
                 )
             self._maps[s] = m
         return self._maps[s]
@@ -82,7 +83,7 @@ class ShardedImages:
             return self.rows[key]
         return self.rows[key]
 
-    def view(self, key) -> "ShardedImages":
+    def select(self, key) -> "ShardedImages":
         """The images ``key`` selects, still on disk."""
         return ShardedImages(self.files, self.counts, self.image_shape, self._select(key))
 
@@ -165,7 +166,8 @@ def open_shards(folder: Path):
     counts = [int(s["images"]) for s in index["shards"]]
     if sum(counts) != len(factors) or len(factors) != index["images"]:
         raise FactordiffError(
-            f"{folder}: {len(factors)} factor rows for {sum(counts)} images in the shards; pack the data again"
+            f"{folder}: {len(factors)} factor rows for {sum(counts)} images in the shards; "
+            "pack the data again"
         )
     missing = [s["file"] for s in index["shards"] if not (folder / s["file"]).is_file()]
     if missing:

@@ -21,48 +21,14 @@ Any kind can add conditions by value (``where``, the CLI's repeatable ``--holdou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from factordiff.config import SPLIT_KINDS, SplitConfig
 from factordiff.errors import FactordiffError
-from factordiff.factors import FactorSpec, parse_pairs
-
-SplitKind = Literal["none", "random", "composition", "interpolation", "extrapolation", "unseen_value"]
-SPLIT_KINDS: tuple[str, ...] = (
-    "none",
-    "random",
-    "composition",
-    "interpolation",
-    "extrapolation",
-    "unseen_value",
-)
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Parameters of a held-out split.
-
-    Args:
-        kind: one of SPLIT_KINDS.
-        factors: factor names the split acts on (composition: two; interpolation, extrapolation and
-            unseen_value: one). Empty: chosen from the seed among eligible factors.
-        fraction: random: fraction of combinations held out; composition: fraction of each
-            factor's values in the held-out block; extrapolation: fraction of values at the top.
-        seed: seeds every random choice.
-        where: conditions by value, each ``"F=V,G=W"``; rows matching every pair of one of them
-            are held out as well (factor names may drop a ``Metadata_`` prefix).
-    """
-
-    kind: SplitKind = "none"
-    factors: tuple[str, ...] = ()
-    fraction: float = 0.25
-    seed: int = 0
-    where: tuple[str, ...] = ()
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "factors": list(self.factors), "where": list(self.where)}
+from factordiff.factors import FactorSpec, parse_pairs, short_name
 
 
 @dataclass(frozen=True)
@@ -117,7 +83,8 @@ def _pick(
         ]
         if len(ok) < count:
             raise FactordiffError(
-                f"split: need {count} factor(s) with at least {min_size} values{' (ordinal)' if ordinal else ''}"
+                f"split: need {count} factor(s) with at least {min_size} "
+                f"values{' (ordinal)' if ordinal else ''}"
             )
         pos = sorted(rng.choice(ok, count, replace=False).tolist())
     for k in pos:
@@ -171,6 +138,48 @@ def match_where(indices: np.ndarray, conditions: list[list[tuple[int, int]]]) ->
     return hit
 
 
+def select(
+    spec: FactorSpec,
+    indices: np.ndarray,
+    where: Sequence[str],
+    metadata: Mapping[str, np.ndarray] | None = None,
+    what: str = "--where",
+) -> np.ndarray:
+    """Bool mask of the rows matching every pair of any one ``where`` condition (all rows when there
+    is none): the one selector of images and profile rows. A pair names a factor (with or without
+    its ``Metadata_`` prefix) and one of its values, or, for tables, any other ``metadata`` column
+    and a value some row has (compared as text)."""
+    if not where:
+        return np.ones(len(indices), bool)
+    others = {short_name(c): c for c in (metadata or {}) if c not in spec.names}
+    hit = np.zeros(len(indices), bool)
+    for text in where:
+        m = np.ones(len(indices), bool)
+        for name, value in parse_pairs(text, what):
+            column = others.get(short_name(name)) if name not in spec.names else None
+            if column is None:
+                try:
+                    k = spec.resolve(name)
+                except FactordiffError as e:
+                    if metadata is None:
+                        raise FactordiffError(f"{what} {text!r}: {e}") from None
+                    shown = ", ".join(list(metadata)[:15])
+                    raise FactordiffError(
+                        f"{what} {text!r}: unknown column {name!r}; metadata columns are {shown}"
+                    ) from None
+                try:
+                    m &= np.asarray(indices)[:, k] == spec.factors[k].index(value)
+                except FactordiffError as e:
+                    raise FactordiffError(f"{what} {text!r}: {e}") from None
+            else:
+                col = np.asarray(metadata[column]).astype(str)
+                if not (col == value).any():
+                    raise FactordiffError(f"{what} {text!r}: no row has {column}={value}")
+                m &= col == value
+        hit |= m
+    return hit
+
+
 def make_split(spec: FactorSpec, config: SplitConfig) -> Split:
     """Resolve ``config`` against ``spec`` into a Split (deterministic in spec, config and seed);
     rows matching a ``where`` condition are held out in addition to the kind's."""
@@ -212,7 +221,10 @@ def _make_kind_split(spec: FactorSpec, config: SplitConfig) -> Split:
         va = _window(spec.sizes[a], config.fraction, rng)
         vb = _window(spec.sizes[b], config.fraction, rng)
         fa, fb = spec.factors[a], spec.factors[b]
-        desc = f"{fa.name} in {[fa.values[i] for i in va]} together with {fb.name} in {[fb.values[i] for i in vb]}"
+        desc = (
+            f"{fa.name} in {[fa.values[i] for i in va]} together with {fb.name} in "
+            f"{[fb.values[i] for i in vb]}"
+        )
         pa, pb = _values_in(a, va), _values_in(b, vb)
         return Split(config, desc, {fa.name: va, fb.name: vb}, lambda idx: pa(idx) & pb(idx))
     if kind == "interpolation":

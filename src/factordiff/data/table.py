@@ -95,7 +95,8 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[Row]]:
     for n, r in rows:
         if len(r) != len(header):
             raise FactordiffError(
-                f"{csv_path} row {n}: {len(r)} fields; expected {len(header)} like the header ({_columns(header)})"
+                f"{csv_path} row {n}: {len(r)} fields; expected {len(header)} like the header "
+                f"({_columns(header)})"
             )
     return header, rows
 
@@ -105,12 +106,14 @@ def _check_header(csv_path: Path, row: int, header: list[str]) -> None:
     for cell in header:
         if cell.lower().endswith(IMAGE_SUFFIXES):
             raise FactordiffError(
-                f"{csv_path}: no header row; row {row} looks like data ({cell!r}); expected column names such as 'filename,compound,dose'"
+                f"{csv_path}: no header row; row {row} looks like data ({cell!r}); expected column names "
+                "such as 'filename,compound,dose'"
             )
     for i, cell in enumerate(header):
         if not cell:
             raise FactordiffError(
-                f"{csv_path} row {row}: column {i + 1} has no name (a pandas index? save with index=False); expected a name for every column"
+                f"{csv_path} row {row}: column {i + 1} has no name (a pandas index? save with index=False); "
+                "expected a name for every column"
             )
     seen: set[str] = set()
     for cell in header:
@@ -139,8 +142,8 @@ def _find_image_column(csv_path: Path, header: list[str], rows: list[Row], image
         if all(r[i].lower().endswith(IMAGE_SUFFIXES) for _, r in rows):
             return i
     raise FactordiffError(
-        f"{csv_path}: no image column; expected one named {'/'.join(IMAGE_COLUMN_NAMES)} or one whose every value "
-        f"ends with {' '.join(IMAGE_SUFFIXES)} ({_columns(header)})"
+        f"{csv_path}: no image column; expected one named {'/'.join(IMAGE_COLUMN_NAMES)} or one whose every "
+        f"value ends with {' '.join(IMAGE_SUFFIXES)} ({_columns(header)})"
     )
 
 
@@ -168,7 +171,8 @@ def _factor_columns(
             raise FactordiffError(f"{csv_path}: factor column {twice[0]!r} requested twice")
     if not names:
         raise FactordiffError(
-            f"{csv_path}: no factor columns; expected at least one column besides the image column {image_name!r}"
+            f"{csv_path}: no factor columns; expected at least one column besides the image "
+            f"column {image_name!r}"
         )
     return names
 
@@ -227,7 +231,8 @@ def _check_square(csv_path: Path, images: np.ndarray, first: Path) -> None:
     h, w = images.shape[1:3]
     if h != w:
         raise FactordiffError(
-            f"{csv_path}: images are {w}x{h} pixels (e.g. {first}); the model needs square images, crop or pad them first"
+            f"{csv_path}: images are {w}x{h} pixels (e.g. {first}); the model needs square images, "
+            "crop or pad them first"
         )
 
 
@@ -269,7 +274,8 @@ def _value_cells(factor: Factor) -> list[str]:
     for v, cell in zip(factor.values, cells):
         if not cell or cell != cell.strip():
             raise FactordiffError(
-                f"write_table: factor {factor.name} value {v!r} cannot be written to a CSV cell and read back (empty or surrounding spaces)"
+                f"write_table: factor {factor.name} value {v!r} cannot be written to a CSV cell and read "
+                "back (empty or surrounding spaces)"
             )
     return cells
 

@@ -48,7 +48,8 @@ class TimeEmbeddingAdapter(nn.Module):
         """Per-factor embeddings (B, K, E), the null embedding where a factor is absent."""
         if cond.codes.shape[1:] != (self.num_factors, self.code_dims):
             raise ValueError(
-                f"adapter expects codes of shape (batch, {self.num_factors}, {self.code_dims}), got {tuple(cond.codes.shape)}"
+                f"adapter expects codes of shape (batch, {self.num_factors}, {self.code_dims}), got "
+                f"{tuple(cond.codes.shape)}"
             )
         h = nn.functional.silu(torch.einsum("bkd,kdh->bkh", cond.codes, self.w1) + self.b1)
         e = torch.einsum("bkh,khe->bke", h, self.w2) + self.b2

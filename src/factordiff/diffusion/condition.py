@@ -29,7 +29,8 @@ class Condition:
             )
         if self.present.shape != self.codes.shape[:2] or self.present.dtype != torch.bool:
             raise ValueError(
-                f"Condition.present: expected bool of shape {tuple(self.codes.shape[:2])}, got {self.present.dtype} {tuple(self.present.shape)}"
+                f"Condition.present: expected bool of shape {tuple(self.codes.shape[:2])}, got "
+                f"{self.present.dtype} {tuple(self.present.shape)}"
             )
 
     def __len__(self) -> int:

@@ -81,7 +81,8 @@ class Guidance:
         """Nested form: every factor index once, ``order`` first."""
         if len(set(self.order)) != len(self.order) or any(not 0 <= k < num_factors for k in self.order):
             raise ValueError(
-                f"Guidance.order: expected distinct factor indices in [0, {num_factors}), got {list(self.order)}"
+                f"Guidance.order: expected distinct factor indices in [0, {num_factors}), "
+                f"got {list(self.order)}"
             )
         return list(self.order) + [k for k in range(num_factors) if k not in self.order]
 

@@ -7,8 +7,8 @@ two are inverses up to the one-step approximation of inversion. With ``strength`
 only the low-noise part of the schedule, between t = 0 and t = s T (SDEdit's strength, as
 diffusers' image-to-image pipelines name it): ``steps`` solver steps over that part, at the step
 size of a whole chain of steps / s steps. An edit that inverts and regenerates part-way keeps
-more of its source for the same passes (``EvaluateConfig.edit_strength``, ``benchmarks/nfe.py``). ``ddim_sample`` and
-``ddim_invert`` are the DDIM case whatever the config says.
+more of its source for the same passes (``EvaluateConfig.edit_strength``, ``benchmarks/nfe.py``).
+``ddim_sample`` and ``ddim_invert`` are the DDIM case whatever the config says.
 """
 
 from __future__ import annotations
@@ -133,3 +133,14 @@ def ddim_invert(
     denoiser, x_0: torch.Tensor, cond: Condition | None, cfg: DenoiserConfig, steps: int = 50
 ) -> torch.Tensor:
     return invert(denoiser, x_0, cond, replace(cfg, sampler="ddim"), steps)
+
+
+def noise_to(
+    x_0: torch.Tensor, cfg: DenoiserConfig, steps: int, strength: float, generator: torch.Generator
+) -> torch.Tensor:
+    """x_t drawn from q(x_t | x_0) at the first timestep that ``sample`` runs for ``steps`` and
+    ``strength`` (SDEdit, Meng et al. 2022, eq. 1 of its section 3): a stochastic start, so that
+    each draw of fresh noise regenerates the same source differently (``invert`` is deterministic)."""
+    sched, ts = timesteps(cfg, steps, strength, device=x_0.device)
+    noise = torch.randn(x_0.shape, generator=generator).to(x_0)
+    return sched.add_noise(x_0, noise, ts[:1].repeat(len(x_0)))

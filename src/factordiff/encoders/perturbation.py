@@ -32,25 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from factordiff.chem import morgan, tanimoto
+from factordiff.config import check_embedding_kind
 from factordiff.errors import FactordiffError
-
-KINDS = ("onehot", "morgan", "table:PATH")
-
-
-def check_kind(kind: str, where: str) -> str:
-    if kind in ("onehot", "morgan") or (kind.startswith("table:") and len(kind) > 6):
-        return kind
-    raise FactordiffError(
-        f"{where}: unknown perturbation embedding {kind!r}; expected one of {', '.join(KINDS)}"
-    )
-
-
-def tanimoto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Tanimoto similarity (|a & b| / |a | b|) between binary fingerprints a (N, F) and b (M, F)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def read_embedding_table(path: Path | str) -> dict[str, np.ndarray]:
@@ -73,7 +57,8 @@ def read_embedding_table(path: Path | str) -> dict[str, np.ndarray]:
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise FactordiffError(
-            f"{path}: row {r + 2}, column {frame.columns[c + 1]!r}: expected a number, got {frame.iloc[r, c + 1]!r}"
+            f"{path}: row {r + 2}, column {frame.columns[c + 1]!r}: expected a number, got "
+            f"{frame.iloc[r, c + 1]!r}"
         )
     return dict(zip(names, values.astype(np.float32)))
 
@@ -84,7 +69,7 @@ def perturbation_features(
     """Features (V, F) float32 of the perturbation ``values``; control rows are zero (controls get
     their own code). ``smiles`` maps a value to its SMILES for ``morgan`` (a value that is itself a
     SMILES needs no entry)."""
-    check_kind(kind, "perturbation embedding")
+    check_embedding_kind(kind, "perturbation embedding")
     treated = [v for v in values if v not in controls]
     if kind == "onehot":
         return (
@@ -92,8 +77,6 @@ def perturbation_features(
             * np.array([v not in controls for v in values], np.float32)[:, None]
         )
     if kind == "morgan":
-        from factordiff.data.cellsim import morgan
-
         smiles = smiles or {}
         fps = morgan([smiles.get(v, v) for v in treated], bits=bits)
         width = bits
@@ -103,7 +86,8 @@ def perturbation_features(
         missing = [v for v in treated if v not in table]
         if missing:
             raise FactordiffError(
-                f"{kind[6:]}: no row for perturbation {missing[0]!r} ({len(missing)} of {len(treated)} missing)"
+                f"{kind[6:]}: no row for perturbation {missing[0]!r} ({len(missing)} of "
+                f"{len(treated)} missing)"
             )
         width = len(next(iter(table.values())))
         rows = {v: table[v] for v in treated}
@@ -234,10 +218,11 @@ class CodeRegression:
         control: np.ndarray | None = None,
         candidates: tuple = CANDIDATES,
     ):
-        self.kind = check_kind(kind, "perturbation embedding")
+        self.kind = check_embedding_kind(kind, "perturbation embedding")
         if len(features) < 3:
             raise FactordiffError(
-                "perturbation embedding: fewer than three training perturbations with features to learn codes from"
+                "perturbation embedding: fewer than three training perturbations with features "
+                "to learn codes from"
             )
         self.features = np.asarray(features, np.float64)
         self.blocks = np.asarray(blocks, np.float64)
@@ -271,7 +256,8 @@ class CodeRegression:
         """Codes (m, D) of perturbations with ``features`` (m, F)."""
         if self.kind == "onehot":
             raise FactordiffError(
-                "perturbation embedding onehot: a perturbation no training image had has no code; use morgan (SMILES) or table:PATH"
+                "perturbation embedding onehot: a perturbation no training image had has no code; use "
+                "morgan (SMILES) or table:PATH"
             )
         k = self.kernel(np.asarray(features, np.float64))
         if self.choice[0] == "ridge":

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_write_json, read_json
+from factordiff.data.images import save_png
 from factordiff.data.splits import make_split
 from factordiff.errors import FactordiffError
 from factordiff.evaluate import latent
 from factordiff.evaluate.disentanglement import score_all
-from factordiff.evaluate.suite import FIGURES, _tile, get_oracle, load_run, save_png
+from factordiff.evaluate.suite import FIGURES, _tile, get_oracle
+from factordiff.models.runs import load_model
 
 
 def block_names(model) -> list[str]:
@@ -66,10 +68,10 @@ def analyze_run(
     run: Path, images: int = 5000, metric_scale: float = 1.0, steps: int | None = None, progress: bool = True
 ) -> dict:
     """Compute the analysis and merge it into ``RUN/metrics.json``; returns the analysis section."""
-    from factordiff.fit import prepare_data
+    from factordiff.data.sources import prepare_data
 
     run = Path(run)
-    cfg, model = load_run(run)
+    cfg, model = load_model(run)
     if not (run / "metrics.json").is_file():
         raise FactordiffError(f"{run}: no metrics.json; run factordiff evaluate {run} first")
     data, _, _ = prepare_data(cfg)

@@ -38,11 +38,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from factordiff.chem import tanimoto
 from factordiff.config import EvaluateConfig
 from factordiff.data.base import FactorDataset
+from factordiff.data.cellsim import COMPOUNDS, compound_effect, true_counterfactuals
 from factordiff.data.splits import Split
 from factordiff.edit import compound_code, edit_blocks, edit_settings
-from factordiff.model import FactorModel, to_uint8, to_unit
+from factordiff.encoders.perturbation import CodeRegression, perturbation_features
+from factordiff.models.images import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
 
 CONTROL = "DMSO"
@@ -67,7 +70,10 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Unbiased squared MMD with the polynomial kernel (x.y / d + 1)^3 (KID)."""
     d = a.shape[1]
-    k = lambda x, y: (x @ y.T / d + 1) ** 3
+
+    def k(x, y):
+        return (x @ y.T / d + 1) ** 3
+
     m, n = len(a), len(b)
     kaa, kbb = k(a, a), k(b, b)
     return float(
@@ -83,7 +89,10 @@ def _distances(
     g, r = oracle_features(oracle, generated), oracle_features(oracle, real)
     out, out_k = {"all": frechet(g, r)}, kernel_distance(g, r)
     for c, name in enumerate(names):
-        keep = lambda x: np.where(np.arange(x.shape[-1]) == c, x, fill).astype(np.uint8)
+
+        def keep(x, c=c):
+            return np.where(np.arange(x.shape[-1]) == c, x, fill).astype(np.uint8)
+
         out[name] = frechet(oracle_features(oracle, keep(generated)), oracle_features(oracle, keep(real)))
     return {"frechet": out, "kernel": {"all": out_k}}
 
@@ -158,24 +167,6 @@ def _regenerate_into(
         blocks = {k: model.prototype(k, v) for k, v in zip(factors, key) if model.has_prototype(k, v)}
         out[idx] = _edit(model, data.images[src[idx]], blocks, e)
     return out
-
-
-def true_counterfactuals(
-    data: FactorDataset, rows: np.ndarray, new: np.ndarray, seed: int
-) -> np.ndarray | None:
-    """cellsim's ground truth of an edit: fields ``rows`` rendered again, the same cells with the
-    factor values ``new`` ((N, K) value indices). None where ``data`` is not cellsim rendered with
-    ``seed`` (the first row is rendered to check)."""
-    if data.source != "cellsim" or not len(rows):
-        return None
-    from factordiff.data.cellsim import render, to_uint8
-
-    fields = lambda values, idx: to_uint8(render(values[None], data.size, seed, index_offset=int(idx)))[
-        0
-    ].transpose(1, 2, 0)
-    if not np.array_equal(fields(data.factors[rows[0]], rows[0]), data.images[rows[0]]):
-        return None
-    return np.stack([fields(v, r) for v, r in zip(new, rows)])
 
 
 def _swap(
@@ -290,7 +281,11 @@ def seen_compound_edits(
         if leave_one_out is None
         else lambda c: (
             compound_code(
-                model, kc, leave_one_out[names[c]], {k: v for k, v in leave_one_out.items() if k != names[c]}
+                model,
+                kc,
+                leave_one_out[names[c]],
+                {k: v for k, v in leave_one_out.items() if k != names[c]},
+                CONTROL,
             )
             if names[c] in leave_one_out
             else None
@@ -426,8 +421,6 @@ def evaluate_cells(
         c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()
     ]
     if unseen and library and CONTROL in compounds and "unseen_compound" in parts:
-        from factordiff.encoders.perturbation import perturbation_features, tanimoto
-
         ctrl = compounds.index(CONTROL)
         known = [
             c
@@ -447,7 +440,7 @@ def evaluate_cells(
             chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
             sources = _same_batch(rng, pool, chosen, f[:, kb])
             blocks = {
-                kc: compound_code(model, kc, library[compounds[c]], library),
+                kc: compound_code(model, kc, library[compounds[c]], library, CONTROL),
                 **({kd: model.prototype(kd, top)} if kd is not None else {}),
             }
             # the nearest training compound by structure, its real images at the same dose (and batch)
@@ -496,8 +489,6 @@ def evaluate_cells(
                 "nearest_compound": float(np.concatenate(hits["nearest_compound"]).mean()),
                 "by_compound": res,
             }
-            from factordiff.data.cellsim import COMPOUNDS, structure_ceiling
-
             if library is COMPOUNDS:  # cellsim's ground truth: how far structure alone can go
                 out["unseen_compound"]["structure_ceiling"] = structure_ceiling(
                     [compounds[c] for c in unseen], [compounds[c] for c in known]
@@ -536,5 +527,26 @@ def evaluate_cells(
                 ("generated", generated),
                 ("copy_control", data.images[sources]),
             )
+        }
+    return out
+
+
+def structure_ceiling(unseen: list[str], known: list[str], seed: int = 0) -> dict[str, dict[str, float]]:
+    """How far structure alone can take a prediction of an unseen compound's effect in cellsim:
+    the Morgan ``CodeRegression`` fitted on the *true* effects of the ``known`` compounds (names),
+    applied to each ``unseen`` one. Per compound: the cosine between predicted and true effect,
+    whether the prediction is closer to the truth than the control's (zero) effect is, and the
+    Tanimoto similarity of its nearest known compound. No model of images can beat this."""
+    known = [c for c in known if c != CONTROL]
+    fk = perturbation_features("morgan", [COMPOUNDS[c] for c in known], set())
+    fit = CodeRegression("morgan", fk, compound_effect([COMPOUNDS[c] for c in known], seed))
+    out = {}
+    for c in unseen:
+        fu = perturbation_features("morgan", [COMPOUNDS[c]], set())
+        pred, true = fit.predict(fu)[0], compound_effect(COMPOUNDS[c], seed)
+        out[c] = {
+            "cosine": float(pred @ true / max(np.linalg.norm(pred) * np.linalg.norm(true), 1e-12)),
+            "closer_than_control": bool(np.linalg.norm(pred - true) < np.linalg.norm(true)),
+            "nearest_known_tanimoto": float(tanimoto(fu, fk).max()),
         }
     return out

@@ -39,7 +39,7 @@ from factordiff.data.splits import Split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.encoders.backbone import ConvEncoder
 from factordiff.factors import FactorSpec
-from factordiff.model import FactorModel, to_unit
+from factordiff.models.images import FactorModel, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, map_batches, run_stage
 
 
@@ -300,7 +300,8 @@ def plan_pair_edits(
     if split.config.kind != "composition" or len(split.held_values) != 2:
         return (
             None,
-            f"the {split.config.kind} split holds out no block of two factors' values (only composition does)",
+            f"the {split.config.kind} split holds out no block of two factors' values "
+            "(only composition does)",
         )
     (a, va), (b, vb) = ((data.spec.position(name), vals) for name, vals in split.held_values.items())
     block = [(x, y) for x in va for y in vb if targets.available[a][x] and targets.available[b][y]]

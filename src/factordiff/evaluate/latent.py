@@ -23,7 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from factordiff.model import FactorModel, to_unit
+from factordiff.models.images import FactorModel, to_unit
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, u: float) -> torch.Tensor:

@@ -36,14 +36,14 @@ from factordiff.evaluate.profiling import (
     truth_distances,
 )
 from factordiff.factors import parse_pairs
-from factordiff.profile_model import (
+from factordiff.models.profiles import (
     ProfileData,
     ProfileModel,
     control_rows,
-    load_profile_run,
     metadata_column,
     prepare_profiles,
 )
+from factordiff.models.runs import load_model
 
 
 def _plate(data: ProfileData, cfg) -> str | None:
@@ -204,7 +204,7 @@ def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> li
     """The run's transfer tasks regenerated at each guidance weight on the changed technical factors
     (``profiles.guidance_technical``): how reading as the target trades against the distance to the
     real held-out rows. One dict per (condition, weight) with the model's figures."""
-    cfg, model = load_profile_run(run)
+    cfg, model = load_model(run)
     data = prepare_profiles(cfg)
     spec, f = data.table.spec, data.table.factors
     scale = standardizer(data.features[data.train])
@@ -233,7 +233,7 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     """Evaluate a profile run; writes and returns ``RUN/metrics.json``."""
     run = Path(run)
     t0 = time.monotonic()
-    cfg, model = load_profile_run(run)
+    cfg, model = load_model(run)
     data = prepare_profiles(cfg)
     spec, f = data.table.spec, data.table.factors
     seed = cfg.train.seed
@@ -289,14 +289,16 @@ def summary_lines(metrics: dict) -> list[str]:
             lines.append(f"{task['condition']}: skipped ({task['reason']})")
             continue
         lines.append(
-            f"{task['condition']} ({task['kind']}, {task['sources']} sources, {task['truth_rows']} real held-out rows):"
+            f"{task['condition']} ({task['kind']}, {task['sources']} sources, {task['truth_rows']} "
+            "real held-out rows):"
         )
         for name, r in task["methods"].items():
             extra = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith(("read_as", "moa")))
             lines.append(f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}  {extra}")
         for k, v in task.get("real_heldout_read_as_target", {}).items():
             lines.append(
-                f"  the real held-out rows themselves are read as the target {k} on {v:.3f} (oracle out of fold)"
+                f"  the real held-out rows themselves are read as the target {k} on {v:.3f} "
+                "(oracle out of fold)"
             )
     for name, r in metrics.get("retrieval", {}).items():
         lines.append(f"mAP {name:18s} {r['map']:.3f} (significant {r['significant']:.2f} of {r['groups']})")

@@ -140,8 +140,9 @@ def mean_average_precision(
     seed: int = 0,
 ) -> dict:
     """copairs mAP of each non-control group against the controls (positives: same ``group``, in a
-    different plate when ``plate`` is given and the rows span several plates; negatives: control rows). Returns the mean over groups,
-    the share of groups significant at 0.05 (corrected), and per-group values."""
+    different plate when ``plate`` is given and the rows span several plates; negatives: control
+    rows). Returns the mean over groups, the share of groups significant at 0.05 (corrected), and
+    per-group values."""
     import pandas as pd
     from copairs.map import average_precision
     from copairs.map import mean_average_precision as map_

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from factordiff.config import RunConfig, from_dict
+from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
+from factordiff.data.images import save_png
+from factordiff.data.sources import prepare_data, traits
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.guidance import Guidance
-from factordiff.errors import FactordiffError
+from factordiff.evaluate.cells import evaluate_cells
 from factordiff.evaluate.counterfactual import (
     Edits,
     Oracle,
@@ -40,42 +41,21 @@ from factordiff.evaluate.counterfactual import (
     train_oracle,
 )
 from factordiff.evaluate.latent import heldout_readout
-from factordiff.model import FactorModel
-from factordiff.report import training_curves
+from factordiff.evaluate.profile_suite import evaluate_profile_run
+from factordiff.evaluate.profile_suite import summary_lines as profile_summary_lines
+from factordiff.models.images import FactorModel
+from factordiff.models.runs import load_model, run_kind
+from factordiff.train import training_curves
 
 FIGURES = "figures"
 
 
-def read_run_config(run: Path) -> RunConfig:
-    """The run's config, after checking that ``run`` is a run folder with a trained model."""
-    run = Path(run)
-    if not (run / "run_config.json").is_file():
-        raise FactordiffError(
-            f"{run}: not a run folder (no run_config.json); expected the --out folder of factordiff fit"
-        )
-    if not (run / "model" / "config.json").is_file():
-        raise FactordiffError(
-            f"{run}: no trained model in {run / 'model'}; finish the run with factordiff fit --resume --out {run}"
-        )
-    return from_dict(RunConfig, read_json(run / "run_config.json"), str(run / "run_config.json"))
-
-
-def load_run(run: Path) -> tuple[RunConfig, FactorModel]:
-    return read_run_config(run), FactorModel.load(Path(run) / "model")
-
-
 def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> FactorDataset:
-    """Real images of every combination for the oracle: fresh renders for the built-in data (replica, cellsim),
-    otherwise the whole dataset (held-out rows included: the oracle is the one learner that may see them)."""
-    if cfg.data.source == "shapes":
-        from factordiff.data.shapes import replica
-
-        return replica(data.size, n=n, seed=seed)
-    if cfg.data.source == "cellsim":  # fresh fields (60,000 at 32x32: 80 s to render on one core)
-        from factordiff.data.cellsim import cellsim
-
-        return cellsim(data.size, n=n, seed=seed)
-    return data
+    """Real images of every combination for the oracle: fresh renders where the source can render
+    them (``Traits.render``: the built-in replica and cellsim), otherwise the whole dataset
+    (held-out rows included: the oracle is the one learner that may see them)."""
+    render = traits(cfg).render
+    return render(data.size, n, seed) if render is not None else data
 
 
 def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = True) -> tuple[Oracle, dict]:
@@ -173,28 +153,6 @@ def _tile(
     return canvas
 
 
-def composite(array: np.ndarray) -> np.ndarray:
-    """An (H, W, C) uint8 image for display: grayscale, RGB and RGBA as they are; 2 or 5+ channels
-    (a Cell Painting field: DNA, ER, RNA, AGP, Mito) as RGB with the first channel blue, the mean of
-    the next half green and the mean of the rest red."""
-    c = array.shape[2] if array.ndim == 3 else 1
-    if c in (1, 3, 4):
-        return array[..., 0] if array.ndim == 3 and c == 1 else array
-    rest = list(range(1, c))
-    green, red = rest[: max(1, len(rest) // 2)], rest[max(1, len(rest) // 2) :] or rest
-    x = array.astype(np.float32)
-    return np.stack([x[..., red].mean(-1), x[..., green].mean(-1), x[..., 0]], -1).round().astype(np.uint8)
-
-
-def save_png(array: np.ndarray, path: Path, scale: int = 2) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(composite(array))
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
-
-
 def counterfactual_grid(
     model: FactorModel,
     data: FactorDataset,
@@ -283,11 +241,9 @@ def sample_grid(
 def evaluate_run(
     run: Path, data: FactorDataset | None = None, progress: bool = True, per_factor: int | None = None
 ) -> dict:
-    """Compute the run's metrics and figures; writes ``RUN/metrics.json`` and ``RUN/figures/*.png``."""
-    from factordiff.fit import prepare_data
-
+    """Compute an image run's metrics and figures; writes ``RUN/metrics.json`` and ``RUN/figures/*.png``."""
     run = Path(run)
-    cfg, model = load_run(run)
+    cfg, model = load_model(run)
     t0 = time.monotonic()
     if data is None:
         data, _, _ = prepare_data(cfg)
@@ -333,22 +289,17 @@ def evaluate_run(
     readout = heldout_readout(model, data, split, seed=cfg.train.seed)
     cells = None
     if {"compound", "batch"} <= set(data.spec.names):
-        from factordiff.edit import channel_names
-        from factordiff.evaluate.cells import evaluate_cells
-
-        library = None
-        if cfg.data.source == "cellsim":
-            from factordiff.data.cellsim import COMPOUNDS as library
+        t = traits(cfg)
         cells = evaluate_cells(
             model,
             oracle,
             data,
             split,
-            channel_names(model),
+            t.channel_names(model.shape.channels),
             e,
             n=per_factor or e.sources,
             seed=cfg.train.seed,
-            library=library,
+            library=t.smiles or None,
         )
     grid, captions, grid_refs = counterfactual_grid(
         model,
@@ -401,3 +352,66 @@ def evaluate_run(
     }
     atomic_write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def _num(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def image_summary_lines(metrics: dict) -> list[str]:
+    """A few lines for the terminal: edits, samples, soundness and reconstruction."""
+    lines = []
+    cf = metrics.get("counterfactual", {})
+    for kind in ("seen", "heldout"):
+        if cf.get(kind):
+            c = cf[kind]
+            lines.append(
+                f"{kind:8s} effectiveness {_num(c['effectiveness'])}  preservation "
+                f"{_num(c['preservation'])}  all_right {_num(c.get('all_right'))}  ({c['edits']} edits)"
+            )
+    pairs = cf.get("heldout_pairs")
+    if pairs and pairs.get("absent"):
+        lines.append(f"heldout pairs: not measured ({pairs['absent']})")
+    elif pairs:
+        lines.append(
+            f"heldout pairs ({' + '.join(pairs['factors'])}) effectiveness {_num(pairs['effectiveness'])}  "
+            f"preservation {_num(pairs['preservation'])}  all_right {_num(pairs['all_right'])}  "
+            f"({pairs['edits']} edits)"
+        )
+    samples = metrics.get("samples", {})
+    if samples:
+        g = metrics.get("samples_guidance", {})
+        form = f" ({g['form']} guidance {g['weight']:g})" if g else ""
+        lines.append(
+            f"samples{form} all factors right: "
+            + "  ".join(f"{k} {_num(v['all_factors'])}" for k, v in samples.items())
+        )
+    sound = metrics.get("soundness")
+    if sound:
+        comp = "  ".join(
+            f"x{n} L1 {_num(v['l1'], 4)} agree {_num(v['oracle_agreement'])}"
+            for n, v in sound["composition"].items()
+        )
+        rev = sound["reversibility"]
+        lines.append(
+            f"soundness null edit {comp}  |  A->B->A L1 {_num(rev['l1'], 4)} agree "
+            f"{_num(rev['oracle_agreement'])}"
+        )
+    if "reconstruction_mse" in metrics:
+        lines.append(f"reconstruction_mse {metrics['reconstruction_mse']:.2e}")
+    return lines
+
+
+def evaluate(run: Path, progress: bool = True) -> dict:
+    """The one evaluation driver: every figure of the run at ``run``, whatever its kind; writes and
+    returns ``RUN/metrics.json`` (with ``kind``)."""
+    if run_kind(run) == "profiles":
+        return evaluate_profile_run(Path(run), progress=progress)
+    return evaluate_run(Path(run), progress=progress)
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """The terminal summary of ``evaluate``'s metrics, for either kind of run."""
+    return (
+        profile_summary_lines(metrics) if metrics.get("kind") == "profiles" else image_summary_lines(metrics)
+    )

@@ -13,8 +13,7 @@ means and spreads, the seen-value masks and the denoiser all come from training 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +22,23 @@ import torch
 from factordiff.checkpoint import (
     atomic_save_tensors,
     atomic_write_json,
-    atomic_write_text,
     load_tensors,
+    model_meta,
     read_json,
 )
 from factordiff.config import RunConfig, from_dict
 from factordiff.data.profiles import ProfileTable, normalize_plates, read_profiles
+from factordiff.data.sources import PROFILES
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.mlp import MLPDenoiser
-from factordiff.diffusion.objective import DiffusionStep
-from factordiff.diffusion.sampling import invert, sample
-from factordiff.encoders.metadata import MetadataEmbedder, fit_additive, one_hot, present, seen_values
+from factordiff.diffusion.sampling import invert, noise_to, sample
+from factordiff.encoders.metadata import MetadataEmbedder, one_hot, present
 from factordiff.encoders.perturbation import PerturbationEmbedder
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs, short_name
-from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
-
-PREFIX = "profiles:"
-SOURCE_ROW = "Metadata_source_row"
-EDIT = "Metadata_regenerated"
-
-
-def is_profile_source(source: str) -> bool:
-    return source.startswith(PREFIX)
 
 
 def roles_of(cfg: RunConfig) -> dict[str, str]:
@@ -69,7 +59,7 @@ class ProfileData:
 def prepare_profiles(cfg: RunConfig) -> ProfileData:
     """Read, clean, split and normalise the table named by ``cfg.data.source`` (``profiles:FILE``)."""
     p = cfg.profiles
-    table = read_profiles(cfg.data.source[len(PREFIX) :], cfg.data.factors, roles_of(cfg), p.max_missing)
+    table = read_profiles(cfg.data.source[len(PROFILES) :], cfg.data.factors, roles_of(cfg), p.max_missing)
     split = make_split(table.spec, cfg.split)
     train = ~split.heldout(table.factors)
     if not train.any():
@@ -121,7 +111,8 @@ def perturbation_table(cfg: RunConfig, table: ProfileTable) -> np.ndarray:
             found = sorted(set(column[table.factors[:, k] == v]) - {"", "nan", "None"})
             if name != control and len(found) != 1:
                 raise FactordiffError(
-                    f"profiles.smiles: {table.spec.factors[k].name}={name} has {len(found) or 'no'} SMILES in column {p.smiles!r}; expected one"
+                    f"profiles.smiles: {table.spec.factors[k].name}={name} has {len(found) or 'no'} SMILES "
+                    f"in column {p.smiles!r}; expected one"
                 )
             if found:
                 smiles[name] = found[0]
@@ -185,8 +176,8 @@ class ProfileModel:
         additive=None,
         perturbation: np.ndarray | None = None,
     ) -> "ProfileModel":
-        """``perturbation``: the features of the perturbation factor's values (``profiles.perturbation_embedding``
-        other than onehot), from ``perturbation_table``."""
+        """``perturbation``: the features of the perturbation factor's values
+        (``profiles.perturbation_embedding`` other than onehot), from ``perturbation_table``."""
         p, f = config.profiles, len(feature_names)
         pert = None
         if perturbation is not None:
@@ -225,20 +216,40 @@ class ProfileModel:
         codes = self.embedder(torch.as_tensor(factors, dtype=torch.long))
         return Condition(codes, torch.from_numpy(present(self.spec, self.seen, factors)))
 
-    def guidance(self, changed: list[int]) -> Guidance | None:
+    def guidance(self, changed: list[int], weight: float | None = None) -> Guidance | None:
+        """Guidance on the ``changed`` factors: ``weight`` on each, or (None) the run's weight for
+        each factor's role (``profiles.guidance_biological`` / ``guidance_technical``)."""
         p = self.config.profiles
         w = {
-            k: p.guidance_technical if self.spec.factors[k].role == "technical" else p.guidance_biological
+            k: weight
+            if weight is not None
+            else p.guidance_technical
+            if self.spec.factors[k].role == "technical"
+            else p.guidance_biological
             for k in changed
         }
         return Guidance(factors=w) if any(v != 1.0 for v in w.values()) else None
 
     @torch.no_grad()
-    def invert(self, x: np.ndarray, factors: np.ndarray, steps: int | None = None) -> torch.Tensor:
+    def invert(
+        self, x: np.ndarray, factors: np.ndarray, steps: int | None = None, strength: float = 1.0
+    ) -> torch.Tensor:
         steps = steps or self.config.profiles.sample_steps
         return invert(
-            self.denoiser, self.to_space(x, factors), self.condition(factors), self.config.denoiser, steps
+            self.denoiser,
+            self.to_space(x, factors),
+            self.condition(factors),
+            self.config.denoiser,
+            steps,
+            strength,
         )
+
+    @torch.no_grad()
+    def noised(
+        self, x: np.ndarray, factors: np.ndarray, steps: int, strength: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Rows noised to the start of a ``steps``-step chain at ``strength`` (``noise_to``)."""
+        return noise_to(self.to_space(x, factors), self.config.denoiser, steps, strength, generator)
 
     @torch.no_grad()
     def generate(
@@ -247,6 +258,8 @@ class ProfileModel:
         factors: np.ndarray,
         changed: list[int] | None = None,
         steps: int | None = None,
+        strength: float = 1.0,
+        guidance: float | None = None,
     ) -> np.ndarray:
         steps = steps or self.config.profiles.sample_steps
         z = sample(
@@ -255,7 +268,8 @@ class ProfileModel:
             self.condition(factors),
             self.config.denoiser,
             steps,
-            self.guidance(changed or []),
+            self.guidance(changed or [], guidance),
+            strength,
         )
         return self.from_space(z, factors)
 
@@ -267,17 +281,28 @@ class ProfileModel:
         target: np.ndarray,
         steps: int | None = None,
         desc: str | None = None,
+        strength: float = 1.0,
+        guidance: float | None = None,
+        residual: bool = False,
+        x_T: torch.Tensor | None = None,
     ) -> np.ndarray:
         """Rows ``x`` with factor values ``factors`` (N, K), as they would look with ``target`` (N, K):
-        DDIM inversion under the source codes, regeneration under the target codes, guidance on the
-        changed factors. ``desc`` shows a progress bar over chunks of 512 rows."""
+        DDIM inversion under the source codes to t = ``strength`` T (or from their ``x_T`` of that
+        strength), regeneration under the target codes, guidance on the changed factors
+        (``guidance``: one weight; None: the run's by role). ``residual``: the source plus the
+        change that the model makes, G(x_T, target) - G(x_T, factors), as image edits do.
+        ``desc`` shows a progress bar over chunks of 512 rows."""
         from tqdm.auto import tqdm
 
         changed = sorted(set(np.flatnonzero((factors != target).any(0)).tolist()))
         out = []
         for i in tqdm(range(0, len(x), 512), desc=desc, disable=desc is None, unit="chunk"):
-            x_T = self.invert(x[i : i + 512], factors[i : i + 512], steps)
-            out.append(self.generate(x_T, target[i : i + 512], changed, steps))
+            part = slice(i, i + 512)
+            start = self.invert(x[part], factors[part], steps, strength) if x_T is None else x_T[part]
+            new = self.generate(start, target[part], changed, steps, strength, guidance)
+            if residual:
+                new = x[part] + new - self.generate(start, factors[part], changed, steps, strength, guidance)
+            out.append(new)
         return np.concatenate(out) if out else np.zeros((0, len(self.feature_names)), np.float32)
 
     @torch.no_grad()
@@ -301,6 +326,7 @@ class ProfileModel:
             folder / "profile_model.safetensors",
         )
         meta = {
+            **model_meta(),
             "kind": "profiles",
             "run": self.config.to_json(),
             "factors": self.spec.to_json(),
@@ -324,12 +350,14 @@ class ProfileModel:
         additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None
         if (additive is None) != (config.profiles.residual == "none"):
             raise FactordiffError(
-                f"{folder / 'profile_model.safetensors'}: the additive model's weights do not match profiles.residual = {config.profiles.residual!r}"
+                f"{folder / 'profile_model.safetensors'}: the additive model's weights do not match "
+                f"profiles.residual = {config.profiles.residual!r}"
             )
         features = t.get("embedder.perturbation.features")
         if (features is None) != (config.profiles.perturbation_embedding == "onehot"):
             raise FactordiffError(
-                f"{folder / 'profile_model.safetensors'}: the perturbation embedder's features do not match profiles.perturbation_embedding = {config.profiles.perturbation_embedding!r}"
+                f"{folder / 'profile_model.safetensors'}: the perturbation embedder's features do not match "
+                f"profiles.perturbation_embedding = {config.profiles.perturbation_embedding!r}"
             )
         model = cls.build(
             config,
@@ -347,207 +375,7 @@ class ProfileModel:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
                 raise FactordiffError(
-                    f"{folder / 'profile_model.safetensors'}: weights do not fit the config ({str(e).splitlines()[0][:120]})"
+                    f"{folder / 'profile_model.safetensors'}: weights do not fit the config "
+                    f"({str(e).splitlines()[0][:120]})"
                 ) from None
         return model
-
-
-def is_profile_run(run: Path) -> bool:
-    path = Path(run) / "model" / "config.json"
-    return path.is_file() and read_json(path).get("kind") == "profiles"
-
-
-def fit_profiles(
-    cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: ProfileData | None = None
-) -> tuple[ProfileModel, ProfileData]:
-    """Train the profile model into run folder ``out`` (one stage: codes + denoiser, jointly)."""
-    from factordiff.fit import _check_run_folder, _options
-
-    run = Path(out)
-    resume = _check_run_folder(cfg, run, resume)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = data or prepare_profiles(cfg)
-    perturbation = (
-        perturbation_table(cfg, data.table) if cfg.profiles.perturbation_embedding != "onehot" else None
-    )  # bad input stops before the folder
-    run.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        cfg.save(run / "run_config.json")
-        atomic_write_json(
-            run / "split.json",
-            {
-                **data.split.to_json(),
-                "heldout_rows": int((~data.train).sum()),
-                "train_rows": int(data.train.sum()),
-            },
-        )
-    x = data.features[data.train]
-    mean, std = torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0))
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    torch.manual_seed(cfg.train.seed)
-    spec = data.table.spec
-    p = cfg.profiles
-    ftrain = data.table.factors[data.train]
-    additive = (
-        fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy())
-        if p.residual == "ridge"
-        else None
-    )
-    seen = seen_values(spec, ftrain)
-    if perturbation is not None:
-        seen[perturbation_factor(cfg, spec)[0]][:] = True  # every value has features, so a code
-    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen, additive, perturbation)
-    model.embedder.train().requires_grad_(True)
-    model.denoiser.train().requires_grad_(True)
-    step = DiffusionStep(
-        model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder
-    )
-    batches = ArrayBatches(
-        {"x": model.to_space(x, ftrain), "factors": torch.from_numpy(ftrain)},
-        min(p.batch_size, len(x)),
-        cfg.train.seed + 2,
-    )
-    seconds = None if cfg.train.minutes is None else 60 * cfg.train.minutes
-    trainable = list(model.embedder.parameters()) + list(model.denoiser.parameters())
-    stage = Stage(
-        "profiles",
-        step,
-        trainable,
-        batches,
-        p.steps,
-        p.lr,
-        seconds,
-        ema_decay=cfg.denoiser.ema_decay,
-        warmup=200,
-        images_per_step=batches.batch_size,
-    )
-    opts: LoopOptions = _options(cfg, run, resume, progress)
-    run_stage(stage, opts)
-    model.embedder.eval().requires_grad_(False)
-    model.denoiser.eval().requires_grad_(False)
-    atomic_write_text(
-        run / "train_log.jsonl", "".join(json.dumps({"stage": "profiles", **row}) + "\n" for row in stage.log)
-    )
-    model.save(
-        run / "model",
-        extra={
-            "split": data.split.to_json(),
-            "train_rows": int(data.train.sum()),
-            "cleaning": data.table.cleaning,
-            "normalization": data.normalization,
-        },
-    )
-    return model, data
-
-
-def load_profile_run(run: Path) -> tuple[RunConfig, ProfileModel]:
-    from factordiff.evaluate.suite import read_run_config
-
-    return read_run_config(run), ProfileModel.load(Path(run) / "model")
-
-
-def select_rows(table: ProfileTable, where: list[str]) -> np.ndarray:
-    """Bool mask of the rows matching every pair of any one ``--where`` condition (any metadata
-    column; values compared as text, numbers also by value)."""
-    if not where:
-        return np.ones(len(table), bool)
-    hit = np.zeros(len(table), bool)
-    for text in where:
-        m = np.ones(len(table), bool)
-        for name, value in parse_pairs(text, "--where"):
-            column = metadata_column(table, name, "--where")
-            col = table.metadata[column]
-            if column in table.spec.names:
-                k = table.spec.position(column)
-                try:
-                    m &= table.factors[:, k] == table.spec.factors[k].index(value)
-                except FactordiffError as e:
-                    raise FactordiffError(f"--where {text!r}: {e}") from None
-            else:
-                if not (col == value).any():
-                    raise FactordiffError(f"--where {text!r}: no row has {column}={value}")
-                m &= col == value
-        hit |= m
-    return hit
-
-
-def parse_set(spec: FactorSpec, text: list[str]) -> dict[int, int]:
-    """``--set "F=V,G=W"`` (repeatable) -> {factor position: value index}; unknown factors or
-    values raise naming them."""
-    out: dict[int, int] = {}
-    for t in text:
-        for name, value in parse_pairs(t, "--set"):
-            try:
-                k = spec.resolve(name)
-                out[k] = spec.factors[k].index(value)
-            except FactordiffError as e:
-                raise FactordiffError(f"--set {name}={value}: {e}") from None
-    if not out:
-        raise FactordiffError("--set: expected at least one FACTOR=VALUE")
-    return out
-
-
-def regenerate_table(
-    run: Path, where: list[str], sets: list[str], out: Path, steps: int | None = None
-) -> dict:
-    """``factordiff regenerate``: the rows of the run's table matching ``where``, regenerated with
-    the factors named in ``sets`` changed, written to ``out`` (CSV): the input's metadata columns
-    (the changed factors with their new values), its feature columns, the source row
-    (``Metadata_source_row``, 0-based in the input file) and the edit (``Metadata_regenerated``)."""
-    out = Path(out)
-    if not out.name.lower().endswith((".csv", ".csv.gz")):
-        raise FactordiffError(f"--out {out}: expected a .csv or .csv.gz path")
-    cfg, model = load_profile_run(run)
-    data = prepare_profiles(cfg)
-    table = data.table
-    target_values = parse_set(model.spec, sets)
-    rows = np.flatnonzero(select_rows(table, where))
-    if not len(rows):
-        raise FactordiffError(f"--where {' / '.join(where)}: no row of {table.source} matches")
-    factors = table.factors[rows]
-    target = factors.copy()
-    for k, v in target_values.items():
-        target[:, k] = v
-    unseen = [
-        f"{model.spec.factors[k].name}={model.spec.factors[k].values[v]}"
-        for k, v in target_values.items()
-        if model.spec.factors[k].kind != "ordinal" and not model.seen[k][v]
-    ]
-    x = model.regenerate(data.features[rows], factors, target, steps, desc="regenerating")
-    write_regenerated(
-        out,
-        table,
-        rows,
-        target,
-        x,
-        ", ".join(
-            f"{model.spec.factors[k].name}={model.spec.factors[k].values[v]}"
-            for k, v in target_values.items()
-        ),
-    )
-    return {"rows": int(len(rows)), "out": str(out), "unseen_values": unseen}
-
-
-def write_regenerated(
-    out: Path, table: ProfileTable, rows: np.ndarray, target: np.ndarray, x: np.ndarray, edit: str
-) -> None:
-    import pandas as pd
-
-    meta = {c: v[rows].copy() for c, v in table.metadata.items()}
-    for k, f in enumerate(table.spec.factors):
-        meta[f.name] = np.array(
-            [str(f.values[i]) if f.kind != "ordinal" else repr(float(f.values[i])) for i in target[:, k]]
-        )
-    frame = pd.concat(
-        [
-            pd.DataFrame(meta),
-            pd.DataFrame({SOURCE_ROW: table.rows[rows], EDIT: edit}),
-            pd.DataFrame(x, columns=table.feature_names),
-        ],
-        axis=1,
-    )
-    tmp = out.with_name(out.name + ".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(tmp, index=False, compression="gzip" if out.name.lower().endswith(".gz") else None)
-    tmp.replace(out)

@@ -14,14 +14,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, model_meta, read_json
 from factordiff.config import RunConfig, from_dict
+from factordiff.data.sources import traits
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, TokenAdapter, token_channels
 from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
-from factordiff.diffusion.sampling import invert, sample
+from factordiff.diffusion.sampling import invert, noise_to, sample
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.encoders.perturbation import StructureCodes, perturbation_features
 from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, zero_output
@@ -116,7 +117,8 @@ def build_structure(cfg: RunConfig, spec: FactorSpec) -> StructureCodes | None:
         return None
     if cfg.unsupervised.enabled:
         raise FactordiffError(
-            "denoiser.structure: needs the supervised distiller (its posterior over the factor's values); unsupervised.enabled is true"
+            "denoiser.structure: needs the supervised distiller (its posterior over the factor's values); "
+            "unsupervised.enabled is true"
         )
     if name not in spec.names:
         raise FactordiffError(
@@ -127,12 +129,10 @@ def build_structure(cfg: RunConfig, spec: FactorSpec) -> StructureCodes | None:
     control = cfg.denoiser.structure_control
     if control not in values:
         raise FactordiffError(
-            f"denoiser.structure_control: {name} has no value {control!r}; expected one of {', '.join(values[:8])}"
+            f"denoiser.structure_control: {name} has no value {control!r}; expected one of "
+            f"{', '.join(values[:8])}"
         )
-    library = {}
-    if cfg.data.source == "cellsim":
-        from factordiff.data.cellsim import COMPOUNDS as library
-    features = perturbation_features("morgan", values, {control}, library)
+    features = perturbation_features("morgan", values, {control}, dict(traits(cfg).smiles))
     return StructureCodes(k, features, np.array([v == control for v in values]), cfg.distill.code_dims)
 
 
@@ -232,7 +232,8 @@ class FactorModel:
         want = (self.shape.size, self.shape.size, self.shape.channels)
         if images.ndim != 4 or images.shape[1:] != want:
             raise FactordiffError(
-                f"images: expected (N, {want[0]}, {want[1]}, {want[2]}) for this model, got {tuple(images.shape)}"
+                f"images: expected (N, {want[0]}, {want[1]}, {want[2]}) for this model, got "
+                f"{tuple(images.shape)}"
             )
 
     @torch.no_grad()
@@ -274,7 +275,8 @@ class FactorModel:
         if not self.has_prototype(factor, value):
             f = self.spec.factors[factor]
             raise FactordiffError(
-                f"{f.name}={f.values[value]}: no training image had this value, so it has no prototype code; pass a reference image with --from"
+                f"{f.name}={f.values[value]}: no training image had this value, so it has no prototype code; "
+                "pass a reference image with --from"
             )
         return self.prototypes[factor][value]
 
@@ -308,6 +310,13 @@ class FactorModel:
         codes = self.codes(images) if codes is None else codes
         z0 = self.to_latent(to_unit(images))
         return invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps, strength)
+
+    @torch.no_grad()
+    def noised(
+        self, images: np.ndarray, steps: int, strength: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """uint8 images noised to the start of a ``steps``-step chain at ``strength`` (``noise_to``)."""
+        return noise_to(self.to_latent(to_unit(images)), self.config.denoiser, steps, strength, generator)
 
     @torch.no_grad()
     def generate(
@@ -415,6 +424,8 @@ class FactorModel:
         if self.prototypes:
             atomic_save_tensors(self.prototype_tensors(), folder / PROTOTYPES)
         meta = {
+            **model_meta(),
+            "kind": "images",
             "run": self.config.to_json(),
             "factors": self.spec.to_json(),
             "shape": vars(self.shape),
@@ -458,7 +469,8 @@ class FactorModel:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
                 raise FactordiffError(
-                    f"{folder / (name + '.safetensors')}: weights do not fit the config ({str(e).splitlines()[0][:120]})"
+                    f"{folder / (name + '.safetensors')}: weights do not fit the config "
+                    f"({str(e).splitlines()[0][:120]})"
                 ) from None
         prototypes = None
         if (folder / PROTOTYPES).is_file():

@@ -1,0 +1,131 @@
+"""The sources of data: ``load_data(ref)`` reads the ``--data KIND:PATH`` reference of fit and pack
+into a FactorDataset, ``prepare_data`` splits it, and ``traits`` says what the rest of factordiff
+needs to know of a source (channel names, bit depth, the perturbation and its control, SMILES, how
+to render fresh images) as data, so that nothing outside ``data/`` asks which source a run came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from factordiff.config import RunConfig
+from factordiff.data.base import FactorDataset
+from factordiff.data.cellsim import CHANNELS, COMPOUNDS, CONTROL, cellsim
+from factordiff.data.shapes import read_h5, replica, resize_images
+from factordiff.data.shards import open_shards
+from factordiff.data.splits import Split, make_split
+from factordiff.data.table import read_table
+from factordiff.errors import FactordiffError
+from factordiff.factors import parse_pairs
+
+PROFILES = "profiles:"
+
+
+def is_profile_source(source: str) -> bool:
+    """Whether ``--data`` names a profile table (``profiles:TABLE``) rather than images."""
+    return source.startswith(PROFILES)
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What commands and figures need to know of a run's data, whatever its source.
+
+    Args:
+        channels: channel names (empty: ``gray``, ``R, G, B`` or ``ch1, ch2, ...`` by count).
+        tiff_scale: the images are 16-bit fields kept at 8 bits, ``value * tiff_scale + tiff_scale / 2``
+            restores the scale; regenerated images are then written as one 16-bit TIFF per channel
+            (None: one PNG per image).
+        perturbation: the factor naming the perturbation (e.g. compound), None if there is none.
+        control: its negative-control value (e.g. DMSO).
+        smiles: SMILES of perturbation values, including compounds no image shows.
+        render: ``render(size, n, seed)``: fresh images of every combination (built-in data), which
+            the evaluation oracle learns from; None: the oracle learns from the dataset itself.
+    """
+
+    channels: tuple[str, ...] = ()
+    tiff_scale: int | None = None
+    perturbation: str | None = None
+    control: str | None = None
+    smiles: Mapping[str, str] = field(default_factory=dict)
+    render: Callable[[int, int, int], FactorDataset] | None = None
+
+    def channel_names(self, count: int) -> tuple[str, ...]:
+        if len(self.channels) == count:
+            return self.channels
+        return {1: ("gray",), 3: ("R", "G", "B")}.get(count, tuple(f"ch{c + 1}" for c in range(count)))
+
+
+def traits(cfg: RunConfig) -> Traits:
+    """The traits of ``cfg``'s data: the built-in sources' own; for files, the perturbation and its
+    control from ``profiles.controls`` (``--controls F=V``) where set."""
+    source = cfg.data.source
+    if source == "cellsim":
+        return Traits(
+            CHANNELS, 64, "compound", CONTROL, COMPOUNDS, lambda size, n, seed: cellsim(size, n, seed)
+        )
+    if source == "shapes":
+        return Traits(render=lambda size, n, seed: replica(size, n=n, seed=seed))
+    if cfg.profiles.controls:
+        name, value = parse_pairs(cfg.profiles.controls, "profiles.controls")[0]
+        return Traits(perturbation=name, control=value)
+    return Traits()
+
+
+def load_data(
+    ref: str, size: int | None = None, factors: list[str] | None = None, n: int | None = None, seed: int = 0
+) -> FactorDataset:
+    """Load a dataset from a reference string.
+
+    ``size`` is the image size to return (None: 32 for the replica, the files' own size otherwise).
+    ``shapes`` renders the built-in 3D Shapes replica (``n`` images, all combinations when None);
+    ``cellsim`` the built-in 5-channel Cell Painting assay (``n`` fields, 12,000 when None, 64x64);
+    ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
+    factor table (``factors`` names the factor columns); ``shards:DIR`` opens a dataset written by
+    ``factordiff data pack``, whose images stay on disk until a batch reads them.
+    """
+    kind, _, arg = ref.partition(":")
+    if kind == "shapes" and not arg:
+        return replica(size=size or 32, n=n, seed=seed)
+    if kind == "cellsim" and not arg:
+        return cellsim(size=size or 64, n=n, seed=seed)
+    if kind == "h5" and arg:
+        return read_h5(Path(arg), size=size, n=n, seed=seed)
+    if kind == "table" and arg:
+        data = read_table(Path(arg), factors=factors)
+        if size is not None and data.size != size:
+            if data.size % size:
+                raise FactordiffError(
+                    f"{arg}: images are {data.size}x{data.size}; expected a multiple of the model "
+                    f"size {size} (set --size)"
+                )
+            data.images = resize_images(data.images, size)
+        return data
+    if kind == "shards" and arg:
+        data = open_shards(Path(arg))
+        if size is not None and data.size != size:
+            raise FactordiffError(
+                f"{arg}: packed images are {data.size}x{data.size}, not {size}; pack them at --size {size}"
+            )
+        return data
+    raise FactordiffError(
+        "--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR' or "
+        f"'profiles:TABLE', got {ref!r}"
+    )
+
+
+def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
+    """Load the data and remove the held-out combinations: (all data, split, training data)."""
+    data = load_data(
+        cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed
+    )
+    if data.size < 16 or data.size & (data.size - 1):
+        raise FactordiffError(
+            f"{data.source}: images are {data.size}x{data.size}; the models need a power of two of "
+            "at least 16 (set --size)"
+        )
+    split = make_split(data.spec, cfg.split)
+    train = data.subset(~split.heldout(data.factors))
+    if len(train) == 0:
+        raise FactordiffError(f"split {split.description}: holds out every image; nothing left to train on")
+    return data, split, train

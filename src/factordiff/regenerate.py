@@ -1,0 +1,277 @@
+"""``regenerate(run, ...)``: the run's samples (images or profile rows) matching ``where``, as they
+would look with the factors in ``set`` changed; ``write_regenerated`` writes them. One module for
+both kinds of run: the selection (``data.splits.select``), the setting of factor values
+(``factors.parse_settings``), the model call and the writers.
+
+Every output row records where it came from: the source's factor values (the changed ones with
+their new values), ``Metadata_source_row`` (the source's row in the run's data: 0-based in the
+profile table's file, or in the image dataset), ``Metadata_draw`` and ``Metadata_edit`` (the
+changes as ``F=V, G=W``).
+
+``draws`` > 1 regenerates each source that many times: each draw starts from fresh noise at the
+edit's strength (``diffusion.sampling.noise_to``, seeded by ``seed``) instead of the one
+deterministic DDIM inversion that a single draw uses.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from factordiff.data.sources import traits
+from factordiff.data.splits import select
+from factordiff.edit import compound_code, edit_blocks, edit_settings
+from factordiff.errors import FactordiffError
+from factordiff.factors import parse_settings
+from factordiff.models.runs import Run
+
+SOURCE_ROW = "Metadata_source_row"
+DRAW = "Metadata_draw"
+EDIT = "Metadata_edit"
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+
+@dataclass
+class Regenerated:
+    """What ``regenerate`` returns.
+
+    Args:
+        samples: images (N, H, W, C) uint8 or profile features (N, F) float.
+        metadata: one row per sample: the factor values (changed ones set), the provenance columns
+            and, for profiles, every other metadata column of the source row.
+        features: profile feature names (None for images).
+        edit: the changes, ``F=V, G=W``.
+        unseen: ``F=V`` of set values that no training row had (profiles generate them with that
+            factor's code absent).
+    """
+
+    samples: np.ndarray
+    metadata: pd.DataFrame
+    features: list[str] | None
+    edit: str
+    unseen: list[str]
+
+
+def _rows(run: Run, where: Sequence[str], indices, metadata=None, limit=None) -> np.ndarray:
+    rows = np.flatnonzero(select(run.spec, indices, where, metadata))
+    if not len(rows):
+        raise FactordiffError(f"--where {' / '.join(where)}: no row of {run.config.data.source} matches")
+    return rows[:limit] if limit else rows
+
+
+def _provenance(meta: pd.DataFrame, source_rows: np.ndarray, draws: int, edit: str) -> pd.DataFrame:
+    """``meta`` (one row per source) repeated per draw, with the provenance columns."""
+    out = meta.loc[meta.index.repeat(draws)].reset_index(drop=True)
+    out[SOURCE_ROW] = np.repeat(source_rows, draws)
+    out[DRAW] = np.tile(np.arange(draws), len(meta))
+    out[EDIT] = edit
+    return out
+
+
+def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]:
+    """Code block per set factor: the value's prototype, or for the perturbation factor a compound
+    no training image had, coded from its SMILES (``edit.compound_code``)."""
+    model, spec, t = run.model, run.spec, traits(run.config)
+    blocks = {}
+    for k, value in settings.items():
+        f = spec.factors[k]
+        try:
+            v = f.index(value)
+            if not model.has_prototype(k, v):
+                raise FactordiffError(
+                    f"--set {f.name}={value}: no training image has this value; "
+                    "give a reference image with factordiff counterfactual --from"
+                )
+            blocks[k] = model.prototype(k, v)
+        except FactordiffError:
+            if f.name != t.perturbation or not t.smiles:
+                raise
+            blocks[k] = compound_code(model, k, t.smiles.get(value, value), t.smiles, t.control)
+    return blocks
+
+
+def _regenerate_images(run, where, settings, steps, guidance, strength, residual, limit, draws, gen):
+    data, _, _ = run.data()
+    spec, cfg = run.spec, run.config
+    rows = _rows(run, where, data.factors, limit=limit)
+    blocks = _image_blocks(run, settings)
+    strength, guidance, residual = edit_settings(
+        cfg.evaluate, spec, list(blocks), strength, guidance, residual
+    )
+    steps = steps or cfg.evaluate.steps
+    images = np.zeros((len(rows), draws, *data.images.shape[1:]), np.uint8)
+    bar = tqdm(total=len(rows) * draws, desc="regenerating", unit="img")
+    for i in range(0, len(rows), 64):
+        x = data.images[rows[i : i + 64]]
+        for d in range(draws):
+            noise = gen if draws > 1 else None
+            images[i : i + 64, d] = edit_blocks(
+                run.model, x, blocks, steps, guidance, strength, residual, noise
+            )
+            bar.update(len(x))
+    bar.close()
+    meta = pd.DataFrame(
+        {
+            f"Metadata_{f.name}": [str(f.values[v]) for v in data.factors[rows, q]]
+            for q, f in enumerate(spec.factors)
+        }
+    )
+    for k, value in settings.items():
+        meta[f"Metadata_{spec.factors[k].name}"] = value
+    return images.reshape(len(rows) * draws, *data.images.shape[1:]), meta, rows, None, []
+
+
+def _regenerate_profiles(run, where, settings, steps, guidance, strength, residual, limit, draws, gen):
+    data = run.data()
+    model, spec, table = run.model, run.spec, data.table
+    rows = _rows(run, where, table.factors, table.metadata, limit)
+    target_values = {}
+    for k, value in settings.items():
+        try:
+            target_values[k] = spec.factors[k].index(value)
+        except FactordiffError as e:
+            raise FactordiffError(f"--set {spec.factors[k].name}={value}: {e}") from None
+    factors = table.factors[rows]
+    target = factors.copy()
+    for k, v in target_values.items():
+        target[:, k] = v
+    unseen = [
+        f"{spec.factors[k].name}={spec.factors[k].values[v]}"
+        for k, v in target_values.items()
+        if spec.factors[k].kind != "ordinal" and not model.seen[k][v]
+    ]
+    steps = steps or run.config.profiles.sample_steps
+    strength = 1.0 if strength is None else strength
+    x = data.features[rows]
+    out = [
+        model.regenerate(
+            x,
+            factors,
+            target,
+            steps,
+            "regenerating",
+            strength,
+            guidance,
+            bool(residual),
+            None if draws == 1 else model.noised(x, factors, steps, strength, gen),
+        )
+        for _ in range(draws)
+    ]
+    samples = np.stack(out, 1).reshape(len(rows) * draws, -1)  # source-major, draw-minor
+    meta = pd.DataFrame({c: np.asarray(v)[rows] for c, v in table.metadata.items()})
+    for k, f in enumerate(spec.factors):
+        meta[f.name] = [
+            str(f.values[i]) if f.kind != "ordinal" else repr(float(f.values[i])) for i in target[:, k]
+        ]
+    return samples, meta, table.rows[rows], list(model.feature_names), unseen
+
+
+@torch.no_grad()
+def regenerate(
+    run: Run,
+    where: Sequence[str] = (),
+    set: Sequence[str] = (),
+    steps: int | None = None,
+    guidance: float | None = None,
+    strength: float | None = None,
+    residual: bool | None = None,
+    limit: int | None = None,
+    draws: int = 1,
+    seed: int = 0,
+) -> Regenerated:
+    """The run's samples matching ``where`` (``"F=V,G=W"`` conditions, any one of which selects a
+    row; none: every row), regenerated with the factors of ``set`` (``"F=V,G=W"``, repeatable)
+    changed.
+
+    Args:
+        steps: solver steps (None: the run's ``evaluate.steps`` or ``profiles.sample_steps``).
+        guidance: one classifier-free guidance weight on the set factors (None: the run's, per role).
+        strength: how far up the noise schedule the sources go, in (0, 1] (None: the run's).
+        residual: the source plus the model's change instead of the regeneration itself (None: the
+            run's; profiles: off).
+        limit: regenerate at most this many of the matching sources.
+        draws, seed: regenerations per source; more than one starts each from fresh seeded noise.
+    """
+    if draws < 1:
+        raise FactordiffError(f"--draws {draws}: expected a positive number")
+    settings = parse_settings(run.spec, set, "--set")
+    gen = torch.Generator().manual_seed(seed)
+    part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
+    samples, meta, source_rows, features, unseen = part(
+        run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen
+    )
+    edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
+    return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen)
+
+
+def write_table(frame: pd.DataFrame, out: Path) -> None:
+    """``frame`` to ``out`` (.csv, .csv.gz or .parquet), written whole or not at all."""
+    name = out.name.lower()
+    tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if name.endswith(".parquet"):
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False, compression="gzip" if name.endswith(".gz") else None)
+    tmp.replace(out)
+
+
+def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
+    """One 16-bit TIFF per channel (sources whose ``tiff_scale`` says they were 16-bit) or one PNG
+    per image, in ``folder/images``, and ``folder/regenerated.csv`` in JuMP's load_data style
+    (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>`` beside the metadata)."""
+    import tifffile
+    from PIL import Image
+
+    t = traits(run.config)
+    channels = t.channel_names(result.samples.shape[3])
+    (folder / "images").mkdir(parents=True)
+    meta = result.metadata.copy()
+    for i, img in enumerate(result.samples):
+        stem = f"{i:06d}"
+        if t.tiff_scale:
+            for c, name in enumerate(channels):
+                fname = f"{stem}_{name}.tiff"
+                pixels = img[..., c].astype(np.uint16) * t.tiff_scale + t.tiff_scale // 2
+                tifffile.imwrite(folder / "images" / fname, pixels.astype(np.uint16))
+                meta.loc[i, f"FileName_Orig{name}"], meta.loc[i, f"PathName_Orig{name}"] = fname, "images"
+        else:
+            Image.fromarray(img if img.shape[2] != 1 else img[..., 0]).save(folder / "images" / f"{stem}.png")
+            meta.loc[i, "FileName_Image"], meta.loc[i, "PathName_Image"] = f"{stem}.png", "images"
+    write_table(meta, folder / "regenerated.csv")
+
+
+def check_out(run: Run, out: Path) -> None:
+    """Refuse an ``--out`` that the run's kind cannot write, before any work."""
+    if run.kind == "profiles":
+        if not out.name.lower().endswith(TABLE_SUFFIXES):
+            raise FactordiffError(
+                f"--out {out}: expected a {', '.join(TABLE_SUFFIXES)} path for a profile run"
+            )
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
+
+
+def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
+    """Profiles: one table (``out`` .csv, .csv.gz or .parquet: metadata, provenance, features).
+    Images: the folder ``out`` (``_write_images``). Nothing is left half-written."""
+    out = Path(out)
+    check_out(run, out)
+    if run.kind == "profiles":
+        frame = pd.concat([result.metadata, pd.DataFrame(result.samples, columns=result.features)], axis=1)
+        write_table(frame, out)
+    else:
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_images(result, run, tmp)
+        if out.exists():
+            out.rmdir()
+        tmp.replace(out)
+    return {"rows": len(result.samples), "out": str(out), "edit": result.edit, "unseen_values": result.unseen}
