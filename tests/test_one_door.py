@@ -207,3 +207,58 @@ def test_info_names_kind_factors_roles_and_version(profile_runs, tiny_run, capsy
     assert run.kind == "images" and run.info()["factordiff_version"]
     assert main(["info", str(tiny_run)]) == 0
     assert "images run of shapes" in capsys.readouterr().out
+
+
+def test_regenerate_table_of_new_profile_rows_equals_the_same_rows_in_the_run(profile_runs, tmp_path):
+    """Rows the fit never saw (the held-out DMSO wells of Week8), passed as a new table, regenerate
+    exactly as the same rows do when selected from the run's own table."""
+    run = profile_runs["standard"]
+    frame = pd.read_csv(SAMPLE)
+    held = frame[(frame.Metadata_Compound == "DMSO") & (frame.Metadata_Batch == "Week8")]
+    new = tmp_path / "week8.csv"
+    held.to_csv(new, index=False)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    argv = ["regenerate", str(run), "--set", "batch=Week4"]
+    assert main([*argv, "--where", "compound=DMSO,batch=Week8", "--out", str(a)]) == 0
+    assert main([*argv, "--table", str(new), "--out", str(b)]) == 0
+    first, second = pd.read_csv(a), pd.read_csv(b)
+    assert len(second) == len(held) and second.Metadata_source_row.tolist() == list(range(len(held)))
+    features = [c for c in frame.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(second[features].to_numpy(), first[features].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: f.drop(columns=[f.columns[-1]]), "no column"),
+        (lambda f: f.assign(Metadata_Batch="Week99"), "unknown value 'Week99'"),
+        (lambda f: f.assign(**{f.columns[-1]: np.nan}), "expected a number"),
+    ],
+)
+def test_regenerate_table_bad_input(profile_runs, tmp_path, capsys, change, message):
+    new, out = tmp_path / "new.csv", tmp_path / "out.csv"
+    change(pd.read_csv(SAMPLE).head(5)).to_csv(new, index=False)
+    argv = ["regenerate", str(profile_runs["standard"]), "--set", "batch=Week4", "--table", str(new)]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(new) in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_regenerate_table_of_new_images(tiny_run, tmp_path):
+    """An image table (the table: layout) regenerates as the same images selected from the run."""
+    from factordiff.data.table import write_table
+
+    run = load_run(tiny_run)
+    data = run.data()[0]
+    rows = np.flatnonzero((data.factors[:, run.spec.position("shape")] == 0))[:3]
+    csv = write_table(data.subset(rows), tmp_path / "new")
+    a, b = tmp_path / "a", tmp_path / "b"
+    argv = ["regenerate", str(tiny_run), "--set", "object_hue=0.3", "--steps", "3"]
+    assert main([*argv, "--where", "shape=cube", "--limit", "3", "--out", str(a)]) == 0
+    assert main([*argv, "--table", str(csv), "--out", str(b)]) == 0
+    ta, tb = pd.read_csv(a / "regenerated.csv"), pd.read_csv(b / "regenerated.csv")
+    assert ta.Metadata_source_row.tolist() == rows.tolist() and tb.Metadata_source_row.tolist() == [0, 1, 2]
+    for fa, fb in zip(ta.FileName_Image, tb.FileName_Image):
+        assert np.array_equal(
+            np.asarray(Image.open(a / "images" / fa)), np.asarray(Image.open(b / "images" / fb))
+        )

@@ -26,13 +26,11 @@ def contents(folder):
 @pytest.fixture
 def cheap_quickstart(monkeypatch):
     """quickstart with evaluation, report and fit replaced by stubs (the pretrained copy is real)."""
-    import factordiff.evaluate.suite
-    import factordiff.fit
-    import factordiff.report
+    import factordiff.quickstart
 
     calls = {}
-    monkeypatch.setattr(factordiff.evaluate.suite, "evaluate_run", lambda out, progress=True: {"stub": True})
-    monkeypatch.setattr(factordiff.report, "build_report", lambda out: out / "report.html")
+    monkeypatch.setattr(factordiff.quickstart, "evaluate_run", lambda out, progress=True: {"stub": True})
+    monkeypatch.setattr(factordiff.quickstart, "build_report", lambda out: out / "report.html")
 
     def fake_fit(cfg, out, progress=True, keep=()):
         check_run_folder(cfg, out, False, keep)  # fit's own check: the marker alone must pass
@@ -41,7 +39,7 @@ def cheap_quickstart(monkeypatch):
         if calls.get("crash"):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(factordiff.fit, "fit", fake_fit)
+    monkeypatch.setattr(factordiff.quickstart, "fit", fake_fit)
     return calls
 
 

@@ -168,6 +168,7 @@ def _cmd_regenerate(args: argparse.Namespace) -> None:
         limit=args.limit,
         draws=args.draws,
         seed=args.seed,
+        table=args.table,
     )
     r = write_regenerated(result, run, Path(args.out))
     for v in r["unseen_values"]:
@@ -433,6 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="regenerations per source (more than one: each from fresh noise)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the draws' noise (default 0)")
+    p.add_argument(
+        "--table",
+        metavar="NEW.csv",
+        help="regenerate the rows of this table instead of the run's data (rows the fit never saw, "
+        "in the run's layout: profiles: its factor and feature columns; images: an image table with "
+        "its factor columns; factor values the run knows)",
+    )
     _edit_options(p)
     p.set_defaults(handler=_cmd_regenerate)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from factordiff.checkpoint import atomic_write_text
 from factordiff.errors import FactordiffError
 
 SplitKind = Literal["none", "random", "composition", "interpolation", "extrapolation", "unseen_value"]
@@ -393,8 +394,6 @@ class RunConfig:
         return to_jsonable(self)
 
     def save(self, path: Path) -> None:
-        from factordiff.checkpoint import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 
 

@@ -19,6 +19,9 @@ from pathlib import Path
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import RunConfig, load_config
 from factordiff.errors import FactordiffError
+from factordiff.evaluate.suite import evaluate_run
+from factordiff.fit import fit
+from factordiff.report import build_report
 
 DEFAULT_MINUTES = 15.0
 MARKER = "quickstart.json"  # marks a folder as a quickstart's output, which the next quickstart may replace
@@ -65,10 +68,6 @@ def quickstart(
     progress: bool = True,
 ) -> dict:
     """Fit (or load the pretrained model), evaluate and report; returns the metrics."""
-    from factordiff.evaluate.suite import evaluate_run
-    from factordiff.fit import fit
-    from factordiff.report import build_report
-
     out = Path(out)
     pretrained = pretrained_run(size)
     use_pretrained = pretrained is not None and minutes is None and not from_scratch

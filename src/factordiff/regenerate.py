@@ -5,8 +5,8 @@ both kinds of run: the selection (``data.splits.select``), the setting of factor
 
 Every output row records where it came from: the source's factor values (the changed ones with
 their new values), ``Metadata_source_row`` (the source's row in the run's data: 0-based in the
-profile table's file, or in the image dataset), ``Metadata_draw`` and ``Metadata_edit`` (the
-changes as ``F=V, G=W``).
+profile table's file, or in the image dataset; with ``table``, in that table), ``Metadata_draw`` and
+``Metadata_edit`` (the changes as ``F=V, G=W``).
 
 ``draws`` > 1 regenerates each source that many times: each draw starts from fresh noise at the
 edit's strength (``diffusion.sampling.noise_to``, seeded by ``seed``) instead of the one
@@ -25,11 +25,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from factordiff.data.sources import traits
+from factordiff.data.sources import read_images_like, traits
 from factordiff.data.splits import select
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.errors import FactordiffError
 from factordiff.factors import parse_settings
+from factordiff.models.profiles import prepare_new_profiles
 from factordiff.models.runs import Run
 
 SOURCE_ROW = "Metadata_source_row"
@@ -97,8 +98,8 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
     return blocks
 
 
-def _regenerate_images(run, where, settings, steps, guidance, strength, residual, limit, draws, gen):
-    data, _, _ = run.data()
+def _regenerate_images(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table):
+    data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
     spec, cfg = run.spec, run.config
     rows = _rows(run, where, data.factors, limit=limit)
     blocks = _image_blocks(run, settings)
@@ -128,9 +129,10 @@ def _regenerate_images(run, where, settings, steps, guidance, strength, residual
     return images.reshape(len(rows) * draws, *data.images.shape[1:]), meta, rows, None, []
 
 
-def _regenerate_profiles(run, where, settings, steps, guidance, strength, residual, limit, draws, gen):
-    data = run.data()
-    model, spec, table = run.model, run.spec, data.table
+def _regenerate_profiles(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new):
+    model, spec = run.model, run.spec
+    data = prepare_new_profiles(run.config, spec, model.feature_names, new) if new else run.data()
+    table = data.table
     rows = _rows(run, where, table.factors, table.metadata, limit)
     target_values = {}
     for k, value in settings.items():
@@ -185,6 +187,7 @@ def regenerate(
     limit: int | None = None,
     draws: int = 1,
     seed: int = 0,
+    table: Path | str | None = None,
 ) -> Regenerated:
     """The run's samples matching ``where`` (``"F=V,G=W"`` conditions, any one of which selects a
     row; none: every row), regenerated with the factors of ``set`` (``"F=V,G=W"``, repeatable)
@@ -198,6 +201,9 @@ def regenerate(
             run's; profiles: off).
         limit: regenerate at most this many of the matching sources.
         draws, seed: regenerations per source; more than one starts each from fresh seeded noise.
+        table: regenerate the rows of this table instead of the run's data: rows the fit never saw,
+            in the layout of the run's (profiles: its factor and feature columns; images: an image
+            table with its factor columns), with factor values the run knows.
     """
     if draws < 1:
         raise FactordiffError(f"--draws {draws}: expected a positive number")
@@ -205,7 +211,7 @@ def regenerate(
     gen = torch.Generator().manual_seed(seed)
     part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
     samples, meta, source_rows, features, unseen = part(
-        run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen
+        run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table
     )
     edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
     return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen)

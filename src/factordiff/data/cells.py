@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from factordiff.checkpoint import atomic_write_text
 from factordiff.errors import FactordiffError
 
 CELL_PAINTING = ("DNA", "ER", "RNA", "AGP", "Mito")
@@ -585,8 +586,6 @@ def write_index(fields: FieldTable, out: Path) -> None:
     """A ``load_data``-style CSV of the fields (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>`` and the
     metadata), written atomically."""
     import pandas as pd
-
-    from factordiff.checkpoint import atomic_write_text
 
     cols: dict[str, list] = {}
     if isinstance(fields, _NpyTable):

@@ -290,3 +290,43 @@ def normalize_plates(
         "plate_column": plate,
         "plates": int(len(np.unique(plates))),
     }
+
+
+def read_profiles_like(path: Path | str, spec: FactorSpec, feature_names: list[str]) -> ProfileTable:
+    """A table of new rows in the layout of a run's table: the run's factor columns (``spec``), whose
+    values must be values the run knows, and its feature columns (``feature_names``), which must be
+    present and hold finite numbers; other metadata columns are carried through. Nothing is fitted
+    or dropped: a missing column, an unknown value or a missing number is one line naming it."""
+    import pandas as pd
+
+    path = Path(path)
+    df = _read_frame(path)
+    missing = [c for c in [*spec.names, *feature_names] if c not in df.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FactordiffError(f"{path}: no column {shown}; expected the run's factor and feature columns")
+    values = df[feature_names].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = map(int, np.argwhere(bad)[0])
+        raise FactordiffError(f"{path}: row {r + 1}, column {feature_names[c]}: expected a number")
+    factors = np.zeros((len(df), len(spec)), np.int64)
+    for k, f in enumerate(spec.factors):
+        cells = df[f.name].astype("string").fillna("NA").str.strip().to_numpy(str)
+        for value in np.unique(cells):
+            try:
+                factors[cells == value, k] = f.index(str(value))
+            except FactordiffError as e:
+                raise FactordiffError(f"{path}: column {f.name}: {e}") from None
+    meta_cols = [c for c in df.columns if is_metadata(c) or c in spec.names]
+    metadata = {c: df[c].astype("string").fillna("NA").to_numpy(str) for c in meta_cols}
+    return ProfileTable(
+        values.astype(np.float32),
+        factors,
+        spec,
+        list(feature_names),
+        metadata,
+        np.arange(len(df)),
+        str(path),
+        {"rows": len(df), "rows_read": len(df), "features": len(feature_names)},
+    )

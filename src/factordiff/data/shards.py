@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from factordiff.checkpoint import atomic_write_json, read_json
+from factordiff.data.base import FactorDataset
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
 
@@ -109,8 +111,6 @@ def pack(data, out: Path, shard_size: int = 4096, progress: bool = True) -> dict
     interrupted pack leaves nothing that looks like a pack."""
     from tqdm.auto import tqdm
 
-    from factordiff.checkpoint import atomic_write_json
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FactordiffError(f"{out}: exists and is not an empty folder; choose another --out")
@@ -150,9 +150,6 @@ def pack(data, out: Path, shard_size: int = 4096, progress: bool = True) -> dict
 
 def open_shards(folder: Path):
     """The packed dataset in ``folder`` as a FactorDataset with lazily read images."""
-    from factordiff.checkpoint import read_json
-    from factordiff.data.base import FactorDataset
-
     folder = Path(folder)
     if not (folder / INDEX).is_file():
         raise FactordiffError(f"{folder}: no {INDEX}; expected a folder written by factordiff data pack")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
+
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.cellsim import CHANNELS, COMPOUNDS, CONTROL, cellsim
@@ -17,7 +19,7 @@ from factordiff.data.shards import open_shards
 from factordiff.data.splits import Split, make_split
 from factordiff.data.table import read_table
 from factordiff.errors import FactordiffError
-from factordiff.factors import parse_pairs
+from factordiff.factors import FactorSpec, parse_pairs
 
 PROFILES = "profiles:"
 
@@ -129,3 +131,25 @@ def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
     if len(train) == 0:
         raise FactordiffError(f"split {split.description}: holds out every image; nothing left to train on")
     return data, split, train
+
+
+def read_images_like(path: Path, spec: FactorSpec, size: int) -> FactorDataset:
+    """New images for a trained run (``regenerate --table``): an image table (``table:`` layout)
+    with the run's factor columns, whose values must be values the run knows, at the run's size."""
+    data = read_table(Path(path), factors=spec.names)
+    factors = np.zeros_like(data.factors)
+    for k, f in enumerate(data.spec.factors):
+        run_factor = spec.factors[k]
+        for v, value in enumerate(f.values):
+            try:
+                factors[data.factors[:, k] == v, k] = run_factor.index(value)
+            except FactordiffError as e:
+                raise FactordiffError(f"{path}: column {f.name}: {e}") from None
+    images = data.images
+    if data.size != size:
+        if data.size % size:
+            raise FactordiffError(
+                f"{path}: images are {data.size}x{data.size}; expected a multiple of {size}"
+            )
+        images = resize_images(images, size)
+    return FactorDataset(images, factors, spec, str(path))

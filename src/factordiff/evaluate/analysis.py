@@ -18,6 +18,7 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json, read_json
 from factordiff.data.images import save_png
+from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.errors import FactordiffError
 from factordiff.evaluate import latent
@@ -68,8 +69,6 @@ def analyze_run(
     run: Path, images: int = 5000, metric_scale: float = 1.0, steps: int | None = None, progress: bool = True
 ) -> dict:
     """Compute the analysis and merge it into ``RUN/metrics.json``; returns the analysis section."""
-    from factordiff.data.sources import prepare_data
-
     run = Path(run)
     cfg, model = load_model(run)
     if not (run / "metrics.json").is_file():

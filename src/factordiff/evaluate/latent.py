@@ -23,6 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from factordiff.data.shapes import hue_to_rgb
 from factordiff.models.images import FactorModel, to_unit
 
 
@@ -176,8 +177,6 @@ def projection_plot(points: np.ndarray, labels: np.ndarray, size: int = 160) -> 
     span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
     xy = 6 + (points - lo) / span * (size - 12)
     n = max(int(labels.max()) + 1, 1)
-    from factordiff.data.shapes import hue_to_rgb
-
     colours = (hue_to_rgb(np.arange(n) / n * 0.85, 0.9) * 220).astype(int)
     for (x, y), c in zip(xy, labels):
         draw.point((float(x), float(size - y)), fill=tuple(int(v) for v in colours[int(c)]))

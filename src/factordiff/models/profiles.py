@@ -26,8 +26,8 @@ from factordiff.checkpoint import (
     model_meta,
     read_json,
 )
-from factordiff.config import RunConfig, from_dict
-from factordiff.data.profiles import ProfileTable, normalize_plates, read_profiles
+from factordiff.config import RunConfig, SplitConfig, from_dict
+from factordiff.data.profiles import ProfileTable, normalize_plates, read_profiles, read_profiles_like
 from factordiff.data.sources import PROFILES
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
@@ -36,7 +36,7 @@ from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.mlp import MLPDenoiser
 from factordiff.diffusion.sampling import invert, noise_to, sample
 from factordiff.encoders.metadata import MetadataEmbedder, one_hot, present
-from factordiff.encoders.perturbation import PerturbationEmbedder
+from factordiff.encoders.perturbation import PerturbationEmbedder, perturbation_features
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs, short_name
 
@@ -73,6 +73,20 @@ def prepare_profiles(cfg: RunConfig) -> ProfileData:
     return ProfileData(table, split, train, features, info)
 
 
+def prepare_new_profiles(
+    cfg: RunConfig, spec: FactorSpec, feature_names: list[str], path: Path
+) -> ProfileData:
+    """New rows for a trained run (``regenerate --table``): read in the layout of the run's table
+    (``read_profiles_like``) and normalised as the fit normalised its own plates, each plate to its
+    own rows (or control rows); nothing of the run's data is read."""
+    p = cfg.profiles
+    table = read_profiles_like(path, spec, feature_names)
+    every = np.ones(len(table), bool)
+    controls = control_rows(table, p.controls) if p.normalize == "controls" else None
+    features, info = normalize_plates(table, p.normalize, every, controls, p.plate_column)
+    return ProfileData(table, make_split(spec, SplitConfig()), every, features, info)
+
+
 def control_rows(table: ProfileTable, controls: str | None) -> np.ndarray | None:
     """Bool mask of the control rows named by ``"COLUMN=VALUE"`` (any metadata column)."""
     if not controls:
@@ -98,8 +112,6 @@ def perturbation_table(cfg: RunConfig, table: ProfileTable) -> np.ndarray:
     """Features of the perturbation factor's values for ``profiles.perturbation_embedding``: Morgan
     fingerprints of each value's SMILES (from the ``profiles.smiles`` column, or the value itself),
     or rows of a user's embedding table. Controls get zeros (their code is learned on its own)."""
-    from factordiff.encoders.perturbation import perturbation_features
-
     p = cfg.profiles
     k, control = perturbation_factor(cfg, table.spec)
     values = [str(v) for v in table.spec.factors[k].values]
