@@ -21,9 +21,12 @@ already in ``--out`` without looking at what is held out: batch swaps into seen 
 combinations (``seen_batch_swaps``) for each technical setting, and controls regenerated into
 training compounds (``seen_compound_edits``) for each compound-edit guidance; it records the
 held-out batch swap of each technical setting beside them, into the results file's
-``edit_settings`` entry (the rest is left as it was). cellsim's defaults (``config.SOURCE_DEFAULTS``)
-are the settings it chose. ``--code-loo`` runs the unseen-compound test on training compounds,
-each coded from its structure and the others' codes, beside their own codes.
+``edit_settings`` entry (the rest is left as it was), with the nulls: copy the source, the pixel
+batch mean shift, the true counterfactual, and the baselines of ``evaluate/baselines.py`` over
+oracle features (``features_mean_shift``, ``features_nearest``, ``features_linear``). cellsim's
+defaults (``config.SOURCE_DEFAULTS``) are the settings it chose. ``--code-loo`` runs the
+unseen-compound test on training compounds, each coded from its structure and the others' codes,
+beside their own codes.
 """
 
 from __future__ import annotations
@@ -294,6 +297,11 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None
         }
         null["copy_source"]["heldout"]["frechet_all"] = held["copy_source_distances"]["frechet"]["all"]
         null["mean_shift"]["heldout"]["frechet_all"] = held["mean_shift_distances"]["frechet"]["all"]
+        for name in ("mean_shift", "nearest", "linear"):  # the profile baselines over oracle features
+            null[f"features_{name}"] = {
+                part: {k: swaps["feature_baselines"][name][k] for k in keys}
+                for part, swaps in (("seen", seen), ("heldout", held))
+            }
         print(rows[-1], flush=True)
     bio = []
     for g in guidances:

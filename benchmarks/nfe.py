@@ -46,8 +46,9 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.diffusion.guidance import Guidance
-from factordiff.evaluate.cells import frechet, oracle_features
+from factordiff.evaluate.cells import oracle_features
 from factordiff.evaluate.counterfactual import evaluate_counterfactuals
+from factordiff.evaluate.distances import frechet
 from factordiff.evaluate.suite import conditional_samples, get_oracle
 from factordiff.models.runs import load_model
 from factordiff.quickstart import pretrained_run

@@ -12,7 +12,11 @@ the model beside the four baselines, into ``benchmarks/results/profiles.json``.
   or more compounds, at most eight) held out entirely.
 
 Every learner (the model and the baselines) sees training rows only; the oracles that read batch
-and compound (logistic regressions) see every real row, as an evaluation oracle may.
+and compound (logistic regressions) see every real row, as an evaluation oracle may. The baselines
+are those of ``factordiff.evaluate.baselines`` (the mean shift moves each row once, to the joint
+target combination of its changed factors; each task records the share of rows that fell back to
+the per-factor sum as ``mean_shift_fallback``); energy distances are the unbiased ones of
+``factordiff.evaluate.distances`` (no self-pairs: about 0, possibly below, for matching samples).
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ def summarize(runs: list[dict]) -> dict:
                 t.setdefault("real_heldout", {}).setdefault("moa_hits", []).append(
                     task["real_heldout_moa_hits"]
                 )
+            if "mean_shift_fallback" in task:
+                t.setdefault("mean_shift_fallback", []).append(task["mean_shift_fallback"])
         for name, v in r["metrics"].get("retrieval", {}).items():
             d["retrieval"].setdefault(name, {}).setdefault("map", []).append(v["map"])
 
@@ -140,62 +146,6 @@ def summarize(runs: list[dict]) -> dict:
         return {k: walk(v) if isinstance(v, dict) else stats(v) for k, v in x.items()}
 
     return walk(out)
-
-
-def markdown(runs: list[dict]) -> str:
-    """README tables: per dataset and model variant, each method's figures averaged over the tasks
-    of a kind, then over seeds (min-max over seeds in brackets)."""
-    groups: dict = {}
-    for r in runs:
-        g = groups.setdefault((r["dataset"], r["residual"]), {})
-        per_kind: dict = {}
-        for task in r["metrics"]["tasks"]:
-            for method, figs in task.get("methods", {}).items():
-                row = per_kind.setdefault(task["kind"], {}).setdefault(method, {})
-                row.setdefault("mean error", []).append(figs["mean_error"])
-                row.setdefault("energy", []).append(figs["energy"])
-                reads = [v for k, v in figs.items() if k.startswith("read_as_target")]
-                keeps = [v for k, v in figs.items() if k.startswith("read_as_source")]
-                if reads:
-                    row.setdefault("read as target", []).append(float(np.mean(reads)))
-                if keeps:
-                    row.setdefault("biology kept", []).append(float(np.mean(keeps)))
-                if "moa_hits" in figs:
-                    row.setdefault("MoA hits", []).append(figs["moa_hits"])
-            for k, v in task.get("real_heldout_read_as_target", {}).items():
-                per_kind.setdefault(task["kind"], {}).setdefault(
-                    "real held-out rows (oracle out of fold)", {}
-                ).setdefault("read as target", []).append(v)
-            if "real_heldout_moa_hits" in task:
-                per_kind.setdefault(task["kind"], {}).setdefault("real held-out rows", {}).setdefault(
-                    "MoA hits", []
-                ).append(task["real_heldout_moa_hits"])
-        for kind, methods in per_kind.items():
-            for method, figs in methods.items():
-                for k, v in figs.items():
-                    g.setdefault(kind, {}).setdefault(method, {}).setdefault(k, []).append(float(np.mean(v)))
-        for name, v in r["metrics"].get("retrieval", {}).items():
-            g.setdefault("retrieval", {}).setdefault(name, {}).setdefault("mAP", []).append(v["map"])
-
-    def f(v):
-        return f"{np.mean(v):.3f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
-
-    lines = []
-    for (dataset, residual), g in groups.items():
-        for kind, methods in g.items():
-            cols = list(dict.fromkeys(c for m in methods.values() for c in m))
-            n = len(next(iter(next(iter(methods.values())).values())))
-            lines += [
-                f"**{dataset}**, profiles.residual = {residual}, {kind} ({n} seed{'s' if n > 1 else ''})",
-                "",
-                "| method | " + " | ".join(cols) + " |",
-                "|---" * (len(cols) + 1) + "|",
-            ]
-            lines += [
-                f"| {m} | " + " | ".join(f(v[c]) if c in v else "" for c in cols) + " |"
-                for m, v in methods.items()
-            ] + [""]
-    return "\n".join(lines)
 
 
 def sweep_table(sweep: dict) -> str:
@@ -254,22 +204,12 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-profiles")
     ap.add_argument("--only", choices=["bbbc021", "lincs"], help="run one dataset only")
     ap.add_argument(
-        "--table", action="store_true", help="print the README tables from the results file and stop"
-    )
-    ap.add_argument(
         "--sweep",
         metavar="W,W,...",
         help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at "
         "each guidance weight on the technical factor, into the results file's guidance_sweep",
     )
     a = ap.parse_args()
-    if a.table:
-        saved = json.loads(RESULTS.read_text())
-        print(
-            markdown(saved["runs"])
-            + ("\n" + sweep_table(saved["guidance_sweep"]) if "guidance_sweep" in saved else "")
-        )
-        return
     if a.sweep:
         torch.set_num_threads(2)
         weights = [float(w) for w in a.sweep.split(",")]

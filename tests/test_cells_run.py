@@ -53,6 +53,11 @@ def test_cellsim_run_evaluates_with_nulls_and_reports(cell_run):
         "residual": True,
     }  # cellsim's technical edit settings
     assert set(b["true_counterfactual"]) == {"target_batch_rate", "biology_kept_rate", "compound_kept_rate"}
+    fb = b["feature_baselines"]  # the profile baselines over oracle features, read by the oracle's heads
+    assert set(fb) == {"mean_shift", "nearest", "linear", "mean_shift_fallback"}
+    assert all(set(fb[k]) == set(b["true_counterfactual"]) for k in ("mean_shift", "nearest", "linear"))
+    assert all(0 <= v <= 1 for k in ("mean_shift", "nearest", "linear") for v in fb[k].values())
+    assert fb["mean_shift_fallback"] == 0.0  # the target plates hold training fields of other compounds
     assert set(m["frechet"]) == {"all", *CHANNELS} and all(np.isfinite(v) for v in m["frechet"].values())
     u = m["unseen_compound"]
     assert (
@@ -219,9 +224,38 @@ def test_batch_mean_shift_moves_channel_statistics():
     assert np.abs(after - target).sum() < 0.5 * np.abs(before - target).sum()
 
 
-def test_true_counterfactuals_render_the_same_cells_in_another_plate():
+def test_feature_baselines_read_oracle_features_of_training_images_only():
+    import torch
+
     from factordiff.data.cellsim import cellsim
-    from factordiff.data.cellsim import true_counterfactuals
+    from factordiff.evaluate.cells import feature_baselines
+    from factordiff.evaluate.counterfactual import Oracle
+
+    data = cellsim(16, n=240, seed=0)
+    torch.manual_seed(0)
+    oracle = Oracle(data.spec.sizes, data.channels, data.size).eval().requires_grad_(False)
+    f, kb = data.factors, data.spec.position("batch")
+    train = f[:, kb] != 3  # every field of the last batch held out
+    src = np.flatnonzero(train)[:30]
+    target = f[src].copy()
+    ks = data.spec.position("source")  # source, batch, plate: into a plate of the held-out batch
+    target[:, ks:] = f[np.flatnonzero(~train)[0], ks:]
+    # copying the features, the heads read what the oracle reads from the images themselves
+    reads, _ = feature_baselines(oracle, data, train, src, target, seed=0, names=("copy",))
+    np.testing.assert_array_equal(reads["copy"], oracle.predict(data.images[src]))
+    reads, info = feature_baselines(oracle, data, train, src, target, seed=0)
+    assert set(reads) == {"mean_shift", "nearest", "linear"} and info["rows"] == 30
+    assert all(r.shape == (30, len(data.spec)) for r in reads.values())
+    assert info["fallback_rows"] == 30  # no training field has the held-out batch's plate
+    data.images[~train] = 255 - data.images[~train]  # held-out fields are never read
+    again, _ = feature_baselines(oracle, data, train, src, target, seed=0)
+    assert all(np.array_equal(reads[k], again[k]) for k in reads)
+    with pytest.raises(ValueError, match="training images only"):
+        feature_baselines(oracle, data, train, np.flatnonzero(~train)[:2], target[:2], seed=0)
+
+
+def test_true_counterfactuals_render_the_same_cells_in_another_plate():
+    from factordiff.data.cellsim import cellsim, true_counterfactuals
 
     data = cellsim(16, n=30, seed=3)
     rows = np.arange(0, 30, 3)

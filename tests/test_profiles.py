@@ -24,7 +24,6 @@ from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.mlp import MLPDenoiser
 from factordiff.errors import FactordiffError
-from factordiff.evaluate.profiling import baseline_rows, energy_distance
 
 SAMPLE = Path(__file__).parent / "data" / "bbbc021_small.csv.gz"
 FACTORS = "Metadata_Compound,Metadata_Concentration,Metadata_MoA,Metadata_Batch"
@@ -133,23 +132,6 @@ def test_mlp_adapter_is_a_noop_at_init():
     assert torch.equal(cond_model(x, t, cond), base(x, t))
     with pytest.raises(ValueError, match="pass a Condition"):
         cond_model(x, t)
-
-
-def test_energy_distance_and_baselines():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(200, 5))
-    assert abs(energy_distance(a, a)) < 1e-9
-    assert energy_distance(a, a + 2) > 1.0
-    # mean shift moves a source group onto the target group's training mean
-    spec = read_profiles(SAMPLE, factors=["Metadata_Batch"]).spec
-    x = np.r_[np.zeros((10, 3)), np.ones((10, 3)) * 5].astype(np.float32)
-    f = np.r_[np.zeros(10, int), np.ones(10, int)][:, None]
-    train = np.ones(20, bool)
-    src = np.arange(10)
-    out = baseline_rows("mean_shift", spec, x, f, train, src, np.ones((10, 1), int))
-    np.testing.assert_allclose(out, 5.0)
-    lin = baseline_rows("linear", spec, x, f, train, src, np.ones((10, 1), int))
-    assert np.all(lin > 4.0)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +245,11 @@ def test_evaluate_and_report(profile_run):
             r["mean_error"] >= 0 and np.isfinite(r["energy"]) and 0 <= r["read_as_target.Metadata_Batch"] <= 1
         )
     assert 0 <= task["real_heldout_read_as_target"]["Metadata_Batch"] <= 1
+    # DMSO into Week8: training rows of Week8 exist, so every row is moved to the joint target
+    assert task["mean_shift_fallback"] == 0.0
     assert {"real", "model", "copy_control_null", "mean_shift"} <= set(m["retrieval"])
+    # controls into training perturbation rows: each target combination is a training row's own
+    assert m["retrieval"]["mean_shift"]["fallback"] == 0.0
     assert main(["report", str(profile_run)]) == 0
     html = (profile_run / "report.html").read_text()
     assert "Held-out conditions" in html and "mean_shift" in html
@@ -301,7 +287,7 @@ def test_residual_ridge_model_round_trip(tmp_path):
     """profiles.residual = ridge: the additive model is fitted on training rows, saved and loaded,
     and to_space/from_space invert each other; the untrained adapter leaves regeneration at the
     additive shift plus the denoiser's own round trip."""
-    from factordiff.evaluate.profiling import baseline_rows
+    from factordiff.evaluate.baselines import baseline_rows
     from factordiff.fit import fit_profiles
     from factordiff.models.profiles import ProfileModel
 

@@ -12,11 +12,18 @@ or a table with those factors), each beside the copy-the-source (or copy-the-con
   ``autoencoder_roundtrip``, the sources through the latent autoencoder alone (no diffusion),
   the most that any edit of a latent model can keep, and on cellsim ``true_counterfactual``: the
   same cells rendered again in the target plate, what a perfect edit would give (the oracle's
-  ceiling). ``edit``: the settings of the swaps (``evaluate.technical_*``);
+  ceiling). ``feature_baselines``: the profile runs' baselines (``evaluate/baselines.py``) over
+  the oracle's backbone features (256 per image) of the training images, for the same sources and
+  targets (``mean_shift`` by the difference of the training means of the target's and the
+  source's joint batch, plate and source; ``nearest`` training condition; additive ``linear``),
+  read by the oracle's own linear heads into the same three rates, with ``mean_shift_fallback``,
+  the share of sources whose joint combination had no training image.
+  ``edit``: the settings of the swaps (``evaluate.technical_*``);
 - ``frechet.<channel>`` and ``frechet.all``, ``kernel.all``: Frechet and kernel (KID) distances
-  between the regenerated images and the real held-out images of the same combinations, over the
-  oracle's features (an encoder trained in factordiff on the assay); a channel's distance reads
-  images in which every other channel is replaced by its mean over the real images;
+  (``evaluate/distances.py``) between the regenerated images and the real held-out images of the
+  same combinations, over the oracle's features (an encoder trained in factordiff on the assay); a
+  channel's distance reads images in which every other channel is replaced by its mean over the
+  real images;
 - ``unseen_compound``: a compound no training image has, generated from same-batch control images
   with its code from its structure (``edit.compound_code``) at the top dose (where the assay's
   compounds are told apart); ``closer_than_control``: share of the generated images whose features
@@ -45,6 +52,8 @@ from factordiff.data.cellsim import COMPOUNDS, compound_effect, true_counterfact
 from factordiff.data.splits import Split
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.encoders.perturbation import CodeRegression, perturbation_features
+from factordiff.evaluate.baselines import baseline_rows, fallback_share
+from factordiff.evaluate.distances import frechet, kernel_distance
 from factordiff.models.images import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
 
@@ -55,32 +64,6 @@ def oracle_features(oracle, images: np.ndarray) -> np.ndarray:
     """The oracle backbone's 256 features of uint8 images (N, H, W, C)."""
     with torch.no_grad():
         return map_batches(lambda b: oracle.backbone(to_unit(b)), images, 256).numpy().astype(np.float64)
-
-
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets ``a`` and ``b``."""
-    from scipy import linalg
-
-    ma, mb = a.mean(0), b.mean(0)
-    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(ca @ cb)
-    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * np.real(root)))
-
-
-def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Unbiased squared MMD with the polynomial kernel (x.y / d + 1)^3 (KID)."""
-    d = a.shape[1]
-
-    def k(x, y):
-        return (x @ y.T / d + 1) ** 3
-
-    m, n = len(a), len(b)
-    kaa, kbb = k(a, a), k(b, b)
-    return float(
-        (kaa.sum() - np.trace(kaa)) / (m * (m - 1))
-        + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
-        - 2 * k(a, b).mean()
-    )
 
 
 def _distances(
@@ -169,6 +152,46 @@ def _regenerate_into(
     return out
 
 
+def _oracle_reads(oracle, features: np.ndarray) -> np.ndarray:
+    """The oracle's reading of backbone features (N, 256): each factor's value index (N, K), the
+    argmax of its linear head (what ``oracle.predict`` gives for the images of those features)."""
+    with torch.no_grad():
+        z = torch.from_numpy(np.asarray(features, np.float32))
+        return torch.stack([head(z).argmax(1) for head in oracle.heads], 1).numpy()
+
+
+def feature_baselines(
+    oracle,
+    data: FactorDataset,
+    train: np.ndarray,
+    src: np.ndarray,
+    target: np.ndarray,
+    seed: int,
+    names: tuple[str, ...] = ("mean_shift", "nearest", "linear"),
+    chunk: int = 4096,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The baselines ``names`` of ``evaluate/baselines.py`` over oracle features: the training images'
+    backbone features (256 per image; held-out images are never read) are the feature matrix,
+    training images ``src`` are regenerated into ``target`` (len(src), K) value indices, and the
+    oracle's heads read the result. Per name, the readings (len(src), K), and the ``info`` of
+    ``baseline_rows`` (the mean shift's fallbacks)."""
+    if not train[src].all():
+        raise ValueError("feature baselines regenerate training images only")
+    tr = np.flatnonzero(train)
+    x = np.concatenate(
+        [oracle_features(oracle, data.images[tr[i : i + chunk]]) for i in range(0, len(tr), chunk)]
+    )
+    local, info = np.searchsorted(tr, src), {}
+    everything = np.ones(len(tr), bool)
+    reads = {
+        name: _oracle_reads(
+            oracle, baseline_rows(name, data.spec, x, data.factors[tr], everything, local, target, seed, info)
+        )
+        for name in names
+    }
+    return reads, info
+
+
 def _swap(
     model: FactorModel,
     oracle,
@@ -181,34 +204,44 @@ def _swap(
     pos: dict[str, int],
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fields ``src`` regenerated into the plate (and batch, source) of ``target_rows``; the
-    regenerated images, the batch mean shift's, and the oracle's rates for them and the nulls."""
+    regenerated images, the batch mean shift's, and the oracle's rates for them, the nulls and the
+    baselines over oracle features (``feature_baselines``), all through one ``rates``."""
     f, kc, kb = data.factors, pos["compound"], pos["batch"]
     technical = [pos[k] for k in ("batch", "plate", "source") if k in pos]
     biology = [pos[k] for k in ("compound", "dose", "cell_line") if k in pos]
     generated = _regenerate_into(model, data, src, target_rows, technical, e)
 
-    def rates(images: np.ndarray) -> dict:
-        p = oracle.predict(images)
+    def rates(p: np.ndarray) -> dict:
+        """Shares of the swaps whose oracle readings ``p`` (len(src), K) are the target batch, the
+        source's biology, the source's compound."""
         return {
             "target_batch_rate": float((p[:, kb] == f[target_rows, kb]).mean()),
             "biology_kept_rate": float(np.all(p[:, biology] == f[src][:, biology], axis=1).mean()),
             "compound_kept_rate": float((p[:, kc] == f[src, kc]).mean()),
         }
 
+    def read(images: np.ndarray) -> dict:
+        return rates(oracle.predict(images))
+
     moved = f[src].copy()
     moved[:, technical] = f[target_rows][:, technical]
     true_cf = true_counterfactuals(data, src, moved, seed)
     trip = autoencoder_roundtrip(model, data.images[src])
     shifted = batch_mean_shift(data, train, src, f[target_rows, kb], kb)
+    reads, info = feature_baselines(oracle, data, train, src, moved, seed)
     return (
         generated,
         shifted,
         {
-            **rates(generated),
-            "copy_source": rates(data.images[src]),
-            "mean_shift": rates(shifted),
-            **({"autoencoder_roundtrip": rates(trip)} if trip is not None else {}),
-            **({"true_counterfactual": rates(true_cf)} if true_cf is not None else {}),
+            **read(generated),
+            "copy_source": read(data.images[src]),
+            "mean_shift": read(shifted),
+            **({"autoencoder_roundtrip": read(trip)} if trip is not None else {}),
+            **({"true_counterfactual": read(true_cf)} if true_cf is not None else {}),
+            "feature_baselines": {
+                **{name: rates(p) for name, p in reads.items()},
+                "mean_shift_fallback": fallback_share(info),
+            },
             "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, data.spec, technical))),
         },
     )

@@ -11,6 +11,11 @@ Tasks follow from the run's ``--holdout-where`` conditions:
 - a condition on the perturbation alone (a compound held out entirely) is an *unseen*
   perturbation: generated from same-plate controls with its other factors (MoA, dose, batch) and its
   own code absent.
+
+Each task's methods are the model and the baselines of ``evaluate/baselines.py`` (fitted on
+training rows only); ``mean_shift_fallback`` is the share of its source rows for which the mean
+shift found no training row of the joint target (or source) combination of the changed factors and
+took the per-factor sum instead.
 """
 
 from __future__ import annotations
@@ -25,9 +30,8 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import plate_column
 from factordiff.data.splits import where_conditions
 from factordiff.errors import FactordiffError
+from factordiff.evaluate.baselines import BASELINES, baseline_rows, fallback_share
 from factordiff.evaluate.profiling import (
-    BASELINES,
-    baseline_rows,
     fit_oracles,
     mean_average_precision,
     moa_hits,
@@ -55,12 +59,14 @@ def _plate(data: ProfileData, cfg) -> str | None:
 
 def _methods(
     model: ProfileModel, data: ProfileData, src: np.ndarray, target: np.ndarray, seed: int
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], float]:
+    """The model's and each baseline's regeneration of rows ``src`` into ``target``, and the share
+    of rows for which the mean shift fell back to the per-factor sum (``evaluate/baselines.py``)."""
     x, f = data.features, data.table.factors
-    out = {"model": model.regenerate(x[src], f[src], target)}
+    out, info = {"model": model.regenerate(x[src], f[src], target)}, {}
     for b in BASELINES:
-        out[b] = baseline_rows(b, data.table.spec, x, f, data.train, src, target, seed)
-    return out
+        out[b] = baseline_rows(b, data.table.spec, x, f, data.train, src, target, seed, info)
+    return out, fallback_share(info)
 
 
 def _same_plate_sources(
@@ -91,11 +97,12 @@ def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
     for k, v in pairs:
         if k in set_ids:
             target[:, k] = v
-    methods = _methods(model, data, src, target, seed)
+    methods, fallback = _methods(model, data, src, target, seed)
     res = {
         "sources": int(len(src)),
         "truth_rows": int(len(truth)),
         "set": [spec.factors[k].name for k in set_ids],
+        "mean_shift_fallback": fallback,
         "methods": {},
     }
     for name, rows in methods.items():
@@ -121,8 +128,13 @@ def _unseen(model, data, cfg, truth, controls, plate, scale, seed) -> dict:
     pool = np.flatnonzero(data.train & controls)
     src = _same_plate_sources(data, truth, pool, plate, seed)
     target = f[truth]
-    methods = _methods(model, data, src, target, seed)
-    res = {"sources": int(len(src)), "truth_rows": int(len(truth)), "methods": {}}
+    methods, fallback = _methods(model, data, src, target, seed)
+    res = {
+        "sources": int(len(src)),
+        "truth_rows": int(len(truth)),
+        "mean_shift_fallback": fallback,
+        "methods": {},
+    }
     moa = cfg.profiles.moa
     if moa:
         column = metadata_column(data.table, moa, "profiles.moa")
@@ -143,7 +155,8 @@ def _unseen(model, data, cfg, truth, controls, plate, scale, seed) -> dict:
 def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500) -> dict:
     """copairs mAP of perturbations against the training controls, over the same training
     perturbation rows: real, regenerated from same-plate training controls into each row's factors,
-    those controls unchanged (the copy-the-control null), and the mean-shift baseline."""
+    those controls unchanged (the copy-the-control null), and the mean-shift baseline (with
+    ``fallback``, the share of its rows that fell back to the per-factor sum)."""
     group = metadata_column(
         data.table, parse_pairs(cfg.profiles.controls, "profiles.controls")[0][0], "profiles.controls"
     )
@@ -159,21 +172,22 @@ def _retrieval(model, data, cfg, controls, plate, scale, seed, limit: int = 1500
     rows = np.concatenate([treated, ctrl])
     sub = {k: v[rows] for k, v in meta.items()}
     is_ctrl = np.r_[np.zeros(len(treated), bool), np.ones(len(ctrl), bool)]
-    out = {}
+    out, info = {}, {}
+    shifted = baseline_rows(
+        "mean_shift", data.table.spec, data.features, f, data.train, src, f[treated], seed, info
+    )
     for name, x in (
         ("real", data.features[treated]),
         ("model", regenerated),
         ("copy_control_null", data.features[src]),
-        (
-            "mean_shift",
-            baseline_rows("mean_shift", data.table.spec, data.features, f, data.train, src, f[treated], seed),
-        ),
+        ("mean_shift", shifted),
     ):
         out[name] = mean_average_precision(
             sub, scale(np.concatenate([x, data.features[ctrl]])), group, is_ctrl, plate, seed
         )
     for v in out.values():
         v.pop("by_group", None)
+    out["mean_shift"]["fallback"] = fallback_share(info)
     return out
 
 

@@ -1,25 +1,25 @@
 """Biology-aware evaluation of regenerated profiles, each figure beside the baselines a profiling
-scientist tries first.
+scientist tries first (``evaluate/profile_suite.py`` runs them).
 
-Baselines (every one fitted on training rows only):
-- ``copy``: the source rows unchanged;
-- ``mean_shift``: source + (mean of the training rows with the target value - mean of those with
-  the source value), summed over the changed factors (the classic batch correction);
-- ``nearest``: a training row of the nearest existing condition (most factors equal to the
-  target, ties to the changed factors), drawn per source row;
-- ``linear``: an additive ridge model of the features on one-hot factors, source + f(target) -
-  f(source).
+Baselines: ``copy``, ``mean_shift``, ``nearest`` and ``linear`` of ``evaluate/baselines.py``, shared
+with image runs (which apply them to oracle features), every one fitted on training rows only. The
+mean shift moves each source row by the difference between the training means of its changed
+factors' joint target combination and joint source combination (a compound that changes with its
+concentration and MoA is moved once, not once per factor); rows whose joint combination no
+training row has fall back to the per-factor sum, and each task records the share of them as
+``mean_shift_fallback``.
 
 Figures:
 - ``truth``: regenerated rows against the real held-out rows of the same condition: mean over
   features of |mean difference| (features standardised by the training rows) and the energy
-  distance (Szekely & Rizzo) in the same units;
+  distance (Szekely & Rizzo; unbiased, without self-pairs: ``evaluate/distances.py``) in the same
+  units, about 0 (and possibly below) for rows drawn like the real ones;
 - ``batch_swap``: an oracle (logistic regression on every real row: the one learner that may
   see held-out rows) reads each technical factor of the regenerated rows (share read as the
   target) and each biological factor (share still read as the source's);
 - ``retrieval``: mean average precision with copairs (positives: same perturbation in another
   plate; negatives: the controls), for real rows, rows regenerated from controls into each
-  perturbation, and the copy-the-control null;
+  perturbation, the copy-the-control null and the mean shift;
 - ``unseen``: perturbations held out entirely, generated from what is known about them (their
   other factors, e.g. mechanism of action and dose; the perturbation's own code is absent):
   share of generated rows whose nearest training profile (cosine) has their true MoA, against the
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factordiff.encoders.metadata import one_hot
+from factordiff.evaluate.distances import energy_distance
 from factordiff.factors import FactorSpec
 
 
@@ -40,66 +40,12 @@ def standardizer(x_train: np.ndarray):
     return lambda x: (x - mu) / sd
 
 
-def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """2 E|A - B| - E|A - A'| - E|B - B'| over Euclidean distances (0 when the samples coincide in law)."""
-    from scipy.spatial.distance import cdist
-
-    return float(2 * cdist(a, b).mean() - cdist(a, a).mean() - cdist(b, b).mean())
-
-
 def truth_distances(generated: np.ndarray, real: np.ndarray, scale) -> dict[str, float]:
+    """Generated rows against the real rows of the same condition, both standardised by ``scale``:
+    ``mean_error``, the mean over features of |mean difference|, and ``energy``, the unbiased energy
+    distance (``distances.energy_distance``), in standardised units."""
     g, r = scale(generated), scale(real)
     return {"mean_error": float(np.abs(g.mean(0) - r.mean(0)).mean()), "energy": energy_distance(g, r)}
-
-
-def baseline_rows(
-    name: str,
-    spec: FactorSpec,
-    x: np.ndarray,
-    factors: np.ndarray,
-    train: np.ndarray,
-    src: np.ndarray,
-    target: np.ndarray,
-    seed: int = 0,
-) -> np.ndarray:
-    """The baseline ``name``'s regeneration of rows ``src`` (indices) into ``target`` (N, K) value indices."""
-    xs, fs = x[src], factors[src]
-    changed = np.flatnonzero((fs != target).any(0))
-    if name == "copy":
-        return xs.copy()
-    if name == "mean_shift":
-        out = xs.copy()
-        xt, ft = x[train], factors[train]
-        for k in changed:
-            means = {
-                v: xt[ft[:, k] == v].mean(0)
-                for v in np.unique(np.concatenate([fs[:, k], target[:, k]]))
-                if (ft[:, k] == v).any()
-            }
-            for i in range(len(out)):
-                a, b = target[i, k], fs[i, k]
-                if a in means and b in means:
-                    out[i] += means[a] - means[b]
-        return out
-    if name == "nearest":
-        rng = np.random.default_rng(seed)
-        tr = np.flatnonzero(train)
-        out = np.empty_like(xs)
-        for i in range(len(xs)):
-            same = factors[tr] == target[i]
-            score = same.sum(1) * (len(changed) + 1) + same[:, changed].sum(1)
-            best = tr[score == score.max()]
-            out[i] = x[rng.choice(best)]
-        return out
-    if name == "linear":
-        from sklearn.linear_model import Ridge
-
-        model = Ridge(alpha=1.0).fit(one_hot(spec, factors[train]), x[train])
-        return xs + model.predict(one_hot(spec, target)) - model.predict(one_hot(spec, fs))
-    raise ValueError(f"unknown baseline {name!r}")
-
-
-BASELINES = ("copy", "mean_shift", "nearest", "linear")
 
 
 def fit_oracles(

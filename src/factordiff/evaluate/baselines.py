@@ -1,0 +1,120 @@
+"""The simplest regenerations a user would try, on feature matrices, so that every kind of run
+shares them: profile runs pass their features, image runs the oracle's features of their images
+(``evaluate/cells.py``).
+
+Each regenerates source rows ``src`` (indices into ``x``) into ``target`` (N, K) value indices, and
+every statistic it uses comes from the rows of ``train`` (held-out rows never reach it):
+
+- ``copy``: the source rows unchanged;
+- ``mean_shift``: per source row, source + mean(training rows whose changed factors jointly have
+  the target's values) - mean(training rows whose changed factors jointly have the source's), the
+  changed factors being those where the row's target differs from its source: one shift per
+  changed combination, so a compound that changes with its concentration and MoA moves once (the
+  classic batch correction when only the batch changes). Where no training row has the joint
+  target (or source) combination, the row falls back to the sum over its changed factors of each
+  one's mean difference (a value no training row has adds nothing), and is counted;
+- ``nearest``: a training row of the nearest existing condition (most factors equal to the
+  target, ties to the changed factors), drawn per source row;
+- ``linear``: an additive ridge model of the features on one-hot factors, source + f(target) -
+  f(source).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from factordiff.encoders.metadata import one_hot
+from factordiff.factors import FactorSpec
+
+BASELINES = ("copy", "mean_shift", "nearest", "linear")
+
+
+def baseline_rows(
+    name: str,
+    spec: FactorSpec,
+    x: np.ndarray,
+    factors: np.ndarray,
+    train: np.ndarray,
+    src: np.ndarray,
+    target: np.ndarray,
+    seed: int = 0,
+    info: dict | None = None,
+) -> np.ndarray:
+    """The baseline ``name``'s regeneration of rows ``src`` (indices into ``x`` (N, F) and
+    ``factors`` (N, K)) into ``target`` (len(src), K) value indices, from the rows of the boolean
+    mask ``train`` only; rows in the units of ``x``. With ``info``, ``mean_shift`` records in it
+    ``rows`` and ``fallback_rows`` (how many rows had no training row of their joint target or
+    source combination and took the per-factor sum)."""
+    xs, fs = x[src], factors[src]
+    changed = np.flatnonzero((fs != target).any(0))
+    if name == "copy":
+        return xs.copy()
+    if name == "mean_shift":
+        out, fell_back = mean_shift(x, factors, train, src, target)
+        if info is not None:
+            info.update(rows=int(len(src)), fallback_rows=int(fell_back.sum()))
+        return out
+    if name == "nearest":
+        rng = np.random.default_rng(seed)
+        tr = np.flatnonzero(train)
+        out = np.empty_like(xs)
+        for i in range(len(xs)):
+            same = factors[tr] == target[i]
+            score = same.sum(1) * (len(changed) + 1) + same[:, changed].sum(1)
+            best = tr[score == score.max()]
+            out[i] = x[rng.choice(best)]
+        return out
+    if name == "linear":
+        from sklearn.linear_model import Ridge
+
+        model = Ridge(alpha=1.0).fit(one_hot(spec, factors[train]), x[train])
+        return xs + model.predict(one_hot(spec, target)) - model.predict(one_hot(spec, fs))
+    raise ValueError(f"unknown baseline {name!r}")
+
+
+def fallback_share(info: dict) -> float:
+    """The share of ``mean_shift``'s rows that fell back to the per-factor sum (``baseline_rows``'
+    ``info``); NaN without rows."""
+    return info["fallback_rows"] / info["rows"] if info.get("rows") else float("nan")
+
+
+class _GroupMeans:
+    """Means of the training rows ``xt`` (N, F) whose factors ``ft`` (N, K) at given positions have
+    given values, computed once per (positions, values); None where no row has them."""
+
+    def __init__(self, xt: np.ndarray, ft: np.ndarray):
+        self.xt, self.ft, self.cache = xt, ft, {}
+
+    def __call__(self, ks: tuple[int, ...], values: tuple[int, ...]) -> np.ndarray | None:
+        key = (ks, values)
+        if key not in self.cache:
+            rows = np.all(self.ft[:, list(ks)] == np.asarray(values), axis=1)
+            self.cache[key] = self.xt[rows].mean(0) if rows.any() else None
+        return self.cache[key]
+
+
+def mean_shift(
+    x: np.ndarray, factors: np.ndarray, train: np.ndarray, src: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``mean_shift`` baseline (module docstring): the rows (len(src), F), in the units of ``x``,
+    and a boolean per row, true where the joint target or source combination has no training row
+    and the row took the per-factor sum instead."""
+    means = _GroupMeans(x[train], factors[train])
+    fs = factors[src]
+    out = x[src].copy()
+    fell_back = np.zeros(len(src), bool)
+    for i in range(len(src)):
+        ks = tuple(int(k) for k in np.flatnonzero(fs[i] != target[i]))
+        if not ks:
+            continue
+        to = means(ks, tuple(int(v) for v in target[i, list(ks)]))
+        frm = means(ks, tuple(int(v) for v in fs[i, list(ks)]))
+        if to is not None and frm is not None:
+            out[i] += to - frm
+            continue
+        fell_back[i] = True
+        for k in ks:
+            to, frm = means((k,), (int(target[i, k]),)), means((k,), (int(fs[i, k]),))
+            if to is not None and frm is not None:
+                out[i] += to - frm
+    return out, fell_back
