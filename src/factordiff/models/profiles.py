@@ -22,8 +22,10 @@ import torch
 from factordiff.checkpoint import (
     atomic_save_tensors,
     atomic_write_json,
+    load_modules,
     load_tensors,
     model_meta,
+    module_tensors,
     read_json,
 )
 from factordiff.config import RunConfig, SplitConfig, from_dict
@@ -329,8 +331,7 @@ class ProfileModel:
         folder = Path(folder)
         atomic_save_tensors(
             {
-                **{f"embedder.{k}": v for k, v in self.embedder.state_dict().items()},
-                **{f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()},
+                **module_tensors({"embedder": self.embedder, "denoiser": self.denoiser}),
                 "mean": self.mean,
                 "std": self.std,
                 **({"additive.w": self.additive[0], "additive.b": self.additive[1]} if self.additive else {}),
@@ -381,13 +382,9 @@ class ProfileModel:
             additive,
             None if features is None else features.numpy(),
         )
-        for name, m in (("embedder", model.embedder), ("denoiser", model.denoiser)):
-            state = {k[len(name) + 1 :]: v for k, v in t.items() if k.startswith(name + ".")}
-            try:
-                m.load_state_dict(state, strict=True)
-            except RuntimeError as e:
-                raise FactordiffError(
-                    f"{folder / 'profile_model.safetensors'}: weights do not fit the config "
-                    f"({str(e).splitlines()[0][:120]})"
-                ) from None
+        load_modules(
+            {"embedder": model.embedder, "denoiser": model.denoiser},
+            t,
+            str(folder / "profile_model.safetensors"),
+        )
         return model
