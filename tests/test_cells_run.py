@@ -300,3 +300,48 @@ def test_edit_settings_by_role():
         plain.guidance,
         plain.edit_residual,
     )  # unset: the general ones
+
+
+@pytest.mark.slow
+def test_cell_figures_find_factors_by_role_not_by_name(cell_run):
+    """The same run's data with its perturbation called treatment, its batches run and its control
+    vehicle gives the same batch-swap figures once CellFactors says which factor is which."""
+    import dataclasses
+
+    from factordiff.data.base import FactorDataset
+    from factordiff.data.sources import prepare_data
+    from factordiff.data.splits import make_split
+    from factordiff.evaluate.cells import CellFactors, evaluate_cells
+    from factordiff.evaluate.suite import get_oracle
+    from factordiff.factors import Factor, FactorSpec
+    from factordiff.models.runs import load_model
+
+    cfg, model = load_model(cell_run)
+    data = prepare_data(cfg)[0]
+    split = make_split(data.spec, cfg.split)
+    oracle, _ = get_oracle(cell_run, cfg, data, progress=False)
+    rename = {"compound": "treatment", "batch": "run"}
+    renamed = FactorSpec(
+        tuple(
+            dataclasses.replace(
+                f,
+                name=rename.get(f.name, f.name),
+                values=tuple("vehicle" if v == "DMSO" else v for v in f.values)
+                if f.name == "compound"
+                else f.values,
+            )
+            for f in data.spec.factors
+        )
+    )
+    assert isinstance(renamed.factors[0], Factor)
+    other = FactorDataset(data.images, data.factors, renamed, data.source)
+    args = (model, oracle)
+    kw = dict(n=4, seed=cfg.train.seed, parts=("batch_swap", "map"))
+    want = evaluate_cells(*args, data, split, CHANNELS, cfg.evaluate, **kw)
+    assert evaluate_cells(*args, other, split, CHANNELS, cfg.evaluate, **kw) == {
+        "absent": "the data has no compound and batch factors"
+    }
+    roles = CellFactors.of(renamed, {"compound": "treatment", "batch": "run"}, "vehicle")
+    got = evaluate_cells(*args, other, split, CHANNELS, cfg.evaluate, **kw, cells=roles)
+    assert got["batch_swap"]["combinations"] == ["nocodazole x batch_2"]
+    assert got == want

@@ -40,7 +40,8 @@ or a table with those factors), each beside the copy-the-source (or copy-the-con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,12 +53,40 @@ from factordiff.data.cellsim import COMPOUNDS, compound_effect, true_counterfact
 from factordiff.data.splits import Split
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.encoders.perturbation import CodeRegression, perturbation_features
+from factordiff.errors import FactordiffError
 from factordiff.evaluate.baselines import baseline_rows, fallback_share
 from factordiff.evaluate.distances import frechet, kernel_distance
 from factordiff.models.images import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
 
-CONTROL = "DMSO"
+CONTROL = "DMSO"  # cellsim's, and the default control of other data
+CELL_ROLES = ("compound", "batch", "plate", "source", "dose", "cell_line")
+
+
+@dataclass(frozen=True)
+class CellFactors:
+    """The factors the cell figures read, found by what they are rather than by their names.
+
+    Args:
+        pos: role (one of ``CELL_ROLES``: the perturbation ``compound``, ``batch``, and ``plate``,
+            ``source``, ``dose``, ``cell_line`` where the data has them) -> factor position.
+        control: the perturbation's negative-control value.
+    """
+
+    pos: dict[str, int]
+    control: str = CONTROL
+
+    @classmethod
+    def of(cls, spec, names: Mapping[str, str] | None = None, control: str | None = None) -> "CellFactors":
+        """Each role's factor: ``names[role]`` where given (e.g. the perturbation that ``--controls``
+        names), else the factor named after the role; with or without ``Metadata_``, any case."""
+        pos = {}
+        for role in CELL_ROLES:
+            try:
+                pos[role] = spec.resolve((names or {}).get(role, role))
+            except FactordiffError:
+                continue
+        return cls(pos, control or CONTROL)
 
 
 def oracle_features(oracle, images: np.ndarray) -> np.ndarray:
@@ -255,16 +284,13 @@ def seen_batch_swaps(
     e: EvaluateConfig,
     n: int = 100,
     seed: int = 0,
+    cells: CellFactors | None = None,
 ) -> dict:
     """Batch swaps of top-dose training fields into another batch in which their compound was
     seen in training: the figures of ``batch_swap`` on combinations that are not held out, where
     edit settings may be chosen without looking at the held-out ones."""
-    spec, f = data.spec, data.factors
-    pos = {
-        name: spec.position(name)
-        for name in ("compound", "batch", "plate", "source", "dose", "cell_line")
-        if name in spec.names
-    }
+    f = data.factors
+    pos = (cells or CellFactors.of(data.spec)).pos
     train = ~split.heldout(f)
     kc, kb = pos["compound"], pos["batch"]
     at_top = (f[:, pos["dose"]] == f[:, pos["dose"]].max()) if "dose" in pos else np.ones(len(f), bool)
@@ -295,6 +321,7 @@ def seen_compound_edits(
     compounds: list[int] | None = None,
     per_compound: int = 8,
     leave_one_out: dict[str, str] | None = None,
+    cells: CellFactors | None = None,
 ) -> float | None:
     """Same-batch training controls regenerated into training compounds (their prototype codes) at
     the top dose: the share closer to the compound's real fields than to the controls' (the
@@ -307,7 +334,8 @@ def seen_compound_edits(
     learned from its own images, so none can be left out without training again)."""
     if leave_one_out is not None and model.structure is not None:
         return None
-    kc = data.spec.position("compound")
+    cells = cells or CellFactors.of(data.spec)
+    kc = cells.pos["compound"]
     names = [str(v) for v in data.spec.factors[kc].values]
     code = (
         None
@@ -318,18 +346,27 @@ def seen_compound_edits(
                 kc,
                 leave_one_out[names[c]],
                 {k: v for k, v in leave_one_out.items() if k != names[c]},
-                CONTROL,
+                cells.control,
             )
             if names[c] in leave_one_out
             else None
         )
     )
-    if CONTROL not in names:
+    if cells.control not in names:
         return None
     hits = [
         _closer(oracle, edited, true_mean, control_mean)
         for _, edited, true_mean, control_mean in compound_edits(
-            model, oracle, data, split, e, np.random.default_rng(seed + 13), compounds, per_compound, code
+            model,
+            oracle,
+            data,
+            split,
+            e,
+            np.random.default_rng(seed + 13),
+            compounds,
+            per_compound,
+            code,
+            cells,
         )
     ]
     return float(np.concatenate(hits).mean()) if hits else None
@@ -345,18 +382,19 @@ def compound_edits(
     compounds: list[int] | None = None,
     per_compound: int = 8,
     code: Callable[[int], torch.Tensor | None] | None = None,
+    cells: CellFactors | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """The edits of ``seen_compound_edits``, per training compound ``c`` (``compounds`` or every
     treated one) with top-dose training fields: ``(c, edited, true_mean, control_mean)``, where
     ``edited`` are ``per_compound`` same-batch training controls (drawn with ``rng``) regenerated
     into it at the top dose with ``code(c)`` (default its prototype; None skips it), and the means
-    are the oracle features' of its real fields and of the controls'. The data's compound factor
-    must have DMSO."""
+    are the oracle features' of its real fields and of the controls'. The data's perturbation
+    factor must have the control value (``cells``)."""
     spec, f = data.spec, data.factors
-    kc, kb = spec.position("compound"), spec.position("batch")
-    kd = spec.position("dose") if "dose" in spec.names else None
+    cells = cells or CellFactors.of(spec)
+    kc, kb, kd = cells.pos["compound"], cells.pos["batch"], cells.pos.get("dose")
     names = [str(v) for v in spec.factors[kc].values]
-    train, ctrl = ~split.heldout(f), names.index(CONTROL)
+    train, ctrl = ~split.heldout(f), names.index(cells.control)
     top = int(np.max(f[:, kd])) if kd is not None else None
     at_top = (f[:, kd] == top) if kd is not None else np.ones(len(f), bool)
     pool = np.flatnonzero(train & (f[:, kc] == ctrl))
@@ -386,18 +424,17 @@ def evaluate_cells(
     seed: int = 0,
     library: dict[str, str] | None = None,
     parts: tuple[str, ...] = ("batch_swap", "unseen_compound", "map"),
+    cells: CellFactors | None = None,
 ) -> dict:
-    """The figures above; factors are found by name (compound, batch, and plate, source, dose,
-    cell_line where the data has them). Edits take the settings ``e`` of their factors' role
-    (``edit_settings``: batch swaps the technical ones). ``seed`` is the run's (cellsim's fields
-    are rendered with it, so that the batch swaps' true counterfactuals can be rendered).
+    """The figures above; factors are found by role (``cells``; default: by their names, compound,
+    batch, and plate, source, dose, cell_line where the data has them, control DMSO). Edits take
+    the settings ``e`` of their factors' role (``edit_settings``: batch swaps the technical ones).
+    ``seed`` is the run's (cellsim's fields are rendered with it, so that the batch swaps' true
+    counterfactuals can be rendered).
     ``parts``: the figures to compute."""
     spec, f = data.spec, data.factors
-    pos = {
-        name: spec.position(name)
-        for name in ("compound", "batch", "plate", "source", "dose", "cell_line")
-        if name in spec.names
-    }
+    cells = cells or CellFactors.of(spec)
+    pos, control = cells.pos, cells.control
     if "compound" not in pos or "batch" not in pos:
         return {"absent": "the data has no compound and batch factors"}
     rng = np.random.default_rng(seed + 11)
@@ -453,8 +490,8 @@ def evaluate_cells(
     unseen = [
         c for c in range(len(compounds)) if not (train & (f[:, kc] == c)).any() and (f[:, kc] == c).any()
     ]
-    if unseen and library and CONTROL in compounds and "unseen_compound" in parts:
-        ctrl = compounds.index(CONTROL)
+    if unseen and library and control in compounds and "unseen_compound" in parts:
+        ctrl = compounds.index(control)
         known = [
             c
             for c in range(len(compounds))
@@ -473,7 +510,7 @@ def evaluate_cells(
             chosen = rng.choice(real, min(len(real), max(8, n // len(unseen))), replace=False)
             sources = _same_batch(rng, pool, chosen, f[:, kb])
             blocks = {
-                kc: compound_code(model, kc, library[compounds[c]], library, CONTROL),
+                kc: compound_code(model, kc, library[compounds[c]], library, control),
                 **({kd: model.prototype(kd, top)} if kd is not None else {}),
             }
             # the nearest training compound by structure, its real images at the same dose (and batch)
@@ -515,7 +552,9 @@ def evaluate_cells(
         if res:
             out["unseen_compound"] = {
                 "dose": str(spec.factors[kd].values[top]) if kd is not None else None,
-                "seen_compounds": seen_compound_edits(model, oracle, data, split, e, seed, known),
+                "seen_compounds": seen_compound_edits(
+                    model, oracle, data, split, e, seed, known, cells=cells
+                ),
                 "edit": dict(zip(("strength", "guidance", "residual"), edit_settings(e, spec, biology))),
                 "closer_than_control": float(np.concatenate(hits["generated"]).mean()),
                 "copy_control": float(np.concatenate(hits["copy_control"]).mean()),
@@ -528,10 +567,10 @@ def evaluate_cells(
                 )
 
     # compound retrieval (mAP) against controls
-    if CONTROL in compounds and "map" in parts:
+    if control in compounds and "map" in parts:
         from factordiff.evaluate.profiling import mean_average_precision
 
-        ctrl = compounds.index(CONTROL)
+        ctrl = compounds.index(control)
         treated = np.flatnonzero(train & (f[:, kc] != ctrl))
         treated = rng.choice(treated, min(len(treated), 2 * n), replace=False)
         pool = np.flatnonzero(train & (f[:, kc] == ctrl))

@@ -29,7 +29,7 @@ from factordiff.data.images import save_png
 from factordiff.data.sources import prepare_data, traits
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.guidance import Guidance
-from factordiff.evaluate.cells import evaluate_cells
+from factordiff.evaluate.cells import CellFactors, evaluate_cells
 from factordiff.evaluate.counterfactual import (
     Edits,
     Oracle,
@@ -287,9 +287,10 @@ def evaluate_run(
         strength=e.edit_strength,
     )
     readout = heldout_readout(model, data, split, seed=cfg.train.seed)
+    t = traits(cfg)
+    roles = CellFactors.of(data.spec, {"compound": t.perturbation} if t.perturbation else None, t.control)
     cells = None
-    if {"compound", "batch"} <= set(data.spec.names):
-        t = traits(cfg)
+    if {"compound", "batch"} <= set(roles.pos):
         cells = evaluate_cells(
             model,
             oracle,
@@ -300,6 +301,7 @@ def evaluate_run(
             n=per_factor or e.sources,
             seed=cfg.train.seed,
             library=t.smiles or None,
+            cells=roles,
         )
     grid, captions, grid_refs = counterfactual_grid(
         model,
