@@ -347,7 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="profiles: per-plate robust z-score to the plate's training rows or controls (default none)",
     )
     p.add_argument(
-        "--controls", metavar="F=V", help="profiles: the control condition, e.g. Metadata_Compound=DMSO"
+        "--controls",
+        metavar="F=V",
+        help="the perturbation factor and its control value, e.g. Metadata_Compound=DMSO (profiles; the "
+        "cell figures of image runs)",
     )
     p.add_argument(
         "--moa",
