@@ -25,7 +25,8 @@ def test_energy_distance_known_value_in_one_dimension():
     assert _biased_energy(a, b) == pytest.approx(5.5)
     c = np.array([[3.0], [4.0], [8.0]])  # unequal sizes: E|A-C| = 27/6, E|C-C'| = (1 + 5 + 4) / 3
     assert energy_distance(a, c) == pytest.approx(2 * 27 / 6 - 1 - 10 / 3)
-    assert np.isnan(energy_distance(a, c[:1]))  # one row has no pair
+    # one real row is a point: 2 E|A - 3| - E|A - A'| = 2 * (3 + 2) / 2 - 1
+    assert energy_distance(a, c[:1]) == pytest.approx(4.0) == _biased_energy(a, c[:1]) - 0.5
 
 
 def test_energy_distance_is_unbiased_where_the_old_one_is_not():

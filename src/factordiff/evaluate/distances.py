@@ -17,9 +17,10 @@ import numpy as np
 
 
 def _within_mean(d: np.ndarray) -> float:
-    """Mean of a square distance matrix over pairs i != j (NaN under 2 rows)."""
+    """Mean of a square distance matrix over pairs i != j; 0 for a single row, which has no spread
+    (a one-row sample, e.g. the one real well of a held-out condition, is a point)."""
     n = len(d)
-    return float((d.sum() - np.trace(d)) / (n * (n - 1))) if n > 1 else float("nan")
+    return float((d.sum() - np.trace(d)) / (n * (n - 1))) if n > 1 else 0.0
 
 
 def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -29,7 +30,8 @@ def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
     zero distance of a row to itself is not a draw of |A - A'|, and counting it (the V-statistic)
     raises the estimate by exactly E|A - A'| / m + E|B - B'| / n (those means over i != j; m, n
     the sizes). Zero in expectation when ``a`` and ``b`` come from one distribution (an estimate
-    may then be negative); NaN when a sample has fewer than 2 rows."""
+    may then be negative). A one-row sample has no within-sample pair and counts as a point (its
+    within-sample mean is 0), so the distance of generated rows to a single real row is defined."""
     from scipy.spatial.distance import cdist
 
     return float(2 * cdist(a, b).mean() - _within_mean(cdist(a, a)) - _within_mean(cdist(b, b)))
