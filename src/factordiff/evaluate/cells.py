@@ -56,6 +56,7 @@ from factordiff.encoders.perturbation import CodeRegression, perturbation_featur
 from factordiff.errors import FactordiffError
 from factordiff.evaluate.baselines import baseline_rows, fallback_share
 from factordiff.evaluate.distances import frechet, kernel_distance
+from factordiff.evaluate.profiling import mean_average_precision
 from factordiff.models.images import FactorModel, to_uint8, to_unit
 from factordiff.train import map_batches
 
@@ -568,8 +569,6 @@ def evaluate_cells(
 
     # compound retrieval (mAP) against controls
     if control in compounds and "map" in parts:
-        from factordiff.evaluate.profiling import mean_average_precision
-
         ctrl = compounds.index(control)
         treated = np.flatnonzero(train & (f[:, kc] != ctrl))
         treated = rng.choice(treated, min(len(treated), 2 * n), replace=False)
