@@ -23,7 +23,7 @@ LAYERS = [
     {"fit", "edit", "regenerate"},
     {"evaluate"},
     {"report", "quickstart"},
-    {"cli", "__main__"},
+    {"cli", "commands", "__main__"},
 ]
 
 

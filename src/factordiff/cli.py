@@ -1,6 +1,6 @@
-"""``factordiff`` commands: a thin layer over the Python API.
+"""``factordiff`` command line: the parser, a thin layer over the Python API.
 
-Each ``_cmd_*`` function turns parsed arguments into one library call and prints the result.
+``main`` parses, then calls one function of ``factordiff.commands``.
 A FactordiffError (bad input, impossible request) becomes one line on stderr and exit code 2.
 """
 
@@ -9,237 +9,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from factordiff.errors import FactordiffError
-
-
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _cmd_quickstart(args: argparse.Namespace) -> None:
-    from factordiff.evaluate.suite import summary_lines
-    from factordiff.quickstart import quickstart
-
-    metrics = quickstart(Path(args.out), minutes=args.minutes, size=args.size, from_scratch=args.from_scratch)
-    print("\n".join(summary_lines(metrics)))
-    print(f"report: {Path(args.out) / 'report.html'}")
-
-
-def _fit_overrides(args: argparse.Namespace) -> dict:
-    pairs = {
-        "data.source": args.data,
-        "data.size": args.size,
-        "data.factors": _csv_list(args.factors) if args.factors else None,
-        "split.kind": args.holdout,
-        "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
-        "split.where": args.holdout_where,
-        "train.minutes": args.minutes,
-        "train.seed": args.seed,
-        "profiles.normalize": args.normalize,
-        "profiles.controls": args.controls,
-        "profiles.moa": args.moa,
-        "profiles.max_missing": args.max_missing,
-        "profiles.perturbation_embedding": args.perturbation_embedding,
-        "profiles.smiles": args.smiles,
-        "profiles.roles": _csv_list(args.roles) if args.roles else None,
-        "denoiser.adapter": args.adapter,
-        "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base),
-        "denoiser.structure": args.structure,
-    }
-    over = {k: v for k, v in pairs.items() if v is not None}
-    if args.data and not args.data.startswith("shapes"):
-        over.setdefault("data.n", None)
-    return over
-
-
-def _cmd_fit(args: argparse.Namespace) -> None:
-    from factordiff.config import load_config
-    from factordiff.fit import fit
-    from factordiff.train import process
-
-    result = fit(load_config(args.config, _fit_overrides(args)), Path(args.out), resume=args.resume)
-    if process()[2]:  # under accelerate launch, one line from the main process
-        print("\n".join(result.summary()))
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from factordiff.evaluate.suite import evaluate, summary_lines
-
-    print("\n".join(summary_lines(evaluate(Path(args.run)))))
-    print(f"metrics: {Path(args.run) / 'metrics.json'}")
-
-
-def _cmd_info(args: argparse.Namespace) -> None:
-    from factordiff.models.runs import load_run
-
-    info = load_run(Path(args.run)).info()
-    print(f"{info['run']}: {info['kind']} run of {info['source']}")
-    for f in info["factors"]:
-        values = ", ".join(f["values"][:12]) + (
-            f" ... ({len(f['values'])} values)" if len(f["values"]) > 12 else ""
-        )
-        print(f"  {f['name']} ({f['kind']}, {f['role'] or 'no role'}): {values}")
-    print(f"training rows: {info['train_rows']}")
-    print(f"held out: {info['heldout'] or 'nothing'}")
-    print(f"written by factordiff {info['factordiff_version'] or '(version not recorded)'}")
-
-
-def _cmd_report(args: argparse.Namespace) -> None:
-    from factordiff.report import build_report
-
-    print(f"report: {build_report(Path(args.run))}")
-
-
-def _cmd_analyze(args: argparse.Namespace) -> None:
-    from factordiff.evaluate.analysis import analyze_run
-    from factordiff.report import build_report
-
-    a = analyze_run(Path(args.run), images=args.images, metric_scale=args.metric_scale)
-    for variant, scores in a["disentanglement"].items():
-        print(variant, " ".join(f"{k}={v:.3f}" for k, v in scores.items() if isinstance(v, float)))
-    print(f"report: {build_report(Path(args.run))}")
-
-
-def _cmd_counterfactual(args: argparse.Namespace) -> None:
-    from factordiff.data.images import read_image, save_png
-    from factordiff.edit import edit_image, edit_settings, fit_image
-    from factordiff.factors import parse_settings
-    from factordiff.models.runs import load_run
-
-    if not args.set and not (args.from_ and args.factor):
-        raise FactordiffError("expected --set FACTOR=VALUE, or --from REF.png with --factor FACTOR")
-    if bool(args.from_) != bool(args.factor):
-        raise FactordiffError("--from and --factor go together: --from REF.png --factor FACTOR")
-    if Path(args.out).suffix.lower() != ".png":
-        raise FactordiffError(f"--out {args.out}: expected a .png path")
-    run = load_run(Path(args.run))
-    if run.kind != "images":
-        raise FactordiffError(
-            f"{args.run}: a {run.kind} run; counterfactual edits images (use factordiff regenerate)"
-        )
-    cfg, model = run.config, run.model
-    image = fit_image(model, read_image(Path(args.image)), args.image)
-    settings = parse_settings(model.spec, args.set) if args.set else {}
-    sets = {k: model.spec.factors[k].index(v) for k, v in settings.items()}
-    reference, factors = None, None
-    if args.from_:
-        reference = fit_image(model, read_image(Path(args.from_)), args.from_)
-        factors = [model.spec.resolve(n) for n in _csv_list(args.factor)]
-    strength, guidance, residual = edit_settings(
-        cfg.evaluate,
-        model.spec,
-        sorted(set(sets) | set(factors or [])),
-        args.strength,
-        args.guidance,
-        args.residual,
-    )
-    out = edit_image(
-        model,
-        image,
-        sets,
-        reference,
-        factors,
-        steps=args.steps or cfg.evaluate.steps,
-        guidance=guidance,
-        strength=strength,
-        residual=residual,
-    )
-    save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
-    print(f"wrote {args.out}")
-
-
-def _cmd_regenerate(args: argparse.Namespace) -> None:
-    from factordiff.models.runs import load_run
-    from factordiff.regenerate import check_out, regenerate, write_regenerated
-
-    run = load_run(Path(args.run))
-    check_out(run, Path(args.out))
-    result = regenerate(
-        run,
-        args.where or [],
-        args.set,
-        steps=args.steps,
-        guidance=args.guidance,
-        strength=args.strength,
-        residual=args.residual,
-        limit=args.limit,
-        draws=args.draws,
-        seed=args.seed,
-        table=args.table,
-    )
-    r = write_regenerated(result, run, Path(args.out))
-    for v in r["unseen_values"]:
-        print(
-            f"note: {v} has no training row; generated with that factor's code absent "
-            "(from the other factors)"
-        )
-    print(
-        f"wrote {r['rows']} regenerated {run.kind == 'profiles' and 'rows' or 'images'} "
-        f"({r['edit']}) to {r['out']}"
-    )
-
-
-def _cmd_pack(args: argparse.Namespace) -> None:
-    from factordiff.data.shards import describe, pack
-    from factordiff.data.sources import load_data
-
-    if args.source.startswith("shards:"):
-        raise FactordiffError(f"{args.source}: already packed")
-    data = load_data(
-        args.source,
-        size=args.size,
-        factors=_csv_list(args.factors) if args.factors else None,
-        n=args.n,
-        seed=args.seed,
-    )
-    index = pack(data, Path(args.out), shard_size=args.shard_size)
-    print(f"packed {describe(index)} into {args.out}; train with --data shards:{args.out}")
-
-
-def _cmd_fields(args: argparse.Namespace) -> None:
-    from factordiff.data.cells import check_fields, join_metadata, open_fields, write_index
-
-    fields = open_fields(args.source, args.channels, Path(args.root) if args.root else None, args.plate)
-    for spec in args.join or []:
-        table, sep, pairs = spec.rpartition(":")
-        on = (
-            dict(p.split("=", 1) for p in _csv_list(pairs))
-            if sep and all("=" in p for p in _csv_list(pairs))
-            else None
-        )
-        if not on:
-            raise FactordiffError(
-                f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. "
-                "platemap.csv:Metadata_Well=well"
-            )
-        fields = join_metadata(fields, Path(table), on)
-    summary = check_fields(fields, args.bit_depth)
-    print(
-        f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels "
-        f"{', '.join(summary['channels'])}"
-    )
-    for name, (lo, mid, hi) in summary["percentiles_1_50_99.9"].items():
-        print(f"  {name:10s} intensity percentiles 1 / 50 / 99.9: {lo:g} / {mid:g} / {hi:g}")
-    print(f"  metadata: {', '.join(summary['metadata'])}")
-    if args.out:
-        write_index(fields, Path(args.out))
-        print(f"wrote {args.out}")
-
-
-def _cmd_disentanglement(args: argparse.Namespace) -> None:
-    from factordiff.checkpoint import atomic_write_json
-    from factordiff.evaluate.disentanglement import format_table, load_and_score
-
-    blocks = [int(b) for b in _csv_list(args.blocks)] if args.blocks else None
-    scores = load_and_score(
-        args.codes, args.factors, blocks=blocks, first_pc=args.first_pc, scale=args.scale, progress=True
-    )
-    print(format_table(scores))
-    if args.json:
-        atomic_write_json(Path(args.json), scores)
 
 
 def _positive_int(text: str) -> int:
@@ -319,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=32, help="image size in pixels (default 32)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
     p.add_argument("--from-scratch", action="store_true", help="ignore the shipped pretrained model")
-    p.set_defaults(handler=_cmd_quickstart)
+    p.set_defaults(handler="cmd_quickstart")
 
     p = sub.add_parser("fit", help="train a model on a dataset")
     p.add_argument(
@@ -402,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")
     p.add_argument("--out", default="runs/fit", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.set_defaults(handler=_cmd_fit)
+    p.set_defaults(handler="cmd_fit")
 
     p = sub.add_parser("counterfactual", help="change factors of one image")
     p.add_argument("run", help="run folder")
@@ -414,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
     p.add_argument("--out", required=True, help="output .png")
     _edit_options(p)
-    p.set_defaults(handler=_cmd_counterfactual)
+    p.set_defaults(handler="cmd_counterfactual")
 
     p = sub.add_parser(
         "regenerate",
@@ -445,21 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
         "its factor columns; factor values the run knows)",
     )
     _edit_options(p)
-    p.set_defaults(handler=_cmd_regenerate)
+    p.set_defaults(handler="cmd_regenerate")
 
     p = sub.add_parser("evaluate", help="oracle-judged counterfactuals and samples; writes RUN/metrics.json")
     p.add_argument("run")
-    p.set_defaults(handler=_cmd_evaluate)
+    p.set_defaults(handler="cmd_evaluate")
 
     p = sub.add_parser(
         "info", help="what a run folder holds: kind, factors with values and roles, split, version"
     )
     p.add_argument("run")
-    p.set_defaults(handler=_cmd_info)
+    p.set_defaults(handler="cmd_info")
 
     p = sub.add_parser("report", help="write RUN/report.html from RUN/metrics.json")
     p.add_argument("run")
-    p.set_defaults(handler=_cmd_report)
+    p.set_defaults(handler="cmd_report")
 
     p = sub.add_parser(
         "analyze",
@@ -476,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="fraction of disentanglement_lib's sample counts (default 1)",
     )
-    p.set_defaults(handler=_cmd_analyze)
+    p.set_defaults(handler="cmd_analyze")
 
     p = sub.add_parser(
         "fields",
@@ -506,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bit-depth", type=int, choices=[8, 16], help="refuse files of another bit depth")
     p.add_argument("--out", help="write a load_data-style index CSV of the fields")
-    p.set_defaults(handler=_cmd_fields)
+    p.set_defaults(handler="cmd_fields")
 
     p = sub.add_parser(
         "data",
@@ -524,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, help="shapes, cellsim, h5: number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=_positive_int, default=4096, help="images per shard (default 4096)")
-    p.set_defaults(handler=_cmd_pack)
+    p.set_defaults(handler="cmd_pack")
 
     p = sub.add_parser("disentanglement", help="disentanglement_lib metrics of any codes")
     p.add_argument("codes", help="CODES.npy, (N, D) float")
@@ -539,17 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1.0, help="fraction of disentanglement_lib's sample counts (default 1)"
     )
     p.add_argument("--json", help="write the scores to this JSON file")
-    p.set_defaults(handler=_cmd_disentanglement)
+    p.set_defaults(handler="cmd_disentanglement")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from factordiff.train import Interrupted
+    from factordiff import commands  # the one deferred import: the commands load torch (module doc)
 
     try:
-        return int(args.handler(args) or 0)
-    except Interrupted as e:
+        return int(getattr(commands, args.handler)(args) or 0)
+    except commands.Interrupted as e:
         print(f"factordiff {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum
     except FactordiffError as e:
