@@ -27,14 +27,14 @@ LAYERS = [
 ]
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path, modules: set[str]) -> set[str]:
+def imports(path: Path, modules: set[str], root: Path = PACKAGE) -> set[str]:
     """The factordiff modules that ``path`` imports, wherever the import stands."""
-    name = module_name(path)
+    name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -106,10 +106,5 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     (pkg / "a.py").write_text("from factordiff.b import x\n")
     (pkg / "b.py").write_text("def x():\n    from factordiff.a import y\n")
     mods = {"factordiff.a", "factordiff.b"}
-    global PACKAGE
-    saved, PACKAGE = PACKAGE, pkg
-    try:
-        assert imports(pkg / "b.py", mods) == {"factordiff.a"}
-        assert imports(pkg / "a.py", mods) == {"factordiff.b"}
-    finally:
-        PACKAGE = saved
+    assert imports(pkg / "b.py", mods, pkg) == {"factordiff.a"}
+    assert imports(pkg / "a.py", mods, pkg) == {"factordiff.b"}

@@ -60,10 +60,10 @@ class Regenerated:
     unseen: list[str]
 
 
-def _rows(run: Run, where: Sequence[str], indices, metadata=None, limit=None) -> np.ndarray:
+def _rows(run: Run, where: Sequence[str], indices, source: str, metadata=None, limit=None) -> np.ndarray:
     rows = np.flatnonzero(select(run.spec, indices, where, metadata))
     if not len(rows):
-        raise FactordiffError(f"--where {' / '.join(where)}: no row of {run.config.data.source} matches")
+        raise FactordiffError(f"--where {' / '.join(where)}: no row of {source} matches")
     return rows[:limit] if limit else rows
 
 
@@ -101,7 +101,7 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
 def _regenerate_images(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table):
     data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
     spec, cfg = run.spec, run.config
-    rows = _rows(run, where, data.factors, limit=limit)
+    rows = _rows(run, where, data.factors, data.source, limit=limit)
     blocks = _image_blocks(run, settings)
     strength, guidance, residual = edit_settings(
         cfg.evaluate, spec, list(blocks), strength, guidance, residual
@@ -133,7 +133,7 @@ def _regenerate_profiles(run, where, settings, steps, guidance, strength, residu
     model, spec = run.model, run.spec
     data = prepare_new_profiles(run.config, spec, model.feature_names, new) if new else run.data()
     table = data.table
-    rows = _rows(run, where, table.factors, table.metadata, limit)
+    rows = _rows(run, where, table.factors, table.source, table.metadata, limit)
     target_values = {}
     for k, value in settings.items():
         try:
