@@ -231,7 +231,7 @@ def test_regenerate_table_of_new_profile_rows_equals_the_same_rows_in_the_run(pr
     "change, message",
     [
         (lambda f: f.drop(columns=[f.columns[-1]]), "no column"),
-        (lambda f: f.assign(Metadata_Batch="Week99"), "unknown value 'Week99'"),
+        (lambda f: f.assign(Metadata_Batch="Week99"), "never saw and cannot code: Metadata_Batch=Week99"),
         (lambda f: f.assign(**{f.columns[-1]: np.nan}), "expected a number"),
     ],
 )

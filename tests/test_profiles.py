@@ -18,7 +18,7 @@ import torch
 
 from factordiff.cli import main
 from factordiff.config import load_config
-from factordiff.data.profiles import normalize_plates, read_profiles
+from factordiff.data.profiles import fit_plates, read_profiles, select_features
 from factordiff.data.splits import SplitConfig, make_split
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
@@ -42,7 +42,7 @@ def test_read_real_sample_defaults():
     assert t.features.shape == (157, 47) and t.features.dtype == np.float32
     assert t.spec["Metadata_Concentration"].kind == "ordinal"
     assert t.spec["Metadata_Batch"].role == "technical" and t.spec["Metadata_Compound"].role == "biological"
-    assert t.cleaning["rows_dropped_missing"] == 0
+    assert t.cleaning["rows_read"] == 157 and not np.isnan(t.features).any()
 
 
 def test_missing_values_dropped_and_counted(tmp_path):
@@ -54,12 +54,67 @@ def test_missing_values_dropped_and_counted(tmp_path):
     df[feats[3]] = 1.0  # constant: dropped
     path = tmp_path / "holes.csv"
     df.to_csv(path, index=False)
-    t = read_profiles(path, max_missing=0.05)
-    assert t.cleaning["columns_dropped_missing"] == [feats[0]]
-    assert t.cleaning["rows_dropped_missing"] == 2
-    assert t.cleaning["columns_dropped_constant"] == [feats[3]]
-    assert len(t) == 155 and t.features.shape[1] == 45
-    assert 3 not in t.rows and 7 not in t.rows
+    t = read_profiles(path)
+    every = np.ones(len(t), bool)
+    names, cleaning = select_features(t, every, max_missing=0.05)
+    assert cleaning["columns_dropped_missing"] == [feats[0]]
+    assert cleaning["columns_dropped_constant"] == [feats[3]]
+    kept, train = t.keep(names, every)
+    assert kept.cleaning["rows_dropped_missing"] == 2 and train.sum() == 155
+    assert len(kept) == 155 and kept.features.shape[1] == 45
+    assert 3 not in kept.rows and 7 not in kept.rows
+
+
+def test_feature_selection_sees_training_rows_only(tmp_path):
+    """A column missing only in held-out rows is kept (their rows are dropped, not the column); a
+    column constant on training rows but varying in held-out rows is dropped."""
+    df = _frame()
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    held = ((df.Metadata_Compound == "DMSO") & (df.Metadata_Batch == "Week8")).to_numpy()
+    df.loc[np.flatnonzero(held)[:10], feats[0]] = np.nan  # 10 holes, all in held-out rows (6%)
+    df.loc[~held, feats[1]] = 2.5  # constant on training rows only
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    t = read_profiles(path, factors=FACTORS.split(","))
+    names, cleaning = select_features(t, ~held, max_missing=0.05)
+    assert feats[0] in names and cleaning["columns_dropped_missing"] == []
+    assert cleaning["columns_dropped_constant"] == [feats[1]]
+    kept, train = t.keep(names, ~held)
+    assert kept.cleaning["heldout_rows_dropped_missing"] == 10 and train.sum() == (~held).sum()
+
+
+def test_metadata_kept_as_read_and_id_numbers_categorical(tmp_path):
+    df = _frame()
+    df["Metadata_Site"] = np.arange(len(df)) % 4 + 1
+    df["Metadata_Time"] = np.where(np.arange(len(df)) % 2, 72, 24)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    t = read_profiles(tmp_path / "t.csv", factors=["Metadata_Site", "Metadata_Time", "Metadata_Compound"])
+    assert t.spec["Metadata_Site"].kind == "categorical" and t.spec["Metadata_Time"].kind == "ordinal"
+    assert set(t.metadata["Metadata_Time"]) == {"24", "72"}
+    assert t.text(1, t.spec["Metadata_Time"].index(72)) == "72"
+
+
+@pytest.mark.parametrize(
+    "header, factors, message",
+    [
+        ("dup", None, "duplicate column name"),
+        ("single", ["Metadata_One", "Metadata_Batch"], "factor column 'Metadata_One' has one value"),
+    ],
+)
+def test_table_refusals(tmp_path, header, factors, message):
+    df = _frame()
+    if header == "dup":
+        path = tmp_path / "t.csv"
+        text = df.to_csv(index=False).splitlines()
+        cols = text[0].split(",")
+        cols[-1] = cols[-2]
+        path.write_text("\n".join([",".join(cols), *text[1:]]) + "\n")
+    else:
+        df["Metadata_One"] = "x"
+        path = tmp_path / "t.csv"
+        df.to_csv(path, index=False)
+    with pytest.raises(FactordiffError, match=message):
+        read_profiles(path, factors=factors)
 
 
 def test_parquet_and_gzip_read_the_same(tmp_path):
@@ -104,21 +159,24 @@ def test_holdout_where_by_value_and_alias():
 def test_plate_normalisation_uses_training_rows_only():
     t = read_profiles(SAMPLE, factors=FACTORS.split(","))
     held = (t.metadata["Metadata_Compound"] == "DMSO") & (t.metadata["Metadata_Batch"] == "Week8")
-    a, _ = normalize_plates(t, "plate", ~held)
+    a = fit_plates(t, "plate", ~held).apply(t)
     t2 = t.subset(np.ones(len(t), bool))
     t2.features = t.features.copy()
     t2.features[held] += 1000.0  # held-out rows changed: the training rows' z-scores must not move
-    b, _ = normalize_plates(t2, "plate", ~held)
+    b = fit_plates(t2, "plate", ~held).apply(t2)
     np.testing.assert_array_equal(a[~held], b[~held])
     ctrl = t.metadata["Metadata_Compound"] == "DMSO"
     with pytest.raises(FactordiffError, match="plate Week8_.* has no training control rows"):
-        normalize_plates(t, "controls", ~held, ctrl)  # Week8's controls are all held out
-    z, info = normalize_plates(t, "controls", np.ones(len(t), bool), ctrl)
-    assert info["plates"] == len(np.unique(t.metadata["Metadata_Plate"]))
+        fit_plates(t, "controls", ~held, ctrl)  # Week8's controls are all held out
+    stats = fit_plates(t, "controls", np.ones(len(t), bool), ctrl)
+    z = stats.apply(t)
+    assert len(stats.plates) == len(np.unique(t.metadata["Metadata_Plate"]))
     week4 = (t.metadata["Metadata_Batch"] == "Week4") & ctrl
     plate = t.metadata["Metadata_Plate"][np.flatnonzero(week4)[0]]
     rows = (t.metadata["Metadata_Plate"] == plate) & ctrl
     assert np.abs(np.median(z[rows], 0)).max() < 1e-5  # each plate's controls centred at 0
+    back = stats.raw(z, [[int(i)] for i in stats.index(t.metadata["Metadata_Plate"])])
+    np.testing.assert_allclose(back, t.features, rtol=1e-4, atol=1e-3)
 
 
 def test_mlp_adapter_is_a_noop_at_init():

@@ -6,6 +6,7 @@ on a 2-core CPU)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from factordiff.checkpoint import atomic_write_json
@@ -23,7 +24,7 @@ from factordiff.factors import parse_settings
 from factordiff.fit import fit
 from factordiff.models.runs import load_run
 from factordiff.quickstart import quickstart
-from factordiff.regenerate import check_out, regenerate, write_regenerated
+from factordiff.regenerate import check_out, regenerate, sidecar_path, write_regenerated
 from factordiff.report import build_report
 from factordiff.train import Interrupted, process
 
@@ -161,6 +162,8 @@ def cmd_regenerate(args: argparse.Namespace) -> None:
         seed=args.seed,
         table=args.table,
     )
+    for line in result.info.get("notes", []):
+        print(f"note: {line}", file=sys.stderr)
     r = write_regenerated(result, run, Path(args.out))
     for v in r["unseen_values"]:
         print(
@@ -170,6 +173,7 @@ def cmd_regenerate(args: argparse.Namespace) -> None:
     print(
         f"wrote {r['rows']} regenerated {run.kind == 'profiles' and 'rows' or 'images'} "
         f"({r['edit']}) to {r['out']}"
+        + (f"; {result.info['units']} (see {sidecar_path(Path(args.out))})" if run.kind == "profiles" else "")
     )
 
 

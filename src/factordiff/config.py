@@ -328,8 +328,10 @@ class ProfilesConfig:
     Args:
         roles: ``"FACTOR=biological"`` or ``"FACTOR=technical"`` per factor (others: technical when
             the name says batch, plate, well, source, date..., else biological).
-        max_missing: feature columns with a larger share of missing values are dropped, then rows
-            with any missing value.
+        max_missing: feature columns with a larger share of missing values on training rows are
+            dropped, then columns constant on training rows, then rows with any missing value.
+        feature_select: pycytominer ``feature_select`` operations run on the training rows after
+            that: ``variance_threshold``, ``correlation_threshold``, ``blocklist`` (none by default).
         normalize: ``none`` (the table is already normalised), ``plate`` (robust z-score to each
             plate's training rows) or ``controls`` (to each plate's training control rows).
         plate_column: the plate column for ``normalize`` (None: the metadata column named *Plate).
@@ -358,6 +360,7 @@ class ProfilesConfig:
 
     roles: list[str] = field(default_factory=list)
     max_missing: float = 0.05
+    feature_select: list[str] = field(default_factory=list)
     normalize: Literal["none", "plate", "controls"] = "none"
     plate_column: str | None = None
     controls: str | None = None

@@ -29,7 +29,8 @@ import torch
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
-from factordiff.data.sources import prepare_data
+from factordiff.data.profiles import fingerprint
+from factordiff.data.sources import PROFILES, prepare_data
 from factordiff.data.splits import Split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
 from factordiff.diffusion.denoiser import Denoiser
@@ -80,7 +81,9 @@ class FitResult:
             f"{data.table.source}: {c['rows']} of {c['rows_read']} rows, {c['features']} features; "
             f"dropped {len(c['columns_dropped_missing'])} column(s) with more than {c['max_missing']:.0%} "
             f"missing, then {c['rows_dropped_missing']} row(s) with missing values, "
-            f"{len(c['columns_dropped_constant'])} constant column(s); "
+            f"{len(c['columns_dropped_constant'])} constant column(s)"
+            + "".join(f", {len(c['columns_dropped_' + op])} by {op}" for op in c["operations"][2:])
+            + "; "
             f"normalisation: {data.normalization['normalize']}",
             f"trained {int(data.train.sum())} rows ({data.split.description}); model: {where}",
         ]
@@ -497,7 +500,12 @@ def fit_profiles(
     seen = seen_values(spec, ftrain)
     if perturbation is not None:
         seen[perturbation_factor(cfg, spec)[0]][:] = True  # every value has features, so a code
-    model = ProfileModel.build(cfg, spec, data.table.feature_names, mean, std, seen, additive, perturbation)
+    source = cfg.data.source[len(PROFILES) :]
+    c = data.table.cleaning
+    table = {"path": source, "fingerprint": fingerprint(source), "rows": c["rows_read"], "cleaning": c}
+    model = ProfileModel.build(
+        cfg, spec, data.table.feature_names, mean, std, seen, additive, perturbation, data.plates, table
+    )
     model.embedder.train().requires_grad_(True)
     model.denoiser.train().requires_grad_(True)
     step = DiffusionStep(
@@ -534,7 +542,6 @@ def fit_profiles(
         extra={
             "split": data.split.to_json(),
             "train_rows": int(data.train.sum()),
-            "cleaning": data.table.cleaning,
             "normalization": data.normalization,
         },
     )

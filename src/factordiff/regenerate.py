@@ -25,12 +25,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from factordiff.checkpoint import atomic_write_json
+from factordiff.data.profiles import unknown_values
 from factordiff.data.sources import read_images_like, traits
 from factordiff.data.splits import select
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.errors import FactordiffError
 from factordiff.factors import parse_settings
-from factordiff.models.profiles import prepare_new_profiles
+from factordiff.models.profiles import prepare_run_profiles
 from factordiff.models.runs import Run
 
 SOURCE_ROW = "Metadata_source_row"
@@ -51,6 +53,9 @@ class Regenerated:
         edit: the changes, ``F=V, G=W``.
         unseen: ``F=V`` of set values that no training row had (profiles generate them with that
             factor's code absent).
+        info: profiles: ``units`` (what the numbers are in), ``nested`` (columns left empty because
+            they are nested in a set factor, with that factor), ``notes`` (lines for the user) and
+            ``table``.
     """
 
     samples: np.ndarray
@@ -58,6 +63,7 @@ class Regenerated:
     features: list[str] | None
     edit: str
     unseen: list[str]
+    info: dict
 
 
 def _rows(run: Run, where: Sequence[str], indices, source: str, metadata=None, limit=None) -> np.ndarray:
@@ -126,29 +132,100 @@ def _regenerate_images(run, where, settings, steps, guidance, strength, residual
     )
     for k, value in settings.items():
         meta[f"Metadata_{spec.factors[k].name}"] = value
-    return images.reshape(len(rows) * draws, *data.images.shape[1:]), meta, rows, None, []
+    return images.reshape(len(rows) * draws, *data.images.shape[1:]), meta, rows, None, [], {}
+
+
+def nested_in(cells: np.ndarray, parent: np.ndarray) -> bool:
+    """True when ``cells`` (one column's values) is nested in ``parent``: every value of it occurs
+    with one value of ``parent`` only, and it has more values (plates in a batch)."""
+    pairs = np.unique(np.stack([cells.astype(str), parent.astype(str)], 1), axis=0)
+    return len(np.unique(pairs[:, 0])) == len(pairs) and len(pairs) > len(np.unique(pairs[:, 1]))
+
+
+def _derived(cells: np.ndarray, parent: np.ndarray) -> dict[str, str] | None:
+    """``cells`` as a function of ``parent`` (MoA or SMILES of a compound), or None if it is not one
+    or is constant."""
+    pairs = np.unique(np.stack([parent.astype(str), cells.astype(str)], 1), axis=0)
+    if len(np.unique(pairs[:, 0])) != len(pairs) or len(np.unique(pairs[:, 1])) < 2:
+        return None
+    return dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+
+
+def _profile_metadata(table, rows, target, settings, train) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The output rows' metadata as the table writes it, their absent factors and the set
+    factors' nested columns. Factor columns take the target's values (the table's text for them,
+    else the ``--set`` text); a column nested in a set factor (a plate in a changed batch) is left
+    empty and, if it is a factor, generated absent; a column that is a function of a set factor
+    (MoA, SMILES) takes the target value's entry, or stays empty where the table has none; other
+    columns keep the source's text."""
+    spec = table.spec
+    meta = pd.DataFrame({c: np.asarray(v)[rows] for c, v in table.metadata.items()})
+    absent = np.zeros(target.shape, bool)
+    nested: dict[str, str] = {}
+    for k, value in settings.items():
+        name = spec.factors[k].name
+        parent = table.metadata[name]
+        text = table.text(k, target[0, k]) if (table.factors[:, k] == target[0, k]).any() else value
+        meta[name] = text
+        for c, cells in table.metadata.items():
+            if c == name or (c in spec.names and spec.position(c) in settings):
+                continue
+            if nested_in(cells[train], parent[train]):
+                meta[c] = ""
+                nested[c] = name
+                if c in spec.names:
+                    absent[:, spec.position(c)] = True
+            elif c not in spec.names and (mapping := _derived(cells, parent)) is not None:
+                meta[c] = mapping.get(text, "")
+    return meta, absent, nested
+
+
+def _raw_units(plates, table, meta, rows, settings, nested) -> tuple[list[list[int]], str]:
+    """Per output row, the plates whose statistics write it back in raw units: the set plate, the
+    plates of the target's value of the factor the plate is nested in, or the source's plate."""
+    column, spec = plates.column, table.spec
+    source = plates.index(table.metadata[column][rows])
+    if column in spec.names and spec.position(column) in settings:
+        target = plates.index(meta[column].to_numpy(str))
+        return [[int(i)] for i in target], f"raw units of plate {meta[column].iloc[0]}"
+    if column in nested:
+        parent = nested[column]
+        value = meta[parent].iloc[0]
+        group = [
+            int(i) for i in plates.index(np.unique(table.metadata[column][table.metadata[parent] == value]))
+        ]
+        group = [i for i in group if i >= 0]
+        if not group:
+            raise FactordiffError(f"--set {parent}={value}: no plate of the table has it, so no raw units")
+        shown = ", ".join(plates.plates[i] for i in group)
+        return [group] * len(rows), f"raw units: mean of the plates of {parent}={value} ({shown})"
+    return [[int(i)] for i in source], "raw units of each source row's plate"
 
 
 def _regenerate_profiles(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new):
     model, spec = run.model, run.spec
-    data = prepare_new_profiles(run.config, spec, model.feature_names, new) if new else run.data()
+    data = prepare_run_profiles(run.config, model, new)
     table = data.table
     rows = _rows(run, where, table.factors, table.source, table.metadata, limit)
-    target_values = {}
-    for k, value in settings.items():
-        try:
-            target_values[k] = spec.factors[k].index(value)
-        except FactordiffError as e:
-            raise FactordiffError(f"--set {spec.factors[k].name}={value}: {e}") from None
+    unknown = unknown_values(table, rows)
+    if unknown:
+        raise FactordiffError(
+            f"{table.source}: selected rows hold value(s) the run never saw and cannot code: "
+            f"{', '.join(unknown[:5])}; narrow --where or fit again"
+        )
     factors = table.factors[rows]
     target = factors.copy()
-    for k, v in target_values.items():
-        target[:, k] = v
+    for k, value in settings.items():
+        try:
+            target[:, k] = spec.factors[k].index(value)
+        except FactordiffError as e:
+            raise FactordiffError(f"--set {spec.factors[k].name}={value}: {e}") from None
     unseen = [
-        f"{spec.factors[k].name}={spec.factors[k].values[v]}"
-        for k, v in target_values.items()
-        if spec.factors[k].kind != "ordinal" and not model.seen[k][v]
+        f"{spec.factors[k].name}={spec.factors[k].values[target[0, k]]}"
+        for k in settings
+        if spec.factors[k].kind != "ordinal" and not model.seen[k][target[0, k]]
     ]
+    meta, absent, nested = _profile_metadata(table, rows, target, settings, data.train)
     steps = steps or run.config.profiles.sample_steps
     strength = 1.0 if strength is None else strength
     x = data.features[rows]
@@ -163,16 +240,17 @@ def _regenerate_profiles(run, where, settings, steps, guidance, strength, residu
             guidance,
             bool(residual),
             None if draws == 1 else model.noised(x, factors, steps, strength, gen),
+            absent if absent.any() else None,
         )
         for _ in range(draws)
     ]
+    units = "normalised units (no per-plate normalisation was fitted)"
+    if model.plates is not None:
+        groups, units = _raw_units(data.plates, table, meta, rows, settings, nested)
+        out = [data.plates.raw(z, groups) for z in out]
     samples = np.stack(out, 1).reshape(len(rows) * draws, -1)  # source-major, draw-minor
-    meta = pd.DataFrame({c: np.asarray(v)[rows] for c, v in table.metadata.items()})
-    for k, f in enumerate(spec.factors):
-        meta[f.name] = [
-            str(f.values[i]) if f.kind != "ordinal" else repr(float(f.values[i])) for i in target[:, k]
-        ]
-    return samples, meta, table.rows[rows], list(model.feature_names), unseen
+    info = {"units": units, "nested": nested, "notes": data.notes, "table": table.source}
+    return samples, meta, table.rows[rows], list(model.feature_names), unseen, info
 
 
 @torch.no_grad()
@@ -210,11 +288,11 @@ def regenerate(
     settings = parse_settings(run.spec, set, "--set")
     gen = torch.Generator().manual_seed(seed)
     part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
-    samples, meta, source_rows, features, unseen = part(
+    samples, meta, source_rows, features, unseen, info = part(
         run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table
     )
     edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
-    return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen)
+    return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen, info)
 
 
 def write_table(frame: pd.DataFrame, out: Path) -> None:
@@ -265,14 +343,34 @@ def check_out(run: Run, out: Path) -> None:
         raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
 
 
+def sidecar_path(out: Path) -> Path:
+    """``OUT.json`` beside a regenerated table ``OUT.csv`` (``.csv.gz``, ``.parquet``)."""
+    name = out.name
+    for suffix in TABLE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return out.with_name(name[: -len(suffix)] + ".json")
+    return out.with_name(name + ".json")
+
+
 def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
-    """Profiles: one table (``out`` .csv, .csv.gz or .parquet: metadata, provenance, features).
+    """Profiles: one table (``out`` .csv, .csv.gz or .parquet: metadata as read, provenance,
+    features in the units ``OUT.json`` states) and ``OUT.json`` (the run, the edit, the units, the rows).
     Images: the folder ``out`` (``_write_images``). Nothing is left half-written."""
     out = Path(out)
     check_out(run, out)
     if run.kind == "profiles":
         frame = pd.concat([result.metadata, pd.DataFrame(result.samples, columns=result.features)], axis=1)
         write_table(frame, out)
+        sidecar = {
+            "run": str(run.path),
+            "edit": result.edit,
+            "units": result.info["units"],
+            "rows": len(result.samples),
+            "table": result.info["table"],
+            "nested_left_empty": result.info["nested"],
+            "unseen_values": result.unseen,
+        }
+        atomic_write_json(sidecar_path(out), sidecar)
     else:
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,8 +2,9 @@
 code block of a factor is a learned function of its value, trained with the denoiser.
 
 - a categorical factor's block is a learned embedding of its value (scLDM's class embeddings);
-- an ordinal factor's block is a small MLP of the value's position on the factor's axis, so a
-  dose that no training row had still has a code (interpolated between its neighbours).
+- an ordinal factor's block is a small MLP of the value's position on the factor's axis (a log
+  axis for doses, fitted on training values: ``axis_positions``), so a dose that no training row
+  had still has a code (interpolated between its neighbours).
 
 - a perturbation factor can instead take a ``PerturbationEmbedder`` (an MLP of each value's
   Morgan fingerprint or table embedding, controls their own code), so a value no training row had
@@ -24,17 +25,30 @@ from torch import nn
 from factordiff.factors import FactorSpec
 
 
-def axis_positions(spec: FactorSpec) -> list[torch.Tensor]:
-    """Per ordinal factor, each value's position on its axis in [-1, 1] (by rank on the grid);
-    an empty tensor for categorical factors."""
+def axis_positions(spec: FactorSpec, seen: list[np.ndarray] | None = None) -> list[torch.Tensor]:
+    """Per ordinal factor, each value's position on its axis, an empty tensor for categorical ones.
+
+    The axis is fitted on the values that training rows have (``seen``; None: every value): a log
+    axis when those are all >= 0 with two or more positive (doses, times; a zero dose sits one decade
+    below the smallest positive one), else a linear one, scaled so that the training values span
+    [-1, 1]. A value no training row had lands on the same axis, between or beyond its neighbours,
+    and moves no training value's position."""
     out = []
-    for f in spec.factors:
-        n = f.size
-        out.append(
-            torch.linspace(-1.0, 1.0, n)
-            if f.kind == "ordinal" and n > 1
-            else torch.zeros(n if f.kind == "ordinal" else 0)
-        )
+    for k, f in enumerate(spec.factors):
+        if f.kind != "ordinal":
+            out.append(torch.zeros(0))
+            continue
+        values = np.asarray(f.values, np.float64)
+        fit = values[seen[k]] if seen is not None and seen[k].any() else values
+        if (fit >= 0).all() and (fit > 0).sum() >= 2:
+            floor = np.log10(fit[fit > 0].min()) - 1.0
+            axis = np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), floor)
+            fit_axis = np.where(fit > 0, np.log10(np.where(fit > 0, fit, 1.0)), floor)
+        else:
+            axis, fit_axis = values, fit
+        lo, hi = fit_axis.min(), fit_axis.max()
+        pos = 2.0 * (axis - lo) / (hi - lo) - 1.0 if hi > lo else axis - lo
+        out.append(torch.as_tensor(pos, dtype=torch.float32))
     return out
 
 
@@ -46,6 +60,7 @@ class MetadataEmbedder(nn.Module):
         code_dims: D.
         hidden: width of the ordinal factors' position MLPs.
         perturbation: a factor's index and the ``PerturbationEmbedder`` that codes it instead of a table.
+        seen: per factor, the values training rows have (the ordinal axes are fitted on them).
     """
 
     def __init__(
@@ -54,6 +69,7 @@ class MetadataEmbedder(nn.Module):
         code_dims: int,
         hidden: int = 64,
         perturbation: tuple[int, nn.Module] | None = None,
+        seen: list[np.ndarray] | None = None,
     ):
         super().__init__()
         self.code_dims = code_dims
@@ -72,7 +88,7 @@ class MetadataEmbedder(nn.Module):
             else nn.Identity()
             for o in self.ordinal
         )
-        for k, pos in enumerate(axis_positions(spec)):
+        for k, pos in enumerate(axis_positions(spec, seen)):
             self.register_buffer(f"pos{k}", pos, persistent=False)
 
     def forward(self, factors: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from factordiff.models.profiles import (
     ProfileModel,
     control_rows,
     metadata_column,
-    prepare_profiles,
+    prepare_run_profiles,
 )
 from factordiff.models.runs import load_model
 
@@ -219,7 +219,7 @@ def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> li
     (``profiles.guidance_technical``): how reading as the target trades against the distance to the
     real held-out rows. One dict per (condition, weight) with the model's figures."""
     cfg, model = load_model(run)
-    data = prepare_profiles(cfg)
+    data = prepare_run_profiles(cfg, model)
     spec, f = data.table.spec, data.table.factors
     scale = standardizer(data.features[data.train])
     technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
@@ -248,7 +248,7 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     run = Path(run)
     t0 = time.monotonic()
     cfg, model = load_model(run)
-    data = prepare_profiles(cfg)
+    data = prepare_run_profiles(cfg, model)
     spec, f = data.table.spec, data.table.factors
     seed = cfg.train.seed
     scale = standardizer(data.features[data.train])
@@ -259,7 +259,7 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     metrics: dict = {
         "kind": "profiles",
         "split": data.split.to_json(),
-        "cleaning": data.table.cleaning,
+        "cleaning": model.table.get("cleaning", {}),
         "normalization": data.normalization,
         "rows": {"train": int(data.train.sum()), "heldout": int((~data.train).sum())},
         "oracle_accuracy": {spec.factors[k].name: acc for k, (_, acc, _) in oracles.items()},

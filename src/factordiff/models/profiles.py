@@ -13,7 +13,7 @@ means and spreads, the seen-value masks and the denoiser all come from training 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,17 @@ from factordiff.checkpoint import (
     read_json,
 )
 from factordiff.config import RunConfig, SplitConfig, from_dict
-from factordiff.data.profiles import ProfileTable, normalize_plates, read_profiles, read_profiles_like
+from factordiff.data.profiles import (
+    PlateStats,
+    ProfileTable,
+    fingerprint,
+    fit_plates,
+    read_profiles,
+    read_profiles_like,
+    select_features,
+)
 from factordiff.data.sources import PROFILES
-from factordiff.data.splits import Split, make_split
+from factordiff.data.splits import Split, make_split, select
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.guidance import Guidance
@@ -49,48 +57,99 @@ def roles_of(cfg: RunConfig) -> dict[str, str]:
 
 @dataclass
 class ProfileData:
-    """A profile table with its split and the features the model works on (normalised as configured)."""
+    """A profile table with its split and the features the model works on (normalised as configured).
+
+    ``plates``: the per-plate statistics (None without normalisation); ``notes``: lines to tell the
+    user (a table changed since the fit, rows dropped for missing values)."""
 
     table: ProfileTable
     split: Split
     train: np.ndarray  # bool mask of training rows
     features: np.ndarray  # (N, F) after per-plate normalisation
     normalization: dict
+    plates: PlateStats | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _normalization(plates: PlateStats | None) -> dict:
+    if plates is None:
+        return {"normalize": "none"}
+    return {"normalize": plates.mode, "plate_column": plates.column, "plates": len(plates.plates)}
+
+
+def check_conditions(table: ProfileTable, where: list[str], what: str = "--holdout-where") -> None:
+    """Each condition must match some row: values that each exist but never together are refused."""
+    for text in where:
+        if not select(table.spec, table.factors, [text], table.metadata, what).any():
+            raise FactordiffError(
+                f"{what} {text!r}: no row of {table.source} matches (its values never occur together)"
+            )
 
 
 def prepare_profiles(cfg: RunConfig) -> ProfileData:
-    """Read, clean, split and normalise the table named by ``cfg.data.source`` (``profiles:FILE``)."""
+    """For a fit: read the table named by ``cfg.data.source`` (``profiles:FILE``), split it, decide
+    its feature columns and fit its plate statistics on the training rows only, and normalise."""
     p = cfg.profiles
-    table = read_profiles(cfg.data.source[len(PROFILES) :], cfg.data.factors, roles_of(cfg), p.max_missing)
+    table = read_profiles(cfg.data.source[len(PROFILES) :], cfg.data.factors, roles_of(cfg))
     split = make_split(table.spec, cfg.split)
+    check_conditions(table, list(cfg.split.where))
     train = ~split.heldout(table.factors)
     if not train.any():
         raise FactordiffError(f"split {split.description}: holds out every row; nothing left to train on")
-    controls = control_rows(table, p.controls) if p.normalize == "controls" else None
+    names, cleaning = select_features(table, train, p.max_missing, tuple(p.feature_select))
+    table.cleaning.update(cleaning)
+    table, train = table.keep(names, train)
+    if not train.any():
+        raise FactordiffError(f"{table.source}: every training row misses a feature value")
+    controls = control_rows(table, p.controls)
+    if p.moa:
+        metadata_column(table, p.moa, "profiles.moa")
     if p.normalize == "controls" and controls is None:
         raise FactordiffError(
             "--normalize controls needs profiles.controls, e.g. --controls Metadata_Compound=DMSO"
         )
-    features, info = normalize_plates(table, p.normalize, train, controls, p.plate_column)
-    return ProfileData(table, split, train, features, info)
+    plates = fit_plates(table, p.normalize, train, controls, p.plate_column)
+    features = plates.apply(table) if plates else table.features
+    return ProfileData(table, split, train, features, _normalization(plates), plates)
 
 
-def prepare_new_profiles(
-    cfg: RunConfig, spec: FactorSpec, feature_names: list[str], path: Path
+def prepare_run_profiles(
+    cfg: RunConfig, model: "ProfileModel", path: Path | str | None = None
 ) -> ProfileData:
-    """New rows for a trained run (``regenerate --table``): read in the layout of the run's table
-    (``read_profiles_like``) and normalised as the fit normalised its own plates, each plate to its
-    own rows (or control rows); nothing of the run's data is read."""
+    """For a trained run: its table (or the table ``path``: rows the fit never saw) read in the
+    run's layout, factor values and features matched by name (``read_profiles_like``), and
+    normalised with the plate statistics the fit saved; a plate the fit never saw is normalised to
+    its own rows (control rows). A table that changed since the fit is said in ``notes``."""
     p = cfg.profiles
-    table = read_profiles_like(path, spec, feature_names)
-    every = np.ones(len(table), bool)
-    controls = control_rows(table, p.controls) if p.normalize == "controls" else None
-    features, info = normalize_plates(table, p.normalize, every, controls, p.plate_column)
-    return ProfileData(table, make_split(spec, SplitConfig()), every, features, info)
+    source = Path(path) if path is not None else Path(cfg.data.source[len(PROFILES) :])
+    table = read_profiles_like(source, model.spec, model.feature_names, strict=path is not None)
+    notes = []
+    if path is None and model.table.get("fingerprint") and fingerprint(source) != model.table["fingerprint"]:
+        notes.append(
+            f"{source}: changed since the fit; factor values and features are matched by name "
+            f"({model.table.get('rows')} rows then, {table.cleaning['rows_read']} now)"
+        )
+    if table.cleaning["rows_dropped_missing"]:
+        notes.append(f"{source}: {table.cleaning['rows_dropped_missing']} rows miss a feature value; skipped")
+    split = make_split(model.spec, cfg.split) if path is None else make_split(model.spec, SplitConfig())
+    train = ~split.heldout(table.factors) & (table.factors >= 0).all(1)
+    plates = model.plates
+    if plates is not None:
+        known = plates.index(table.metadata[plates.column]) >= 0 if plates.column in table.metadata else None
+        if known is None:
+            raise FactordiffError(f"{source}: no column {plates.column!r} for per-plate normalisation")
+        if not known.all():
+            own = table.subset(~known)
+            controls = control_rows(own, p.controls) if p.normalize == "controls" else None
+            every = np.ones(len(own), bool)
+            plates = plates.merged(fit_plates(own, p.normalize, every, controls, plates.column))
+    features = plates.apply(table) if plates else table.features
+    return ProfileData(table, split, train, features, _normalization(plates), plates, notes)
 
 
 def control_rows(table: ProfileTable, controls: str | None) -> np.ndarray | None:
-    """Bool mask of the control rows named by ``"COLUMN=VALUE"`` (any metadata column)."""
+    """Bool mask of the control rows named by ``"COLUMN=VALUE"`` (any metadata column); a condition
+    that no row has is refused."""
     if not controls:
         return None
     name, value = parse_pairs(controls, "profiles.controls")[0]
@@ -158,6 +217,8 @@ class ProfileModel:
         denoiser: the conditioned MLP.
         additive: with ``profiles.residual = "ridge"``, the ridge model's weights (P, F) and
             intercept (F,) in standardised units; the denoiser then works on what it leaves.
+        plates: the per-plate normalisation fitted on training rows (None without one).
+        table: the fitted table's ``path``, ``fingerprint`` (``data.profiles.fingerprint``) and ``rows``.
     """
 
     def __init__(
@@ -171,8 +232,11 @@ class ProfileModel:
         embedder: MetadataEmbedder,
         denoiser: MLPDenoiser,
         additive: tuple[torch.Tensor, torch.Tensor] | None = None,
+        plates: PlateStats | None = None,
+        table: dict | None = None,
     ):
         self.config, self.spec, self.feature_names = config, spec, list(feature_names)
+        self.plates, self.table = plates, dict(table or {})
         self.mean, self.std, self.seen = mean, std, seen
         self.embedder, self.denoiser, self.additive = embedder, denoiser, additive
         for m in (embedder, denoiser):
@@ -189,6 +253,8 @@ class ProfileModel:
         seen=None,
         additive=None,
         perturbation: np.ndarray | None = None,
+        plates: PlateStats | None = None,
+        table: dict | None = None,
     ) -> "ProfileModel":
         """``perturbation``: the features of the perturbation factor's values
         (``profiles.perturbation_embedding`` other than onehot), from ``perturbation_table``."""
@@ -198,13 +264,13 @@ class ProfileModel:
             k, control = perturbation_factor(config, spec)
             is_control = np.asarray([str(v) == control for v in spec.factors[k].values])
             pert = (k, PerturbationEmbedder(perturbation, is_control, p.code_dims))
-        embedder = MetadataEmbedder(spec, p.code_dims, perturbation=pert)
+        seen = seen if seen is not None else [np.ones(fa.size, bool) for fa in spec.factors]
+        embedder = MetadataEmbedder(spec, p.code_dims, perturbation=pert, seen=seen)
         adapter = TimeEmbeddingAdapter(len(spec), p.code_dims, p.width, config.denoiser.adapter_hidden)
         denoiser = MLPDenoiser(f, p.width, p.depth, adapter)
         mean = torch.zeros(f) if mean is None else mean
         std = torch.ones(f) if std is None else std
-        seen = seen if seen is not None else [np.ones(fa.size, bool) for fa in spec.factors]
-        return cls(config, spec, feature_names, mean, std, seen, embedder, denoiser, additive)
+        return cls(config, spec, feature_names, mean, std, seen, embedder, denoiser, additive, plates, table)
 
     def standardize(self, x: np.ndarray) -> torch.Tensor:
         return (torch.as_tensor(x, dtype=torch.float32) - self.mean) / self.std
@@ -226,9 +292,12 @@ class ProfileModel:
     def from_space(self, z: torch.Tensor, factors: np.ndarray) -> np.ndarray:
         return self.unstandardize(z + self.prior(factors))
 
-    def condition(self, factors: np.ndarray) -> Condition:
+    def condition(self, factors: np.ndarray, absent: np.ndarray | None = None) -> Condition:
+        """Codes of value indices (N, K); ``absent`` (N, K) bool marks factors to leave out (their
+        learned null code), as a value no training row had is left out."""
         codes = self.embedder(torch.as_tensor(factors, dtype=torch.long))
-        return Condition(codes, torch.from_numpy(present(self.spec, self.seen, factors)))
+        mask = present(self.spec, self.seen, factors)
+        return Condition(codes, torch.from_numpy(mask & ~absent if absent is not None else mask))
 
     def guidance(self, changed: list[int], weight: float | None = None) -> Guidance | None:
         """Guidance on the ``changed`` factors: ``weight`` on each, or (None) the run's weight for
@@ -274,12 +343,13 @@ class ProfileModel:
         steps: int | None = None,
         strength: float = 1.0,
         guidance: float | None = None,
+        absent: np.ndarray | None = None,
     ) -> np.ndarray:
         steps = steps or self.config.profiles.sample_steps
         z = sample(
             self.denoiser,
             x_T,
-            self.condition(factors),
+            self.condition(factors, absent),
             self.config.denoiser,
             steps,
             self.guidance(changed or [], guidance),
@@ -299,12 +369,14 @@ class ProfileModel:
         guidance: float | None = None,
         residual: bool = False,
         x_T: torch.Tensor | None = None,
+        absent: np.ndarray | None = None,
     ) -> np.ndarray:
         """Rows ``x`` with factor values ``factors`` (N, K), as they would look with ``target`` (N, K):
         DDIM inversion under the source codes to t = ``strength`` T (or from their ``x_T`` of that
         strength), regeneration under the target codes, guidance on the changed factors
         (``guidance``: one weight; None: the run's by role). ``residual``: the source plus the
         change that the model makes, G(x_T, target) - G(x_T, factors), as image edits do.
+        ``absent`` (N, K): target factors generated absent (a plate nested in a changed batch).
         ``desc`` shows a progress bar over chunks of 512 rows."""
         from tqdm.auto import tqdm
 
@@ -313,7 +385,8 @@ class ProfileModel:
         for i in tqdm(range(0, len(x), 512), desc=desc, disable=desc is None, unit="chunk"):
             part = slice(i, i + 512)
             start = self.invert(x[part], factors[part], steps, strength) if x_T is None else x_T[part]
-            new = self.generate(start, target[part], changed, steps, strength, guidance)
+            gone = None if absent is None else absent[part]
+            new = self.generate(start, target[part], changed, steps, strength, guidance, gone)
             if residual:
                 new = x[part] + new - self.generate(start, factors[part], changed, steps, strength, guidance)
             out.append(new)
@@ -335,6 +408,14 @@ class ProfileModel:
                 "mean": self.mean,
                 "std": self.std,
                 **({"additive.w": self.additive[0], "additive.b": self.additive[1]} if self.additive else {}),
+                **(
+                    {
+                        "plates.center": torch.from_numpy(self.plates.center),
+                        "plates.scale": torch.from_numpy(self.plates.scale),
+                    }
+                    if self.plates
+                    else {}
+                ),
             },
             folder / "profile_model.safetensors",
         )
@@ -345,6 +426,10 @@ class ProfileModel:
             "factors": self.spec.to_json(),
             "features": self.feature_names,
             "seen": [s.tolist() for s in self.seen],
+            "plates": None
+            if self.plates is None
+            else {"mode": self.plates.mode, "column": self.plates.column, "names": self.plates.plates},
+            "table": self.table,
             **(extra or {}),
         }
         atomic_write_json(folder / "config.json", meta)
@@ -357,9 +442,21 @@ class ProfileModel:
             config = from_dict(RunConfig, meta["run"], f"{folder / 'config.json'}:run")
             spec, names = FactorSpec.from_json(meta["factors"]), list(meta["features"])
             seen = [np.asarray(s, bool) for s in meta["seen"]]
+            pm = meta.get("plates")
+            t = load_tensors(folder / "profile_model.safetensors")
+            plates = (
+                None
+                if pm is None
+                else PlateStats(
+                    pm["mode"],
+                    pm["column"],
+                    list(pm["names"]),
+                    t["plates.center"].numpy(),
+                    t["plates.scale"].numpy(),
+                )
+            )
         except (KeyError, TypeError) as e:
             raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
-        t = load_tensors(folder / "profile_model.safetensors")
         additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None
         if (additive is None) != (config.profiles.residual == "none"):
             raise FactordiffError(
@@ -381,6 +478,8 @@ class ProfileModel:
             seen,
             additive,
             None if features is None else features.numpy(),
+            plates,
+            meta.get("table"),
         )
         load_modules(
             {"embedder": model.embedder, "denoiser": model.denoiser},

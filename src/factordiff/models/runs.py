@@ -19,7 +19,7 @@ from factordiff.data.sources import is_profile_source, prepare_data
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
 from factordiff.models.images import FactorModel
-from factordiff.models.profiles import ProfileData, ProfileModel, prepare_profiles
+from factordiff.models.profiles import ProfileData, ProfileModel, prepare_run_profiles
 
 RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model/config.json"
@@ -99,7 +99,9 @@ class Run:
     def data(self) -> tuple[FactorDataset, object, FactorDataset] | ProfileData:
         """The run's data as its fit prepared it: images as ``(all, split, training)``, profiles as
         ``ProfileData`` (table, split, training mask, normalised features)."""
-        return prepare_profiles(self.config) if self.kind == "profiles" else prepare_data(self.config)
+        if self.kind == "profiles":
+            return prepare_run_profiles(self.config, self.model)
+        return prepare_data(self.config)
 
     def info(self) -> dict:
         """What ``factordiff info`` prints: kind, factors (values, kind, role), training rows, the
