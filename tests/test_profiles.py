@@ -383,3 +383,25 @@ def test_residual_ridge_model_round_trip(tmp_path):
         - loaded.standardize(x[src]).numpy()
     )
     np.testing.assert_allclose(shift / loaded.std.numpy(), ridge, rtol=1e-3, atol=1e-3)
+
+
+def test_feature_select_operations_through_pycytominer(tmp_path):
+    """pycytominer's operations on training rows: a column correlated with another, one that is
+    nearly constant, and non-morphological columns (positions, object numbers) go."""
+    df = _frame()
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    df["Cells_Copy_Of_First"] = df[feats[0]] * 2 + 1
+    df["Nuclei_Location_Center_X"] = np.arange(len(df), dtype=float)
+    df["Cells_Number_Object_Number"] = np.arange(len(df), dtype=float) % 7
+    df.to_csv(tmp_path / "t.csv", index=False)
+    t = read_profiles(tmp_path / "t.csv", factors=FACTORS.split(","))
+    every = np.ones(len(t), bool)
+    names, cleaning = select_features(t, every, operations=("correlation_threshold", "blocklist"))
+    dropped = cleaning["columns_dropped_correlation_threshold"]
+    assert "Cells_Copy_Of_First" in dropped or feats[0] in dropped
+    assert {"Nuclei_Location_Center_X", "Cells_Number_Object_Number"} <= set(
+        cleaning["columns_dropped_blocklist"]
+    )
+    assert cleaning["operations"] == ["missing", "constant", "correlation_threshold", "blocklist"]
+    with pytest.raises(FactordiffError, match="profiles.feature_select"):
+        select_features(t, every, operations=("pca",))

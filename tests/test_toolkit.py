@@ -126,10 +126,12 @@ def test_mean_shift_moves_once_to_the_joint_target_combination():
     target[:, :2] = [1, 1]  # taxol, tubulin: compound and MoA change together
     info: dict = {}
     out = baseline_rows("mean_shift", spec, x, f, train, src, target, info=info)
-    joint = x[(f[:, 0] == 1) & (f[:, 1] == 1)].mean(0) - x[(f[:, 0] == 0) & (f[:, 1] == 0)].mean(0)
+    # both means restricted to the source's batch (w1), the factor that does not change
+    w1 = f[:, 2] == 0
+    joint = x[w1 & (f[:, 0] == 1) & (f[:, 1] == 1)].mean(0) - x[w1 & (f[:, 0] == 0) & (f[:, 1] == 0)].mean(0)
     np.testing.assert_allclose(out, x[src] + joint)
     np.testing.assert_allclose(out.mean(0) - x[src].mean(0), [5.0, 0.0], atol=0.3)  # moved once, not twice
-    assert info == {"rows": 10, "fallback_rows": 0} and fallback_share(info) == 0.0
+    assert info == {"rows": 10, "fallback_rows": 0, "matched_rows": 10} and fallback_share(info) == 0.0
     # one target combination no training row has: that row falls back to the per-factor sum
     target[0, :2] = [3, 1]  # "new" compound, tubulin: the compound adds nothing, the MoA its shift
     out, fell_back = mean_shift(x, f, train, src, target)
@@ -147,8 +149,11 @@ def test_mean_shift_per_row_changed_factors_and_unchanged_rows():
     target = f[src].copy()
     target[:3, 2] = 1  # w1 -> w2; the other three rows already have their target
     out = baseline_rows("mean_shift", spec, x, f, train, src, target)
-    # each row moves by its batch change alone (its compound is not conditioned on)
-    np.testing.assert_allclose(out[:3], x[src[:3]] + x[f[:, 2] == 1].mean(0) - x[f[:, 2] == 0].mean(0))
+    # each row moves by its batch change, measured on rows of its own compound (and MoA)
+    for i in range(3):
+        same = (f[:, 0] == f[src[i], 0]) & (f[:, 1] == f[src[i], 1])
+        shift = x[same & (f[:, 2] == 1)].mean(0) - x[same & (f[:, 2] == 0)].mean(0)
+        np.testing.assert_allclose(out[i], x[src[i]] + shift)
     np.testing.assert_array_equal(out[3:], x[src[3:]])
 
 

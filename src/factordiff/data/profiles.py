@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -410,10 +411,20 @@ def select_features(
     return kept, cleaning
 
 
+NON_MORPHOLOGICAL = re.compile(
+    r"(^|_)(Location_|Number_Object_Number|Parent_|Children_|ImageNumber|ObjectNumber|TableNumber)"
+)
+
+
 def _pycytominer_select(table: ProfileTable, rows: np.ndarray, names: list[str], op: str) -> list[str]:
-    """pycytominer's ``feature_select(operation=op)`` on the training rows' columns ``names``."""
+    """pycytominer's ``feature_select(operation=op)`` on the training rows' columns ``names``;
+    ``blocklist`` also drops what is not morphology (``NON_MORPHOLOGICAL``: object positions,
+    object numbers and parent/child counts, image numbers)."""
     import pandas as pd
     from pycytominer import feature_select
+
+    if op == "blocklist":
+        names = [c for c in names if not NON_MORPHOLOGICAL.search(c)]
 
     index = {c: j for j, c in enumerate(table.feature_names)}
     frame = pd.DataFrame(table.features[np.ix_(rows, [index[c] for c in names])], columns=names)

@@ -10,13 +10,20 @@ every statistic it uses comes from the rows of ``train`` (held-out rows never re
   the target's values) - mean(training rows whose changed factors jointly have the source's), the
   changed factors being those where the row's target differs from its source: one shift per
   changed combination, so a compound that changes with its concentration and MoA moves once (the
-  classic batch correction when only the batch changes). Where no training row has the joint
-  target (or source) combination, the row falls back to the sum over its changed factors of each
-  one's mean difference (a value no training row has adds nothing), and is counted;
+  classic batch correction when only the batch changes). Both means are first restricted to the
+  training rows that also have the source row's values of the unchanged factors (a batch change
+  of compound X moves by X's own difference between the batches, not by the batches' mixes of
+  compounds), where both restricted groups have rows; else they are the unrestricted joint means.
+  Where no training row has the joint target (or source) combination, the row falls back to the
+  sum over its changed factors of each one's mean difference (a value no training row has adds
+  nothing), and is counted;
 - ``nearest``: a training row of the nearest existing condition (most factors equal to the
   target, ties to the changed factors), drawn per source row;
 - ``linear``: an additive ridge model of the features on one-hot factors, source + f(target) -
   f(source).
+
+``BATCH_BASELINES`` are the batch corrections of ``evaluate/batch_correction.py`` (``combat``,
+``sphering``, ``harmony``), under the same rule and through the same ``baseline_rows``.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from __future__ import annotations
 import numpy as np
 
 from factordiff.encoders.metadata import one_hot
+from factordiff.evaluate.batch_correction import combat, harmony, sphering
 from factordiff.factors import FactorSpec
 
 BASELINES = ("copy", "mean_shift", "nearest", "linear")
+BATCH_BASELINES = ("combat", "sphering", "harmony")
 
 
 def baseline_rows(
@@ -39,21 +48,28 @@ def baseline_rows(
     target: np.ndarray,
     seed: int = 0,
     info: dict | None = None,
+    controls: np.ndarray | None = None,
 ) -> np.ndarray:
     """The baseline ``name``'s regeneration of rows ``src`` (indices into ``x`` (N, F) and
     ``factors`` (N, K)) into ``target`` (len(src), K) value indices, from the rows of the boolean
     mask ``train`` only; rows in the units of ``x``. With ``info``, ``mean_shift`` records in it
-    ``rows`` and ``fallback_rows`` (how many rows had no training row of their joint target or
-    source combination and took the per-factor sum)."""
+    ``rows``, ``fallback_rows`` (how many rows had no training row of their joint target or
+    source combination and took the per-factor sum) and ``matched_rows`` (how many took the means
+    restricted to their unchanged factors' values), and the batch corrections what they did
+    (``evaluate/batch_correction.py``). ``controls`` (a boolean (N,) mask of control wells) is
+    read by ``sphering`` alone."""
     xs, fs = x[src], factors[src]
     changed = np.flatnonzero((fs != target).any(0))
     if name == "copy":
         return xs.copy()
     if name == "mean_shift":
-        out, fell_back = mean_shift(x, factors, train, src, target)
-        if info is not None:
-            info.update(rows=int(len(src)), fallback_rows=int(fell_back.sum()))
-        return out
+        return mean_shift(x, factors, train, src, target, info)[0]
+    if name == "combat":
+        return combat(x, factors, train, src, target, info=info)
+    if name == "sphering":
+        return sphering(x, factors, train, src, target, controls=controls, info=info)
+    if name == "harmony":
+        return harmony(x, factors, train, src, target, seed=seed, info=info)
     if name == "nearest":
         rng = np.random.default_rng(seed)
         tr = np.flatnonzero(train)
@@ -94,18 +110,33 @@ class _GroupMeans:
 
 
 def mean_shift(
-    x: np.ndarray, factors: np.ndarray, train: np.ndarray, src: np.ndarray, target: np.ndarray
+    x: np.ndarray,
+    factors: np.ndarray,
+    train: np.ndarray,
+    src: np.ndarray,
+    target: np.ndarray,
+    info: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``mean_shift`` baseline (module docstring): the rows (len(src), F), in the units of ``x``,
     and a boolean per row, true where the joint target or source combination has no training row
-    and the row took the per-factor sum instead."""
+    and the row took the per-factor sum instead. With ``info``, records ``rows``, ``fallback_rows``
+    and ``matched_rows`` (the rows that took the means restricted to their unchanged factors'
+    values; all the rows that move when every factor changes, where the restriction is empty)."""
     means = _GroupMeans(x[train], factors[train])
     fs = factors[src]
     out = x[src].copy()
     fell_back = np.zeros(len(src), bool)
+    matched = np.zeros(len(src), bool)
+    every = tuple(range(factors.shape[1]))
     for i in range(len(src)):
         ks = tuple(int(k) for k in np.flatnonzero(fs[i] != target[i]))
         if not ks:
+            continue
+        to = means(every, tuple(int(v) for v in target[i]))
+        frm = means(every, tuple(int(v) for v in fs[i]))
+        if to is not None and frm is not None:
+            out[i] += to - frm
+            matched[i] = True
             continue
         to = means(ks, tuple(int(v) for v in target[i, list(ks)]))
         frm = means(ks, tuple(int(v) for v in fs[i, list(ks)]))
@@ -117,4 +148,6 @@ def mean_shift(
             to, frm = means((k,), (int(target[i, k]),)), means((k,), (int(fs[i, k]),))
             if to is not None and frm is not None:
                 out[i] += to - frm
+    if info is not None:
+        info.update(rows=int(len(src)), fallback_rows=int(fell_back.sum()), matched_rows=int(matched.sum()))
     return out, fell_back
