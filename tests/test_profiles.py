@@ -297,11 +297,15 @@ def test_evaluate_and_report(profile_run):
     m = json.loads((profile_run / "metrics.json").read_text())
     (task,) = m["tasks"]
     assert task["kind"] == "transfer" and task["set"] == ["Metadata_Batch"] and task["truth_rows"] == 30
-    assert set(task["methods"]) == {"model", "copy", "mean_shift", "nearest", "linear"}
+    want = {"model", "copy", "mean_shift", "nearest", "linear", "combat", "sphering", "harmony"}
+    assert set(task["methods"]) == want  # a batch transfer: the batch corrections too
     for r in task["methods"].values():
         assert (
             r["mean_error"] >= 0 and np.isfinite(r["energy"]) and 0 <= r["read_as_target.Metadata_Batch"] <= 1
         )
+        assert 0 <= r["c2st"] <= 1 and r["spread_ratio"] > 0
+    assert set(task["floor"]) >= {"mean_error", "energy", "c2st"}
+    assert task["methods"]["copy"]["c2st"] > task["floor"]["c2st"]  # copy is told apart; halves less so
     assert 0 <= task["real_heldout_read_as_target"]["Metadata_Batch"] <= 1
     # DMSO into Week8: training rows of Week8 exist, so every row is moved to the joint target
     assert task["mean_shift_fallback"] == 0.0

@@ -324,6 +324,13 @@ def _analysis_section(run: Path, a: dict) -> str:
     return "".join(parts)
 
 
+def _short(column: str) -> str:
+    """A figure's name for a table header: ``read_as_target.Metadata_Batch`` -> ``target Batch``."""
+    for long, short in (("read_as_target.", "target "), ("read_as_source.", "source "), ("Metadata_", "")):
+        column = column.replace(long, short)
+    return column.replace("_", " ")
+
+
 def _profile_sections(m: dict) -> list[str]:
     """The profile run's figures: cleaning, each held-out task (model beside the baselines), mAP."""
     c = m.get("cleaning", {})
@@ -342,8 +349,12 @@ def _profile_sections(m: dict) -> list[str]:
         "in the same units (0 = same distribution). <i>read_as_target</i>: share of generated rows an "
         "oracle (logistic regression on every real row) reads as the requested value; <i>read_as_source</i>: "
         "share whose biological factor is still read as the source's; <i>moa_hits</i>: share whose nearest "
-        "training profile has the true mechanism of action. Baselines: copy the source, mean shift, nearest "
-        "training condition, additive ridge model.</p>"
+        "training profile has the true mechanism of action; <i>c2st</i>: a classifier two-sample test "
+        "against the real held-out rows (balanced accuracy, 0.5 = indistinguishable); <i>spread ratio</i>: "
+        "the rows' spread over the real rows' (well under 1: mode collapse). Baselines: copy the source, "
+        "mean shift, nearest training condition, additive ridge model, and for batch transfers ComBat, "
+        "sphering and Harmony; the replicate floor is the real held-out rows, one half against the "
+        "other. Oracles reading the rows are fitted on every real row but the held-out condition's.</p>"
     )
     for task in m.get("tasks", []):
         parts.append(f"<h3>{html.escape(task['condition'])} ({html.escape(task['kind'])})</h3>")
@@ -351,22 +362,32 @@ def _profile_sections(m: dict) -> list[str]:
             parts.append(f"<p>{html.escape(task['reason'])}</p>")
             continue
         cols = list(next(iter(task["methods"].values())))
-        best = {k: min(r[k] for r in task["methods"].values()) for k in ("mean_error", "energy")}
+        best = {
+            k: min(r[k] for r in task["methods"].values())
+            for k in ("mean_error", "energy", "c2st")
+            if k in cols
+        }
+        methods = dict(task["methods"])
+        if "floor" in task:
+            methods["replicate floor"] = task["floor"]
         rows = "".join(
             f"<tr><td>{html.escape(n)}</td>"
-            + "".join(f"<td class={'good' if best.get(k) == r[k] else ''}>{_fmt(r[k])}</td>" for k in cols)
+            + "".join(
+                f"<td class={'good' if best.get(k) == r.get(k) else ''}>{_fmt(r.get(k, float('nan')))}</td>"
+                for k in cols
+            )
             + "</tr>"
-            for n, r in task["methods"].items()
+            for n, r in methods.items()
         )
         ceiling = "".join(
-            " The oracle, cross-validated, reads the real held-out rows themselves as the target "
+            " The same oracle reads the real held-out rows themselves as the target "
             f"{html.escape(k)} on {_fmt(v)}."
             for k, v in task.get("real_heldout_read_as_target", {}).items()
         )
         parts.append(
             f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows."
             f"{ceiling}</p>"
-            f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(k)}</th>' for k in cols)}</tr>"
+            f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(_short(k))}</th>' for k in cols)}</tr>"
             f"{rows}</table>"
         )
     r = m.get("retrieval")

@@ -30,7 +30,8 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import plate_column
 from factordiff.data.splits import where_conditions
 from factordiff.errors import FactordiffError
-from factordiff.evaluate.baselines import BASELINES, baseline_rows, fallback_share
+from factordiff.evaluate.baselines import BASELINES, BATCH_BASELINES, baseline_rows, fallback_share
+from factordiff.evaluate.distances import classifier_two_sample
 from factordiff.evaluate.profiling import (
     fit_oracles,
     mean_average_precision,
@@ -58,15 +59,59 @@ def _plate(data: ProfileData, cfg) -> str | None:
 
 
 def _methods(
-    model: ProfileModel, data: ProfileData, src: np.ndarray, target: np.ndarray, seed: int
-) -> tuple[dict[str, np.ndarray], float]:
-    """The model's and each baseline's regeneration of rows ``src`` into ``target``, and the share
-    of rows for which the mean shift fell back to the per-factor sum (``evaluate/baselines.py``)."""
-    x, f = data.features, data.table.factors
+    model: ProfileModel,
+    data: ProfileData,
+    src: np.ndarray,
+    target: np.ndarray,
+    seed: int,
+    controls: np.ndarray | None = None,
+    batch: bool = False,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The model's and each baseline's regeneration of rows ``src`` into ``target``, and what the
+    baselines recorded (the mean shift's fallback share; with ``batch``, the batch corrections of
+    ``evaluate/batch_correction.py`` too, one that cannot be fitted recorded as unavailable)."""
+    x, f, spec = data.features, data.table.factors, data.table.spec
     out, info = {"model": model.regenerate(x[src], f[src], target)}, {}
     for b in BASELINES:
-        out[b] = baseline_rows(b, data.table.spec, x, f, data.train, src, target, seed, info)
-    return out, fallback_share(info)
+        out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, info)
+    notes = {"mean_shift_fallback": fallback_share(info), "mean_shift_matched": info.get("matched_rows")}
+    for b in BATCH_BASELINES if batch else ():
+        try:
+            out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, {}, controls=controls)
+        except FactordiffError as e:
+            notes[f"{b}_unavailable"] = str(e)
+    return out, notes
+
+
+def _judge(rows: np.ndarray, truth: np.ndarray, scale, seed: int) -> dict[str, float]:
+    """Rows against the real held-out rows: mean error and energy (``truth_distances``), the
+    classifier two-sample test (balanced accuracy, 0.5 = indistinguishable) and the spread ratio
+    (mean over features of the generated rows' standard deviation over the real rows'; well under 1
+    is mode collapse)."""
+    r = truth_distances(rows, truth, scale)
+    g, t = scale(rows), scale(truth)
+    r["c2st"] = classifier_two_sample(g, t, seed)
+    sd = t.std(0)
+    r["spread_ratio"] = float(np.mean(g.std(0)[sd > 0] / sd[sd > 0]))
+    return r
+
+
+def _floor(truth: np.ndarray, scale, seed: int) -> dict[str, float]:
+    """The replicate floor: the real held-out rows split at random into two halves, one judged
+    against the other (what the same condition's real wells score)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(truth))
+    half = len(truth) // 2
+    return _judge(truth[order[:half]], truth[order[half:]], scale, seed)
+
+
+def _task_oracle(x: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, scale):
+    """A logistic regression reading one factor, fitted on ``fit_rows`` only (every real row but
+    the held-out condition's): generated rows and the real held-out rows are both read by it, so
+    neither was seen."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=0.1, max_iter=2000).fit(scale(x[fit_rows]), y[fit_rows])
 
 
 def _same_plate_sources(
@@ -82,7 +127,11 @@ def _same_plate_sources(
     return np.asarray(out)
 
 
-def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
+def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed, controls=None) -> dict:
+    """A held-out condition regenerated from the training rows of its other values, by the model
+    and every baseline, each judged against the real held-out rows (``_judge``) and read by
+    oracles fitted on every real row but those (``_task_oracle``), which read the real held-out
+    rows too: the ceiling. ``oracles`` (fitted on every row) name the factors to read."""
     spec, f = data.table.spec, data.table.factors
     keep = [(k, v) for k, v in pairs if k not in set_ids]
     src = (
@@ -97,28 +146,37 @@ def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed) -> dict:
     for k, v in pairs:
         if k in set_ids:
             target[:, k] = v
-    methods, fallback = _methods(model, data, src, target, seed)
+    batch = all(spec.factors[k].role == "technical" for k in set_ids)
+    methods, notes = _methods(model, data, src, target, seed, controls, batch)
+    real = data.features[truth]
     res = {
         "sources": int(len(src)),
         "truth_rows": int(len(truth)),
         "set": [spec.factors[k].name for k in set_ids],
-        "mean_shift_fallback": fallback,
+        **notes,
+        "floor": _floor(real, scale, seed),
         "methods": {},
     }
+    others = np.ones(len(f), bool)
+    others[truth] = False
+    readers = {}
+    for k in oracles:
+        if k in set_ids or spec.factors[k].role == "biological":
+            readers[k] = _task_oracle(data.features, f[:, k], others, scale)
     for name, rows in methods.items():
-        r = truth_distances(rows, data.features[truth], scale)
-        for k, (clf, _, _) in oracles.items():
+        r = _judge(rows, real, scale, seed)
+        for k, clf in readers.items():
             fa = spec.factors[k]
             if k in set_ids:
                 r[f"read_as_target.{fa.name}"] = read_share(clf, rows, target[:, k], scale)
-            elif fa.role == "biological":
+            else:
                 r[f"read_as_source.{fa.name}"] = read_share(clf, rows, f[src, k], scale)
         res["methods"][name] = r
-    # the ceiling: the oracle's out-of-fold reading of the real held-out rows themselves
+    # the ceiling: the same oracles reading the real held-out rows themselves
     res["real_heldout_read_as_target"] = {
-        spec.factors[k].name: float((oracles[k][2][truth] == v).mean())
+        spec.factors[k].name: read_share(readers[k], real, np.full(len(truth), v), scale)
         for k, v in pairs
-        if k in set_ids and k in oracles and oracles[k][2] is not None
+        if k in set_ids and k in readers
     }
     return res
 
@@ -128,11 +186,11 @@ def _unseen(model, data, cfg, truth, controls, plate, scale, seed) -> dict:
     pool = np.flatnonzero(data.train & controls)
     src = _same_plate_sources(data, truth, pool, plate, seed)
     target = f[truth]
-    methods, fallback = _methods(model, data, src, target, seed)
+    methods, notes = _methods(model, data, src, target, seed)
     res = {
         "sources": int(len(src)),
         "truth_rows": int(len(truth)),
-        "mean_shift_fallback": fallback,
+        **notes,
         "methods": {},
     }
     moa = cfg.profiles.moa
@@ -279,7 +337,8 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
         task = {"condition": text}
         if has_sources:
             task.update(
-                kind="transfer", **_transfer(model, data, pairs, set_ids, truth, oracles, scale, seed)
+                kind="transfer",
+                **_transfer(model, data, pairs, set_ids, truth, oracles, scale, seed, controls),
             )
         elif controls is not None and perturbation is not None and perturbation in [k for k, _ in pairs]:
             task.update(kind="unseen", **_unseen(model, data, cfg, truth, controls, plate, scale, seed))
@@ -308,11 +367,20 @@ def summary_lines(metrics: dict) -> list[str]:
         )
         for name, r in task["methods"].items():
             extra = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith(("read_as", "moa")))
-            lines.append(f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}  {extra}")
+            c2st = f"  c2st {r['c2st']:.3f}" if "c2st" in r else ""
+            lines.append(
+                f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}{c2st}  {extra}"
+            )
+        if "floor" in task:
+            f = task["floor"]
+            lines.append(
+                f"  replicate floor (halves of the real held-out rows): mean error {f['mean_error']:.3f}  "
+                f"energy {f['energy']:.3f}  c2st {f['c2st']:.3f}"
+            )
         for k, v in task.get("real_heldout_read_as_target", {}).items():
             lines.append(
                 f"  the real held-out rows themselves are read as the target {k} on {v:.3f} "
-                "(oracle out of fold)"
+                "(the same oracle, fitted without them)"
             )
     for name, r in metrics.get("retrieval", {}).items():
         lines.append(f"mAP {name:18s} {r['map']:.3f} (significant {r['significant']:.2f} of {r['groups']})")
