@@ -462,6 +462,36 @@ def fit(
     return FitResult(model, run, split, train, dataset)
 
 
+CHUNK = 16384  # profile rows per chunk where a whole-table pass would copy the table
+
+
+def _moments(x: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation of ``x[rows]``, in float64 chunks (no copy of the
+    rows); a spread of 0 becomes 1."""
+    total = np.zeros(x.shape[1])
+    square = np.zeros(x.shape[1])
+    for i in range(0, len(rows), CHUNK):
+        part = x[rows[i : i + CHUNK]].astype(np.float64)
+        total += part.sum(0)
+        square += (part * part).sum(0)
+    mean = total / len(rows)
+    std = np.sqrt(np.maximum(square / len(rows) - mean * mean, 0.0))
+    std = np.where(std > 0, std, 1.0)
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+
+
+def _space(x, rows, mean, std, prior=None, factors=None) -> torch.Tensor:
+    """``x[rows]`` standardised, less ``prior(factors[rows])`` when given (the model's space:
+    ``ProfileModel.to_space``), filled chunk by chunk into one float32 tensor."""
+    out = torch.empty(len(rows), x.shape[1])
+    for i in range(0, len(rows), CHUNK):
+        part = rows[i : i + CHUNK]
+        out[i : i + CHUNK] = (torch.from_numpy(x[part]) - mean) / std
+        if prior is not None:
+            out[i : i + CHUNK] -= prior(factors[part])
+    return out
+
+
 def fit_profiles(
     cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True, data: ProfileData | None = None
 ) -> tuple[ProfileModel, ProfileData]:
@@ -485,15 +515,14 @@ def fit_profiles(
                 "train_rows": int(data.train.sum()),
             },
         )
-    x = data.features[data.train]
-    mean, std = torch.from_numpy(x.mean(0)), torch.from_numpy(x.std(0))
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    rows = np.flatnonzero(data.train)
+    mean, std = _moments(data.features, rows)
     torch.manual_seed(cfg.train.seed)
     spec = data.table.spec
     p = cfg.profiles
-    ftrain = data.table.factors[data.train]
+    ftrain = data.table.factors[rows]
     additive = (
-        fit_additive(spec, ftrain, ((torch.from_numpy(x) - mean) / std).numpy())
+        fit_additive(spec, ftrain, _space(data.features, rows, mean, std).numpy())
         if p.residual == "ridge"
         else None
     )
@@ -512,8 +541,11 @@ def fit_profiles(
         model.denoiser, replace(cfg.denoiser, cond_dropout=p.cond_dropout), embedder=model.embedder
     )
     batches = ArrayBatches(
-        {"x": model.to_space(x, ftrain), "factors": torch.from_numpy(ftrain)},
-        min(p.batch_size, len(x)),
+        {
+            "x": _space(data.features, rows, mean, std, model.prior, data.table.factors),
+            "factors": torch.from_numpy(ftrain),
+        },
+        min(p.batch_size, len(rows)),
         cfg.train.seed + 2,
     )
     seconds = None if cfg.train.minutes is None else 60 * cfg.train.minutes

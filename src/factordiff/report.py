@@ -390,13 +390,15 @@ def _profile_sections(m: dict) -> list[str]:
             f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(_short(k))}</th>' for k in cols)}</tr>"
             f"{rows}</table>"
         )
-    r = m.get("retrieval")
-    if r:
+    for key, what in (("retrieval", "training"), ("retrieval_heldout", "held-out")):
+        r = m.get(key)
+        if not r:
+            continue
         parts.append(
-            "<h2>Perturbation retrieval (copairs mAP)</h2><p class=note>Positives: rows of the same "
-            "perturbation in another plate; negatives: controls. <i>model</i> and <i>mean_shift</i>: "
-            "training perturbation rows regenerated from same-plate controls; <i>copy_control_null</i>: "
-            "those controls unchanged.</p>"
+            f"<h2>Perturbation retrieval, {what} perturbations (copairs mAP)</h2><p class=note>"
+            "Positives: wells of the same perturbation and dose; negatives: control wells on the same "
+            "plate. <i>model</i> and <i>mean_shift</i>: the perturbation wells regenerated from same-plate "
+            "controls; <i>copy_control_null</i>: those controls unchanged.</p>"
         )
         parts.append(
             "<table><tr><th>rows</th><th>mAP</th><th>significant share</th><th>groups</th></tr>"

@@ -80,59 +80,52 @@ def read_share(oracle, rows: np.ndarray, want: np.ndarray, scale) -> float:
 def mean_average_precision(
     meta: dict[str, np.ndarray],
     x: np.ndarray,
-    group: str,
+    group: str | list[str],
     controls: np.ndarray,
     plate: str | None,
     seed: int = 0,
+    standard: bool = False,
 ) -> dict:
-    """copairs mAP of each non-control group against the controls (positives: same ``group``, in a
-    different plate when ``plate`` is given and the rows span several plates; negatives: control
-    rows). Returns the mean over groups, the share of groups significant at 0.05 (corrected), and
-    per-group values."""
+    """copairs mAP of each non-control group (rows sharing every column of ``group``) against the
+    controls. ``standard`` (the phenotypic-activity setup of copairs and the JUMP papers): positives
+    are rows of the same group, negatives the control rows on the same plate. Otherwise positives
+    must come from a different plate when ``plate`` is given and the rows span several plates, and
+    negatives are every control row. Returns the mean over groups, the share of groups significant
+    at 0.05 (corrected), and per-group values."""
     import pandas as pd
     from copairs.map import average_precision
     from copairs.map import mean_average_precision as map_
     from copairs.matching import UnpairedException
 
+    groups = [group] if isinstance(group, str) else list(group)
     ref = "Metadata_reference_index"
-    frame = pd.DataFrame({group: meta[group], **({plate: meta[plate]} if plate else {})})
-    frame[ref] = np.where(
-        controls, np.arange(len(frame)), -1
-    )  # copairs' assign_reference_index: controls unique, others -1
-    feats = pd.DataFrame(x)
-    across = bool(plate) and len(np.unique(meta[plate])) > 1  # one plate: positives can only share it
+    frame = pd.DataFrame({**{g: meta[g] for g in groups}, **({plate: meta[plate]} if plate else {})})
+    frame[ref] = np.where(controls, np.arange(len(frame)), -1)  # copairs' assign_reference_index
+    across = not standard and bool(plate) and len(np.unique(meta[plate])) > 1
+    empty = {"map": float("nan"), "significant": float("nan"), "groups": 0, "positives_across_plates": across}
     try:
         ap = average_precision(
             frame,
-            feats.to_numpy(),
-            pos_sameby=[group, ref],
+            np.asarray(x),
+            pos_sameby=[*groups, ref],
             pos_diffby=[plate] if across else [],
-            neg_sameby=[],
-            neg_diffby=[group, ref],
+            neg_sameby=[plate] if standard and plate else [],
+            neg_diffby=[*groups, ref],
             progress_bar=False,
         )
     except UnpairedException:
-        return {
-            "map": float("nan"),
-            "significant": float("nan"),
-            "groups": 0,
-            "positives_across_plates": across,
-        }
+        return empty
     ap = ap[ap[ref] == -1].dropna(subset=["average_precision"])
     if ap.empty:
-        return {
-            "map": float("nan"),
-            "significant": float("nan"),
-            "groups": 0,
-            "positives_across_plates": across,
-        }
-    m = map_(ap, sameby=[group], null_size=10000, threshold=0.05, seed=seed, progress_bar=False)
+        return empty
+    m = map_(ap, sameby=groups, null_size=10000, threshold=0.05, seed=seed, progress_bar=False)
+    names = m[groups].astype(str).agg(" ".join, axis=1)
     return {
         "map": float(m["mean_average_precision"].mean()),
         "significant": float(m["below_corrected_p"].mean()),
         "groups": int(len(m)),
         "positives_across_plates": across,
-        "by_group": {str(g): float(v) for g, v in zip(m[group], m["mean_average_precision"])},
+        "by_group": {str(g): float(v) for g, v in zip(names, m["mean_average_precision"])},
     }
 
 
