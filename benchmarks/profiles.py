@@ -14,7 +14,7 @@ the model beside the four baselines, into ``benchmarks/results/profiles.json``.
 Every learner (the model and the baselines) sees training rows only, feature selection and plate
 statistics included. MoA is not a conditioning factor (it would tell every method the answer); it
 is read only by the MoA retrieval. Each transfer is judged against the real held-out wells by mean
-error, energy distance (no self-pairs), a classifier two-sample test (balanced accuracy; 0.5 =
+error, energy distance (no self-pairs), a classifier two-sample test (ROC AUC; 0.5 =
 indistinguishable) and the spread ratio, beside the replicate floor (one half of the real held-out
 wells against the other); oracles (logistic regressions) fitted on every real row except the
 held-out condition's read the generated wells and the real held-out wells alike. Baselines: copy,

@@ -205,3 +205,18 @@ def test_set_dose_writes_the_tables_text(plate_run, tmp_path):
     got = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert (got.Metadata_Concentration == "3.0").all()  # the table writes 3.0; so does the output
     assert (got.Metadata_Plate != "").all()  # the plate is not nested in the dose: kept
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+def test_rows_written_in_chunks_read_back_whole(tmp_path, suffix):
+    from factordiff.regenerate import write_rows
+
+    meta = pd.DataFrame({"Metadata_Well": [f"A{i:02d}" for i in range(10)], "Metadata_Dose": ["1"] * 10})
+    values = np.arange(30, dtype=np.float32).reshape(10, 3)
+    out = tmp_path / f"rows{suffix}"
+    write_rows(meta, values, ["f1", "f2", "f3"], out, chunk=3)  # four chunks
+    back = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out, dtype={"Metadata_Dose": str})
+    assert list(back.columns) == ["Metadata_Well", "Metadata_Dose", "f1", "f2", "f3"]
+    assert back.Metadata_Well.tolist() == meta.Metadata_Well.tolist()
+    np.testing.assert_array_equal(back[["f1", "f2", "f3"]].to_numpy(np.float32), values)
+    assert not list(tmp_path.glob("*.partial"))

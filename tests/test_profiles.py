@@ -303,9 +303,11 @@ def test_evaluate_and_report(profile_run):
         assert (
             r["mean_error"] >= 0 and np.isfinite(r["energy"]) and 0 <= r["read_as_target.Metadata_Batch"] <= 1
         )
-        assert 0 <= r["c2st"] <= 1 and r["spread_ratio"] > 0
-    assert set(task["floor"]) >= {"mean_error", "energy", "c2st"}
-    assert task["methods"]["copy"]["c2st"] > task["floor"]["c2st"]  # copy is told apart; halves less so
+        assert 0 <= r["c2st_auc"] <= 1 and r["spread_ratio"] > 0
+    assert set(task["floor"]) >= {"mean_error", "energy", "c2st_auc"}
+    assert (
+        task["methods"]["copy"]["c2st_auc"] > task["floor"]["c2st_auc"]
+    )  # copy is told apart; halves less so
     assert 0 <= task["real_heldout_read_as_target"]["Metadata_Batch"] <= 1
     # DMSO into Week8: training rows of Week8 exist, so every row is moved to the joint target
     assert task["mean_shift_fallback"] == 0.0

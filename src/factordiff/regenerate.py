@@ -307,6 +307,50 @@ def write_table(frame: pd.DataFrame, out: Path) -> None:
     tmp.replace(out)
 
 
+def write_rows(
+    meta: pd.DataFrame, values: np.ndarray, names: list[str], out: Path, chunk: int = 8192
+) -> None:
+    """Metadata and feature rows to ``out`` (.csv, .csv.gz or .parquet) in chunks of ``chunk`` rows
+    (a parquet row group each), so a large output is never one frame in memory; written whole or
+    not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = out.name.lower()
+    tmp = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for i in range(0, max(len(values), 1), chunk):
+            part = pd.concat(
+                [
+                    meta.iloc[i : i + chunk].reset_index(drop=True),
+                    pd.DataFrame(values[i : i + chunk], columns=names),
+                ],
+                axis=1,
+            )
+            if name.endswith(".parquet"):
+                batch = pa.Table.from_pandas(part, preserve_index=False)
+                writer = writer or pq.ParquetWriter(tmp, batch.schema)
+                writer.write_table(batch)
+            else:
+                part.to_csv(
+                    tmp,
+                    index=False,
+                    mode="w" if i == 0 else "a",
+                    header=i == 0,
+                    compression="gzip" if name.endswith(".gz") else None,
+                )
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    if writer is not None:
+        writer.close()
+    tmp.replace(out)
+
+
 def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
     """One 16-bit TIFF per channel (sources whose ``tiff_scale`` says they were 16-bit) or one PNG
     per image, in ``folder/images``, and ``folder/regenerated.csv`` in JuMP's load_data style
@@ -359,8 +403,7 @@ def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
     out = Path(out)
     check_out(run, out)
     if run.kind == "profiles":
-        frame = pd.concat([result.metadata, pd.DataFrame(result.samples, columns=result.features)], axis=1)
-        write_table(frame, out)
+        write_rows(result.metadata, result.samples, result.features, out)
         sidecar = {
             "run": str(run.path),
             "edit": result.edit,

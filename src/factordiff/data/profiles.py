@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from factordiff.errors import FactordiffError
 from factordiff.factors import Factor, FactorSpec
@@ -209,11 +210,14 @@ def _read(path: Path, meta_cols: list[str], feature_cols: list[str]):
             )
             x = np.empty((pf.metadata.num_rows, len(feature_cols)), np.float32)
             i = 0
+            bar = tqdm(total=len(x), desc=f"reading {path.name}", unit="row", disable=len(x) < 100_000)
             for batch in pf.iter_batches(columns=feature_cols, batch_size=16384):
                 n = batch.num_rows
                 for j, col in enumerate(batch.columns):
                     x[i : i + n, j] = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
                 i += n
+                bar.update(n)
+            bar.close()
             meta = meta.astype("string").fillna("")
             return pd.DataFrame({c: meta[c].to_numpy(str) for c in meta_cols}), x
         frame = pd.read_csv(
@@ -380,7 +384,9 @@ def select_features(
     rows = np.flatnonzero(train)
     missing = np.zeros(len(names))
     constant = np.zeros(len(names), bool)
-    for j in range(0, len(names), BLOCK):
+    for j in tqdm(
+        range(0, len(names), BLOCK), desc="feature statistics", unit="block", disable=len(rows) < 100_000
+    ):
         block = x[rows, j : j + BLOCK]
         nan = np.isnan(block)
         missing[j : j + BLOCK] = nan.mean(0)
@@ -427,9 +433,15 @@ def _pycytominer_select(table: ProfileTable, rows: np.ndarray, names: list[str],
         names = [c for c in names if not NON_MORPHOLOGICAL.search(c)]
 
     index = {c: j for j, c in enumerate(table.feature_names)}
-    frame = pd.DataFrame(table.features[np.ix_(rows, [index[c] for c in names])], columns=names)
-    out = feature_select(frame, features=names, operation=op)
-    return [c for c in names if c in set(out.columns)]
+    # variance_threshold and blocklist judge each column alone: run them a block of columns at a
+    # time, so a JUMP-sized table is never copied whole; correlation_threshold needs every column
+    step = len(names) if op == "correlation_threshold" else 4 * BLOCK
+    kept: set[str] = set()
+    for j in range(0, len(names), step):
+        cols = names[j : j + step]
+        frame = pd.DataFrame(table.features[np.ix_(rows, [index[c] for c in cols])], columns=cols)
+        kept |= set(feature_select(frame, features=cols, operation=op).columns)
+    return [c for c in names if c in kept]
 
 
 def _is_numeric(column) -> bool:

@@ -7,7 +7,7 @@ kind of run: profile runs pass their (standardised) features, image runs the ora
   features are an image network's; Heusel et al. 2017);
 - ``kernel_distance``: the unbiased squared MMD with the cubic polynomial kernel (KID; Binkowski
   et al. 2018);
-- ``classifier_two_sample``: the cross-validated (balanced) accuracy of a classifier telling the
+- ``classifier_two_sample``: the cross-validated ROC AUC of a classifier telling the
   samples apart, 0.5 when it cannot (C2ST; Lopez-Paz & Oquab 2017).
 """
 
@@ -68,14 +68,13 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def classifier_two_sample(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     """Classifier two-sample test (Lopez-Paz & Oquab, "Revisiting classifier two-sample tests",
-    2017): the out-of-fold balanced accuracy of a logistic regression telling rows of ``a`` from
-    rows of ``b`` (features standardised inside each fold, on its training part), stratified
-    5-fold cross-validation (as many folds as the smaller sample has rows, when under 5; shuffled
-    with ``seed``). The mean of the two samples' recalls: 0.5 when the classifier cannot tell them
-    apart, 1 when it always can; equal to the plain accuracy when the samples have the same size,
-    and not fooled by always answering the larger one when they do not. NaN when a sample has
-    fewer than 2 rows."""
+    2017): the ROC AUC of a logistic regression's out-of-fold probabilities telling rows of ``b``
+    from rows of ``a`` (features standardised inside each fold, on its training part; stratified
+    5-fold cross-validation, as many folds as the smaller sample has rows when under 5, shuffled
+    with ``seed``). 0.5 when the classifier cannot tell the samples apart, 1 when it always can;
+    not moved by the samples' sizes. NaN when a sample has fewer than 2 rows."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -86,5 +85,6 @@ def classifier_two_sample(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     x = np.concatenate([a, b]).astype(np.float64)
     y = np.r_[np.zeros(len(a), int), np.ones(len(b), int)]
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    pred = cross_val_predict(clf, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    return float(np.mean([(pred[y == c] == c).mean() for c in (0, 1)]))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    prob = cross_val_predict(clf, x, y, cv=cv, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, prob))

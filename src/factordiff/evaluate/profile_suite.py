@@ -90,7 +90,7 @@ def _judge(rows: np.ndarray, truth: np.ndarray, scale, seed: int) -> dict[str, f
     is mode collapse)."""
     r = truth_distances(rows, truth, scale)
     g, t = scale(rows), scale(truth)
-    r["c2st"] = classifier_two_sample(g, t, seed)
+    r["c2st_auc"] = classifier_two_sample(g, t, seed)
     sd = t.std(0)
     r["spread_ratio"] = float(np.mean(g.std(0)[sd > 0] / sd[sd > 0]))
     return r
@@ -384,7 +384,7 @@ def summary_lines(metrics: dict) -> list[str]:
         )
         for name, r in task["methods"].items():
             extra = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k.startswith(("read_as", "moa")))
-            c2st = f"  c2st {r['c2st']:.3f}" if "c2st" in r else ""
+            c2st = f"  c2st AUC {r['c2st_auc']:.3f}" if "c2st_auc" in r else ""
             lines.append(
                 f"  {name:11s} mean error {r['mean_error']:.3f}  energy {r['energy']:.3f}{c2st}  {extra}"
             )
@@ -392,7 +392,7 @@ def summary_lines(metrics: dict) -> list[str]:
             f = task["floor"]
             lines.append(
                 f"  replicate floor (halves of the real held-out rows): mean error {f['mean_error']:.3f}  "
-                f"energy {f['energy']:.3f}  c2st {f['c2st']:.3f}"
+                f"energy {f['energy']:.3f}  c2st AUC {f['c2st_auc']:.3f}"
             )
         for k, v in task.get("real_heldout_read_as_target", {}).items():
             lines.append(

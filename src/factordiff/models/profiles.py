@@ -13,6 +13,7 @@ means and spreads, the seen-value masks and the denoiser all come from training 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class ProfileData:
     normalization: dict
     plates: PlateStats | None = None
     notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage of ``prepare_profiles``
 
 
 def _normalization(plates: PlateStats | None) -> dict:
@@ -90,7 +92,10 @@ def prepare_profiles(cfg: RunConfig) -> ProfileData:
     """For a fit: read the table named by ``cfg.data.source`` (``profiles:FILE``), split it, decide
     its feature columns and fit its plate statistics on the training rows only, and normalise."""
     p = cfg.profiles
+    start = time.monotonic()
     table = read_profiles(cfg.data.source[len(PROFILES) :], cfg.data.factors, roles_of(cfg))
+    seconds = {"read": time.monotonic() - start}
+    start = time.monotonic()
     split = make_split(table.spec, cfg.split)
     check_conditions(table, list(cfg.split.where))
     train = ~split.heldout(table.factors)
@@ -108,9 +113,12 @@ def prepare_profiles(cfg: RunConfig) -> ProfileData:
         raise FactordiffError(
             "--normalize controls needs profiles.controls, e.g. --controls Metadata_Compound=DMSO"
         )
+    seconds["clean"] = time.monotonic() - start
+    start = time.monotonic()
     plates = fit_plates(table, p.normalize, train, controls, p.plate_column)
     features = plates.apply(table) if plates else table.features
-    return ProfileData(table, split, train, features, _normalization(plates), plates)
+    seconds["normalize"] = time.monotonic() - start
+    return ProfileData(table, split, train, features, _normalization(plates), plates, seconds=seconds)
 
 
 def prepare_run_profiles(
