@@ -220,3 +220,14 @@ def test_rows_written_in_chunks_read_back_whole(tmp_path, suffix):
     assert back.Metadata_Well.tolist() == meta.Metadata_Well.tolist()
     np.testing.assert_array_equal(back[["f1", "f2", "f3"]].to_numpy(np.float32), values)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_derived_metadata_follows_the_set_perturbation(plate_run, tmp_path):
+    """MoA is not a factor but a function of the compound: setting the compound writes the new
+    compound's MoA (from the table), never the source's."""
+    out = tmp_path / "az138.csv"
+    argv = ["regenerate", str(plate_run), "--where", "Metadata_Compound=DMSO,Metadata_Batch=Week10"]
+    assert main([*argv, "--set", "Metadata_Compound=AZ138", "--limit", "3", "--out", str(out)]) == 0
+    got = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert (got.Metadata_Compound == "AZ138").all() and (got.Metadata_MoA == "Eg5 inhibitors").all()
+    assert (got.Metadata_Batch == "Week10").all() and (got.Metadata_Plate != "").all()

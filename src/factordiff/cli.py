@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="profiles: drop feature columns with a larger share of missing values (default 0.05)",
     )
     p.add_argument(
+        "--feature-select",
+        metavar="OP,...",
+        help="profiles: pycytominer feature_select operations on the training rows: variance_threshold, "
+        "correlation_threshold, blocklist (default none)",
+    )
+    p.add_argument(
         "--roles",
         metavar="F=ROLE,...",
         help="profiles: biological or technical per factor (default from the name: batch, plate, "

@@ -55,6 +55,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "profiles.controls": args.controls,
         "profiles.moa": args.moa,
         "profiles.max_missing": args.max_missing,
+        "profiles.feature_select": _csv_list(args.feature_select) if args.feature_select else None,
         "profiles.perturbation_embedding": args.perturbation_embedding,
         "profiles.smiles": args.smiles,
         "profiles.roles": _csv_list(args.roles) if args.roles else None,
