@@ -69,6 +69,7 @@ def run_case(
     steps: int,
     seed: int,
     residual: str,
+    feature_select: list[str] | None = None,
 ) -> dict:
     cfg = load_config(
         None,
@@ -82,9 +83,10 @@ def run_case(
             "profiles.residual": residual,
             "train.seed": seed,
             "train.threads": 2,
+            "profiles.feature_select": feature_select or [],
         },
     )
-    out = work / f"{name}-{residual}-seed{seed}"
+    out = work / f"{name.replace(' ', '-')}-{residual}-seed{seed}"
     if out.exists():
         import shutil
 
@@ -108,6 +110,7 @@ def run_case(
         moa,
         "--seed",
         str(seed),
+        *(["--feature-select", ",".join(feature_select)] if feature_select else []),
     ]
     return {
         "dataset": name,
@@ -215,6 +218,12 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-profiles")
     ap.add_argument("--only", choices=["bbbc021", "lincs"], help="run one dataset only")
     ap.add_argument(
+        "--feature-select",
+        metavar="OP,...",
+        help="instead: BBBC021 (residual none, --seeds) with these pycytominer feature_select operations, "
+        "added to the results file as dataset 'bbbc021 feature_select'",
+    )
+    ap.add_argument(
         "--sweep",
         metavar="W,W,...",
         help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at "
@@ -241,6 +250,38 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     data, work = Path(a.data), Path(a.work)
+    if a.feature_select:
+        ops = a.feature_select.split(",")
+        table = bbbc021_table(data / "bbbc021-profiles")
+        path = work / "bbbc021.csv.gz"
+        work.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+        held = one_per_moa(table, "Metadata_Compound", "Metadata_MoA", "DMSO")
+        where = [f"Metadata_Compound=DMSO,Metadata_Batch={a.week}"] + [f"Metadata_Compound={c}" for c in held]
+        name = "bbbc021 feature_select"
+        rows = [
+            run_case(
+                name,
+                path,
+                ["Metadata_Compound", "Metadata_Concentration", "Metadata_Batch"],
+                where,
+                "Metadata_Compound=DMSO",
+                "Metadata_MoA",
+                work,
+                a.steps,
+                seed,
+                "none",
+                ops,
+            )
+            for seed in [int(x) for x in a.seeds.split(",")]
+        ]
+        saved = json.loads(RESULTS.read_text())
+        saved["runs"] = [r for r in saved["runs"] if r["dataset"] != name] + rows
+        saved["feature_select_command"] = "python " + shlex.join(sys.argv)
+        saved["summary"] = summarize(saved["runs"])
+        atomic_write_json(RESULTS, saved)
+        print(f"wrote {RESULTS}")
+        return
     seeds = [int(x) for x in a.seeds.split(",")]
     residuals = a.residuals.split(",")
     work.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,9 @@ def test_missing_values_dropped_and_counted(tmp_path):
     assert cleaning["columns_dropped_constant"] == [feats[3]]
     kept, train = t.keep(names, every)
     assert kept.cleaning["rows_dropped_missing"] == 2 and train.sum() == 155
+    want = kept.features.copy()
+    again, _ = read_profiles(path).keep(names, every, in_place=True)  # compacted in its own buffer
+    np.testing.assert_array_equal(again.features, want)
     assert len(kept) == 155 and kept.features.shape[1] == 45
     assert 3 not in kept.rows and 7 not in kept.rows
 

@@ -107,12 +107,21 @@ class ProfileTable:
             return str(self.metadata[f.name][rows[0]])
         return number_text(f.values[v]) if f.kind == "ordinal" else str(f.values[v])
 
-    def keep(self, names: list[str], train: np.ndarray) -> tuple["ProfileTable", np.ndarray]:
+    def keep(
+        self, names: list[str], train: np.ndarray, in_place: bool = False
+    ) -> tuple["ProfileTable", np.ndarray]:
         """The table with feature columns ``names`` only and without rows that miss one of them;
-        the training mask of the rows kept. The dropped rows are counted in ``cleaning``."""
+        the training mask of the rows kept. The dropped rows are counted in ``cleaning``.
+        ``in_place`` compacts the columns inside this table's own feature buffer (no second copy
+        of a large table; this table's features are then no longer valid)."""
         index = {c: j for j, c in enumerate(self.feature_names)}
         cols = np.asarray([index[c] for c in names], np.int64)
-        features = self.features if len(cols) == len(self.feature_names) else self.features[:, cols]
+        if len(cols) == len(self.feature_names) and (cols == np.arange(len(cols))).all():
+            features = self.features
+        elif in_place and self.features.flags.c_contiguous and self.features.flags.writeable:
+            features = _compact_columns(self.features, cols)
+        else:
+            features = self.features[:, cols]
         complete = np.ones(len(self), bool)
         for i in range(0, len(self), 65536):
             complete[i : i + 65536] = ~np.isnan(features[i : i + 65536]).any(1)
@@ -126,6 +135,19 @@ class ProfileTable:
         }
         table = replace(self, features=features, feature_names=list(names), cleaning=cleaning)
         return (table, train) if complete.all() else (table.subset(complete), train[complete])
+
+
+def _compact_columns(x: np.ndarray, cols: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """``x[:, cols]`` written over the front of ``x``'s own buffer, a block of rows at a time (the
+    block is copied out first, and its destination ends before the next block's source begins),
+    returned as a view of that buffer."""
+    n, f = x.shape
+    flat = x.reshape(-1)
+    k = len(cols)
+    for r in range(0, n, rows):
+        block = x[r : r + rows][:, cols].copy()
+        flat[r * k : r * k + block.size] = block.reshape(-1)
+    return flat[: n * k].reshape(n, k)
 
 
 def number_text(v: float) -> str:
@@ -435,7 +457,7 @@ def _pycytominer_select(table: ProfileTable, rows: np.ndarray, names: list[str],
     index = {c: j for j, c in enumerate(table.feature_names)}
     # variance_threshold and blocklist judge each column alone: run them a block of columns at a
     # time, so a JUMP-sized table is never copied whole; correlation_threshold needs every column
-    step = len(names) if op == "correlation_threshold" else 4 * BLOCK
+    step = len(names) if op == "correlation_threshold" else BLOCK
     kept: set[str] = set()
     for j in range(0, len(names), step):
         cols = names[j : j + step]
@@ -590,7 +612,7 @@ def read_profiles_like(
         str(path),
         {"rows_read": len(x), "features_read": len(feature_names)},
     )
-    return table.keep(list(feature_names), np.ones(len(x), bool))[0]
+    return table.keep(list(feature_names), np.ones(len(x), bool), in_place=True)[0]
 
 
 def unknown_values(table: ProfileTable, rows: np.ndarray) -> list[str]:

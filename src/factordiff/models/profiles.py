@@ -103,7 +103,7 @@ def prepare_profiles(cfg: RunConfig) -> ProfileData:
         raise FactordiffError(f"split {split.description}: holds out every row; nothing left to train on")
     names, cleaning = select_features(table, train, p.max_missing, tuple(p.feature_select))
     table.cleaning.update(cleaning)
-    table, train = table.keep(names, train)
+    table, train = table.keep(names, train, in_place=True)
     if not train.any():
         raise FactordiffError(f"{table.source}: every training row misses a feature value")
     controls = control_rows(table, p.controls)
