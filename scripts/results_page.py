@@ -586,7 +586,7 @@ def profiles_section() -> list[str]:
         "weeks' batch effects are real). LINCS: one plate, the top dose of some compounds held out and",
         "regenerated from their other doses (transfers), and some compounds held out entirely. A",
         "*transfer* is a condition with a technical factor (or a dose) regenerated from other rows; an",
-        "*unseen* perturbation is generated from same-plate controls with its MoA, dose and batch, its own",
+        "*unseen* perturbation is generated from same-plate controls with its dose and batch, its own",
         "code absent. Every learner sees training rows only, feature selection and plate statistics",
         "included; MoA is not a conditioning factor (it would tell every method the answer). The oracles",
         "(logistic regressions) that read a task's rows are fitted on every real row except the held-out",

@@ -212,7 +212,7 @@ def _read(path: Path, meta_cols: list[str], feature_cols: list[str]):
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, pre_buffer=False)
             types = {f.name: f.type for f in pf.schema_arrow}
             bad = [
                 c
@@ -233,12 +233,21 @@ def _read(path: Path, meta_cols: list[str], feature_cols: list[str]):
             x = np.empty((pf.metadata.num_rows, len(feature_cols)), np.float32)
             i = 0
             bar = tqdm(total=len(x), desc=f"reading {path.name}", unit="row", disable=len(x) < 100_000)
-            for batch in pf.iter_batches(columns=feature_cols, batch_size=16384):
-                n = batch.num_rows
-                for j, col in enumerate(batch.columns):
+            # one row group at a time, its buffers handed back after it: the arrow memory held at
+            # once is one group's (a whole-file read would hold the table twice)
+            parts = (
+                (pf.read_row_group(g, columns=feature_cols) for g in range(pf.num_row_groups))
+                if pf.num_row_groups > 1
+                else pf.iter_batches(columns=feature_cols, batch_size=16384)
+            )
+            for part in parts:
+                n = part.num_rows
+                for j, col in enumerate(part.columns):
                     x[i : i + n, j] = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
                 i += n
                 bar.update(n)
+                del part
+                pa.default_memory_pool().release_unused()
             bar.close()
             meta = meta.astype("string").fillna("")
             return pd.DataFrame({c: meta[c].to_numpy(str) for c in meta_cols}), x
