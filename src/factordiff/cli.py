@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model on a dataset")
     p.add_argument(
         "--data",
-        help="shapes | cellsim | h5:FILE | table:FACTORS.csv | profiles:TABLE (.csv, .csv.gz, .parquet)",
+        help="shapes | cellsim | h5:FILE | table:FACTORS.csv | shards:DIR | crops:STACK.npz | "
+        "profiles:TABLE (.csv, .csv.gz, .parquet)",
     )
     p.add_argument(
         "--holdout", help="none | random | composition | interpolation | extrapolation | unseen_value"
@@ -158,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         "well, ... are technical)",
     )
     p.add_argument("--size", type=_positive_int, help="image size the models work at")
+    p.add_argument(
+        "--channels",
+        metavar="NAME,...",
+        help="crops: the stack's channel names, one per channel (e.g. DAPI,Tubulin,Actin)",
+    )
+    p.add_argument("--index", metavar="TABLE", help="crops: the stack's index table (default STACK.csv)")
     p.add_argument(
         "--adapter",
         choices=["embed", "tokens", "shift"],

@@ -46,6 +46,8 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "data.source": args.data,
         "data.size": args.size,
         "data.factors": _csv_list(args.factors) if args.factors else None,
+        "data.channels": _csv_list(args.channels) if args.channels else None,
+        "data.index": args.index,
         "split.kind": args.holdout,
         "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
         "split.where": args.holdout_where,

@@ -69,16 +69,21 @@ def check_embedding_kind(kind: str, where: str) -> str:
 @dataclass
 class DataConfig:
     """Args:
-    source: ``shapes``, ``h5:FILE`` or ``table:FILE.csv``.
+    source: ``shapes``, ``cellsim``, ``h5:FILE``, ``table:FILE.csv``, ``shards:DIR``,
+        ``crops:STACK.npz`` or ``profiles:TABLE``.
     size: image height and width the models work at (None: 32 for the replica, else the files' size).
     n: number of images (shapes: rendered combinations; h5: sampled rows; None: all).
     factors: factor columns of a table (None: all non-image columns).
+    channels: channel names of a crop stack (``crops:STACK.npz``), one per channel.
+    index: the index table of a crop stack (None: ``STACK.csv`` beside it).
     """
 
     source: str = "shapes"
     size: int | None = None
     n: int | None = 60000
     factors: list[str] | None = None
+    channels: list[str] | None = None
+    index: str | None = None
 
 
 @dataclass

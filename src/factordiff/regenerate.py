@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import unknown_values
-from factordiff.data.sources import read_images_like, traits
+from factordiff.data.sources import CROPS, prepare_crops, read_images_like, traits
 from factordiff.data.splits import select
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.errors import FactordiffError
@@ -105,9 +105,14 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
 
 
 def _regenerate_images(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table):
-    data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
     spec, cfg = run.spec, run.config
-    rows = _rows(run, where, data.factors, data.source, limit=limit)
+    crops = prepare_crops(cfg) if cfg.data.source.startswith(CROPS) and not table else None
+    if crops is not None:
+        data = crops.data
+    else:
+        data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
+    meta_text = crops.stack.metadata if crops is not None else None
+    rows = _rows(run, where, data.factors, data.source, meta_text, limit=limit)
     blocks = _image_blocks(run, settings)
     strength, guidance, residual = edit_settings(
         cfg.evaluate, spec, list(blocks), strength, guidance, residual
@@ -124,6 +129,14 @@ def _regenerate_images(run, where, settings, steps, guidance, strength, residual
             )
             bar.update(len(x))
     bar.close()
+    images = images.reshape(len(rows) * draws, *data.images.shape[1:])
+    if crops is not None:  # the index table's own columns, as read, the set factors' text from it
+        meta = pd.DataFrame({c: v[rows] for c, v in meta_text.items()})
+        for k, value in settings.items():
+            name, v = spec.factors[k].name, spec.factors[k].index(value)
+            having = np.flatnonzero(crops.stack.factors[:, k] == v)
+            meta[name] = meta_text[name][having[0]] if len(having) else value
+        return images, meta, rows, None, [], {"intensity": crops.intensity}
     meta = pd.DataFrame(
         {
             f"Metadata_{f.name}": [str(f.values[v]) for v in data.factors[rows, q]]
@@ -132,7 +145,7 @@ def _regenerate_images(run, where, settings, steps, guidance, strength, residual
     )
     for k, value in settings.items():
         meta[f"Metadata_{spec.factors[k].name}"] = value
-    return images.reshape(len(rows) * draws, *data.images.shape[1:]), meta, rows, None, [], {}
+    return images, meta, rows, None, [], {}
 
 
 def nested_in(cells: np.ndarray, parent: np.ndarray) -> bool:
@@ -376,8 +389,28 @@ def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
     write_table(meta, folder / "regenerated.csv")
 
 
+def _write_stack(result: Regenerated, out: Path) -> None:
+    """A crop-stack run's regenerated crops as ``out`` (.npz, key ``images``: the source's dtype,
+    crop size and intensity scale, of each row's plate after the edit) and ``OUT.csv`` beside it."""
+    intensity = result.info["intensity"]
+    column = intensity.column
+    plates = result.metadata[column].to_numpy(str) if column else None
+    stack = intensity.raw(result.samples, plates)
+    tmp = out.with_name(out.name + ".partial.npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(tmp, images=stack)
+    write_table(result.metadata, out.with_suffix(".csv"))
+    tmp.replace(out)
+
+
 def check_out(run: Run, out: Path) -> None:
     """Refuse an ``--out`` that the run's kind cannot write, before any work."""
+    if out.name.lower().endswith(".npz"):
+        if not run.config.data.source.startswith(CROPS):
+            raise FactordiffError(
+                f"--out {out}: a .npz stack is written for crop-stack runs (crops:STACK.npz) only"
+            )
+        return
     if run.kind == "profiles":
         if not out.name.lower().endswith(TABLE_SUFFIXES):
             raise FactordiffError(
@@ -414,6 +447,8 @@ def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
             "unseen_values": result.unseen,
         }
         atomic_write_json(sidecar_path(out), sidecar)
+    elif out.name.lower().endswith(".npz"):
+        _write_stack(result, out)
     else:
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

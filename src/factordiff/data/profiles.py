@@ -331,6 +331,45 @@ def _duplicates(path: Path, columns: list[str]) -> None:
         )
 
 
+def metadata_factors(
+    path: Path, meta, meta_cols: list[str], factors: list[str] | None, roles: dict[str, str] | None
+) -> tuple[FactorSpec, np.ndarray, list[str]]:
+    """The factors of a metadata table (text, a DataFrame): the columns ``factors`` (each needs two
+    or more values), else every column of ``meta_cols`` with more than one value that is not an
+    identifier; each with its role (``roles`` or ``default_role``). Returns the spec, the (N, K)
+    value indices and the identifier columns skipped."""
+    skipped: list[str] = []
+    if factors:
+        names = list(factors)
+        single = [c for c in names if meta[c].nunique() < 2]
+        if single:
+            raise FactordiffError(
+                f"{path}: factor column {single[0]!r} has one value ({meta[single[0]].iloc[0]!r}); "
+                "a factor needs two or more"
+            )
+    else:
+        many = [c for c in meta_cols if meta[c].nunique() > 1]
+        names = [c for c in many if meta[c].nunique() < len(meta)]
+        skipped = [c for c in many if c not in names]
+        if not names:
+            raise FactordiffError(
+                f"{path}: no Metadata_* column with more than one value; name the factor "
+                "columns with --factors"
+            )
+    roles = dict(roles or {})
+    built = []
+    for name in names:
+        role = roles.pop(name, None) or default_role(name)
+        if role not in ("biological", "technical"):
+            raise FactordiffError(f"role of {name}: expected biological or technical, got {role!r}")
+        built.append(_factor(name, meta[name].to_numpy(str), role))
+    if roles:
+        raise FactordiffError(
+            f"--roles: {', '.join(roles)} is not a factor column; factors are {', '.join(names)}"
+        )
+    return FactorSpec(tuple(f for f, _ in built)), np.stack([i for _, i in built], 1), skipped
+
+
 def read_profiles(
     path: Path | str,
     factors: list[str] | None = None,
@@ -360,38 +399,13 @@ def read_profiles(
         raise FactordiffError(f"{path}: no feature columns (every column is metadata)")
     meta, x = _read_checked(path, meta_cols, feature_cols)
     cleaning: dict = {"rows_read": len(x), "features_read": len(feature_cols)}
-    if factors:
-        names = list(factors)
-        single = [c for c in names if meta[c].nunique() < 2]
-        if single:
-            raise FactordiffError(
-                f"{path}: factor column {single[0]!r} has one value ({meta[single[0]].iloc[0]!r}); "
-                "a factor needs two or more"
-            )
-    else:
-        many = [c for c in meta_cols if meta[c].nunique() > 1]
-        names = [c for c in many if meta[c].nunique() < len(meta)]
-        cleaning["identifier_columns_skipped"] = [c for c in many if c not in names]
-        if not names:
-            raise FactordiffError(
-                f"{path}: no Metadata_* column with more than one value; name the factor "
-                "columns with --factors"
-            )
-    roles = dict(roles or {})
-    built = []
-    for name in names:
-        role = roles.pop(name, None) or default_role(name)
-        if role not in ("biological", "technical"):
-            raise FactordiffError(f"role of {name}: expected biological or technical, got {role!r}")
-        built.append(_factor(name, meta[name].to_numpy(str), role))
-    if roles:
-        raise FactordiffError(
-            f"--roles: {', '.join(roles)} is not a factor column; factors are {', '.join(names)}"
-        )
+    spec, indices, skipped = metadata_factors(path, meta, meta_cols, factors, roles)
+    if skipped:
+        cleaning["identifier_columns_skipped"] = skipped
     return ProfileTable(
         x,
-        np.stack([i for _, i in built], 1),
-        FactorSpec(tuple(f for f, _ in built)),
+        indices,
+        spec,
         feature_cols,
         {c: meta[c].to_numpy(str) for c in meta_cols},
         np.arange(len(x)),

@@ -14,9 +14,10 @@ import numpy as np
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.cellsim import CHANNELS, COMPOUNDS, CONTROL, cellsim
+from factordiff.data.crops import CropStack, Intensity, crops_dataset, fit_intensity, model_size, read_crops
 from factordiff.data.shapes import read_h5, replica, resize_images
 from factordiff.data.shards import open_shards
-from factordiff.data.splits import Split, make_split
+from factordiff.data.splits import Split, make_split, select
 from factordiff.data.table import read_table
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs
@@ -68,10 +69,11 @@ def traits(cfg: RunConfig) -> Traits:
         )
     if source == "shapes":
         return Traits(render=lambda size, n, seed: replica(size, n=n, seed=seed))
+    channels = tuple(cfg.data.channels or ())
     if cfg.profiles.controls:
         name, value = parse_pairs(cfg.profiles.controls, "profiles.controls")[0]
-        return Traits(perturbation=name, control=value)
-    return Traits()
+        return Traits(channels, perturbation=name, control=value)
+    return Traits(channels)
 
 
 def load_data(
@@ -84,7 +86,9 @@ def load_data(
     ``cellsim`` the built-in 5-channel Cell Painting assay (``n`` fields, 12,000 when None, 64x64);
     ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
     factor table (``factors`` names the factor columns); ``shards:DIR`` opens a dataset written by
-    ``factordiff data pack``, whose images stay on disk until a batch reads them.
+    ``factordiff data pack``, whose images stay on disk until a batch reads them; ``crops:STACK.npz``
+    a crop stack (``data/crops.py``; a fit reads it with ``prepare_crops``, which scales each plate by
+    its training crops only).
     """
     kind, _, arg = ref.partition(":")
     if kind == "shapes" and not arg:
@@ -103,6 +107,12 @@ def load_data(
                 )
             data.images = resize_images(data.images, size)
         return data
+    if kind == "crops" and arg:  # no split here: the intensity scale is fitted on every crop
+        stack = read_crops(arg, factors=factors)
+        every = np.ones(len(stack.images), bool)
+        return crops_dataset(
+            stack, fit_intensity(stack, every, seed), model_size(stack.images.shape[1], size)
+        )
     if kind == "shards" and arg:
         data = open_shards(Path(arg))
         if size is not None and data.size != size:
@@ -111,13 +121,49 @@ def load_data(
             )
         return data
     raise FactordiffError(
-        "--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR' or "
-        f"'profiles:TABLE', got {ref!r}"
+        "--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR', "
+        f"'crops:STACK.npz' or 'profiles:TABLE', got {ref!r}"
     )
+
+
+CROPS = "crops:"
+
+
+@dataclass
+class Crops:
+    """A crop-stack run's data as its fit prepared it (``prepare_crops``)."""
+
+    stack: CropStack
+    split: Split
+    train: np.ndarray  # bool mask of training crops
+    intensity: Intensity
+    data: FactorDataset  # every crop, uint8 at the model size
+
+
+def prepare_crops(cfg: RunConfig) -> Crops:
+    """Read ``crops:STACK.npz``, split it and fit the per-plate intensity scale on training crops."""
+    roles = dict(parse_pairs(p, "profiles.roles")[0] for p in cfg.profiles.roles)
+    stack = read_crops(
+        cfg.data.source[len(CROPS) :], cfg.data.index, cfg.data.channels, cfg.data.factors, roles
+    )
+    split = make_split(stack.spec, cfg.split)
+    for text in cfg.split.where:
+        if not select(stack.spec, stack.factors, [text], stack.metadata, "--holdout-where").any():
+            raise FactordiffError(f"--holdout-where {text!r}: no crop of {stack.source} matches")
+    train = ~split.heldout(stack.factors)
+    if not train.any():
+        raise FactordiffError(f"split {split.description}: holds out every crop; nothing left to train on")
+    intensity = fit_intensity(stack, train, cfg.train.seed)
+    data = crops_dataset(stack, intensity, model_size(stack.images.shape[1], cfg.data.size))
+    return Crops(stack, split, train, intensity, data)
 
 
 def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
     """Load the data and remove the held-out combinations: (all data, split, training data)."""
+    if cfg.data.source.startswith(CROPS):
+        crops = prepare_crops(cfg)
+        data, split = crops.data, crops.split
+        return data, split, data.subset(crops.train)
     data = load_data(
         cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed
     )

@@ -1,0 +1,137 @@
+"""Crop stacks (``--data crops:STACK.npz``) through the CLI, on 24 real BBBC021 crops
+(tests/data/bbbc021_crops.*, licence beside them): fit, regenerate into a stack in the source's
+intensity scale, the per-plate scale fitted on training crops only, and every bad input in one
+line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_overrides
+
+from factordiff import load_run
+from factordiff.cli import main
+from factordiff.data.crops import fit_intensity, read_crops
+
+DATA = Path(__file__).parent / "data"
+STACK = DATA / "bbbc021_crops.npz"
+FACTORS = "Metadata_Compound,Metadata_Plate"
+HELD = "Metadata_Compound=cyclohexamide,Metadata_Plate=Week4_27821"
+
+
+def _config(folder: Path) -> Path:
+    over = {k: v for k, v in tiny_overrides().items() if not k.startswith(("data.", "split."))}
+    nested: dict = {}
+    for key, value in over.items():
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(nested))
+    return path
+
+
+@pytest.fixture(scope="module")
+def crop_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("crops")
+    out = folder / "run"
+    argv = ["fit", "--data", f"crops:{STACK}", "--channels", "DAPI,Tubulin,Actin", "--factors", FACTORS]
+    argv += ["--holdout-where", HELD, "--size", "16", "--config", str(_config(folder)), "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+def test_intensity_scale_from_training_crops_only():
+    stack = read_crops(STACK, channels=["DAPI", "Tubulin", "Actin"], factors=FACTORS.split(","))
+    assert stack.images.dtype == np.uint16 and stack.channels == ("DAPI", "Tubulin", "Actin")
+    held = (stack.metadata["Metadata_Compound"] == "cyclohexamide") & (
+        stack.metadata["Metadata_Plate"] == "Week4_27821"
+    )
+    a = fit_intensity(stack, ~held)
+    stack.images = stack.images.copy()
+    stack.images[held] = 65535  # held-out crops changed: no scale moves
+    b = fit_intensity(stack, ~held)
+    np.testing.assert_array_equal(a.low, b.low)
+    np.testing.assert_array_equal(a.high, b.high)
+    assert a.plates == ["Week4_27801", "Week4_27821"] and (a.high > a.low).all()
+    u8 = a.to_uint8(stack.images[~held], stack.metadata["Metadata_Plate"][~held])
+    back = a.raw(u8, stack.metadata["Metadata_Plate"][~held])
+    assert back.dtype == np.uint16 and back.shape == stack.images[~held].shape
+    inside = (stack.images[~held] > a.low.max()) & (stack.images[~held] < a.high.min())
+    err = np.abs(back.astype(float) - stack.images[~held].astype(float))[inside]
+    assert err.max() <= (a.high - a.low).max() / 255  # one 8-bit step, no more
+
+
+def test_fit_and_regenerate_a_stack(crop_run, tmp_path):
+    out = tmp_path / "treated.npz"
+    argv = ["regenerate", str(crop_run), "--where", "Metadata_Compound=DMSO,Metadata_Plate=Week4_27821"]
+    assert main([*argv, "--set", "Metadata_Compound=cyclohexamide", "--steps", "3", "--out", str(out)]) == 0
+    with np.load(out) as z:
+        images = z["images"]
+    table = pd.read_csv(out.with_suffix(".csv"), dtype=str, keep_default_na=False)
+    src = pd.read_csv(STACK.with_suffix(".csv"), dtype=str, keep_default_na=False)
+    assert images.shape == (6, 68, 68, 3) and images.dtype == np.uint16
+    assert (table.Metadata_Compound == "cyclohexamide").all() and (
+        table.Metadata_Plate == "Week4_27821"
+    ).all()
+    rows = table.Metadata_source_row.astype(int).to_numpy()
+    assert (src.Metadata_Compound.to_numpy()[rows] == "DMSO").all()
+    assert (table.Metadata_Well.to_numpy() == src.Metadata_Well.to_numpy()[rows]).all()  # as read
+    # the source's intensity scale: the regenerated crops span the real crops' range, not 0-255
+    assert images.max() > 1000
+    assert list(load_run(crop_run).spec.names) == ["Metadata_Compound", "Metadata_Plate"]
+    refused = tmp_path / "x.npz"
+    assert (
+        main(["regenerate", str(crop_run), "--set", "Metadata_Plate=Week4_99999", "--out", str(refused)]) == 2
+    )
+    assert not refused.exists()
+
+
+def _write(tmp_path: Path, images: np.ndarray, table: pd.DataFrame) -> Path:
+    path = tmp_path / "stack.npz"
+    np.savez(path, images=images)
+    table.to_csv(path.with_suffix(".csv"), index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, extra, words",
+    [
+        ("channels", ["--channels", "DNA,ER,RNA,AGP,Mito"], ["--channels names 5 channel(s)", "has 3"]),
+        ("rows", [], ["23 rows", "24 crops"]),
+        ("key", [], ["no array 'images'"]),
+        ("nan", [], ["NaN"]),
+        ("corrupt", [], ["cannot read the stack"]),
+        ("where", ["--holdout-where", "Metadata_Compound=DMSO,Metadata_Plate=Week4_99999"], ["Week4_99999"]),
+    ],
+)
+def test_bad_stacks_one_line(tmp_path, capsys, change, extra, words):
+    with np.load(STACK) as z:
+        images = z["images"]
+    table = pd.read_csv(STACK.with_suffix(".csv"), dtype=str, keep_default_na=False)
+    path = STACK
+    if change == "rows":
+        path = _write(tmp_path, images, table.iloc[:-1])
+    elif change == "key":
+        path = tmp_path / "stack.npz"
+        np.savez(path, crops=images)
+        table.to_csv(path.with_suffix(".csv"), index=False)
+    elif change == "nan":
+        bad = images.astype(np.float32)
+        bad[0, 0, 0, 0] = np.nan
+        path = _write(tmp_path, bad, table)
+    elif change == "corrupt":
+        path = tmp_path / "stack.npz"
+        path.write_bytes(b"not a zip file")
+        shutil.copy(STACK.with_suffix(".csv"), path.with_suffix(".csv"))
+    out = tmp_path / "run"
+    argv = ["fit", "--data", f"crops:{path}", "--factors", FACTORS, *extra, "--size", "16", "--out", str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert all(w in err for w in words), err
+    assert not out.exists()
