@@ -66,8 +66,12 @@ class Regenerated:
     info: dict
 
 
-def _rows(run: Run, where: Sequence[str], indices, source: str, metadata=None, limit=None) -> np.ndarray:
+def _rows(
+    run: Run, where: Sequence[str], indices, source: str, metadata=None, limit=None, only=None
+) -> np.ndarray:
     rows = np.flatnonzero(select(run.spec, indices, where, metadata))
+    if only is not None:
+        rows = np.intersect1d(rows, np.asarray(only, np.int64))
     if not len(rows):
         raise FactordiffError(f"--where {' / '.join(where)}: no row of {source} matches")
     return rows[:limit] if limit else rows
@@ -104,7 +108,9 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
     return blocks
 
 
-def _regenerate_images(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table):
+def _regenerate_images(
+    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table, only
+):
     spec, cfg = run.spec, run.config
     crops = prepare_crops(cfg) if cfg.data.source.startswith(CROPS) and not table else None
     if crops is not None:
@@ -112,7 +118,7 @@ def _regenerate_images(run, where, settings, steps, guidance, strength, residual
     else:
         data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
     meta_text = crops.stack.metadata if crops is not None else None
-    rows = _rows(run, where, data.factors, data.source, meta_text, limit=limit)
+    rows = _rows(run, where, data.factors, data.source, meta_text, limit=limit, only=only)
     blocks = _image_blocks(run, settings)
     strength, guidance, residual = edit_settings(
         cfg.evaluate, spec, list(blocks), strength, guidance, residual
@@ -215,11 +221,13 @@ def _raw_units(plates, table, meta, rows, settings, nested) -> tuple[list[list[i
     return [[int(i)] for i in source], "raw units of each source row's plate"
 
 
-def _regenerate_profiles(run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new):
+def _regenerate_profiles(
+    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new, only
+):
     model, spec = run.model, run.spec
     data = prepare_run_profiles(run.config, model, new)
     table = data.table
-    rows = _rows(run, where, table.factors, table.source, table.metadata, limit)
+    rows = _rows(run, where, table.factors, table.source, table.metadata, limit, only)
     unknown = unknown_values(table, rows)
     if unknown:
         raise FactordiffError(
@@ -279,6 +287,7 @@ def regenerate(
     draws: int = 1,
     seed: int = 0,
     table: Path | str | None = None,
+    rows: Sequence[int] | None = None,
 ) -> Regenerated:
     """The run's samples matching ``where`` (``"F=V,G=W"`` conditions, any one of which selects a
     row; none: every row), regenerated with the factors of ``set`` (``"F=V,G=W"``, repeatable)
@@ -295,6 +304,7 @@ def regenerate(
         table: regenerate the rows of this table instead of the run's data: rows the fit never saw,
             in the layout of the run's (profiles: its factor and feature columns; images: an image
             table with its factor columns), with factor values the run knows.
+        rows: only these rows of the run's data (indices), of those ``where`` selects.
     """
     if draws < 1:
         raise FactordiffError(f"--draws {draws}: expected a positive number")
@@ -302,7 +312,7 @@ def regenerate(
     gen = torch.Generator().manual_seed(seed)
     part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
     samples, meta, source_rows, features, unseen, info = part(
-        run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table
+        run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table, rows
     )
     edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
     return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen, info)
