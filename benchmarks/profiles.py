@@ -125,6 +125,34 @@ def run_case(
     }
 
 
+def bbbc021_setup(data: Path, work: Path, week: str) -> tuple[Path, list[str]]:
+    """The BBBC021 table written into ``work`` and the held-out conditions: DMSO of ``week`` and
+    one compound per MoA."""
+    table = bbbc021_table(data / "bbbc021-profiles")
+    path = work / "bbbc021.csv.gz"
+    table.to_csv(path, index=False)
+    held = one_per_moa(table, "Metadata_Compound", "Metadata_MoA", "DMSO")
+    return path, [f"Metadata_Compound=DMSO,Metadata_Batch={week}"] + [f"Metadata_Compound={c}" for c in held]
+
+
+def bbbc021_case(
+    path: Path,
+    where: list[str],
+    work: Path,
+    steps: int,
+    seed: int,
+    residual: str,
+    name: str = "bbbc021",
+    ops: list[str] | None = None,
+) -> dict:
+    """One BBBC021 fit and evaluation (MoA read, not a factor)."""
+    factors = ["Metadata_Compound", "Metadata_Concentration", "Metadata_Batch"]
+    moa = "Metadata_MoA"
+    return run_case(
+        name, path, factors, where, "Metadata_Compound=DMSO", moa, work, steps, seed, residual, ops
+    )
+
+
 def summarize(runs: list[dict]) -> dict:
     """Per dataset, task and method: each figure's mean over seeds with its min and max."""
     out: dict = {}
@@ -252,27 +280,11 @@ def main() -> None:
     data, work = Path(a.data), Path(a.work)
     if a.feature_select:
         ops = a.feature_select.split(",")
-        table = bbbc021_table(data / "bbbc021-profiles")
-        path = work / "bbbc021.csv.gz"
         work.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
-        held = one_per_moa(table, "Metadata_Compound", "Metadata_MoA", "DMSO")
-        where = [f"Metadata_Compound=DMSO,Metadata_Batch={a.week}"] + [f"Metadata_Compound={c}" for c in held]
+        path, where = bbbc021_setup(data, work, a.week)
         name = "bbbc021 feature_select"
         rows = [
-            run_case(
-                name,
-                path,
-                ["Metadata_Compound", "Metadata_Concentration", "Metadata_Batch"],
-                where,
-                "Metadata_Compound=DMSO",
-                "Metadata_MoA",
-                work,
-                a.steps,
-                seed,
-                "none",
-                ops,
-            )
+            bbbc021_case(path, where, work, a.steps, seed, "none", name, ops)
             for seed in [int(x) for x in a.seeds.split(",")]
         ]
         saved = json.loads(RESULTS.read_text())
@@ -287,27 +299,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     if a.only in (None, "bbbc021"):
-        table = bbbc021_table(data / "bbbc021-profiles")
-        path = work / "bbbc021.csv.gz"
-        table.to_csv(path, index=False)
-        held = one_per_moa(table, "Metadata_Compound", "Metadata_MoA", "DMSO")
-        where = [f"Metadata_Compound=DMSO,Metadata_Batch={a.week}"] + [f"Metadata_Compound={c}" for c in held]
+        path, where = bbbc021_setup(data, work, a.week)
         for residual in residuals:
             for seed in seeds:
-                rows.append(
-                    run_case(
-                        "bbbc021",
-                        path,
-                        ["Metadata_Compound", "Metadata_Concentration", "Metadata_Batch"],
-                        where,
-                        "Metadata_Compound=DMSO",
-                        "Metadata_MoA",
-                        work,
-                        a.steps,
-                        seed,
-                        residual,
-                    )
-                )
+                rows.append(bbbc021_case(path, where, work, a.steps, seed, residual))
     if a.only in (None, "lincs"):
         path = data / "lincs-SQ00015054" / "SQ00015054_normalized_feature_select.csv.gz"
         table = pd.read_csv(path)

@@ -117,7 +117,11 @@ def main() -> None:
     print("features of training crops ...", flush=True)
     scale = standardizer(crop_features(st.images[sample]))
     means = st.images.reshape(len(st.images), -1, st.images.shape[3]).mean(1)  # per-crop channel means
-    fields = st.metadata.get("Image_FileName_DAPI")
+    # a crop's field of view: its plate, well and site
+    fields = np.char.add(
+        np.char.add(st.metadata["Metadata_Plate"], "/" + st.metadata["Metadata_Well"]),
+        "/" + st.metadata["Metadata_Site"],
+    )
     out = []
     for cell in CELLS:
         truth = np.flatnonzero(select(spec, f, [cell["heldout"]], st.metadata))
@@ -165,15 +169,14 @@ def main() -> None:
             "regenerate_seconds": round(regen_seconds, 1),
             "methods": {name: judge(x, real, scale, a.seed) for name, x in methods.items()},
         }
-        if fields is not None:  # the floor: the held-out crops in two halves by field
-            names = np.unique(fields[truth])
-            order = rng.permutation(len(names))
-            half = set(names[order[: len(names) // 2]].tolist())
-            first = np.asarray([fields[i] in half for i in truth])
-            res["floor"] = judge(
-                crop_features(st.images[truth[first]]), crop_features(st.images[truth[~first]]), scale, a.seed
-            )
-        floor = res.get("floor", {}).get("distance", 0.0)
+        # the replicate floor: the held-out crops in two halves by field
+        names = np.unique(fields[truth])
+        half = set(names[rng.permutation(len(names))[: len(names) // 2]].tolist())
+        first = np.asarray([fields[i] in half for i in truth])
+        halves = [crop_features(st.images[truth[first]]), crop_features(st.images[truth[~first]])]
+        res["floor"] = judge(*halves, scale, a.seed)
+        res["floor_fields"] = int(len(names))
+        floor = res["floor"]["distance"]
         copy = res["methods"]["copy"]["distance"]
         res["model_gap_share"] = (res["methods"]["model"]["distance"] - floor) / (copy - floor)
         print(json.dumps(res, indent=1), flush=True)
@@ -184,7 +187,7 @@ def main() -> None:
             "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
             "date": time.strftime("%Y-%m-%d"),
             "command": "python " + shlex.join(sys.argv),
-            "fit_command": "factordiff " + shlex.join(fit_argv[:3] + ["crops:crops.npz"] + fit_argv[4:]),
+            "fit_command": "factordiff " + shlex.join(fit_argv[:2] + ["crops:crops.npz"] + fit_argv[3:]),
             "fit_seconds": round(fit_seconds, 1),
             "features": len(feature_names(st.channels)),
             "cells": out,

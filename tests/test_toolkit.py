@@ -189,8 +189,30 @@ def test_held_out_rows_never_reach_a_baseline(name):
     f2[np.flatnonzero(held)[:5], 2] = 0  # even their factor values
     after = baseline_rows(name, spec, x2, f2, train, src, target, seed=5)
     np.testing.assert_array_equal(before, after)
-    # a training row does move a fitted baseline (copy reads the sources alone)
+    # training rows do move a fitted baseline (copy reads the sources alone): those of the target
+    # batch and those of the target's compound elsewhere (where nearest draws from), sources aside
     x3 = x.copy()
-    x3[np.flatnonzero(train & (f[:, 2] == 2))] += 1000.0
+    x3[np.setdiff1d(np.flatnonzero(train & ((f[:, 2] == 2) | (f[:, 0] == 1))), src)] += 1000.0
     moved = baseline_rows(name, spec, x3, f, train, src, target, seed=5)
     assert np.array_equal(moved, before) == (name == "copy")
+
+
+def test_nearest_condition_as_a_scientist_picks_it():
+    """A held-out (cell line, round, time) cell: nearest is the same cell line in the target round
+    at the nearest time point, not another cell line at the same time, not the other round."""
+    from factordiff.evaluate.baselines import nearest_rows
+
+    spec = FactorSpec(
+        (
+            Factor("cell", ("A549", "U2OS"), "categorical", "biological"),
+            Factor("round", ("r1", "r2"), "categorical", "technical"),
+            Factor("time", (6.0, 24.0, 48.0), "ordinal", "biological"),
+        )
+    )
+    f = np.array([[c, r, t] for c in (0, 1) for r in (0, 1) for t in (0, 1, 2) for _ in range(3)])
+    held = (f == [0, 1, 1]).all(1)  # A549, round 2, 24 h
+    target = np.tile([0, 1, 1], (4, 1))
+    info: dict = {}
+    rows = nearest_rows(spec, f, ~held, target, np.array([1]), seed=0, info=info)
+    assert (f[rows, 0] == 0).all() and (f[rows, 1] == 1).all() and set(f[rows, 2]) <= {0, 2}
+    assert all(c.startswith("cell=A549, round=r2") for c in info["nearest_conditions"])

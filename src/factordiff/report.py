@@ -387,9 +387,19 @@ def _profile_sections(m: dict) -> list[str]:
             f"{html.escape(k)} on {_fmt(v)}."
             for k, v in task.get("real_heldout_read_as_target", {}).items()
         )
+        starts = ""
+        if task.get("source_conditions"):
+            starts = (
+                " Every method but <i>nearest</i> starts from the source rows ("
+                + html.escape("; ".join(task["source_conditions"][:6]))
+                + (" ..." if len(task["source_conditions"]) > 6 else "")
+                + "); <i>nearest</i> draws real rows of "
+                + html.escape("; ".join(task.get("nearest_conditions", [])[:6]))
+                + "."
+            )
         parts.append(
             f"<p class=note>{task['sources']} source rows, {task['truth_rows']} real held-out rows."
-            f"{ceiling}</p>"
+            f"{starts}{ceiling}</p>"
             f"<table><tr><th>method</th>{''.join(f'<th>{html.escape(_short(k))}</th>' for k in cols)}</tr>"
             f"{rows}</table>"
         )

@@ -17,8 +17,9 @@ every statistic it uses comes from the rows of ``train`` (held-out rows never re
   Where no training row has the joint target (or source) combination, the row falls back to the
   sum over its changed factors of each one's mean difference (a value no training row has adds
   nothing), and is counted;
-- ``nearest``: a training row of the nearest existing condition (most factors equal to the
-  target, ties to the changed factors), drawn per source row;
+- ``nearest``: a training row of the nearest existing condition, drawn per source row
+  (``nearest_rows``: the categorical factors that are not set first, then the set factors, then
+  the nearest ordinal values);
 - ``linear``: an additive ridge model of the features on one-hot factors, source + f(target) -
   f(source).
 
@@ -71,21 +72,58 @@ def baseline_rows(
     if name == "harmony":
         return harmony(x, factors, train, src, target, seed=seed, info=info)
     if name == "nearest":
-        rng = np.random.default_rng(seed)
-        tr = np.flatnonzero(train)
-        out = np.empty_like(xs)
-        for i in range(len(xs)):
-            same = factors[tr] == target[i]
-            score = same.sum(1) * (len(changed) + 1) + same[:, changed].sum(1)
-            best = tr[score == score.max()]
-            out[i] = x[rng.choice(best)]
-        return out
+        rows = nearest_rows(spec, factors, train, target, changed, seed, info)
+        return x[rows]
     if name == "linear":
         from sklearn.linear_model import Ridge
 
         model = Ridge(alpha=1.0).fit(one_hot(spec, factors[train]), x[train])
         return xs + model.predict(one_hot(spec, target)) - model.predict(one_hot(spec, fs))
     raise ValueError(f"unknown baseline {name!r}")
+
+
+def nearest_rows(
+    spec: FactorSpec,
+    factors: np.ndarray,
+    train: np.ndarray,
+    target: np.ndarray,
+    changed: np.ndarray,
+    seed: int = 0,
+    info: dict | None = None,
+) -> np.ndarray:
+    """Per target row, a training row of the nearest condition, as a scientist picks it: the most
+    categorical factors that are not set equal to the target's (the same compound, cell line), then
+    the most set factors equal (the target batch or round), then the nearest values of the ordinal
+    factors (the nearest dose or time point, by position on their grid); drawn at random among
+    ties. With ``info``, ``nearest_conditions`` records the conditions drawn from (``F=V, ...``)."""
+    rng = np.random.default_rng(seed)
+    tr = np.flatnonzero(train)
+    ft = factors[tr]
+    ordinal = [k for k, f in enumerate(spec.factors) if f.kind == "ordinal"]
+    kept = [k for k, f in enumerate(spec.factors) if f.kind != "ordinal" and k not in set(changed.tolist())]
+    best: dict[tuple, np.ndarray] = {}
+    out = np.empty(len(target), np.int64)
+    for i, t in enumerate(target):
+        key = tuple(int(v) for v in t)
+        if key not in best:
+            cand = np.arange(len(tr))
+            for score in (
+                (ft[:, kept] == t[kept]).sum(1),
+                (ft[:, changed] == t[changed]).sum(1),
+                -np.abs(ft[:, ordinal] - t[ordinal]).sum(1),
+            ):
+                cand = cand[score[cand] == score[cand].max()]
+            best[key] = tr[cand]
+        out[i] = rng.choice(best[key])
+    if info is not None:
+        info["nearest_conditions"] = condition_texts(spec, factors[out])
+    return out
+
+
+def condition_texts(spec: FactorSpec, factors: np.ndarray) -> list[str]:
+    """The distinct conditions (value-index rows) among ``factors``, as ``F=V, G=W`` texts."""
+    combos = {tuple(int(v) for v in row) for row in factors}
+    return sorted(", ".join(f"{f.name}={f.values[v]}" for f, v in zip(spec.factors, c)) for c in combos)
 
 
 def fallback_share(info: dict) -> float:

@@ -30,7 +30,13 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import plate_column
 from factordiff.data.splits import where_conditions
 from factordiff.errors import FactordiffError
-from factordiff.evaluate.baselines import BASELINES, BATCH_BASELINES, baseline_rows, fallback_share
+from factordiff.evaluate.baselines import (
+    BASELINES,
+    BATCH_BASELINES,
+    baseline_rows,
+    condition_texts,
+    fallback_share,
+)
 from factordiff.evaluate.distances import classifier_two_sample
 from factordiff.evaluate.profiling import (
     fit_oracles,
@@ -74,7 +80,14 @@ def _methods(
     out, info = {"model": model.regenerate(x[src], f[src], target)}, {}
     for b in BASELINES:
         out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, info)
-    notes = {"mean_shift_fallback": fallback_share(info), "mean_shift_matched": info.get("matched_rows")}
+    notes = {
+        "mean_shift_fallback": fallback_share(info),
+        "mean_shift_matched": info.get("matched_rows"),
+        # which rows each method starts from: the sources (every method but nearest) and the
+        # conditions nearest draws its real rows from
+        "source_conditions": condition_texts(spec, f[src]),
+        "nearest_conditions": info.get("nearest_conditions", []),
+    }
     for b in BATCH_BASELINES if batch else ():
         try:
             out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, {}, controls=controls)
