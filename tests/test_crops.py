@@ -17,6 +17,7 @@ from conftest import tiny_overrides
 from factordiff import load_run
 from factordiff.cli import main
 from factordiff.data.crops import fit_intensity, read_crops
+from factordiff.evaluate.morphology import crop_features, feature_names
 
 DATA = Path(__file__).parent / "data"
 STACK = DATA / "bbbc021_crops.npz"
@@ -138,8 +139,6 @@ def test_bad_stacks_one_line(tmp_path, capsys, change, extra, words):
 
 
 def test_morphology_features_of_real_crops():
-    from factordiff.evaluate.morphology import crop_features, feature_names
-
     with np.load(STACK) as z:
         images = z["images"]
     x = crop_features(images)

@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 
 from factordiff.cli import main
+from factordiff.encoders.metadata import axis_positions
+from factordiff.factors import Factor, FactorSpec
+from factordiff.regenerate import write_rows
 
 SAMPLE = Path(__file__).parent / "data" / "bbbc021_small.csv.gz"
 TINY = {
@@ -87,9 +90,6 @@ def test_heldout_rows_change_no_saved_file(tmp_path):
 
 
 def test_dose_axis_is_log_of_training_values():
-    from factordiff.encoders.metadata import axis_positions
-    from factordiff.factors import Factor, FactorSpec
-
     spec = FactorSpec((Factor("dose", (0.0, 0.1, 1.0, 3.0, 10.0), "ordinal"),))
     seen = [np.array([True, True, True, False, True])]
     pos = axis_positions(spec, seen)[0].numpy()
@@ -209,8 +209,6 @@ def test_set_dose_writes_the_tables_text(plate_run, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
 def test_rows_written_in_chunks_read_back_whole(tmp_path, suffix):
-    from factordiff.regenerate import write_rows
-
     meta = pd.DataFrame({"Metadata_Well": [f"A{i:02d}" for i in range(10)], "Metadata_Dose": ["1"] * 10})
     values = np.arange(30, dtype=np.float32).reshape(10, 3)
     out = tmp_path / f"rows{suffix}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from factordiff.evaluate.baselines import BASELINES, baseline_rows, fallback_share, mean_shift
+from factordiff.evaluate.baselines import BASELINES, baseline_rows, fallback_share, mean_shift, nearest_rows
 from factordiff.evaluate.distances import classifier_two_sample, energy_distance, frechet, kernel_distance
 from factordiff.factors import Factor, FactorSpec
 
@@ -200,8 +200,6 @@ def test_held_out_rows_never_reach_a_baseline(name):
 def test_nearest_condition_as_a_scientist_picks_it():
     """A held-out (cell line, round, time) cell: nearest is the same cell line in the target round
     at the nearest time point, not another cell line at the same time, not the other round."""
-    from factordiff.evaluate.baselines import nearest_rows
-
     spec = FactorSpec(
         (
             Factor("cell", ("A549", "U2OS"), "categorical", "biological"),
