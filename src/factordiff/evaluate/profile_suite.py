@@ -72,13 +72,15 @@ def _methods(
     seed: int,
     controls: np.ndarray | None = None,
     batch: bool = False,
+    baselines: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The model's and each baseline's regeneration of rows ``src`` into ``target``, and what the
     baselines recorded (the mean shift's fallback share; with ``batch``, the batch corrections of
-    ``evaluate/batch_correction.py`` too, one that cannot be fitted recorded as unavailable)."""
+    ``evaluate/batch_correction.py`` too, one that cannot be fitted recorded as unavailable).
+    ``baselines=False``: the model alone (the guidance sweep)."""
     x, f, spec = data.features, data.table.factors, data.table.spec
     out, info = {"model": model.regenerate(x[src], f[src], target)}, {}
-    for b in BASELINES:
+    for b in BASELINES if baselines else ():
         out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, info)
     notes = {
         "mean_shift_fallback": fallback_share(info),
@@ -88,7 +90,7 @@ def _methods(
         "source_conditions": condition_texts(spec, f[src]),
         "nearest_conditions": info.get("nearest_conditions", []),
     }
-    for b in BATCH_BASELINES if batch else ():
+    for b in BATCH_BASELINES if batch and baselines else ():
         try:
             out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, {}, controls=controls)
         except FactordiffError as e:
@@ -140,7 +142,9 @@ def _same_plate_sources(
     return np.asarray(out)
 
 
-def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed, controls=None) -> dict:
+def _transfer(
+    model, data, pairs, set_ids, truth, oracles, scale, seed, controls=None, baselines=True
+) -> dict:
     """A held-out condition regenerated from the training rows of its other values, by the model
     and every baseline, each judged against the real held-out rows (``_judge``) and read by
     oracles fitted on every real row but those (``_task_oracle``), which read the real held-out
@@ -160,7 +164,7 @@ def _transfer(model, data, pairs, set_ids, truth, oracles, scale, seed, controls
         if k in set_ids:
             target[:, k] = v
     batch = all(spec.factors[k].role == "technical" for k in set_ids)
-    methods, notes = _methods(model, data, src, target, seed, controls, batch)
+    methods, notes = _methods(model, data, src, target, seed, controls, batch, baselines)
     real = data.features[truth]
     res = {
         "sources": int(len(src)),
@@ -312,9 +316,9 @@ def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> li
                 {
                     "condition": text,
                     "guidance_technical": w,
-                    **_transfer(model, data, pairs, set_ids, truth, oracles, scale, cfg.train.seed)[
-                        "methods"
-                    ]["model"],
+                    **_transfer(
+                        model, data, pairs, set_ids, truth, oracles, scale, cfg.train.seed, baselines=False
+                    )["methods"]["model"],
                 }
             )
     return out
