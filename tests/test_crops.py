@@ -23,6 +23,7 @@ DATA = Path(__file__).parent / "data"
 STACK = DATA / "bbbc021_crops.npz"
 FACTORS = "Metadata_Compound,Metadata_Plate"
 HELD = "Metadata_Compound=cyclohexamide,Metadata_Plate=Week4_27821"
+PLATE_SWAP = "Metadata_Compound=DMSO,Metadata_Plate=Week4_27801"
 
 
 def _config(folder: Path) -> Path:
@@ -41,7 +42,8 @@ def crop_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("crops")
     out = folder / "run"
     argv = ["fit", "--data", f"crops:{STACK}", "--channels", "DAPI,Tubulin,Actin", "--factors", FACTORS]
-    argv += ["--holdout-where", HELD, "--size", "16", "--config", str(_config(folder)), "--out", str(out)]
+    argv += ["--holdout-where", HELD, "--holdout-where", PLATE_SWAP, "--controls", "Metadata_Compound=DMSO"]
+    argv += ["--size", "16", "--config", str(_config(folder)), "--out", str(out)]
     assert main(argv) == 0
     return out
 
@@ -151,3 +153,25 @@ def test_morphology_features_of_real_crops():
     # of the treated crops sits more than one standard deviation above the DMSO crops'
     actin = feature_names(("DAPI", "Tubulin", "Actin")).index("Actin_mean")
     assert (x[treated, actin].mean() - x[~treated, actin].mean()) / x[:, actin].std() > 1.0
+
+
+def test_evaluate_judges_crops_as_profiles(crop_run, capsys):
+    """``factordiff evaluate`` on a crop run: a treatment task (the plate's DMSO crops regenerated
+    with the compound set) and a plate swap (DMSO of the other plate with the plate set), each
+    method judged against the real held-out crops beside the replicate floor by field."""
+    assert main(["evaluate", str(crop_run)]) == 0
+    assert "distance/AUC model" in capsys.readouterr().out
+    metrics = json.loads((crop_run / "metrics.json").read_text())
+    assert metrics["kind"] == "crops"
+    treat, swap = metrics["tasks"]
+    assert treat["kind"] == "treatment" and treat["set"] == "Metadata_Compound=cyclohexamide"
+    assert treat["source_conditions"] == ["Metadata_Compound=DMSO, Metadata_Plate=Week4_27821"]
+    assert treat["nearest_conditions"] == ["Metadata_Compound=cyclohexamide, Metadata_Plate=Week4_27801"]
+    assert swap["kind"] == "transfer" and swap["set"] == "Metadata_Plate=Week4_27801"
+    assert swap["source_conditions"] == ["Metadata_Compound=DMSO, Metadata_Plate=Week4_27821"]
+    for task in (treat, swap):
+        assert set(task["methods"]) == {"model", "copy", "mean_shift", "nearest"}
+        for m in task["methods"].values():
+            assert np.isfinite([m["distance"], m["energy"], m["c2st_auc"], m["frechet_oracle"]]).all()
+        assert task["floor"]["split"].startswith("by field")
+        assert task["truth_crops"] == 6

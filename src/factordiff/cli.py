@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         help="shapes | cellsim | h5:FILE | table:FACTORS.csv | shards:DIR | crops:STACK.npz | "
+        "fields:SOURCE (any source of factordiff fields, or its --out index as load_data:INDEX.csv) | "
         "profiles:TABLE (.csv, .csv.gz, .parquet)",
     )
     p.add_argument(
@@ -162,9 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--channels",
         metavar="NAME,...",
-        help="crops: the stack's channel names, one per channel (e.g. DAPI,Tubulin,Actin)",
+        help="crops: the stack's channel names, one per channel (e.g. DAPI,Tubulin,Actin); fields: as "
+        "factordiff fields (names, or NAME=NUMBER for phenix and rxrx)",
     )
     p.add_argument("--index", metavar="TABLE", help="crops: the stack's index table (default STACK.csv)")
+    p.add_argument(
+        "--crop", type=_positive_int, help="fields: crop size in pixels around each nucleus (default 96)"
+    )
+    p.add_argument(
+        "--tiles", type=_positive_int, help="fields: cut each field into an N x N grid of tiles instead"
+    )
+    p.add_argument(
+        "--illum", metavar="DIR", help="fields: CellProfiler illumination functions <plate>_Illum<Ch>.npy"
+    )
+    p.add_argument(
+        "--join",
+        action="append",
+        metavar="TABLE:COL=COL",
+        help="fields: add a plate map's columns, matched on field column = table column (repeatable)",
+    )
+    p.add_argument("--plate", help="fields: the plate of a phenix folder (default: the folder's name)")
+    p.add_argument("--root", help="fields: folder that relative image paths resolve against")
     p.add_argument(
         "--adapter",
         choices=["embed", "tokens", "shift"],
@@ -270,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "source",
+        nargs="+",
         help="phenix:DIR | load_data:TABLE | rxrx:metadata.csv | bbbc021:BBBC021_v1_image.csv "
-        "| npy:INDEX.csv",
+        "| npy:INDEX.csv; several of one kind and channels are read as one set (plates in folders)",
     )
     p.add_argument(
         "--channels",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
-from factordiff.data.cells import check_fields, join_metadata, open_fields, write_index
+from factordiff.data.cells import check_fields, concat_fields, join_metadata, open_fields, write_index
+from factordiff.data.fieldcrops import parse_join
 from factordiff.data.images import read_image, save_png
 from factordiff.data.shards import describe, pack
 from factordiff.data.sources import load_data
@@ -48,6 +49,12 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "data.factors": _csv_list(args.factors) if args.factors else None,
         "data.channels": _csv_list(args.channels) if args.channels else None,
         "data.index": args.index,
+        "data.crop": args.crop,
+        "data.tiles": args.tiles,
+        "data.illum": args.illum,
+        "data.join": args.join,
+        "data.plate": args.plate,
+        "data.root": args.root,
         "split.kind": args.holdout,
         "split.factors": _csv_list(args.holdout_factors) if args.holdout_factors else None,
         "split.where": args.holdout_where,
@@ -195,20 +202,12 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_fields(args: argparse.Namespace) -> None:
-    fields = open_fields(args.source, args.channels, Path(args.root) if args.root else None, args.plate)
+    root = Path(args.root) if args.root else None
+    if args.plate and len(args.source) > 1:
+        raise FactordiffError("--plate names the plate of one phenix folder; with several, name the folders")
+    fields = concat_fields([open_fields(s, args.channels, root, args.plate) for s in args.source])
     for spec in args.join or []:
-        table, sep, pairs = spec.rpartition(":")
-        on = (
-            dict(p.split("=", 1) for p in _csv_list(pairs))
-            if sep and all("=" in p for p in _csv_list(pairs))
-            else None
-        )
-        if not on:
-            raise FactordiffError(
-                f"--join {spec!r}: expected TABLE:FIELD_COLUMN=TABLE_COLUMN[,...], e.g. "
-                "platemap.csv:Metadata_Well=well"
-            )
-        fields = join_metadata(fields, Path(table), on)
+        fields = join_metadata(fields, *parse_join(spec))
     summary = check_fields(fields, args.bit_depth)
     print(
         f"{summary['fields']} fields of {summary['width']}x{summary['height']} {summary['dtype']}, channels "

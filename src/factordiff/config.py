@@ -74,8 +74,15 @@ class DataConfig:
     size: image height and width the models work at (None: 32 for the replica, else the files' size).
     n: number of images (shapes: rendered combinations; h5: sampled rows; None: all).
     factors: factor columns of a table (None: all non-image columns).
-    channels: channel names of a crop stack (``crops:STACK.npz``), one per channel.
+    channels: channel names of a crop stack (``crops:STACK.npz``), one per channel; of fields
+        (``fields:SOURCE``): names, or ``NAME=NUMBER`` for Phenix and RxRx, as ``factordiff fields``.
     index: the index table of a crop stack (None: ``STACK.csv`` beside it).
+    crop: fields: crop size in pixels around each nucleus (None: 96, unless ``tiles``).
+    tiles: fields: cut each field into a ``tiles`` x ``tiles`` grid instead of crops around nuclei.
+    illum: fields: folder of CellProfiler illumination functions ``<plate>_Illum<Ch>.npy``.
+    join: fields: plate maps or compound tables, each ``TABLE:FIELD_COLUMN=TABLE_COLUMN[,...]``.
+    plate: fields: the plate (barcode) of a Phenix folder (None: the folder's name).
+    root: fields: the folder that relative image paths resolve against (None: the table's folder).
     """
 
     source: str = "shapes"
@@ -84,6 +91,12 @@ class DataConfig:
     factors: list[str] | None = None
     channels: list[str] | None = None
     index: str | None = None
+    crop: int | None = None
+    tiles: int | None = None
+    illum: str | None = None
+    join: list[str] | None = None
+    plate: str | None = None
+    root: str | None = None
 
 
 @dataclass
@@ -544,6 +557,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 _POSITIVE = {
     "size",
+    "crop",
+    "tiles",
     "code_dims",
     "ordinal_dims",
     "width",

@@ -29,6 +29,7 @@ import torch
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
+from factordiff.data.fieldcrops import FIELDS
 from factordiff.data.profiles import fingerprint
 from factordiff.data.sources import PROFILES, prepare_data
 from factordiff.data.splits import Split
@@ -389,7 +390,12 @@ def fit(
     barrier()  # every process has checked the folder before the main one writes to it
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    dataset, split, train = data or prepare_data(cfg)
+    fields = data is None and cfg.data.source.startswith(FIELDS)
+    if fields and not main:
+        barrier()  # the main process cuts the fields into the run's crops first; the others read them
+    dataset, split, train = data or prepare_data(cfg, run, progress and main)
+    if fields and main:
+        barrier()
     build_structure(cfg, train.spec)  # a bad denoiser.structure is refused before any stage trains
     if main:
         run.mkdir(parents=True, exist_ok=True)

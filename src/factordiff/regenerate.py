@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import unknown_values
-from factordiff.data.sources import CROPS, prepare_crops, read_images_like, traits
+from factordiff.data.sources import is_crop_source, prepare_crops, read_images_like, traits
 from factordiff.data.splits import select
 from factordiff.edit import compound_code, edit_blocks, edit_settings
 from factordiff.errors import FactordiffError
@@ -112,7 +112,7 @@ def _regenerate_images(
     run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table, only
 ):
     spec, cfg = run.spec, run.config
-    crops = prepare_crops(cfg) if cfg.data.source.startswith(CROPS) and not table else None
+    crops = prepare_crops(cfg, run.path) if is_crop_source(cfg.data.source) and not table else None
     if crops is not None:
         data = crops.data
     else:
@@ -375,9 +375,11 @@ def write_rows(
 
 
 def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
-    """One 16-bit TIFF per channel (sources whose ``tiff_scale`` says they were 16-bit) or one PNG
-    per image, in ``folder/images``, and ``folder/regenerated.csv`` in JuMP's load_data style
-    (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>`` beside the metadata)."""
+    """One TIFF per channel or one PNG per image, in ``folder/images``, and ``folder/regenerated.csv``
+    in JUMP's load_data style (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>`` beside the metadata),
+    which ``factordiff fields load_data:`` reads back. TIFFs for crop runs (crops or fields: the
+    source's bit depth and crop size, in the intensity scale of each row's plate after the edit)
+    and for sources whose ``tiff_scale`` says they were 16-bit; PNGs otherwise."""
     import tifffile
     from PIL import Image
 
@@ -385,13 +387,18 @@ def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
     channels = t.channel_names(result.samples.shape[3])
     (folder / "images").mkdir(parents=True)
     meta = result.metadata.copy()
+    intensity = result.info.get("intensity")
+    if intensity is not None:
+        plates = meta[intensity.column].to_numpy(str) if intensity.column else None
+        raw = intensity.raw(result.samples, plates)
+    elif t.tiff_scale:
+        raw = result.samples.astype(np.uint16) * t.tiff_scale + t.tiff_scale // 2
     for i, img in enumerate(result.samples):
         stem = f"{i:06d}"
-        if t.tiff_scale:
+        if intensity is not None or t.tiff_scale:
             for c, name in enumerate(channels):
                 fname = f"{stem}_{name}.tiff"
-                pixels = img[..., c].astype(np.uint16) * t.tiff_scale + t.tiff_scale // 2
-                tifffile.imwrite(folder / "images" / fname, pixels.astype(np.uint16))
+                tifffile.imwrite(folder / "images" / fname, np.ascontiguousarray(raw[i, ..., c]))
                 meta.loc[i, f"FileName_Orig{name}"], meta.loc[i, f"PathName_Orig{name}"] = fname, "images"
         else:
             Image.fromarray(img if img.shape[2] != 1 else img[..., 0]).save(folder / "images" / f"{stem}.png")
@@ -416,9 +423,9 @@ def _write_stack(result: Regenerated, out: Path) -> None:
 def check_out(run: Run, out: Path) -> None:
     """Refuse an ``--out`` that the run's kind cannot write, before any work."""
     if out.name.lower().endswith(".npz"):
-        if not run.config.data.source.startswith(CROPS):
+        if not is_crop_source(run.config.data.source):
             raise FactordiffError(
-                f"--out {out}: a .npz stack is written for crop-stack runs (crops:STACK.npz) only"
+                f"--out {out}: a .npz stack is written for crop runs (crops:STACK.npz, fields:SOURCE) only"
             )
         return
     if run.kind == "profiles":

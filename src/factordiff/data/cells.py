@@ -538,6 +538,27 @@ def open_fields(
     return load_data_fields(path, names, root) if kind == "load_data" else npy_fields(path, names, root=root)
 
 
+def concat_fields(tables: list[FieldTable]) -> FieldTable:
+    """Several field tables of the same kind and channels as one (plates imaged into folders of their
+    own); every metadata column is kept, empty where a table lacks it."""
+    if len(tables) == 1:
+        return tables[0]
+    first = tables[0]
+    for t in tables[1:]:
+        if type(t) is not type(first) or t.channels != first.channels:
+            raise FactordiffError(
+                f"{t.source}: channels {', '.join(t.channels)}; expected {', '.join(first.channels)} like "
+                f"{first.source} (one kind of source and channel list per set)"
+            )
+    columns = list(dict.fromkeys(c for t in tables for c in t.metadata))
+    meta = {
+        c: np.concatenate([t.metadata.get(c, np.full(len(t), "", object)).astype(str) for t in tables])
+        for c in columns
+    }
+    files = [row for t in tables for row in t.files]
+    return type(first)(first.channels, files, meta, " + ".join(t.source for t in tables))
+
+
 def check_fields(fields: FieldTable, bit_depth: int | None = None, progress: bool = True) -> dict:
     """Read every field (each file checked); their size, pixel type and per-channel intensity
     percentiles (1, 50, 99.9) over every field. A progress bar on a terminal from 20 fields on."""

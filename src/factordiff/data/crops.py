@@ -54,9 +54,11 @@ def read_crops(
     channels: list[str] | None = None,
     factors: list[str] | None = None,
     roles: dict[str, str] | None = None,
+    positions: tuple[str, ...] = (),
 ) -> CropStack:
     """Read ``path`` (.npz, key ``images``) and its index table (``index``, else ``STACK.csv``);
-    every bad input is one line naming the file and what was expected."""
+    every bad input is one line naming the file and what was expected. ``positions``: metadata
+    columns kept but never chosen as factors by default (a crop's field and pixel position)."""
     import pandas as pd
 
     path = Path(path)
@@ -104,7 +106,8 @@ def read_crops(
                 f"metadata columns are {', '.join(meta_cols[:15])}"
             )
         meta_cols += [f for f in factors if f not in meta_cols]
-    spec, indices, _ = metadata_factors(index, meta, meta_cols, factors, roles)
+    candidates = [c for c in meta_cols if c not in positions]
+    spec, indices, _ = metadata_factors(index, meta, candidates, factors, roles)
     names = tuple(channels) if channels else tuple(f"ch{i + 1}" for i in range(c))
     return CropStack(images, {k: meta[k].to_numpy(str) for k in meta_cols}, spec, indices, names, str(path))
 

@@ -15,6 +15,7 @@ from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.cellsim import CHANNELS, COMPOUNDS, CONTROL, cellsim
 from factordiff.data.crops import CropStack, Intensity, crops_dataset, fit_intensity, model_size, read_crops
+from factordiff.data.fieldcrops import CACHE, FIELDS, POSITIONS, fields_stack
 from factordiff.data.shapes import read_h5, replica, resize_images
 from factordiff.data.shards import open_shards
 from factordiff.data.splits import Split, make_split, select
@@ -69,7 +70,7 @@ def traits(cfg: RunConfig) -> Traits:
         )
     if source == "shapes":
         return Traits(render=lambda size, n, seed: replica(size, n=n, seed=seed))
-    channels = tuple(cfg.data.channels or ())
+    channels = tuple(_channel_names(cfg.data.channels) or ())
     if cfg.profiles.controls:
         name, value = parse_pairs(cfg.profiles.controls, "profiles.controls")[0]
         return Traits(channels, perturbation=name, control=value)
@@ -113,6 +114,10 @@ def load_data(
         return crops_dataset(
             stack, fit_intensity(stack, every, seed), model_size(stack.images.shape[1], size)
         )
+    if kind == "fields" and arg:
+        raise FactordiffError(
+            f"--data {ref}: fields are cut into crops inside a run; use factordiff fit --data {ref}"
+        )
     if kind == "shards" and arg:
         data = open_shards(Path(arg))
         if size is not None and data.size != size:
@@ -122,11 +127,17 @@ def load_data(
         return data
     raise FactordiffError(
         "--data: expected 'shapes', 'cellsim', 'h5:FILE', 'table:FILE.csv', 'shards:DIR', "
-        f"'crops:STACK.npz' or 'profiles:TABLE', got {ref!r}"
+        f"'crops:STACK.npz', 'fields:SOURCE' or 'profiles:TABLE', got {ref!r}"
     )
 
 
 CROPS = "crops:"
+FIELDS_SIZE = 48  # the default model size of a fields: run (crops of 96 pixels halved)
+
+
+def is_crop_source(source: str) -> bool:
+    """Whether ``--data`` names crops (a stack, or fields cut into crops in the run)."""
+    return source.startswith((CROPS, FIELDS))
 
 
 @dataclass
@@ -140,12 +151,40 @@ class Crops:
     data: FactorDataset  # every crop, uint8 at the model size
 
 
-def prepare_crops(cfg: RunConfig) -> Crops:
-    """Read ``crops:STACK.npz``, split it and fit the per-plate intensity scale on training crops."""
+def prepare_crops(cfg: RunConfig, run: Path | None = None, progress: bool = True) -> Crops:
+    """Read ``crops:STACK.npz`` (or the crops of ``fields:SOURCE``, cut into ``run`` on first use),
+    split it and fit the per-plate intensity scale on training crops. For fields, if anything fails
+    before a fit has written its config to ``run``, the crops cut for it are removed again (and the
+    folder, if that leaves it empty), so bad input leaves nothing behind."""
+    if not cfg.data.source.startswith(FIELDS):
+        return _split_crops(cfg, cfg.data.source[len(CROPS) :], cfg.data.index, cfg.data.channels)
+    if run is None:
+        raise FactordiffError(f"--data {cfg.data.source}: fields are cut into crops inside a run folder")
+    run = Path(run)
+    fresh = not (run / "run_config.json").exists()
+    try:
+        path = fields_stack(cfg.data, run, progress)
+        return _split_crops(cfg, str(path), None, _channel_names(cfg.data.channels), POSITIONS)
+    except BaseException:
+        if fresh:
+            import shutil
+
+            shutil.rmtree(run / CACHE, ignore_errors=True)
+            if run.is_dir() and not any(run.iterdir()):
+                run.rmdir()
+        raise
+
+
+def _channel_names(channels: list[str] | None) -> list[str] | None:
+    """Channel names of ``--channels`` (``DNA=5`` -> ``DNA``)."""
+    return [c.partition("=")[0].strip() for c in channels] if channels else None
+
+
+def _split_crops(
+    cfg: RunConfig, path: str, index: str | None, channels: list[str] | None, positions: tuple[str, ...] = ()
+) -> Crops:
     roles = dict(parse_pairs(p, "profiles.roles")[0] for p in cfg.profiles.roles)
-    stack = read_crops(
-        cfg.data.source[len(CROPS) :], cfg.data.index, cfg.data.channels, cfg.data.factors, roles
-    )
+    stack = read_crops(path, index, channels, cfg.data.factors, roles, positions)
     split = make_split(stack.spec, cfg.split)
     for text in cfg.split.where:
         if not select(stack.spec, stack.factors, [text], stack.metadata, "--holdout-where").any():
@@ -154,29 +193,40 @@ def prepare_crops(cfg: RunConfig) -> Crops:
     if not train.any():
         raise FactordiffError(f"split {split.description}: holds out every crop; nothing left to train on")
     intensity = fit_intensity(stack, train, cfg.train.seed)
-    data = crops_dataset(stack, intensity, model_size(stack.images.shape[1], cfg.data.size))
+    size = cfg.data.size or (FIELDS_SIZE if cfg.data.source.startswith(FIELDS) else None)
+    size = model_size(stack.images.shape[1], size)
+    check_size(size, stack.source)
+    data = crops_dataset(stack, intensity, size)
     return Crops(stack, split, train, intensity, data)
 
 
-def prepare_data(cfg: RunConfig) -> tuple[FactorDataset, Split, FactorDataset]:
-    """Load the data and remove the held-out combinations: (all data, split, training data)."""
-    if cfg.data.source.startswith(CROPS):
-        crops = prepare_crops(cfg)
+def prepare_data(
+    cfg: RunConfig, run: Path | None = None, progress: bool = True
+) -> tuple[FactorDataset, Split, FactorDataset]:
+    """Load the data and remove the held-out combinations: (all data, split, training data).
+    ``run``: the run folder, where a ``fields:`` source's crops are kept."""
+    if is_crop_source(cfg.data.source):
+        crops = prepare_crops(cfg, run, progress)
         data, split = crops.data, crops.split
         return data, split, data.subset(crops.train)
     data = load_data(
         cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed
     )
-    if data.size < 16 or data.size & (data.size - 1):
-        raise FactordiffError(
-            f"{data.source}: images are {data.size}x{data.size}; the models need a power of two of "
-            "at least 16 (set --size)"
-        )
+    check_size(data.size, data.source)
     split = make_split(data.spec, cfg.split)
     train = data.subset(~split.heldout(data.factors))
     if len(train) == 0:
         raise FactordiffError(f"split {split.description}: holds out every image; nothing left to train on")
     return data, split, train
+
+
+def check_size(size: int, source: str) -> None:
+    """The models halve an image up to four times (autoencoder and UNet): a multiple of 16."""
+    if size < 16 or size % 16:
+        raise FactordiffError(
+            f"{source}: images are {size}x{size}; the models need a multiple of 16 (16, 32, 48, 64...; "
+            "set --size)"
+        )
 
 
 def read_images_like(path: Path, spec: FactorSpec, size: int) -> FactorDataset:

@@ -73,7 +73,7 @@ def analyze_run(
     cfg, model = load_model(run)
     if not (run / "metrics.json").is_file():
         raise FactordiffError(f"{run}: no metrics.json; run factordiff evaluate {run} first")
-    data, _, _ = prepare_data(cfg)
+    data, _, _ = prepare_data(cfg, run)
     split = make_split(data.spec, cfg.split)
     steps = steps or cfg.evaluate.steps
     rng = np.random.default_rng(cfg.train.seed + 11)

@@ -26,7 +26,7 @@ from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_t
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.images import save_png
-from factordiff.data.sources import prepare_data, traits
+from factordiff.data.sources import is_crop_source, prepare_data, traits
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.cells import CellFactors, evaluate_cells
@@ -40,11 +40,13 @@ from factordiff.evaluate.counterfactual import (
     soundness,
     train_oracle,
 )
+from factordiff.evaluate.crops import evaluate_crop_run
+from factordiff.evaluate.crops import summary_lines as crop_summary_lines
 from factordiff.evaluate.latent import heldout_readout
 from factordiff.evaluate.profile_suite import evaluate_profile_run
 from factordiff.evaluate.profile_suite import summary_lines as profile_summary_lines
 from factordiff.models.images import FactorModel
-from factordiff.models.runs import load_model, run_kind
+from factordiff.models.runs import load_model, read_run_config, run_kind
 from factordiff.train import training_curves
 
 FIGURES = "figures"
@@ -246,7 +248,7 @@ def evaluate_run(
     cfg, model = load_model(run)
     t0 = time.monotonic()
     if data is None:
-        data, _, _ = prepare_data(cfg)
+        data, _, _ = prepare_data(cfg, run)
     split = make_split(data.spec, cfg.split)
     e = cfg.evaluate
     oracle, oracle_acc = get_oracle(run, cfg, data, progress)
@@ -409,11 +411,15 @@ def evaluate(run: Path, progress: bool = True) -> dict:
     returns ``RUN/metrics.json`` (with ``kind``)."""
     if run_kind(run) == "profiles":
         return evaluate_profile_run(Path(run), progress=progress)
+    if is_crop_source(read_run_config(run).data.source):
+        return evaluate_crop_run(Path(run), progress=progress)
     return evaluate_run(Path(run), progress=progress)
 
 
 def summary_lines(metrics: dict) -> list[str]:
     """The terminal summary of ``evaluate``'s metrics, for either kind of run."""
+    if metrics.get("kind") == "crops":
+        return crop_summary_lines(metrics)
     return (
         profile_summary_lines(metrics) if metrics.get("kind") == "profiles" else image_summary_lines(metrics)
     )

@@ -101,7 +101,7 @@ class Run:
         ``ProfileData`` (table, split, training mask, normalised features)."""
         if self.kind == "profiles":
             return prepare_run_profiles(self.config, self.model)
-        return prepare_data(self.config)
+        return prepare_data(self.config, self.path)
 
     def info(self) -> dict:
         """What ``factordiff info`` prints: kind, factors (values, kind, role), training rows, the

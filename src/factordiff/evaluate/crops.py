@@ -1,0 +1,291 @@
+"""``evaluate_crop_run(RUN)``: the figures of a crop run (``crops:STACK.npz`` or ``fields:SOURCE``),
+where crops become profiles (``evaluate/morphology.py``: nucleus shape, per-channel intensity and
+texture, in raw units) and go through the profile toolkit, into ``RUN/metrics.json``.
+
+Tasks follow from the run's ``--holdout-where`` conditions, with the perturbation and its control
+from ``--controls F=V`` where given:
+
+- *treatment*: a condition with a perturbation other than the control and technical values (a
+  compound on a plate) is regenerated from the training controls of the same technical values (the
+  plate's DMSO crops), with the condition's other factors set (compound, dose);
+- *transfer*: otherwise, the technical factors of the condition are set (a plate swap: DMSO of one
+  plate regenerated from DMSO of the others; the ordinal ones where no factor is technical), from
+  the training crops that match the rest of the condition and differ in the set factors.
+
+Each task's methods: the model; *copy* the sources; *mean shift* (per channel, the sources' pixels
+plus the training crops' channel-mean difference between the target's and the source's values, on
+crops matching the source's other factors where there are some: ``baselines.mean_shift`` on
+channel means); *nearest* condition (real training crops of the condition a scientist would pick,
+``baselines.nearest_rows`` relaxing the condition's technical factors first: the same treatment
+on other plates, at the nearest dose). Each is judged against the real held-out crops: the z-scored
+mean-feature distance (mean over features of |mean difference|, features z-scored by training
+crops), the energy distance, the classifier two-sample test (ROC AUC, 0.5 = indistinguishable) and
+the spread ratio; the Frechet and kernel (KID) distances over the evaluation oracle's features; and
+the *replicate floor*: the real held-out crops split into two halves by field of view.
+``gap_share`` = (model - floor) / (copy - floor) of the distance: the share of the copy's gap to
+the truth the model leaves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from factordiff.checkpoint import atomic_write_json
+from factordiff.data.crops import resize
+from factordiff.data.sources import Crops, prepare_crops
+from factordiff.data.splits import where_conditions
+from factordiff.evaluate.baselines import condition_texts, mean_shift, nearest_rows
+from factordiff.evaluate.distances import classifier_two_sample, energy_distance, frechet, kernel_distance
+from factordiff.evaluate.morphology import crop_features, feature_names
+from factordiff.evaluate.profiling import standardizer
+from factordiff.factors import parse_pairs
+
+FIELD_COLUMNS = ("Metadata_Field",)  # a fields: run's field of view
+FIELD_PARTS = ("plate", "well", "site")  # else: plate, well and site columns together
+
+
+def field_keys(metadata: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Each crop's field of view: ``Metadata_Field`` (a fields: run), else its plate, well and site
+    columns joined; None when the metadata cannot tell."""
+    for c in FIELD_COLUMNS:
+        if c in metadata:
+            return np.asarray(metadata[c], str)
+    cols = [next((c for c in metadata if c.lower().endswith(part)), None) for part in FIELD_PARTS]
+    if any(c is None for c in cols):
+        return None
+    keys = np.asarray(metadata[cols[0]], str)
+    for c in cols[1:]:
+        keys = np.char.add(np.char.add(keys, "/"), np.asarray(metadata[c], str))
+    return keys
+
+
+def judge(rows: np.ndarray, truth: np.ndarray, scale, seed: int) -> dict[str, float]:
+    """Feature rows against the real held-out crops' (module docstring)."""
+    g, t = scale(rows), scale(truth)
+    sd = t.std(0)
+    return {
+        "distance": float(np.abs(g.mean(0) - t.mean(0)).mean()),
+        "energy": energy_distance(g, t),
+        "c2st_auc": classifier_two_sample(g, t, seed),
+        "spread_ratio": float(np.mean(g.std(0)[sd > 0] / sd[sd > 0])) if (sd > 0).any() else float("nan"),
+    }
+
+
+def floor(truth_rows: np.ndarray, fields: np.ndarray | None, features, scale, seed: int) -> dict:
+    """The replicate floor: the held-out crops in two halves by field (at random where fields are
+    unknown or fewer than two), one judged against the other."""
+    rng = np.random.default_rng(seed)
+    names = np.unique(fields[truth_rows]) if fields is not None else np.zeros(0)
+    if len(names) >= 2:
+        half = set(names[rng.permutation(len(names))[: len(names) // 2]].tolist())
+        first = np.asarray([fields[i] in half for i in truth_rows])
+        split = f"by field ({len(names)} fields)"
+    else:
+        first = np.zeros(len(truth_rows), bool)
+        first[rng.permutation(len(truth_rows))[: len(truth_rows) // 2]] = True
+        split = "at random (fields unknown)"
+    return {**judge(features(truth_rows[first]), features(truth_rows[~first]), scale, seed), "split": split}
+
+
+def _controls(cfg, spec) -> tuple[int, int] | None:
+    if not cfg.profiles.controls:
+        return None
+    name, value = parse_pairs(cfg.profiles.controls, "--controls")[0]
+    k = spec.resolve(name)
+    return k, spec.factors[k].index(value)
+
+
+def crop_task(crops: Crops, pairs: list[tuple[int, int]], controls: tuple[int, int] | None) -> dict:
+    """A held-out condition's real crops, the pool of training crops it is regenerated from, the
+    factors set, those the nearest condition relaxes first and the kind (module docstring);
+    ``pool`` empty when nothing can source it."""
+    spec, f, train = crops.stack.spec, crops.stack.factors, crops.train
+    truth = np.flatnonzero(np.all([f[:, k] == v for k, v in pairs], axis=0))
+    technical = [k for k, _ in pairs if spec.factors[k].role == "technical"]
+    if controls is not None and technical:
+        kp, control = controls
+        value = dict(pairs).get(kp)
+        if value is not None and value != control:
+            pool = (
+                train & (f[:, kp] == control) & np.all([f[:, k] == v for k, v in pairs if k in technical], 0)
+            )
+            return {
+                "kind": "treatment",
+                "truth": truth,
+                "pool": np.flatnonzero(pool),
+                "set": [(k, v) for k, v in pairs if k not in technical],
+                "relax": technical,
+            }
+    set_ids = technical or [k for k, _ in pairs if spec.factors[k].kind == "ordinal"]
+    keep = [(k, v) for k, v in pairs if k not in set_ids]
+    pool = train.copy()
+    for k, v in keep:
+        pool &= f[:, k] == v
+    for k, v in pairs:
+        if k in set_ids:
+            pool &= f[:, k] != v
+    return {
+        "kind": "transfer",
+        "truth": truth,
+        "pool": np.flatnonzero(pool) if set_ids else np.zeros(0, int),
+        "set": [(k, v) for k, v in pairs if k in set_ids],
+        "relax": set_ids,
+    }
+
+
+def evaluate_crop_run(
+    run: Path,
+    sources: int = 200,
+    truth_max: int = 400,
+    steps: int | None = None,
+    controls: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Every crop task of the run (module docstring); writes and returns ``RUN/metrics.json``.
+    ``sources``: training crops regenerated per task (at most); ``truth_max``: real held-out crops
+    featurised per task (at most); ``controls``: ``F=V``, the perturbation and its control (None:
+    the run's ``--controls``)."""
+    from factordiff.evaluate.cells import oracle_features
+    from factordiff.evaluate.suite import get_oracle
+    from factordiff.models.runs import load_run
+    from factordiff.regenerate import regenerate
+
+    run = Path(run)
+    t0 = time.monotonic()
+    r = load_run(run)
+    cfg = r.config
+    if controls is not None:
+        cfg.profiles.controls = controls
+    seed = cfg.train.seed
+    crops = prepare_crops(cfg, run, progress)
+    st, spec, f = crops.stack, crops.stack.spec, crops.stack.factors
+    rng = np.random.default_rng(seed)
+    train_rows = np.flatnonzero(crops.train)
+    sample = np.sort(rng.choice(train_rows, min(1500, len(train_rows)), replace=False))
+    dna = next((i for i, c in enumerate(st.channels) if c.lower() in ("dna", "dapi", "hoechst")), 0)
+
+    def features(images: np.ndarray) -> np.ndarray:
+        return crop_features(images, nucleus=dna)
+
+    cache: dict[int, np.ndarray] = {}
+
+    def oracle_view(images: np.ndarray, plates: np.ndarray | None) -> np.ndarray:
+        """The oracle reads crops as the model does: uint8 by the given plates' scale, model size."""
+        return oracle_features(oracle, resize(crops.intensity.to_uint8(images, plates), crops.data.size))
+
+    def real(rows: np.ndarray) -> np.ndarray:
+        todo = [i for i in rows.tolist() if i not in cache]
+        if todo:
+            for i, x in zip(todo, features(st.images[todo])):
+                cache[i] = x
+        return np.stack([cache[i] for i in rows.tolist()])
+
+    scale = standardizer(real(sample))
+    oracle, oracle_acc = get_oracle(run, cfg, crops.data, progress)
+    means = st.images.reshape(len(st.images), -1, st.images.shape[3]).mean(1, dtype=np.float64)
+    fields = field_keys(st.metadata)
+    controls = _controls(cfg, spec)
+    info = np.iinfo(st.images.dtype) if np.issubdtype(st.images.dtype, np.integer) else None
+    tasks = []
+    for text, pairs in tqdm(
+        list(zip(cfg.split.where, where_conditions(spec, cfg.split.where))),
+        desc="held-out conditions",
+        disable=not progress,
+    ):
+        task = crop_task(crops, pairs, controls)
+        truth, pool = task["truth"], task["pool"]
+        entry: dict = {"condition": text, "kind": task["kind"], "truth_crops": int(len(truth))}
+        if not len(pool) or not task["set"]:
+            tasks.append({**entry, "kind": "skipped", "reason": "no training crops to regenerate it from"})
+            continue
+        src = np.sort(rng.choice(pool, min(sources, len(pool)), replace=False))
+        set_text = ",".join(f"{spec.factors[k].name}={spec.factors[k].values[v]}" for k, v in task["set"])
+        t1 = time.monotonic()
+        result = regenerate(r, [], [set_text], steps=steps, seed=seed, rows=src)
+        plates = result.metadata[crops.intensity.column].to_numpy(str) if crops.intensity.column else None
+        generated = crops.intensity.raw(result.samples, plates)
+        seconds = time.monotonic() - t1
+        target = f[src].copy()
+        for k, v in task["set"]:
+            target[:, k] = v
+        shifted, _ = mean_shift(means, f, crops.train, src, target)
+        moved = st.images[src].astype(np.float32) + (shifted - means[src])[:, None, None, :].astype(
+            np.float32
+        )
+        pixel_shift = (np.clip(moved, info.min, info.max) if info else moved).astype(st.images.dtype)
+        full = f[src].copy()  # the held-out condition itself, which nearest approaches
+        for k, v in pairs:
+            full[:, k] = v
+        nearest = nearest_rows(spec, f, crops.train, full, np.asarray(task["relax"]), seed)
+        truth_rows = (
+            truth if len(truth) <= truth_max else np.sort(rng.choice(truth, truth_max, replace=False))
+        )
+        real_x = real(truth_rows)
+        methods = {
+            "model": features(generated),
+            "copy": real(src),
+            "mean_shift": features(pixel_shift),
+            "nearest": real(nearest),
+        }
+        pictures = {
+            "model": generated,
+            "copy": st.images[src],
+            "mean_shift": pixel_shift,
+            "nearest": st.images[nearest],
+        }
+        column = crops.intensity.column
+        o_truth = oracle_view(st.images[truth_rows], st.metadata[column][truth_rows] if column else None)
+        entry.update(
+            set=set_text,
+            sources=int(len(src)),
+            source_conditions=sorted(set(condition_texts(spec, f[src]))),
+            nearest_conditions=sorted(set(condition_texts(spec, f[nearest]))),
+            regenerate_seconds=round(seconds, 1),
+            methods={},
+        )
+        for name, x in methods.items():
+            m = judge(x, real_x, scale, seed)
+            o = oracle_view(pictures[name], plates)  # every method in the target plates' scale
+            m["frechet_oracle"] = frechet(o, o_truth)
+            m["kid_oracle"] = kernel_distance(o, o_truth)
+            entry["methods"][name] = m
+        entry["floor"] = floor(truth_rows, fields, real, scale, seed)
+        fl, cp = entry["floor"]["distance"], entry["methods"]["copy"]["distance"]
+        entry["gap_share"] = (entry["methods"]["model"]["distance"] - fl) / (cp - fl) if cp != fl else None
+        tasks.append(entry)
+    metrics = {
+        "kind": "crops",
+        "crops": {"train": int(crops.train.sum()), "heldout": int((~crops.train).sum())},
+        "features": len(feature_names(st.channels)),
+        "oracle_accuracy": oracle_acc,
+        "split": crops.split.to_json(),
+        "tasks": tasks,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    if not tasks:
+        metrics["note"] = "no --holdout-where condition: nothing held out to compare with"
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """A few lines for the terminal: per task, each method's distance and two-sample AUC."""
+    lines = []
+    for t in metrics.get("tasks", []):
+        if t["kind"] == "skipped":
+            lines.append(f"{t['condition']}: skipped ({t['reason']})")
+            continue
+        m = t["methods"]
+        parts = "  ".join(f"{k} {v['distance']:.3f}/{v['c2st_auc']:.3f}" for k, v in m.items())
+        gap = "" if t["gap_share"] is None else f"  gap share {t['gap_share']:.2f}"
+        lines.append(
+            f"{t['condition']} ({t['kind']}, set {t['set']}): distance/AUC {parts}  floor "
+            f"{t['floor']['distance']:.3f}/{t['floor']['c2st_auc']:.3f}{gap}"
+        )
+    if not lines:
+        lines.append(metrics.get("note", "no tasks"))
+    return lines
