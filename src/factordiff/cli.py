@@ -215,7 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="from_", metavar="REF.png", help="take factor codes from this reference image"
     )
-    p.add_argument("--factor", help="factor(s) to take from --from, comma-separated")
+    p.add_argument(
+        "--factor", help="factor(s) to take from --from, comma-separated; --method probe: the factor"
+    )
+    p.add_argument(
+        "--method",
+        choices=["swap", "probe"],
+        default="swap",
+        help="swap: set code blocks to values' prototypes or a reference's (default); probe: move the "
+        "code along a sparse linear probe for --factor by --amount (toward the value --set names)",
+    )
+    p.add_argument(
+        "--amount",
+        type=float,
+        help="--method probe: how far to move, in standard deviations of the probe's score over "
+        "training codes",
+    )
     p.add_argument("--out", required=True, help="output .png")
     _edit_options(p)
     p.set_defaults(handler="cmd_counterfactual")

@@ -114,6 +114,10 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_counterfactual(args: argparse.Namespace) -> None:
+    if args.method == "probe":
+        return _probe_counterfactual(args)
+    if args.amount is not None:
+        raise FactordiffError("--amount goes with --method probe")
     if not args.set and not (args.from_ and args.factor):
         raise FactordiffError("expected --set FACTOR=VALUE, or --from REF.png with --factor FACTOR")
     if bool(args.from_) != bool(args.factor):
@@ -154,6 +158,43 @@ def cmd_counterfactual(args: argparse.Namespace) -> None:
     )
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
+
+
+def _probe_counterfactual(args: argparse.Namespace) -> None:
+    """``counterfactual --method probe``: the code moved along a sparse linear probe (``probe.py``)."""
+    from factordiff.probe import probe_edit, probe_for
+
+    if not args.factor or "," in args.factor or args.amount is None:
+        raise FactordiffError("--method probe needs one --factor F and --amount A (standard deviations)")
+    if args.from_:
+        raise FactordiffError("--method probe moves the code along a probe; --from goes with --method swap")
+    if Path(args.out).suffix.lower() != ".png":
+        raise FactordiffError(f"--out {args.out}: expected a .png path")
+    run = load_run(Path(args.run))
+    if run.kind != "images":
+        raise FactordiffError(f"{args.run}: a {run.kind} run; probe edits move image codes")
+    model = run.model
+    k = model.spec.resolve(args.factor)
+    settings = parse_settings(model.spec, args.set) if args.set else {}
+    if set(settings) - {k}:
+        raise FactordiffError(f"--method probe: --set names the value of --factor {args.factor} only")
+    image = fit_image(model, read_image(Path(args.image)), args.image)
+    probe = probe_for(run, args.factor, settings.get(k), seed=run.config.train.seed)
+    strength, guidance, residual = edit_settings(
+        run.config.evaluate, model.spec, [k], args.strength, args.guidance, args.residual
+    )
+    out = probe_edit(
+        model,
+        image[None],
+        probe,
+        args.amount,
+        args.steps or run.config.evaluate.steps,
+        guidance,
+        strength,
+        residual,
+    )[0]
+    save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
+    print(f"wrote {args.out} (probe {probe.info.get('kind')}, {probe.info.get('nonzero')} code dimensions)")
 
 
 def cmd_regenerate(args: argparse.Namespace) -> None:
