@@ -141,3 +141,48 @@ def test_malformed_fields_one_line_exit_2(tmp_path, capsys):
     assert "no crop inside any field (2 nuclei too close to the border)" in err
     rc, _ = _fit(tmp_path, tmp_path / "index.csv", "--tiles", "2")
     assert rc == 0  # the same files, repaired, fit
+
+
+def test_fit_on_a_phenix_folder_names_channels_as_its_map(tmp_path):
+    """``fields:phenix:DIR`` straight, channel map as --channels: the crops carry the map's names."""
+    shutil.copytree(FIELD, tmp_path / "P1")
+    out = tmp_path / "run"
+    argv = ["fit", "--data", f"fields:phenix:{tmp_path / 'P1'}", "--channels", CHANNELS, "--tiles", "2"]
+    argv += [
+        "--factors",
+        "Metadata_Site",
+        "--size",
+        "16",
+        "--config",
+        str(_config(tmp_path)),
+        "--out",
+        str(out),
+    ]
+    rc = main(argv)  # one site: a factor needs two values
+    assert rc == 2 and not out.exists()
+    shutil.copytree(FIELD, tmp_path / "P2")
+    index = tmp_path / "index.csv"
+    assert (
+        main(
+            [
+                "fields",
+                f"phenix:{tmp_path / 'P1'}",
+                f"phenix:{tmp_path / 'P2'}",
+                "--channels",
+                CHANNELS,
+                "--out",
+                str(index),
+            ]
+        )
+        == 0
+    )
+    argv = ["fit", "--data", f"fields:load_data:{index}", "--tiles", "2", "--factors", "Metadata_Plate"]
+    argv += ["--size", "16", "--config", str(_config(tmp_path)), "--out", str(out)]
+    assert main(argv) == 0  # load_data's default channels: DNA, ER, RNA, AGP, Mito
+    source = json.loads((out / "crops" / "source.json").read_text())
+    assert source["channels"] == NAMES.split(",")
+    regen = tmp_path / "regen"
+    assert (
+        main(["regenerate", str(out), "--set", "Metadata_Plate=P2", "--limit", "1", "--out", str(regen)]) == 0
+    )
+    assert "FileName_OrigRNA" in pd.read_csv(regen / "regenerated.csv").columns

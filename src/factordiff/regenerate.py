@@ -142,7 +142,7 @@ def _regenerate_images(
             name, v = spec.factors[k].name, spec.factors[k].index(value)
             having = np.flatnonzero(crops.stack.factors[:, k] == v)
             meta[name] = meta_text[name][having[0]] if len(having) else value
-        return images, meta, rows, None, [], {"intensity": crops.intensity}
+        return images, meta, rows, None, [], {"intensity": crops.intensity, "channels": crops.stack.channels}
     meta = pd.DataFrame(
         {
             f"Metadata_{f.name}": [str(f.values[v]) for v in data.factors[rows, q]]
@@ -384,7 +384,7 @@ def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
     from PIL import Image
 
     t = traits(run.config)
-    channels = t.channel_names(result.samples.shape[3])
+    channels = result.info.get("channels") or t.channel_names(result.samples.shape[3])
     (folder / "images").mkdir(parents=True)
     meta = result.metadata.copy()
     intensity = result.info.get("intensity")

@@ -215,7 +215,6 @@ def fields_stack(data, run: Path, progress: bool = True) -> Path:
     return folder / "crops.npz"
 
 
-def stack_counts(run: Path) -> dict:
-    """The counts that cutting the run's crops recorded (fields, crops, dropped at the border)."""
-    record = Path(run) / CACHE / "source.json"
-    return json.loads(record.read_text()).get("counts", {}) if record.is_file() else {}
+def stack_channels(run: Path) -> tuple[str, ...]:
+    """The channel names of the run's crops, as the field reader named them."""
+    return tuple(json.loads((Path(run) / CACHE / "source.json").read_text())["channels"])

@@ -15,7 +15,7 @@ from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.cellsim import CHANNELS, COMPOUNDS, CONTROL, cellsim
 from factordiff.data.crops import CropStack, Intensity, crops_dataset, fit_intensity, model_size, read_crops
-from factordiff.data.fieldcrops import CACHE, FIELDS, POSITIONS, fields_stack
+from factordiff.data.fieldcrops import CACHE, FIELDS, POSITIONS, fields_stack, stack_channels
 from factordiff.data.shapes import read_h5, replica, resize_images
 from factordiff.data.shards import open_shards
 from factordiff.data.splits import Split, make_split, select
@@ -164,7 +164,7 @@ def prepare_crops(cfg: RunConfig, run: Path | None = None, progress: bool = True
     fresh = not (run / "run_config.json").exists()
     try:
         path = fields_stack(cfg.data, run, progress)
-        return _split_crops(cfg, str(path), None, _channel_names(cfg.data.channels), POSITIONS)
+        return _split_crops(cfg, str(path), None, list(stack_channels(run)), POSITIONS)
     except BaseException:
         if fresh:
             import shutil
