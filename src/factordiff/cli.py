@@ -81,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "quickstart",
-        help="train (or load the shipped model), evaluate and report on the built-in 3D Shapes replica",
+        help="train (or load the shipped model), evaluate and report on built-in data (the 3D Shapes "
+        "replica, or the cellsim Cell Painting assay)",
+    )
+    p.add_argument(
+        "--data",
+        choices=["shapes", "cellsim"],
+        default="shapes",
+        help="shapes (default) or cellsim: which built-in data and shipped model",
     )
     p.add_argument(
         "--minutes",
@@ -201,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="image runs: code this perturbation factor (e.g. compound) as a function of its Morgan "
         "fingerprint, learned with the denoiser (denoiser.structure)",
     )
+    p.add_argument(
+        "--head",
+        metavar="FACTOR,...",
+        help="image runs: a classification head on the UNet's features for these factors, trained "
+        "jointly (Joint Diffusion; denoiser.head)",
+    )
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        help="with --head: the share of training images whose labels the head sees (default 1)",
+    )
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")
@@ -220,10 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=["swap", "probe"],
+        choices=["swap", "probe", "classifier"],
         default="swap",
         help="swap: set code blocks to values' prototypes or a reference's (default); probe: move the "
-        "code along a sparse linear probe for --factor by --amount (toward the value --set names)",
+        "code along a sparse linear probe for --factor by --amount (toward the value --set names); "
+        "classifier: noise to --noise of the schedule and reconstruct under the classification "
+        "head's guidance toward --set F=V (runs fitted with --head)",
+    )
+    p.add_argument(
+        "--noise",
+        type=_strength,
+        default=0.1,
+        help="--method classifier: how far up the schedule the image is noised (default 0.1)",
     )
     p.add_argument(
         "--amount",

@@ -37,7 +37,9 @@ def _csv_list(text: str) -> list[str]:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    metrics = quickstart(Path(args.out), minutes=args.minutes, size=args.size, from_scratch=args.from_scratch)
+    metrics = quickstart(
+        Path(args.out), minutes=args.minutes, size=args.size, from_scratch=args.from_scratch, data=args.data
+    )
     print("\n".join(summary_lines(metrics)))
     print(f"report: {Path(args.out) / 'report.html'}")
 
@@ -71,6 +73,8 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "denoiser.adapter": args.adapter,
         "denoiser.train_base": {"joint": True, "frozen": False}.get(args.base),
         "denoiser.structure": args.structure,
+        "denoiser.head": _csv_list(args.head) if args.head else None,
+        "denoiser.label_fraction": args.label_fraction,
     }
     over = {k: v for k, v in pairs.items() if v is not None}
     if args.data and not args.data.startswith("shapes"):
@@ -116,6 +120,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 def cmd_counterfactual(args: argparse.Namespace) -> None:
     if args.method == "probe":
         return _probe_counterfactual(args)
+    if args.method == "classifier":
+        return _classifier_counterfactual(args)
     if args.amount is not None:
         raise FactordiffError("--amount goes with --method probe")
     if not args.set and not (args.from_ and args.factor):
@@ -195,6 +201,39 @@ def _probe_counterfactual(args: argparse.Namespace) -> None:
     )[0]
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out} (probe {probe.info.get('kind')}, {probe.info.get('nonzero')} code dimensions)")
+
+
+def _classifier_counterfactual(args: argparse.Namespace) -> None:
+    """``counterfactual --method classifier``: Joint Diffusion's visual counterfactual."""
+    from factordiff.edit import classifier_edit
+
+    if not args.set or args.from_ or args.amount is not None:
+        raise FactordiffError(
+            "--method classifier needs --set F=V (one factor the head reads), without --from or --amount"
+        )
+    if Path(args.out).suffix.lower() != ".png":
+        raise FactordiffError(f"--out {args.out}: expected a .png path")
+    run = load_run(Path(args.run))
+    if run.kind != "images":
+        raise FactordiffError(f"{args.run}: a {run.kind} run; the classifier edit changes images")
+    model = run.model
+    settings = parse_settings(model.spec, args.set)
+    if len(settings) != 1:
+        raise FactordiffError("--method classifier: --set one factor (the class to move toward)")
+    ((k, value),) = settings.items()
+    image = fit_image(model, read_image(Path(args.image)), args.image)
+    out = classifier_edit(
+        model,
+        image[None],
+        k,
+        model.spec.factors[k].index(value),
+        args.steps or run.config.evaluate.steps,
+        5.0 if args.guidance is None else args.guidance,
+        args.noise,
+        run.config.train.seed,
+    )[0]
+    save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
+    print(f"wrote {args.out}")
 
 
 def cmd_regenerate(args: argparse.Namespace) -> None:

@@ -209,6 +209,13 @@ class DenoiserConfig:
             (README).
         structure_control: the value of ``structure`` that is the control (DMSO): its code is
             its own, not a function of a structure.
+        head: factors a classification head on the UNet's mid- and up-block features learns to
+            read, trained jointly with the denoiser (Joint Diffusion, ``diffusion/head.py``); it
+            reads the UNet with every factor absent, at the diffusion step's noise level. Empty:
+            no head. Not with the ``shift`` adapter or the unsupervised encoder.
+        head_weight: weight of the head's cross-entropy in the denoiser's loss.
+        label_fraction: the share of training images whose labels the head sees (drawn once with
+            the run's seed); the codes and the denoiser see every training image.
     """
 
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
@@ -231,6 +238,9 @@ class DenoiserConfig:
     inference_precision: Literal["fp32", "bf16"] = "fp32"
     structure: str | None = None
     structure_control: str = "DMSO"
+    head: list[str] = field(default_factory=list)
+    head_weight: float = 1.0
+    label_fraction: float = 1.0
     steps: int = 24000
     budget: float = 0.62
     batch_size: int = 64
@@ -597,6 +607,7 @@ _NONNEGATIVE = {
     "technical_guidance",
     "coind_weight",
     "sample_guidance",
+    "head_weight",
 }
 
 
@@ -620,6 +631,8 @@ def _check_ranges(obj: Any, where: str) -> None:
                     f"{where}.{name}: expected a share of the noise schedule in (0, 1], "
                     f"got {getattr(obj, name)}"
                 )
+    if isinstance(obj, DenoiserConfig) and not 0 < obj.label_fraction <= 1:
+        raise FactordiffError(f"{where}.label_fraction: expected a share in (0, 1], got {obj.label_fraction}")
     if isinstance(obj, DenoiserConfig) and not 0 <= obj.single_prob <= 1:
         raise FactordiffError(f"{where}.single_prob: expected a probability in [0, 1], got {obj.single_prob}")
     if isinstance(obj, ProfilesConfig):

@@ -264,11 +264,29 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
                 "posterior": structure.posterior(model.encoder.logits(raw)[structure.factor]),
             }
         step = _StructureStep(step)
+    head = getattr(denoiser, "head", None)
+    if head is not None and tensors:
+        tensors = {
+            **tensors,
+            **head_labels(f.train.factors, head.factors, dn.label_fraction, f.cfg.train.seed),
+        }
     denoiser.train().requires_grad_(True)
     if not dn.train_base:
         denoiser.unet.requires_grad_(False)
     trainable = [p for p in denoiser.parameters() if p.requires_grad]
     return f.stage("denoiser", step, denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
+
+
+def head_labels(factors: np.ndarray, head: list[int], fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """The head's training labels: the head factors' values of every training image and which of them
+    the head may see (``fraction`` of the images, drawn once with ``seed``)."""
+    rng = np.random.default_rng(seed + 17)
+    labelled = np.zeros(len(factors), bool)
+    labelled[rng.choice(len(factors), max(1, round(fraction * len(factors))), replace=False)] = True
+    return {
+        "labels": torch.from_numpy(np.ascontiguousarray(factors[:, head]).astype(np.int64)),
+        "labelled": torch.from_numpy(labelled),
+    }
 
 
 class _StructureStep(torch.nn.Module):

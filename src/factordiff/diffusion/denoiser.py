@@ -51,9 +51,15 @@ class Denoiser(nn.Module):
     def __init__(self, unet: UNet2DModel, adapter: TimeEmbeddingAdapter | None = None):
         super().__init__()
         self.unet, self.adapter = unet, adapter
+        self.head = None  # a ClassifierHead (diffusion/head.py) when the run asks for one
         self.emb_dim = unet.config.block_out_channels[0] * 4
         if isinstance(adapter, TokenAdapter):
             adapter.attach(unet)
+
+    def add_head(self, head: nn.Module) -> None:
+        """Attach a ``ClassifierHead`` reading this UNet's features (after any token layers)."""
+        self.head = head
+        head.attach(self.unet)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         check_condition(self.adapter is not None, cond, len(x))

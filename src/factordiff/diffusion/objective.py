@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.head import head_loss
 
 
 def noise_schedule(cfg: DenoiserConfig) -> DDPMScheduler:
@@ -79,6 +80,10 @@ class DiffusionStep(nn.Module):
     elements, as the regression's) of ``coind_residual`` for one random factor pair per row (the
     first ``cfg.coind_rows`` rows; None: all), on the same x_t and t and in the same forward pass
     as the regression. With the defaults the step draws exactly the random numbers it always did.
+    A denoiser with a classification head (``denoiser.head``) adds ``cfg.head_weight`` times the
+    head's cross-entropy on the batch's ``labelled`` rows (``labels``: their head factors' values),
+    read at the same x_t and t with every factor absent (``diffusion/head.py``); it draws no random
+    numbers.
     """
 
     def __init__(self, denoiser: nn.Module, cfg: DenoiserConfig, embedder: nn.Module | None = None):
@@ -99,6 +104,22 @@ class DiffusionStep(nn.Module):
         )
         if codes is None:
             return F.mse_loss(self.denoiser(x_t, t, None), target), {}
+        loss, info = self._regression(x_t, t, target, codes, gen)
+        head = getattr(self.denoiser, "head", None)
+        if head is None or "labels" not in batch:
+            return loss, info
+        rows = batch["labelled"].bool()
+        if not rows.any():
+            return loss, info
+        ce = head_loss(self.denoiser, x_t[rows], t[rows], batch["labels"][rows])
+        return loss + self.cfg.head_weight * ce, {
+            **info,
+            "diffusion": float(loss.detach()),
+            "head_ce": float(ce.detach()),
+        }
+
+    def _regression(self, x_t, t, target, codes, gen) -> tuple[torch.Tensor, dict[str, float]]:
+        """The conditioned regression (with condition dropout and the CoInD term where asked)."""
         full = Condition.full(codes)
         present = drop_factors(full.present, self.cfg.cond_dropout, gen)
         if self.cfg.dropout_schedule == "with_singles":
@@ -106,15 +127,15 @@ class DiffusionStep(nn.Module):
         cond = Condition(codes, present)
         if self.cfg.coind_weight <= 0:
             return F.mse_loss(self.denoiser(x_t, t, cond), target), {}
-        n = len(x0) if self.cfg.coind_rows is None else min(len(x0), self.cfg.coind_rows)
+        n = len(x_t) if self.cfg.coind_rows is None else min(len(x_t), self.cfg.coind_rows)
         i, j = factor_pairs(n, codes.shape[1], gen)
         extra = coind_conditions(codes[:n], i, j)
         reps = [1] * (x_t.ndim - 1)
         preds = self.denoiser(
             torch.cat([x_t, x_t[:n].repeat(4, *reps)]), torch.cat([t, t[:n].repeat(4)]), cond.cat(extra)
         )
-        mse = F.mse_loss(preds[: len(x0)], target)
-        coind = coind_residual(preds[len(x0) :]).pow(2).mean()
+        mse = F.mse_loss(preds[: len(x_t)], target)
+        coind = coind_residual(preds[len(x_t) :]).pow(2).mean()
         return mse + self.cfg.coind_weight * coind, {
             "mse": float(mse.detach()),
             "coind": float(coind.detach()),

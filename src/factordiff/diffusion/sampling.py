@@ -27,6 +27,7 @@ from diffusers import (
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.guidance import Guidance, guided_prediction
+from factordiff.diffusion.head import ClassifierGuidance, classifier_gradient, guided_classifier
 
 SAMPLERS = {
     "ddim": (DDIMScheduler, DDIMInverseScheduler),
@@ -86,15 +87,23 @@ def sample(
     steps: int = 50,
     guidance: Guidance | None = None,
     strength: float = 1.0,
+    classifier: ClassifierGuidance | None = None,
 ) -> torch.Tensor:
     """From noise ``x_T`` (or, with ``strength`` < 1, from the partly noised x_t that ``invert``
     returns at that strength) to a sample in ``steps`` network evaluations (each guided one batches
-    its conditions into one forward pass), with optional per-factor guidance."""
+    its conditions into one forward pass), with optional per-factor guidance, and with
+    ``classifier`` the gradient of the denoiser's classification head (one more pass with its
+    backward per step: ``diffusion/head.py``)."""
     sched, ts = timesteps(cfg, steps, strength, device=x_T.device)
     x = x_T
     for t in ts:
         with _precision(cfg, x):
             pred = guided_prediction(denoiser, x, t, cond, guidance) if cond is not None else denoiser(x, t)
+        if classifier is not None and classifier.weight:
+            grad = classifier_gradient(denoiser, x, t, classifier)
+            pred = guided_classifier(
+                pred.float(), grad, t, sched.alphas_cumprod, classifier.weight, cfg.prediction_type
+            )
         x = sched.step(pred.float(), t, x).prev_sample
     return x
 

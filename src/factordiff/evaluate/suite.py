@@ -401,6 +401,22 @@ def image_summary_lines(metrics: dict) -> list[str]:
             f"soundness null edit {comp}  |  A->B->A L1 {_num(rev['l1'], 4)} agree "
             f"{_num(rev['oracle_agreement'])}"
         )
+    swap = metrics.get("batch_swap")
+    if swap and swap.get("edits"):
+        ms = swap.get("mean_shift", {})
+        copy = swap.get("copy_source", {})
+        lines.append(
+            f"held-out batch swaps: target batch {_num(swap['target_batch_rate'])} (mean shift "
+            f"{_num(ms.get('target_batch_rate'))})  perturbation kept {_num(swap['compound_kept_rate'])} "
+            f"(mean shift {_num(ms.get('compound_kept_rate'))}, copy {_num(copy.get('compound_kept_rate'))})"
+        )
+    unseen = metrics.get("unseen_compound")
+    if unseen and unseen.get("closer_than_control") is not None:
+        lines.append(
+            f"unseen perturbations closer to their real fields than the control: "
+            f"{_num(unseen['closer_than_control'])} (nearest training perturbation's real fields "
+            f"{_num(unseen.get('nearest_compound'))}, copy the control {_num(unseen.get('copy_control'))})"
+        )
     if "reconstruction_mse" in metrics:
         lines.append(f"reconstruction_mse {metrics['reconstruction_mse']:.2e}")
     return lines

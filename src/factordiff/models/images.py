@@ -22,6 +22,7 @@ from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
 from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
+from factordiff.diffusion.head import ClassifierGuidance, ClassifierHead
 from factordiff.diffusion.sampling import invert, noise_to, sample
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.encoders.perturbation import StructureCodes, perturbation_features
@@ -142,6 +143,10 @@ def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch
     makes the perturbation's block; it trains and is saved with the denoiser)."""
     dn = cfg.denoiser
     if cfg.unsupervised.enabled:
+        if dn.head:
+            raise FactordiffError(
+                "denoiser.head: a classification head is for supervised runs (unsupervised.enabled)"
+            )
         u = cfg.unsupervised
         return _shift(cfg, shape, u.segments, u.code_dims, u.branch_channels, segmented=True)
     if dn.adapter == "shift":
@@ -165,6 +170,17 @@ def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch
     structure = build_structure(cfg, spec)
     if structure is not None:
         denoiser.structure = structure
+    if dn.head:
+        if not isinstance(denoiser, Denoiser):
+            raise FactordiffError(
+                "denoiser.head: a classification head needs the embed or tokens adapter (not shift)"
+            )
+        ks = [spec.resolve(name) for name in dn.head]
+        denoiser.add_head(
+            ClassifierHead(
+                token_channels(denoiser.unet), [spec.factors[k].size for k in ks], ks, dn.adapter_hidden
+            )
+        )
     return denoiser
 
 
@@ -327,9 +343,10 @@ class FactorModel:
         guidance: Guidance | None = None,
         present: torch.Tensor | None = None,
         strength: float = 1.0,
+        classifier: ClassifierGuidance | None = None,
     ) -> np.ndarray:
         """Sample from x_T (an inversion's x_t at the same ``strength``) under ``codes`` with
-        ``denoiser.sampler``; returns uint8 images."""
+        ``denoiser.sampler`` (and the head's ``classifier`` guidance); returns uint8 images."""
         cond = Condition.full(codes) if present is None else Condition(codes, present)
         out = [
             sample(
@@ -340,6 +357,7 @@ class FactorModel:
                 steps,
                 guidance,
                 strength,
+                None if classifier is None else replace(classifier, targets=classifier.targets[i : i + 256]),
             )
             for i in range(0, len(x_T), 256)
         ]

@@ -1,0 +1,140 @@
+"""Joint Diffusion: a classification head on the denoiser's UNet (``fit --head``), trained with
+the diffusion loss on a share of the labels, guiding samples and making visual counterfactuals
+(``counterfactual --method classifier``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from factordiff.checkpoint import load_tensors
+from factordiff.cli import main
+from factordiff.data.images import save_png
+from factordiff.diffusion.adapters import TimeEmbeddingAdapter, token_channels
+from factordiff.diffusion.denoiser import Denoiser, build_unet
+from factordiff.diffusion.head import ClassifierHead, classify, head_loss
+from factordiff.fit import fit, head_labels
+from factordiff.models.images import FactorModel
+
+
+def _denoiser(cfg) -> Denoiser:
+    torch.manual_seed(0)
+    unet = build_unet(cfg.denoiser, 4, 8)
+    d = Denoiser(unet, TimeEmbeddingAdapter(6, 2, cfg.denoiser.block_out_channels[0] * 4, 16))
+    d.add_head(ClassifierHead(token_channels(unet), [3], [4], 16))
+    return d
+
+
+def test_head_gradient_reaches_the_shared_unet_and_reads_no_codes():
+    cfg = tiny_config(**{"denoiser.head": ["shape"]})
+    d = _denoiser(cfg)
+    x, t = torch.randn(6, 4, 8, 8), torch.randint(0, 1000, (6,))
+    head_loss(d, x, t, torch.tensor([[0], [1], [2], [0], [1], [2]])).backward()
+    conv = d.unet.down_blocks[0].resnets[0].conv1.weight
+    assert conv.grad is not None and conv.grad.abs().sum() > 0  # the head trains the UNet's features
+    assert d.adapter.w1.grad is None or d.adapter.w1.grad.abs().sum() == 0  # no code reaches the head
+    with torch.no_grad():
+        a = classify(d, x, t)[0]
+        assert a.shape == (6, 3) and d.head._features is None  # nothing kept after reading
+
+
+def test_label_fraction_draws_the_labelled_images_once():
+    factors = np.arange(40).reshape(20, 2) % 3
+    a = head_labels(factors, [1], 0.25, seed=0)
+    b = head_labels(factors, [1], 0.25, seed=0)
+    assert int(a["labelled"].sum()) == 5 and torch.equal(a["labelled"], b["labelled"])
+    assert torch.equal(a["labels"][:, 0], torch.from_numpy(factors[:, 1]))
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("head") / "run"
+    cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.label_fraction": 0.5, "denoiser.steps": 20})
+    return fit(cfg, out, progress=False), out
+
+
+def test_fit_trains_and_saves_the_head(head_run):
+    result, out = head_run
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    ce = [r["head_ce"] for r in logs if r["stage"] == "denoiser" and "head_ce" in r]
+    assert len(ce) >= 10 and all(np.isfinite(ce))
+    loaded = FactorModel.load(out / "model")
+    assert loaded.denoiser.head is not None and loaded.denoiser.head.factors == [4]
+    saved = load_tensors(out / "model" / "denoiser.safetensors")
+    assert any(k.startswith("head.") for k in saved)
+
+
+def test_frozen_base_stays_frozen_with_a_head(tmp_path):
+    cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.train_base": False})
+    result = fit(cfg, tmp_path / "run", progress=False)
+    base = load_tensors(tmp_path / "run" / "model" / "base.safetensors")
+    unet = result.model.denoiser.unet.state_dict()
+    assert all(torch.equal(base[f"unet.{k}"], v) for k, v in unet.items())
+    trained = load_tensors(tmp_path / "run" / "model" / "denoiser.safetensors")
+    assert any(trained[k].abs().sum() > 0 for k in trained if k.startswith("head."))
+
+
+def test_classifier_guidance_steps_along_the_heads_gradient():
+    """One guided DDIM step moves x along grad log p(y | x_t) (per row, positive inner product), and
+    the v-prediction form equals guidance of epsilon, eps - w sigma grad."""
+    from factordiff.diffusion.head import (
+        ClassifierGuidance,
+        absent_condition,
+        classifier_gradient,
+        guided_classifier,
+    )
+    from factordiff.diffusion.sampling import sample, timesteps
+
+    cfg = tiny_config(**{"denoiser.head": ["shape"]})
+    d = _denoiser(cfg).eval()
+    x = torch.randn(5, 4, 8, 8)
+    g = ClassifierGuidance(0, torch.tensor([0, 1, 2, 0, 1]), 200.0)
+    sched, ts = timesteps(cfg.denoiser, 1, 0.5)
+    cond = absent_condition(d, x)
+    with torch.no_grad():
+        plain = sample(d, x, cond, cfg.denoiser, 1, strength=0.5)
+        guided = sample(d, x, cond, cfg.denoiser, 1, strength=0.5, classifier=g)
+    grad = classifier_gradient(d, x, ts[0], g)
+    assert ((guided - plain) * grad).flatten(1).sum(1).min() > 0
+    a = sched.alphas_cumprod[ts[0]]
+    alpha, sigma = a.sqrt(), (1 - a).sqrt()
+    v = torch.randn_like(x)
+    eps = sigma * x + alpha * v
+    v_guided = guided_classifier(v, grad, ts[0], sched.alphas_cumprod, 3.0, "v_prediction")
+    eps_guided = guided_classifier(eps, grad, ts[0], sched.alphas_cumprod, 3.0, "epsilon")
+    torch.testing.assert_close(sigma * x + alpha * v_guided, eps_guided, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_classifier_edit_and_refusals(head_run, tiny_run, tmp_path, capsys):
+    result, out = head_run
+    image = tmp_path / "src.png"
+    save_png(result.train.images[0], image, scale=1)
+    edit = tmp_path / "edit.png"
+    argv = ["counterfactual", str(out), "--image", str(image), "--method", "classifier", "--steps", "3"]
+    assert main([*argv, "--set", "shape=sphere", "--out", str(edit)]) == 0 and edit.is_file()
+    capsys.readouterr()
+    for argv2, words in [
+        ([*argv, "--set", "scale=0.75", "--out", str(edit)], "the head reads shape"),
+        (
+            [
+                "counterfactual",
+                str(tiny_run),
+                "--image",
+                str(image),
+                "--method",
+                "classifier",
+                "--set",
+                "shape=sphere",
+                "--out",
+                str(edit),
+            ],
+            "no classification head",
+        ),
+    ]:
+        assert main(argv2) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
