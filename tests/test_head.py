@@ -116,6 +116,19 @@ def test_cli_classifier_edit_and_refusals(head_run, tiny_run, tmp_path, capsys):
     edit = tmp_path / "edit.png"
     argv = ["counterfactual", str(out), "--image", str(image), "--method", "classifier", "--steps", "3"]
     assert main([*argv, "--set", "shape=sphere", "--out", str(edit)]) == 0 and edit.is_file()
+    folder = tmp_path / "regen"
+    regen = [
+        "regenerate",
+        str(out),
+        "--where",
+        "shape=cube",
+        "--set",
+        "shape=sphere",
+        "--method",
+        "classifier",
+    ]
+    assert main([*regen, "--limit", "3", "--draws", "2", "--steps", "2", "--out", str(folder)]) == 0
+    assert len(list((folder / "images").glob("*.png"))) == 6
     capsys.readouterr()
     for argv2, words in [
         ([*argv, "--set", "scale=0.75", "--out", str(edit)], "the head reads shape"),
@@ -138,3 +151,4 @@ def test_cli_classifier_edit_and_refusals(head_run, tiny_run, tmp_path, capsys):
         assert main(argv2) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
+    assert main([*regen, "--set", "scale=0.75", "--out", str(tmp_path / "r2")]) == 2  # two factors set

@@ -283,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the draws' noise (default 0)")
     p.add_argument(
+        "--method",
+        choices=["swap", "classifier"],
+        default="swap",
+        help="swap: set the factors' codes (default); classifier: image runs fitted with --head, noise "
+        "to --noise of the schedule and reconstruct under the head's guidance toward the one --set value",
+    )
+    p.add_argument(
+        "--noise",
+        type=_strength,
+        default=0.1,
+        help="--method classifier: how far up the schedule the images are noised (default 0.1)",
+    )
+    p.add_argument(
         "--table",
         metavar="NEW.csv",
         help="regenerate the rows of this table instead of the run's data (rows the fit never saw, "

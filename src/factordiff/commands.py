@@ -251,6 +251,8 @@ def cmd_regenerate(args: argparse.Namespace) -> None:
         draws=args.draws,
         seed=args.seed,
         table=args.table,
+        method=args.method,
+        noise=args.noise,
     )
     for line in result.info.get("notes", []):
         print(f"note: {line}", file=sys.stderr)

@@ -108,8 +108,22 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
     return blocks
 
 
+def _classifier_editor(run, settings, noise: float, seed: int):
+    """The edit of ``--method classifier``: ``edit(x, steps, guidance, draw)``."""
+    from factordiff.edit import classifier_edit
+
+    ((k, value),) = settings.items()
+    v = run.spec.factors[k].index(value)
+
+    def edit(x, steps, guidance, draw):
+        g = 5.0 if guidance is None else guidance
+        return classifier_edit(run.model, x, k, v, steps, g, noise, seed + draw)
+
+    return edit
+
+
 def _regenerate_images(
-    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table, only
+    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table, only, editor=None
 ):
     spec, cfg = run.spec, run.config
     crops = prepare_crops(cfg, run.path) if is_crop_source(cfg.data.source) and not table else None
@@ -119,10 +133,11 @@ def _regenerate_images(
         data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
     meta_text = crops.stack.metadata if crops is not None else None
     rows = _rows(run, where, data.factors, data.source, meta_text, limit=limit, only=only)
-    blocks = _image_blocks(run, settings)
-    strength, guidance, residual = edit_settings(
-        cfg.evaluate, spec, list(blocks), strength, guidance, residual
-    )
+    blocks = _image_blocks(run, settings) if editor is None else {}
+    if editor is None:
+        strength, guidance, residual = edit_settings(
+            cfg.evaluate, spec, list(blocks), strength, guidance, residual
+        )
     steps = steps or cfg.evaluate.steps
     images = np.zeros((len(rows), draws, *data.images.shape[1:]), np.uint8)
     bar = tqdm(total=len(rows) * draws, desc="regenerating", unit="img")
@@ -130,8 +145,10 @@ def _regenerate_images(
         x = data.images[rows[i : i + 64]]
         for d in range(draws):
             noise = gen if draws > 1 else None
-            images[i : i + 64, d] = edit_blocks(
-                run.model, x, blocks, steps, guidance, strength, residual, noise
+            images[i : i + 64, d] = (
+                edit_blocks(run.model, x, blocks, steps, guidance, strength, residual, noise)
+                if editor is None
+                else editor(x, steps, guidance, d)
             )
             bar.update(len(x))
     bar.close()
@@ -288,6 +305,8 @@ def regenerate(
     seed: int = 0,
     table: Path | str | None = None,
     rows: Sequence[int] | None = None,
+    method: str = "swap",
+    noise: float = 0.1,
 ) -> Regenerated:
     """The run's samples matching ``where`` (``"F=V,G=W"`` conditions, any one of which selects a
     row; none: every row), regenerated with the factors of ``set`` (``"F=V,G=W"``, repeatable)
@@ -305,15 +324,27 @@ def regenerate(
             in the layout of the run's (profiles: its factor and feature columns; images: an image
             table with its factor columns), with factor values the run knows.
         rows: only these rows of the run's data (indices), of those ``where`` selects.
+        method: ``swap`` (the code blocks of the set factors set to their values' codes) or, for an
+            image run fitted with a classification head, ``classifier`` (``edit.classifier_edit``:
+            noise to ``noise`` of the schedule, reconstruct under the head's guidance toward the one
+            set value, weight ``guidance``, default 5; each draw with its own seeded noise).
     """
     if draws < 1:
         raise FactordiffError(f"--draws {draws}: expected a positive number")
+    if method not in ("swap", "classifier"):
+        raise FactordiffError(f"--method {method}: expected swap or classifier")
     settings = parse_settings(run.spec, set, "--set")
+    if method == "classifier" and (run.kind != "images" or len(settings) != 1):
+        raise FactordiffError("--method classifier: an image run fitted with --head, and --set of one factor")
     gen = torch.Generator().manual_seed(seed)
     part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
-    samples, meta, source_rows, features, unseen, info = part(
-        run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table, rows
-    )
+    args = (run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table, rows)
+    if method == "classifier":
+        samples, meta, source_rows, features, unseen, info = _regenerate_images(
+            *args, editor=_classifier_editor(run, settings, noise, seed)
+        )
+    else:
+        samples, meta, source_rows, features, unseen, info = part(*args)
     edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
     return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen, info)
 
