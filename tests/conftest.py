@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from factordiff.config import RunConfig, load_config
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("FACTORDIFF_TEST_THREADS", "2")))  # 2 cores; fewer beside a long fit
 
 
 def tiny_overrides(**extra) -> dict:

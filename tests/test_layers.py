@@ -20,7 +20,7 @@ LAYERS = [
     {"data"},
     {"encoders", "diffusion"},
     {"models", "train"},
-    {"fit", "edit", "regenerate"},
+    {"fit", "edit", "regenerate", "probe"},
     {"evaluate"},
     {"report", "quickstart"},
     {"cli", "commands", "__main__"},

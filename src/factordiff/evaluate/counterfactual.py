@@ -27,6 +27,7 @@ count these edits (``targets_from_reference``) and the edits whose value no imag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,7 +35,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
+from factordiff.data.sources import traits
 from factordiff.data.splits import Split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.encoders.backbone import ConvEncoder
@@ -566,3 +570,32 @@ def _reversible_targets(
             k = list(options)[int(rng.integers(len(options)))]
             factor[i], target[i] = k, int(options[k][rng.integers(len(options[k]))])
     return factor, target
+
+
+def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> FactorDataset:
+    """Real images of every combination for the oracle: fresh renders where the source can render
+    them (``Traits.render``: the built-in replica and cellsim), otherwise the whole dataset
+    (held-out rows included: the oracle is the one learner that may see them)."""
+    render = traits(cfg).render
+    return render(data.size, n, seed) if render is not None else data
+
+
+def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = True) -> tuple[Oracle, dict]:
+    """Load ``RUN/oracle`` or train it; returns the oracle and its accuracy on held-aside real images."""
+    folder = Path(run) / "oracle"
+    oracle = Oracle(data.spec.sizes, data.channels, data.size)
+    if (folder / "oracle.safetensors").is_file():
+        oracle.load_state_dict(load_tensors(folder / "oracle.safetensors"))
+        return oracle.eval().requires_grad_(False), read_json(folder / "accuracy.json")
+    e = cfg.evaluate
+    train = oracle_data(cfg, data, e.oracle_images, seed=cfg.train.seed + 1000)
+    test = oracle_data(cfg, data, 5000, seed=cfg.train.seed + 2000)
+    if test is train:  # a dataset from files: hold aside a tenth for the accuracy
+        rows = np.random.default_rng(cfg.train.seed).permutation(len(train))
+        cut = max(1, len(rows) // 10)
+        test, train = train.subset(np.sort(rows[:cut])), train.subset(np.sort(rows[cut:]))
+    oracle = train_oracle(train, steps=e.oracle_steps, seed=cfg.train.seed, progress=progress)
+    acc = accuracy(oracle, test)
+    atomic_save_tensors(oracle.state_dict(), folder / "oracle.safetensors")
+    atomic_write_json(folder / "accuracy.json", acc)
+    return oracle, acc

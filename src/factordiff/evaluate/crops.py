@@ -39,6 +39,7 @@ from factordiff.data.crops import resize
 from factordiff.data.sources import Crops, prepare_crops
 from factordiff.data.splits import where_conditions
 from factordiff.evaluate.baselines import condition_texts, mean_shift, nearest_rows
+from factordiff.evaluate.counterfactual import get_oracle
 from factordiff.evaluate.distances import classifier_two_sample, energy_distance, frechet, kernel_distance
 from factordiff.evaluate.morphology import crop_features, feature_names
 from factordiff.evaluate.profiling import standardizer
@@ -150,7 +151,6 @@ def evaluate_crop_run(
     featurised per task (at most); ``controls``: ``F=V``, the perturbation and its control (None:
     the run's ``--controls``)."""
     from factordiff.evaluate.cells import oracle_features
-    from factordiff.evaluate.suite import get_oracle
     from factordiff.models.runs import load_run
     from factordiff.regenerate import regenerate
 

@@ -22,23 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
-from factordiff.config import RunConfig
+from factordiff.checkpoint import atomic_write_json
 from factordiff.data.base import FactorDataset
 from factordiff.data.images import save_png
 from factordiff.data.sources import is_crop_source, prepare_data, traits
 from factordiff.data.splits import Split, make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.cells import CellFactors, evaluate_cells
-from factordiff.evaluate.counterfactual import (
+from factordiff.evaluate.counterfactual import (  # get_oracle, oracle_data: re-exported here
     Edits,
     Oracle,
     TargetCodes,
-    accuracy,
     evaluate_counterfactuals,
+    get_oracle,
     run_edits,
     soundness,
-    train_oracle,
 )
 from factordiff.evaluate.crops import evaluate_crop_run
 from factordiff.evaluate.crops import summary_lines as crop_summary_lines
@@ -50,35 +48,6 @@ from factordiff.models.runs import load_model, read_run_config, run_kind
 from factordiff.train import training_curves
 
 FIGURES = "figures"
-
-
-def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> FactorDataset:
-    """Real images of every combination for the oracle: fresh renders where the source can render
-    them (``Traits.render``: the built-in replica and cellsim), otherwise the whole dataset
-    (held-out rows included: the oracle is the one learner that may see them)."""
-    render = traits(cfg).render
-    return render(data.size, n, seed) if render is not None else data
-
-
-def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = True) -> tuple[Oracle, dict]:
-    """Load ``RUN/oracle`` or train it; returns the oracle and its accuracy on held-aside real images."""
-    folder = Path(run) / "oracle"
-    oracle = Oracle(data.spec.sizes, data.channels, data.size)
-    if (folder / "oracle.safetensors").is_file():
-        oracle.load_state_dict(load_tensors(folder / "oracle.safetensors"))
-        return oracle.eval().requires_grad_(False), read_json(folder / "accuracy.json")
-    e = cfg.evaluate
-    train = oracle_data(cfg, data, e.oracle_images, seed=cfg.train.seed + 1000)
-    test = oracle_data(cfg, data, 5000, seed=cfg.train.seed + 2000)
-    if test is train:  # a dataset from files: hold aside a tenth for the accuracy
-        rows = np.random.default_rng(cfg.train.seed).permutation(len(train))
-        cut = max(1, len(rows) // 10)
-        test, train = train.subset(np.sort(rows[:cut])), train.subset(np.sort(rows[cut:]))
-    oracle = train_oracle(train, steps=e.oracle_steps, seed=cfg.train.seed, progress=progress)
-    acc = accuracy(oracle, test)
-    atomic_save_tensors(oracle.state_dict(), folder / "oracle.safetensors")
-    atomic_write_json(folder / "accuracy.json", acc)
-    return oracle, acc
 
 
 @torch.no_grad()
