@@ -1,15 +1,17 @@
 """Copy a finished run into the package as the quickstart's pretrained starting point.
 
-    python scripts/ship_pretrained.py RUN [--size 32]
-    python scripts/ship_pretrained.py --prototypes-only [--size 32]
+    python scripts/ship_pretrained.py RUN [--data shapes|cellsim] [--size 32] [--oracle RUN2]
+    python scripts/ship_pretrained.py --prototypes-only [--data shapes|cellsim] [--size 32]
 
-Writes ``src/factordiff/pretrained/shapes{size}/``: the run's config, split, full training log and
+Writes ``src/factordiff/pretrained/{data}{size}/``: the run's config, split, full training log and
 its model, with the network weights stored as float16 (half the size; they are cast back to
 float32 on load, and the quickstart's numbers are measured on these float16 weights). The value
 prototypes and the mean code are then recomputed with those shipped weights from the training
 images only (the run's data rendered again from its config, held-out combinations removed), and
 stored as float32. ``--prototypes-only`` does only that last step on the shipped folder. The
-README in that folder names the command that trained the run.
+README in that folder names the command that trained the run. ``--oracle RUN2`` also ships the
+evaluation oracle that ``factordiff evaluate RUN2`` trained (``RUN2/oracle``: weights and its
+accuracy on fresh renders), so the quickstart judges with it instead of training one.
 """
 
 from __future__ import annotations
@@ -75,19 +77,26 @@ def main() -> None:
         "run", type=Path, nargs="?", help="the finished run folder to ship (not with --prototypes-only)"
     )
     ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--data", choices=["shapes", "cellsim"], default="shapes")
+    ap.add_argument("--oracle", type=Path, help="a run whose trained oracle (RUN/oracle) ships too")
     ap.add_argument(
         "--prototypes-only",
         action="store_true",
         help="only recompute the shipped model's prototypes from its training images",
     )
     args = ap.parse_args()
-    dest = PACKAGE / f"shapes{args.size}"
+    dest = PACKAGE / f"{args.data}{args.size}"
     if (args.run is None) != args.prototypes_only:
         raise SystemExit("pass RUN, or --prototypes-only without RUN")
     report = {"shipped": str(dest)}
     if args.run is not None:
         report["steps"] = ship_weights(args.run, dest)
     report["prototypes"] = ship_prototypes(dest)
+    if args.oracle is not None:
+        if not (args.oracle / "oracle" / "oracle.safetensors").is_file():
+            raise SystemExit(f"{args.oracle}: no trained oracle in {args.oracle / 'oracle'}")
+        shutil.copytree(args.oracle / "oracle", dest / "oracle", dirs_exist_ok=True)
+        report["oracle"] = read_json(dest / "oracle" / "accuracy.json")
     print(json.dumps(report))
 
 

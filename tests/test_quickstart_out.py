@@ -105,3 +105,29 @@ def test_quickstart_marks_its_output_and_replaces_it_next_time(tmp_path, cheap_q
         "minutes": 1.0,
     }
     assert not (out / "model").exists()
+
+
+def test_cellsim_quickstart_holds_out_unseen_compounds_with_analogues():
+    """The shipped cell model's split: three compound x batch combinations and at least four
+    compounds held out entirely, analogues of training compounds among them."""
+    from factordiff.chem import morgan, tanimoto
+    from factordiff.data.cellsim import COMPOUNDS
+    from factordiff.quickstart import quickstart_config
+
+    cfg = quickstart_config(data="cellsim")
+    whole = [w.split("=")[1] for w in cfg.split.where if "," not in w]
+    assert len(whole) >= 4 and all(w.startswith("compound=") for w in cfg.split.where)
+    training = [c for c in COMPOUNDS if c not in whole and c != "DMSO"]
+    nearest = tanimoto(morgan([COMPOUNDS[c] for c in whole]), morgan([COMPOUNDS[c] for c in training])).max(1)
+    assert (nearest >= 0.5).sum() >= 2  # caffeine (theobromine), camptothecin (its hydroxy analogue)
+    with pytest.raises(FactordiffError, match="--data nope"):
+        quickstart_config(data="nope")
+
+
+def test_quickstart_cellsim_starts_from_the_shipped_cell_model(tmp_path, cheap_quickstart):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--data", "cellsim", "--out", str(out)]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["data"] == "cellsim" and marker["start"] == "pretrained"
+    assert (out / "model" / "config.json").is_file() and (out / "oracle" / "oracle.safetensors").is_file()
+    assert json.loads((out / "run_config.json").read_text())["data"]["source"] == "cellsim"
