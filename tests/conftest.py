@@ -44,6 +44,21 @@ def tiny_overrides(**extra) -> dict:
     return base
 
 
+def tiny_config_file(folder: Path) -> Path:
+    """The tiny config's model and training sections as ``folder/tiny.json`` (for ``fit --config``
+    with a data source of the test's own)."""
+    import json
+
+    over = {k: v for k, v in tiny_overrides().items() if not k.startswith(("data.", "split."))}
+    nested: dict = {}
+    for key, value in over.items():
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(nested))
+    return path
+
+
 def tiny_config(**extra) -> RunConfig:
     return load_config(None, tiny_overrides(**extra))
 

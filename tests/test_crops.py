@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_overrides
+from conftest import tiny_config_file as _config
 
 from factordiff import load_run
 from factordiff.cli import main
@@ -24,17 +24,6 @@ STACK = DATA / "bbbc021_crops.npz"
 FACTORS = "Metadata_Compound,Metadata_Plate"
 HELD = "Metadata_Compound=cyclohexamide,Metadata_Plate=Week4_27821"
 PLATE_SWAP = "Metadata_Compound=DMSO,Metadata_Plate=Week4_27801"
-
-
-def _config(folder: Path) -> Path:
-    over = {k: v for k, v in tiny_overrides().items() if not k.startswith(("data.", "split."))}
-    nested: dict = {}
-    for key, value in over.items():
-        section, name = key.split(".", 1)
-        nested.setdefault(section, {})[name] = value
-    path = folder / "tiny.json"
-    path.write_text(json.dumps(nested))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import tiny_overrides
+from conftest import tiny_config_file as _config
 
 from factordiff.cli import main
 from factordiff.config import DataConfig
@@ -24,17 +24,6 @@ from factordiff.data.fieldcrops import cut_crops
 FIELD = Path(__file__).parent / "data" / "fov-BR00143976-C03-s3"
 CHANNELS = "DNA=5,ER=2,RNA=6,AGP=3,Mito=4"
 NAMES = "DNA,ER,RNA,AGP,Mito"
-
-
-def _config(folder: Path) -> Path:
-    over = {k: v for k, v in tiny_overrides().items() if not k.startswith(("data.", "split."))}
-    nested: dict = {}
-    for key, value in over.items():
-        section, name = key.split(".", 1)
-        nested.setdefault(section, {})[name] = value
-    path = folder / "tiny.json"
-    path.write_text(json.dumps(nested))
-    return path
 
 
 def _plates(folder: Path) -> Path:
