@@ -16,7 +16,7 @@ from factordiff.data.fieldcrops import parse_join
 from factordiff.data.images import read_image, save_png
 from factordiff.data.shards import describe, pack
 from factordiff.data.sources import load_data
-from factordiff.edit import edit_image, edit_settings, fit_image
+from factordiff.edit import classifier_edit, edit_image, edit_settings, fit_image
 from factordiff.errors import FactordiffError
 from factordiff.evaluate.analysis import analyze_run
 from factordiff.evaluate.disentanglement import format_table, load_and_score
@@ -24,6 +24,7 @@ from factordiff.evaluate.suite import evaluate, summary_lines
 from factordiff.factors import parse_settings
 from factordiff.fit import fit
 from factordiff.models.runs import load_run
+from factordiff.probe import probe_edit, probe_for
 from factordiff.quickstart import quickstart
 from factordiff.regenerate import check_out, regenerate, sidecar_path, write_regenerated
 from factordiff.report import build_report
@@ -168,8 +169,6 @@ def cmd_counterfactual(args: argparse.Namespace) -> None:
 
 def _probe_counterfactual(args: argparse.Namespace) -> None:
     """``counterfactual --method probe``: the code moved along a sparse linear probe (``probe.py``)."""
-    from factordiff.probe import probe_edit, probe_for
-
     if not args.factor or "," in args.factor or args.amount is None:
         raise FactordiffError("--method probe needs one --factor F and --amount A (standard deviations)")
     if args.from_:
@@ -205,8 +204,6 @@ def _probe_counterfactual(args: argparse.Namespace) -> None:
 
 def _classifier_counterfactual(args: argparse.Namespace) -> None:
     """``counterfactual --method classifier``: Joint Diffusion's visual counterfactual."""
-    from factordiff.edit import classifier_edit
-
     if not args.set or args.from_ or args.amount is not None:
         raise FactordiffError(
             "--method classifier needs --set F=V (one factor the head reads), without --from or --amount"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors
+from factordiff.diffusion.guidance import Guidance
 from factordiff.errors import FactordiffError
 
 PROBES = "probes"
@@ -154,8 +155,6 @@ def probe_edit(
 ) -> np.ndarray:
     """``images`` (N, H, W, C) uint8 regenerated with their codes moved along ``probe`` by ``amount``
     standard deviations (guidance on the blocks the probe uses)."""
-    from factordiff.diffusion.guidance import Guidance
-
     codes = model.codes(images)
     new = probe.move(codes, amount)
     used = probe.blocks(tuple(codes.shape[1:]))

@@ -29,7 +29,7 @@ from factordiff.checkpoint import atomic_write_json
 from factordiff.data.profiles import unknown_values
 from factordiff.data.sources import is_crop_source, prepare_crops, read_images_like, traits
 from factordiff.data.splits import select
-from factordiff.edit import compound_code, edit_blocks, edit_settings
+from factordiff.edit import classifier_edit, compound_code, edit_blocks, edit_settings
 from factordiff.errors import FactordiffError
 from factordiff.factors import parse_settings
 from factordiff.models.profiles import prepare_run_profiles
@@ -110,8 +110,6 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
 
 def _classifier_editor(run, settings, noise: float, seed: int):
     """The edit of ``--method classifier``: ``edit(x, steps, guidance, draw)``."""
-    from factordiff.edit import classifier_edit
-
     ((k, value),) = settings.items()
     v = run.spec.factors[k].index(value)
 

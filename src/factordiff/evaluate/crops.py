@@ -39,11 +39,14 @@ from factordiff.data.crops import resize
 from factordiff.data.sources import Crops, prepare_crops
 from factordiff.data.splits import where_conditions
 from factordiff.evaluate.baselines import condition_texts, mean_shift, nearest_rows
+from factordiff.evaluate.cells import oracle_features
 from factordiff.evaluate.counterfactual import get_oracle
 from factordiff.evaluate.distances import classifier_two_sample, energy_distance, frechet, kernel_distance
 from factordiff.evaluate.morphology import crop_features, feature_names
 from factordiff.evaluate.profiling import standardizer
 from factordiff.factors import parse_pairs
+from factordiff.models.runs import load_run
+from factordiff.regenerate import regenerate
 
 FIELD_COLUMNS = ("Metadata_Field",)  # a fields: run's field of view
 FIELD_PARTS = ("plate", "well", "site")  # else: plate, well and site columns together
@@ -150,10 +153,6 @@ def evaluate_crop_run(
     ``sources``: training crops regenerated per task (at most); ``truth_max``: real held-out crops
     featurised per task (at most); ``controls``: ``F=V``, the perturbation and its control (None:
     the run's ``--controls``)."""
-    from factordiff.evaluate.cells import oracle_features
-    from factordiff.models.runs import load_run
-    from factordiff.regenerate import regenerate
-
     run = Path(run)
     t0 = time.monotonic()
     r = load_run(run)
