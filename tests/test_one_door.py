@@ -91,6 +91,20 @@ def test_regenerate_images_with_draws_and_provenance(tiny_run, tmp_path):
     assert not np.array_equal(images[0], images[1])  # two draws of one source differ
 
 
+def test_regenerate_images_start_noise_one_draw(tiny_run, tmp_path):
+    """--start noise with one draw: seeded noise instead of the inversion (same seed, same image)."""
+    argv = ["regenerate", str(tiny_run), "--where", "shape=cube", "--set", "object_hue=0.3"]
+    argv += ["--limit", "2", "--steps", "3"]
+
+    def first(name: str, *extra: str) -> np.ndarray:
+        assert main([*argv, *extra, "--out", str(tmp_path / name)]) == 0
+        table = pd.read_csv(tmp_path / name / "regenerated.csv")
+        return np.asarray(Image.open(tmp_path / name / "images" / table.FileName_Image[0]))
+
+    a, b = first("a", "--start", "noise"), first("b", "--start", "noise")
+    assert np.array_equal(a, b) and not np.array_equal(a, first("c", "--start", "noise", "--seed", "5"))
+
+
 @pytest.fixture(scope="module")
 def profile_runs(tmp_path_factory) -> dict[str, Path]:
     """Two tiny profile runs of the same table: its own column names, and the perturbation and batch

@@ -229,3 +229,27 @@ def test_derived_metadata_follows_the_set_perturbation(plate_run, tmp_path):
     got = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert (got.Metadata_Compound == "AZ138").all() and (got.Metadata_MoA == "Eg5 inhibitors").all()
     assert (got.Metadata_Batch == "Week10").all() and (got.Metadata_Plate != "").all()
+
+
+def test_regenerate_start_noise_is_seeded_and_differs_from_the_inversion(plate_run, tmp_path):
+    """--start noise: each row from fresh noise, the same for the same --seed, new for another; the
+    default start (the source's inversion) does not depend on the seed; OUT.json names the start."""
+    argv = ["regenerate", str(plate_run), "--where", "Metadata_Compound=DMSO,Metadata_Batch=Week4"]
+    argv += ["--set", "Metadata_Batch=Week10"]
+
+    def feats(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / name
+        assert main([*argv, *extra, "--out", str(out)]) == 0
+        got = pd.read_csv(out)
+        return got[_features(got)].to_numpy()
+
+    src0, src1 = feats("s0.csv", "--seed", "0"), feats("s1.csv", "--seed", "1")
+    n0, n0b, n1 = (
+        feats(f, "--start", "noise", "--seed", s)
+        for f, s in (("n0.csv", "0"), ("n0b.csv", "0"), ("n1.csv", "1"))
+    )
+    np.testing.assert_array_equal(src0, src1)
+    np.testing.assert_array_equal(n0, n0b)
+    assert not np.allclose(n0, n1) and not np.allclose(n0, src0)
+    assert json.loads((tmp_path / "n0.json").read_text())["start"] == "noise"
+    assert json.loads((tmp_path / "s0.json").read_text())["start"] == "source"

@@ -283,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the draws' noise (default 0)")
     p.add_argument(
+        "--start",
+        choices=["source", "noise"],
+        help="where each chain starts: source (its DDIM inversion; one draw is deterministic) or noise "
+        "(fresh seeded noise at the strength, also for one draw); default: the run's (profiles.start)",
+    )
+    p.add_argument(
         "--method",
         choices=["swap", "classifier"],
         default="swap",

@@ -250,6 +250,7 @@ def cmd_regenerate(args: argparse.Namespace) -> None:
         table=args.table,
         method=args.method,
         noise=args.noise,
+        start=args.start,
     )
     for line in result.info.get("notes", []):
         print(f"note: {line}", file=sys.stderr)

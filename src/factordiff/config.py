@@ -298,6 +298,9 @@ class TrainConfig:
 class EvaluateConfig:
     """Args:
     sources: source images per kind of edit (seen, held-out).
+    counterfactual_sources: the same for the per-factor counterfactual figures alone (None:
+        ``sources``); the Cell Painting figures keep ``sources``. cellsim's defaults set 50: its
+        counterfactual matrix (six factors, every kind of edit) was 9 of its 21 minutes at 100.
     steps: solver steps of an edit's inversion and of its regeneration (each; an edit costs twice
         as many network passes), over the part of the schedule that ``edit_strength`` says.
         20 with ``edit_strength`` 0.65, from ``benchmarks/nfe.py``: within an edit budget of 50
@@ -334,6 +337,7 @@ class EvaluateConfig:
     """
 
     sources: int = 100
+    counterfactual_sources: int | None = None
     steps: int = 20
     edit_strength: float = 0.65
     edit_residual: bool = False
@@ -384,6 +388,11 @@ class ProfilesConfig:
         smiles: metadata column with each row's SMILES, for ``morgan`` (None: the perturbation's
             values are SMILES themselves).
         fingerprint_bits: Morgan fingerprint length (radius 2), 1024 or 2048.
+        start: where a regeneration's chain starts: ``source`` (the DDIM inversion of the source
+            row under its own codes: the row's own variation carried over) or ``noise`` (fresh
+            noise, seeded, at the edit's strength: at strength 1 a new well of the target condition
+            that shares only the source's unchanged factor values). ``regenerate --start``
+            overrides it; ``benchmarks/profiles.py`` chooses it on a validation cell of training rows.
     """
 
     roles: list[str] = field(default_factory=list)
@@ -407,6 +416,7 @@ class ProfilesConfig:
     perturbation_embedding: str = "onehot"
     smiles: str | None = None
     fingerprint_bits: Literal[1024, 2048] = 1024
+    start: Literal["source", "noise"] = "source"
 
 
 @dataclass
@@ -521,6 +531,7 @@ SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "evaluate": {
             "edit_strength": 1.0,
             "guidance": 5.0,
+            "counterfactual_sources": 50,
             "oracle_steps": 6000,
             "technical_strength": 0.55,
             "technical_guidance": 2.0,
@@ -577,6 +588,7 @@ _POSITIVE = {
     "latent_channels",
     "layers_per_block",
     "sources",
+    "counterfactual_sources",
     "checkpoint_every",
     "keep_last",
     "oracle_steps",

@@ -10,7 +10,8 @@ profile table's file, or in the image dataset; with ``table``, in that table), `
 
 ``draws`` > 1 regenerates each source that many times: each draw starts from fresh noise at the
 edit's strength (``diffusion.sampling.noise_to``, seeded by ``seed``) instead of the one
-deterministic DDIM inversion that a single draw uses.
+deterministic DDIM inversion that a single draw uses; ``start="noise"`` does so for one draw too
+(profile runs: ``profiles.start`` by default).
 """
 
 from __future__ import annotations
@@ -121,7 +122,20 @@ def _classifier_editor(run, settings, noise: float, seed: int):
 
 
 def _regenerate_images(
-    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, table, only, editor=None
+    run,
+    where,
+    settings,
+    steps,
+    guidance,
+    strength,
+    residual,
+    limit,
+    draws,
+    gen,
+    table,
+    only,
+    start,
+    editor=None,
 ):
     spec, cfg = run.spec, run.config
     crops = prepare_crops(cfg, run.path) if is_crop_source(cfg.data.source) and not table else None
@@ -142,7 +156,7 @@ def _regenerate_images(
     for i in range(0, len(rows), 64):
         x = data.images[rows[i : i + 64]]
         for d in range(draws):
-            noise = gen if draws > 1 else None
+            noise = gen if draws > 1 or start == "noise" else None
             images[i : i + 64, d] = (
                 edit_blocks(run.model, x, blocks, steps, guidance, strength, residual, noise)
                 if editor is None
@@ -237,7 +251,7 @@ def _raw_units(plates, table, meta, rows, settings, nested) -> tuple[list[list[i
 
 
 def _regenerate_profiles(
-    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new, only
+    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new, only, start
 ):
     model, spec = run.model, run.spec
     data = prepare_run_profiles(run.config, model, new)
@@ -265,6 +279,7 @@ def _regenerate_profiles(
     steps = steps or run.config.profiles.sample_steps
     strength = 1.0 if strength is None else strength
     x = data.features[rows]
+    begin = "noise" if draws > 1 else start or run.config.profiles.start
     out = [
         model.regenerate(
             x,
@@ -275,8 +290,9 @@ def _regenerate_profiles(
             strength,
             guidance,
             bool(residual),
-            None if draws == 1 else model.noised(x, factors, steps, strength, gen),
+            None if begin == "source" else model.noised(x, factors, steps, strength, gen),
             absent if absent.any() else None,
+            start=begin,
         )
         for _ in range(draws)
     ]
@@ -285,7 +301,7 @@ def _regenerate_profiles(
         groups, units = _raw_units(data.plates, table, meta, rows, settings, nested)
         out = [data.plates.raw(z, groups) for z in out]
     samples = np.stack(out, 1).reshape(len(rows) * draws, -1)  # source-major, draw-minor
-    info = {"units": units, "nested": nested, "notes": data.notes, "table": table.source}
+    info = {"units": units, "nested": nested, "notes": data.notes, "table": table.source, "start": begin}
     return samples, meta, table.rows[rows], list(model.feature_names), unseen, info
 
 
@@ -305,6 +321,7 @@ def regenerate(
     rows: Sequence[int] | None = None,
     method: str = "swap",
     noise: float = 0.1,
+    start: str | None = None,
 ) -> Regenerated:
     """The run's samples matching ``where`` (``"F=V,G=W"`` conditions, any one of which selects a
     row; none: every row), regenerated with the factors of ``set`` (``"F=V,G=W"``, repeatable)
@@ -318,6 +335,9 @@ def regenerate(
             run's; profiles: off).
         limit: regenerate at most this many of the matching sources.
         draws, seed: regenerations per source; more than one starts each from fresh seeded noise.
+        start: ``source`` (one draw: the deterministic inversion of the source) or ``noise`` (fresh
+            seeded noise at the strength, one draw too); None: the run's (profiles.start; images:
+            source).
         table: regenerate the rows of this table instead of the run's data: rows the fit never saw,
             in the layout of the run's (profiles: its factor and feature columns; images: an image
             table with its factor columns), with factor values the run knows.
@@ -329,6 +349,8 @@ def regenerate(
     """
     if draws < 1:
         raise FactordiffError(f"--draws {draws}: expected a positive number")
+    if start not in (None, "source", "noise"):
+        raise FactordiffError(f"--start {start}: expected source or noise")
     if method not in ("swap", "classifier"):
         raise FactordiffError(f"--method {method}: expected swap or classifier")
     settings = parse_settings(run.spec, set, "--set")
@@ -336,7 +358,21 @@ def regenerate(
         raise FactordiffError("--method classifier: an image run fitted with --head, and --set of one factor")
     gen = torch.Generator().manual_seed(seed)
     part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
-    args = (run, list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table, rows)
+    args = (
+        run,
+        list(where),
+        settings,
+        steps,
+        guidance,
+        strength,
+        residual,
+        limit,
+        draws,
+        gen,
+        table,
+        rows,
+        start,
+    )
     if method == "classifier":
         samples, meta, source_rows, features, unseen, info = _regenerate_images(
             *args, editor=_classifier_editor(run, settings, noise, seed)
@@ -486,6 +522,7 @@ def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
         sidecar = {
             "run": str(run.path),
             "edit": result.edit,
+            "start": result.info["start"],
             "units": result.info["units"],
             "rows": len(result.samples),
             "table": result.info["table"],

@@ -79,7 +79,7 @@ def _methods(
     ``evaluate/batch_correction.py`` too, one that cannot be fitted recorded as unavailable).
     ``baselines=False``: the model alone (the guidance sweep)."""
     x, f, spec = data.features, data.table.factors, data.table.spec
-    out, info = {"model": model.regenerate(x[src], f[src], target)}, {}
+    out, info = {"model": model.regenerate(x[src], f[src], target, seed=seed)}, {}
     for b in BASELINES if baselines else ():
         out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, info)
     notes = {
@@ -320,6 +320,36 @@ def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> li
                         model, data, pairs, set_ids, truth, oracles, scale, cfg.train.seed, baselines=False
                     )["methods"]["model"],
                 }
+            )
+    return out
+
+
+def transfer_figures(run: Path, where: list[str], starts: list[str], progress: bool = True) -> dict:
+    """The run's transfer tasks among its held-out conditions ``where`` (texts of its
+    ``split.where``), the model regenerating from each ``start`` (``profiles.start``) beside every
+    baseline, judged as ``evaluate_profile_run`` judges them: ``{start: {condition: task}}``. For
+    choosing a setting on validation cells cut from training rows."""
+    cfg, model = load_model(run)
+    data = prepare_run_profiles(cfg, model)
+    spec, f = data.table.spec, data.table.factors
+    seed = cfg.train.seed
+    scale = standardizer(data.features[data.train])
+    controls = control_rows(data.table, cfg.profiles.controls)
+    technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
+    oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), seed)
+    texts = dict(zip(cfg.split.where, where_conditions(spec, cfg.split.where)))
+    missing = [w for w in where if w not in texts]
+    if missing:
+        raise FactordiffError(f"{run}: {missing[0]!r} is not one of the run's held-out conditions")
+    out: dict = {}
+    for start in starts:
+        model.config.profiles.start = start
+        for text in tqdm(where, desc=f"transfers, start {start}", disable=not progress):
+            truth, set_ids, has_sources = _task(data, texts[text], technical)
+            if not has_sources:
+                raise FactordiffError(f"{run}: {text!r} has no training rows to regenerate from")
+            out.setdefault(start, {})[text] = _transfer(
+                model, data, texts[text], set_ids, truth, oracles, scale, seed, controls
             )
     return out
 

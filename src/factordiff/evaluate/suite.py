@@ -226,7 +226,7 @@ def evaluate_run(
         oracle,
         data,
         split,
-        per_factor or e.sources,
+        per_factor or e.counterfactual_sources or e.sources,
         e.steps,
         e.guidance,
         seed=cfg.train.seed,

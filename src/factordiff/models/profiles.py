@@ -378,6 +378,8 @@ class ProfileModel:
         residual: bool = False,
         x_T: torch.Tensor | None = None,
         absent: np.ndarray | None = None,
+        start: str | None = None,
+        seed: int = 0,
     ) -> np.ndarray:
         """Rows ``x`` with factor values ``factors`` (N, K), as they would look with ``target`` (N, K):
         DDIM inversion under the source codes to t = ``strength`` T (or from their ``x_T`` of that
@@ -385,8 +387,15 @@ class ProfileModel:
         (``guidance``: one weight; None: the run's by role). ``residual``: the source plus the
         change that the model makes, G(x_T, target) - G(x_T, factors), as image edits do.
         ``absent`` (N, K): target factors generated absent (a plate nested in a changed batch).
+        ``start``: ``source`` (the inversion) or ``noise`` (fresh noise seeded by ``seed``); None:
+        the run's ``profiles.start``; ignored when ``x_T`` is given.
         ``desc`` shows a progress bar over chunks of 512 rows."""
         from tqdm.auto import tqdm
+
+        start = start or self.config.profiles.start
+        if x_T is None and start == "noise":
+            steps = steps or self.config.profiles.sample_steps
+            x_T = self.noised(x, factors, steps, strength, torch.Generator().manual_seed(seed))
 
         changed = sorted(set(np.flatnonzero((factors != target).any(0)).tolist()))
         out = []
