@@ -15,8 +15,11 @@ The evaluation is the library's, ``factordiff evaluate`` on a crop run
 training crops; the model beside *copy*, *mean shift* (per channel), the *nearest* condition (the
 same treatment on other plates, nearest dose) and the *replicate floor* (the real held-out crops in
 two halves by field); distance, energy, two-sample AUC, spread, and Frechet/KID over the
-evaluation oracle's features. The run folder (``--run``) is reused when it holds a finished fit (its
-fit time: from its run_config.json to its model's config.json).
+evaluation oracle's features. Each cell's edit (strength, guidance, residual) is chosen on its seen
+stand-ins, never on the held-out crops (``evaluate_crop_run(choose=True)``: the same treatment on
+the other plates from their DMSO crops; DMSO of other plates from the rest). The run folder
+(``--run``) is reused when it holds a finished fit (its fit time: from its run_config.json to its
+model's config.json).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def main() -> None:
         "changes no training, only which task the evaluation makes of a held-out treatment"
     )
     t0 = time.monotonic()
-    metrics = evaluate_crop_run(run, sources=a.sources, steps=a.steps, controls=CONTROLS)
+    metrics = evaluate_crop_run(run, sources=a.sources, steps=a.steps, controls=CONTROLS, choose=True)
     print("\n".join(summary_lines(metrics)))
     atomic_write_json(
         RESULTS,

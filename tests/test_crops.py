@@ -17,6 +17,7 @@ from conftest import tiny_config_file as _config
 from factordiff import load_run
 from factordiff.cli import main
 from factordiff.data.crops import fit_intensity, read_crops
+from factordiff.evaluate.crops import EDIT_OPTIONS, evaluate_crop_run
 from factordiff.evaluate.morphology import crop_features, feature_names
 
 DATA = Path(__file__).parent / "data"
@@ -164,3 +165,24 @@ def test_evaluate_judges_crops_as_profiles(crop_run, capsys):
             assert np.isfinite([m["distance"], m["energy"], m["c2st_auc"], m["frechet_oracle"]]).all()
         assert task["floor"]["split"].startswith("by field")
         assert task["truth_crops"] == 6
+
+
+def test_edit_chosen_on_seen_stand_ins_only(crop_run, tmp_path):
+    """``choose=True``: with the treatment alone held out, its edit is chosen on the same treatment
+    on the other plate (regenerated from that plate's DMSO crops, judged against its training
+    crops), the option with the lowest distance; in ``crop_run``, whose plate swap holds out the
+    other plate's DMSO, neither task has a stand-in made of training crops, and both say so."""
+    out = tmp_path / "run"
+    argv = ["fit", "--data", f"crops:{STACK}", "--channels", "DAPI,Tubulin,Actin", "--factors", FACTORS]
+    argv += ["--holdout-where", HELD, "--controls", "Metadata_Compound=DMSO"]
+    assert main([*argv, "--size", "16", "--config", str(_config(tmp_path)), "--out", str(out)]) == 0
+    (treat,) = evaluate_crop_run(out, sources=4, steps=2, progress=False, choose=True)["tasks"]
+    sel = treat["edit_selection"]
+    assert sel["analogues"] == ["Metadata_Compound=cyclohexamide,Metadata_Plate=Week4_27801"]
+    assert len(sel["distances"]) == len(EDIT_OPTIONS) and tuple(sel["chosen"]) in EDIT_OPTIONS
+    chosen = "{:g}:{:g}:{}".format(
+        sel["chosen"][0], sel["chosen"][1], "residual" if sel["chosen"][2] else "plain"
+    )
+    assert sel["distances"][chosen] == min(sel["distances"].values())
+    for task in evaluate_crop_run(crop_run, sources=4, steps=2, progress=False, choose=True)["tasks"]:
+        assert task["edit_selection"]["chosen"] is None and task["edit_selection"]["analogues"] == []

@@ -141,6 +141,38 @@ def crop_task(crops: Crops, pairs: list[tuple[int, int]], controls: tuple[int, i
     }
 
 
+EDIT_OPTIONS = (  # (strength, guidance, residual) that ``evaluate_crop_run(choose=True)`` compares
+    (0.65, 2.0, False),
+    (1.0, 2.0, False),
+    (1.0, 5.0, False),
+    (0.55, 2.0, True),
+    (0.35, 2.0, True),
+)
+
+
+def seen_analogues(crops: Crops, pairs: list[tuple[int, int]], task: dict, controls, limit: int = 2) -> list:
+    """Seen stand-ins for a held-out task, cut from training crops only: the same condition with
+    other values of the factors the task relaxes (its technical ones: the same treatment on another
+    plate, or DMSO of another plate), each as ``crop_task`` builds it with its truth restricted to
+    training crops; those with crops to regenerate from and to compare with, the largest first."""
+    spec, f, train = crops.stack.spec, crops.stack.factors, crops.train
+    relax = [k for k in task["relax"] if spec.factors[k].role == "technical"] or list(task["relax"])
+    fixed = [(k, v) for k, v in pairs if k not in relax]
+    held = dict(pairs)
+    match = train & np.all([f[:, k] == v for k, v in fixed], axis=0) if fixed else train.copy()
+    out = []
+    for alt in sorted({tuple(r) for r in f[match][:, relax].tolist()}):
+        if any(held[k] == v for k, v in zip(relax, alt)):
+            continue
+        cand = fixed + list(zip(relax, alt))
+        t = crop_task(crops, cand, controls)
+        t["truth"] = t["truth"][train[t["truth"]]]
+        if len(t["truth"]) >= 2 and len(t["pool"]) and t["set"]:
+            t["condition"] = ",".join(f"{spec.factors[k].name}={spec.factors[k].values[v]}" for k, v in cand)
+            out.append(t)
+    return sorted(out, key=lambda t: -len(t["truth"]))[:limit]
+
+
 def evaluate_crop_run(
     run: Path,
     sources: int = 200,
@@ -148,11 +180,15 @@ def evaluate_crop_run(
     steps: int | None = None,
     controls: str | None = None,
     progress: bool = True,
+    choose: bool = False,
 ) -> dict:
     """Every crop task of the run (module docstring); writes and returns ``RUN/metrics.json``.
     ``sources``: training crops regenerated per task (at most); ``truth_max``: real held-out crops
     featurised per task (at most); ``controls``: ``F=V``, the perturbation and its control (None:
-    the run's ``--controls``)."""
+    the run's ``--controls``). ``choose``: each task's edit (strength, guidance, residual) is the
+    one of ``EDIT_OPTIONS`` whose regenerations of its seen stand-ins (``seen_analogues``, half as
+    many sources each) land nearest their real training crops (the z-scored mean-feature
+    distance); else the run's settings."""
     run = Path(run)
     t0 = time.monotonic()
     r = load_run(run)
@@ -201,10 +237,17 @@ def evaluate_crop_run(
         if not len(pool) or not task["set"]:
             tasks.append({**entry, "kind": "skipped", "reason": "no training crops to regenerate it from"})
             continue
+        edit: dict = {}
+        if choose:
+            entry["edit_selection"] = _choose_edit(
+                r, crops, pairs, task, controls, sources // 2, steps, seed, real, features, scale
+            )
+            chosen = entry["edit_selection"]["chosen"]
+            edit = dict(zip(("strength", "guidance", "residual"), chosen)) if chosen else {}
         src = np.sort(rng.choice(pool, min(sources, len(pool)), replace=False))
         set_text = ",".join(f"{spec.factors[k].name}={spec.factors[k].values[v]}" for k, v in task["set"])
         t1 = time.monotonic()
-        result = regenerate(r, [], [set_text], steps=steps, seed=seed, rows=src)
+        result = regenerate(r, [], [set_text], steps=steps, seed=seed, rows=src, **edit)
         plates = result.metadata[crops.intensity.column].to_numpy(str) if crops.intensity.column else None
         generated = crops.intensity.raw(result.samples, plates)
         seconds = time.monotonic() - t1
@@ -271,6 +314,54 @@ def evaluate_crop_run(
     return metrics
 
 
+def _choose_edit(r, crops, pairs, task, controls, n, steps, seed, real, features, scale) -> dict:
+    """``evaluate_crop_run(choose=True)``: each option of ``EDIT_OPTIONS`` regenerates up to ``n``
+    crops into each seen stand-in of the task; the lowest mean distance to the stand-ins' real
+    training crops wins (the held-out crops play no part)."""
+    spec = crops.stack.spec
+    rng = np.random.default_rng(seed + 1)
+    analogues = seen_analogues(crops, pairs, task, controls)
+    if not analogues:
+        return {"analogues": [], "chosen": None, "note": "no seen stand-in: the run's settings"}
+    picks = [
+        (
+            np.sort(rng.choice(a["truth"], min(400, len(a["truth"])), replace=False)),
+            np.sort(rng.choice(a["pool"], min(n, len(a["pool"])), replace=False)),
+            ",".join(f"{spec.factors[k].name}={spec.factors[k].values[v]}" for k, v in a["set"]),
+        )
+        for a in analogues
+    ]
+    distances = {}
+    for option in EDIT_OPTIONS:
+        strength, guidance, residual = option
+        d = []
+        for truth, src, text in picks:
+            res = regenerate(
+                r,
+                [],
+                [text],
+                steps=steps,
+                seed=seed,
+                rows=src,
+                strength=strength,
+                guidance=guidance,
+                residual=residual,
+            )
+            plates = res.metadata[crops.intensity.column].to_numpy(str) if crops.intensity.column else None
+            made = features(crops.intensity.raw(res.samples, plates))
+            d.append(judge(made, real(truth), scale, seed)["distance"])
+        distances[f"{strength:g}:{guidance:g}:{'residual' if residual else 'plain'}"] = float(np.mean(d))
+    best = min(distances, key=distances.get)
+    copy = float(np.mean([judge(real(src), real(truth), scale, seed)["distance"] for truth, src, _ in picks]))
+    return {
+        "analogues": [a["condition"] for a in analogues],
+        "sources_each": int(n),
+        "distances": distances,
+        "copy_distance": copy,
+        "chosen": list(EDIT_OPTIONS[list(distances).index(best)]),
+    }
+
+
 def summary_lines(metrics: dict) -> list[str]:
     """A few lines for the terminal: per task, each method's distance and two-sample AUC."""
     lines = []
@@ -285,6 +376,10 @@ def summary_lines(metrics: dict) -> list[str]:
             f"{t['condition']} ({t['kind']}, set {t['set']}): distance/AUC {parts}  floor "
             f"{t['floor']['distance']:.3f}/{t['floor']['c2st_auc']:.3f}{gap}"
         )
+        sel = t.get("edit_selection")
+        if sel and sel.get("chosen"):
+            tried = ", ".join(f"{k} {v:.3f}" for k, v in sel["distances"].items())
+            lines.append(f"  edit chosen on {'; '.join(sel['analogues'])}: {sel['chosen']} ({tried})")
     if not lines:
         lines.append(metrics.get("note", "no tasks"))
     return lines
