@@ -295,16 +295,26 @@ def _task(
     )
 
 
-def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> list[dict]:
-    """The run's transfer tasks regenerated at each guidance weight on the changed technical factors
-    (``profiles.guidance_technical``): how reading as the target trades against the distance to the
-    real held-out rows. One dict per (condition, weight) with the model's figures."""
+def _setup(run: Path) -> tuple:
+    """What every profile evaluation of a run starts from: its config and model, its data in the
+    run's layout, the standardiser of training rows, the control rows, the technical factors and
+    the oracles (fitted on every row) that name the factors to read."""
     cfg, model = load_model(run)
     data = prepare_run_profiles(cfg, model)
     spec, f = data.table.spec, data.table.factors
     scale = standardizer(data.features[data.train])
+    controls = control_rows(data.table, cfg.profiles.controls)
     technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
     oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), cfg.train.seed)
+    return cfg, model, data, scale, controls, technical, oracles
+
+
+def guidance_sweep(run: Path, weights: list[float], progress: bool = True) -> list[dict]:
+    """The run's transfer tasks regenerated at each guidance weight on the changed technical factors
+    (``profiles.guidance_technical``): how reading as the target trades against the distance to the
+    real held-out rows. One dict per (condition, weight) with the model's figures."""
+    cfg, model, data, scale, _, technical, oracles = _setup(run)
+    spec = data.table.spec
     out = []
     for text, pairs in zip(cfg.split.where, where_conditions(spec, cfg.split.where)):
         truth, set_ids, has_sources = _task(data, pairs, technical)
@@ -329,14 +339,8 @@ def transfer_figures(run: Path, where: list[str], starts: list[str], progress: b
     ``split.where``), the model regenerating from each ``start`` (``profiles.start``) beside every
     baseline, judged as ``evaluate_profile_run`` judges them: ``{start: {condition: task}}``. For
     choosing a setting on validation cells cut from training rows."""
-    cfg, model = load_model(run)
-    data = prepare_run_profiles(cfg, model)
-    spec, f = data.table.spec, data.table.factors
-    seed = cfg.train.seed
-    scale = standardizer(data.features[data.train])
-    controls = control_rows(data.table, cfg.profiles.controls)
-    technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
-    oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), seed)
+    cfg, model, data, scale, controls, technical, oracles = _setup(run)
+    spec, seed = data.table.spec, cfg.train.seed
     texts = dict(zip(cfg.split.where, where_conditions(spec, cfg.split.where)))
     missing = [w for w in where if w not in texts]
     if missing:
@@ -358,15 +362,10 @@ def evaluate_profile_run(run: Path, progress: bool = True) -> dict:
     """Evaluate a profile run; writes and returns ``RUN/metrics.json``."""
     run = Path(run)
     t0 = time.monotonic()
-    cfg, model = load_model(run)
-    data = prepare_run_profiles(cfg, model)
-    spec, f = data.table.spec, data.table.factors
+    cfg, model, data, scale, controls, technical, oracles = _setup(run)
+    spec = data.table.spec
     seed = cfg.train.seed
-    scale = standardizer(data.features[data.train])
-    controls = control_rows(data.table, cfg.profiles.controls)
     plate = _plate(data, cfg)
-    technical = [k for k, fa in enumerate(spec.factors) if fa.role == "technical"]
-    oracles = fit_oracles(spec, data.features, f, scale, _oracle_ids(spec, len(f)), seed)
     metrics: dict = {
         "kind": "profiles",
         "split": data.split.to_json(),
