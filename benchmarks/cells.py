@@ -92,6 +92,12 @@ def main() -> None:
         "the run in --out and stop",
     )
     ap.add_argument(
+        "--results",
+        default=str(RESULTS),
+        help="with --edits: the results file whose edit_settings entry is written (default cells.json; "
+        "the shipped model's: cells_shipped.json)",
+    )
+    ap.add_argument(
         "--guidances",
         default="",
         help="with --edits: compound-edit guidance weights to compare (comma-separated)",
@@ -120,7 +126,8 @@ def main() -> None:
     if a.code_loo:
         return probe_code_loo(out)
     if a.edits:
-        return probe_edits(out, a.edits.split(","), [float(x) for x in a.guidances.split(",") if x])
+        guid = [float(x) for x in a.guidances.split(",") if x]
+        return probe_edits(out, a.edits.split(","), guid, Path(a.results))
     cfg = load_config(
         None,
         {
@@ -241,7 +248,7 @@ def probe_code_loo(run: Path) -> None:
     atomic_write_json(RESULTS, saved)
 
 
-def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None:
+def probe_edits(run: Path, technical: list[str], guidances: list[float], results: Path = RESULTS) -> None:
     """Choose edit settings on training combinations only: batch swaps into seen compound x batch
     combinations for each technical setting (``STRENGTH:GUIDANCE:residual|plain``), and controls
     regenerated into training compounds for each compound-edit guidance; the held-out batch swap of
@@ -315,17 +322,25 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float]) -> None
             }
         )
         print(bio[-1], flush=True)
-    saved = json.loads(RESULTS.read_text())
+    saved = json.loads(results.read_text()) if results.is_file() else {}
+    command = "python " + shlex.join(sys.argv)
+    for row in rows:
+        row["command"] = command
+    earlier = [  # settings compared by an earlier call on the same run stay beside the new ones
+        r
+        for r in saved.get("edit_settings", {}).get("technical", [])
+        if r["technical"] not in technical and "command" in r
+    ]
     saved["edit_settings"] = {
-        "command": "python " + shlex.join(sys.argv),
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "steps": cfg.evaluate.steps,
-        "technical": rows,
+        "technical": earlier + rows,
         "nulls": null,
         "compound_guidance": bio,
     }
-    atomic_write_json(RESULTS, saved)
-    print(f"wrote {RESULTS} (edit_settings)")
+    atomic_write_json(results, saved)
+    print(f"wrote {results} (edit_settings)")
 
 
 if __name__ == "__main__":

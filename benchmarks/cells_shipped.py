@@ -56,6 +56,7 @@ def main() -> None:
     m = quickstart(Path(a.out), data="cellsim")
     minutes = (time.monotonic() - t0) / 60
     keep = ("batch_swap", "unseen_compound", "map", "oracle_accuracy", "split")
+    before = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     atomic_write_json(
         RESULTS,
         {
@@ -66,6 +67,8 @@ def main() -> None:
             "training_minutes": json.loads((shipped / "run_config.json").read_text())["train"]["minutes"],
             "training_steps": training_steps(shipped / "train_log.jsonl"),
             **{k: m[k] for k in keep if k in m},
+            # the batch-swap settings compared on seen swaps (benchmarks/cells.py --edits), kept
+            **({"edit_settings": before["edit_settings"]} if "edit_settings" in before else {}),
         },
     )
     print(f"quickstart --data cellsim: {minutes:.1f} minutes; wrote {RESULTS}")

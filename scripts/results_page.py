@@ -1414,6 +1414,18 @@ def cells_shipped_section() -> list[str]:
         bold(["all", f3(un["closer_than_control"]), f3(un["copy_control"]), f3(un["nearest_compound"]), ""])
     )
     out += table(["compound", "model", "copy the control", "nearest compound", "structure cosine"], rows)
+    es = d.get("edit_settings")
+    if es:
+        commands = list(dict.fromkeys(r.get("command", es["command"]) for r in es["technical"]))
+        out += [
+            "",
+            "Batch-swap settings of the shipped model, compared on swaps into *seen* compound x batch",
+            "combinations by the rule of the cellsim benchmark (the highest minimum of the two seen rates,",
+            "target batch and compound kept); the held-out figures stand beside them for the record. "
+            f"Commands: {', '.join(code(c) for c in commands)}; date {es['date']}; {es['steps']} steps.",
+            "",
+        ]
+        out += table(SWAP_HEADER, swap_rows(es))
     return out
 
 
