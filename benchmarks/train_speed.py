@@ -127,12 +127,69 @@ def top_ops(fn, rows: int = 8) -> list[dict]:
     ]
 
 
+def peak_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """The machine's measured matmul rate: an n x n x n product (2 n^3 FLOPs) repeated for about
+    ``seconds`` after a warm-up, in GFLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        done += 1
+    return 2 * n**3 * done / (time.perf_counter() - t0) / 1e9
+
+
+def training_flops_per_image(unet, x: torch.Tensor, batch: int) -> float:
+    """FLOPs of one training step's forward and backward pass through the UNet per image, counted
+    by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; the
+    optimizer's and the loss's elementwise work is not counted, as model-FLOPs utilisation counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = copy.deepcopy(unet)
+    emb = torch.zeros(batch, net.config.block_out_channels[0] * 4)
+    t = torch.randint(0, 1000, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        net(x[:batch], t, class_labels=emb).sample.square().mean().backward()
+    return counter.get_total_flops() / batch
+
+
+def edit_flops_per_image() -> dict:
+    """FLOPs of one quickstart edit (``regenerate`` on the shipped shapes32 model: DDIM inversion and
+    regeneration at the run's steps, strength and guidance, the autoencoder included), counted the
+    same way, and the number of UNet passes it makes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from factordiff import load_run
+    from factordiff.quickstart import pretrained_run
+    from factordiff.regenerate import regenerate
+
+    run = load_run(pretrained_run(32, "shapes"))
+    passes = {"n": 0}
+    hook = run.model.denoiser.unet.register_forward_hook(lambda *_: passes.__setitem__("n", passes["n"] + 1))
+    with FlopCounterMode(display=False) as counter:
+        regenerate(run, ["shape=cube"], ["object_hue=0.3"], limit=1)
+    hook.remove()
+    e = run.config.evaluate
+    return {
+        "flops": counter.get_total_flops(),
+        "unet_passes": passes["n"],
+        "settings": f"steps {e.steps}, strength {e.edit_strength}, guidance {e.guidance}",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30, help="training steps per timed trial")
     ap.add_argument("--repeats", type=int, default=5, help="timed trials of each loop (alternating)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also record the top operators of each loop")
+    ap.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count model FLOPs per training image and per edit, measure the matmul peak (fp32, "
+        "bf16) and give each loop's model-FLOPs utilisation",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with resources.as_file(resources.files("factordiff") / "configs" / "quickstart.json") as p:
@@ -176,6 +233,17 @@ def main() -> None:
         result["profile"] = {
             "factordiff": top_ops(lambda: factordiff_trial(ours, x, cfg, 5, 9)),
             "reference": top_ops(lambda: reference_trial(ref, x, cfg, 5, 9)),
+        }
+    if a.flops:
+        per_image = training_flops_per_image(unet, x, b)
+        peak = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
+        edit = edit_flops_per_image()
+        edit["gflop"] = round(edit.pop("flops") / 1e9, 2)
+        result["flops"] = {
+            "train_per_image_gflop": round(per_image / 1e9, 3),
+            "edit": edit,
+            "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
+            "mfu_fp32": {k: round(rate[k] * per_image / 1e9 / peak["fp32"], 3) for k in rate},
         }
     atomic_write_json(OUT, result)
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))

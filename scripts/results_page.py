@@ -1223,6 +1223,21 @@ def speed_section() -> list[str]:
             ["ratio", f"{t['ratio_vs_diffusers']:.3f}", ""],
         ],
     )
+    fl = t.get("flops")
+    if fl:
+        ed = fl["edit"]
+        out += [
+            "Model FLOPs (`--flops`; `torch.utils.flop_counter`, convolutions and matrix products):",
+            f"{fl['train_per_image_gflop']:.3f} GFLOP per training image (forward and backward), "
+            f"{ed['gflop']:.2f} GFLOP per quickstart edit ({ed['unet_passes']} UNet passes; "
+            f"{ed['settings']}; the autoencoder included). "
+            "The machine's measured matmul peak (2048^3, same run): "
+            f"{fl['peak_gflops']['fp32']:.0f} GFLOP/s fp32, {fl['peak_gflops']['bf16']:.0f} GFLOP/s bf16. "
+            "Model-FLOPs utilisation of the fp32 peak: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in fl["mfu_fp32"].items())
+            + ".",
+            "",
+        ]
     pf, pr = t["profile"]["factordiff"], t["profile"]["reference"]
     out += ["Top operators by self CPU time (`--profile`):", ""]
     rows = []
