@@ -1251,6 +1251,30 @@ def speed_section() -> list[str]:
         )
     out += table(["rank", "factordiff op", "ms", "calls", "reference op", "ms", "calls"], rows)
 
+    if (RESULTS / "regen_speed.json").is_file():
+        g = load("regen_speed.json")
+        im, pr_ = g["images"], g["profiles"]
+        out += ["### Regeneration throughput", ""]
+        out += provenance(g, "regen_speed.json")
+        out += [
+            f"`regenerate` as a user calls it: {im['images']} Shapes edits on the shipped model "
+            f"({im['settings']}; {im['unet_passes_per_batch_of_64']} UNet passes per batch),",
+            f"and {pr_['rows']:,} BBBC021 profile rows of {pr_['features']} features ({pr_['steps']} steps) "
+            "moved to another week from each start.",
+            "",
+        ]
+        out += table(
+            ["what", "rate"],
+            [
+                ["image edits", f"{im['images_per_s']:.1f} images/s"],
+                [
+                    "profile rows, start source (inversion + regeneration)",
+                    f"{pr_['rows_per_s_source']:,.0f} rows/s",
+                ],
+                ["profile rows, start noise (regeneration only)", f"{pr_['rows_per_s_noise']:,.0f} rows/s"],
+            ],
+        )
+
     lv = load("levers.json")
     out += ["### Speed levers", ""]
     out += provenance(lv, "levers.json")
