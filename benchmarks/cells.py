@@ -32,6 +32,7 @@ beside their own codes.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import shutil
@@ -43,9 +44,13 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
-from factordiff.evaluate.suite import evaluate_run
+from factordiff.data.cellsim import CHANNELS, COMPOUNDS
+from factordiff.data.sources import prepare_data
+from factordiff.data.splits import make_split
+from factordiff.evaluate.cells import evaluate_cells, seen_batch_swaps, seen_compound_edits
+from factordiff.evaluate.suite import evaluate_run, get_oracle
 from factordiff.fit import fit
-from factordiff.models.runs import load_run
+from factordiff.models.runs import load_model, load_run
 from factordiff.regenerate import regenerate, write_regenerated
 from factordiff.report import build_report
 
@@ -63,7 +68,6 @@ FIT_RECORD = "bench_fit.json"  # in the run folder: the fit's minutes and comman
 def overrides(pairs: list[str]) -> dict:
     """``--set FIELD=VALUE`` pairs as config overrides; a value that parses as JSON (a number, a list,
     true/false) is taken as such."""
-    import json
 
     out = {}
     for kv in pairs:
@@ -222,15 +226,6 @@ def probe_code_loo(run: Path) -> None:
     """The unseen-compound test on training compounds: each one's code from its structure and the
     other training compounds' codes (``compound_code``), at the run's compound-edit settings; into
     the results file's ``structure_codes_leave_one_out`` entry."""
-    import json
-
-    from factordiff.data.cellsim import COMPOUNDS
-    from factordiff.data.sources import prepare_data
-    from factordiff.data.splits import make_split
-    from factordiff.evaluate.cells import seen_compound_edits
-    from factordiff.evaluate.suite import get_oracle
-    from factordiff.models.runs import load_model
-
     cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)
@@ -254,14 +249,6 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float], results
     regenerated into training compounds for each compound-edit guidance; the held-out batch swap of
     each technical setting beside them, for the record."""
     import dataclasses
-    import json
-
-    from factordiff.data.cellsim import CHANNELS
-    from factordiff.data.sources import prepare_data
-    from factordiff.data.splits import make_split
-    from factordiff.evaluate.cells import evaluate_cells, seen_batch_swaps, seen_compound_edits
-    from factordiff.evaluate.suite import get_oracle
-    from factordiff.models.runs import load_model
 
     cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)

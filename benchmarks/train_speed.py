@@ -37,11 +37,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from factordiff import load_run
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.models.images import ModelShape, denoiser_space
+from factordiff.quickstart import pretrained_run
+from factordiff.regenerate import regenerate
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
 
 OUT = Path(__file__).parent / "results" / "train_throughput.json"
@@ -159,10 +162,6 @@ def edit_flops_per_image() -> dict:
     regeneration at the run's steps, strength and guidance, the autoencoder included), counted the
     same way, and the number of UNet passes it makes."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from factordiff import load_run
-    from factordiff.quickstart import pretrained_run
-    from factordiff.regenerate import regenerate
 
     run = load_run(pretrained_run(32, "shapes"))
     passes = {"n": 0}

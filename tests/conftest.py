@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from factordiff.config import RunConfig, load_config
+from factordiff.fit import fit
 
 torch.set_num_threads(int(os.environ.get("FACTORDIFF_TEST_THREADS", "2")))  # 2 cores; fewer beside a long fit
 
@@ -66,8 +67,6 @@ def tiny_config(**extra) -> RunConfig:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A trained tiny run folder (fit once per test session)."""
-    from factordiff.fit import fit
-
     out = tmp_path_factory.mktemp("runs") / "tiny"
     fit(tiny_config(), out, progress=False)
     return out

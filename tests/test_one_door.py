@@ -14,6 +14,7 @@ from PIL import Image
 from factordiff import load_run
 from factordiff.cli import main
 from factordiff.data.shapes import replica
+from factordiff.data.table import write_table
 from factordiff.errors import FactordiffError
 from factordiff.factors import parse_pairs, parse_settings
 
@@ -260,8 +261,6 @@ def test_regenerate_table_bad_input(profile_runs, tmp_path, capsys, change, mess
 
 def test_regenerate_table_of_new_images(tiny_run, tmp_path):
     """An image table (the table: layout) regenerates as the same images selected from the run."""
-    from factordiff.data.table import write_table
-
     run = load_run(tiny_run)
     data = run.data()[0]
     rows = np.flatnonzero((data.factors[:, run.spec.position("shape")] == 0))[:3]

@@ -5,10 +5,13 @@ import json
 import pytest
 from conftest import tiny_config
 
+import factordiff.quickstart
 from factordiff import FactordiffError
+from factordiff.chem import morgan, tanimoto
 from factordiff.cli import main
+from factordiff.data.cellsim import COMPOUNDS
 from factordiff.models.runs import check_run_folder
-from factordiff.quickstart import MARKER, _prepare_out
+from factordiff.quickstart import MARKER, _prepare_out, quickstart, quickstart_config
 
 
 def fit_run(folder):
@@ -26,8 +29,6 @@ def contents(folder):
 @pytest.fixture
 def cheap_quickstart(monkeypatch):
     """quickstart with evaluation, report and fit replaced by stubs (the pretrained copy is real)."""
-    import factordiff.quickstart
-
     calls = {}
     monkeypatch.setattr(factordiff.quickstart, "evaluate_run", lambda out, progress=True: {"stub": True})
     monkeypatch.setattr(factordiff.quickstart, "build_report", lambda out: out / "report.html")
@@ -83,8 +84,6 @@ def test_fit_accepts_a_folder_holding_only_the_marker_when_told(tmp_path):
 
 
 def test_quickstart_marks_its_output_and_replaces_it_next_time(tmp_path, cheap_quickstart):
-    from factordiff.quickstart import quickstart
-
     out = tmp_path / "qs"
     quickstart(out, progress=False)
     marker = json.loads((out / MARKER).read_text())
@@ -110,10 +109,6 @@ def test_quickstart_marks_its_output_and_replaces_it_next_time(tmp_path, cheap_q
 def test_cellsim_quickstart_holds_out_unseen_compounds_with_analogues():
     """The shipped cell model's split: three compound x batch combinations and at least four
     compounds held out entirely, analogues of training compounds among them."""
-    from factordiff.chem import morgan, tanimoto
-    from factordiff.data.cellsim import COMPOUNDS
-    from factordiff.quickstart import quickstart_config
-
     cfg = quickstart_config(data="cellsim")
     whole = [w.split("=")[1] for w in cfg.split.where if "," not in w]
     assert len(whole) >= 4 and all(w.startswith("compound=") for w in cfg.split.where)
