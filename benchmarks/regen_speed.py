@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bbbc021 import bbbc021_table  # noqa: E402
+from speed import median_time  # noqa: E402
 
 from factordiff import load_run  # noqa: E402
 from factordiff.checkpoint import atomic_write_json  # noqa: E402
@@ -43,22 +44,13 @@ from factordiff.regenerate import regenerate  # noqa: E402
 OUT = Path(__file__).parent / "results" / "regen_speed.json"
 
 
-def median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def image_rate(n: int) -> dict:
     run = load_run(pretrained_run(32, "shapes"))
     passes = {"n": 0}
     hook = run.model.denoiser.unet.register_forward_hook(lambda *_: passes.__setitem__("n", passes["n"] + 1))
     regenerate(run, ["shape=cube"], ["object_hue=0.3"], limit=8)  # warm-up
     passes["n"] = 0
-    seconds = median_seconds(lambda: regenerate(run, ["shape=cube"], ["object_hue=0.3"], limit=n))
+    seconds = median_time(lambda: regenerate(run, ["shape=cube"], ["object_hue=0.3"], limit=n), 3, 0)
     hook.remove()
     e = run.config.evaluate
     return {
@@ -101,7 +93,7 @@ def profile_rate(data: Path, rows: int) -> dict:
     target[:, kb] = (target[:, kb] + 1) % spec.factors[kb].size
     out = {"rows": rows, "features": len(model.feature_names), "steps": model.config.profiles.sample_steps}
     for start in ("source", "noise"):
-        seconds = median_seconds(lambda: model.regenerate(x[idx], factors, target, start=start))
+        seconds = median_time(lambda: model.regenerate(x[idx], factors, target, start=start), 3, 0)
         out[f"rows_per_s_{start}"] = round(rows / seconds, 1)
     return out
 

@@ -121,42 +121,48 @@ def _classifier_editor(run, settings, noise: float, seed: int):
     return edit
 
 
-def _regenerate_images(
-    run,
-    where,
-    settings,
-    steps,
-    guidance,
-    strength,
-    residual,
-    limit,
-    draws,
-    gen,
-    table,
-    only,
-    start,
-    editor=None,
-):
+@dataclass(frozen=True)
+class _Request:
+    """What ``regenerate`` was asked, as the image and profile parts read it (``only``: the row
+    indices ``rows``; ``gen``: the draws' seeded generator)."""
+
+    where: list[str]
+    settings: dict
+    steps: int | None
+    guidance: float | None
+    strength: float | None
+    residual: bool | None
+    limit: int | None
+    draws: int
+    gen: torch.Generator
+    table: Path | str | None
+    only: Sequence[int] | None
+    start: str | None
+
+
+def _regenerate_images(run, q: _Request, editor=None):
     spec, cfg = run.spec, run.config
+    where, settings, table, draws = q.where, q.settings, q.table, q.draws
     crops = prepare_crops(cfg, run.path) if is_crop_source(cfg.data.source) and not table else None
     if crops is not None:
         data = crops.data
     else:
         data = read_images_like(table, run.spec, run.model.shape.size) if table else run.data()[0]
     meta_text = crops.stack.metadata if crops is not None else None
-    rows = _rows(run, where, data.factors, data.source, meta_text, limit=limit, only=only)
+    rows = _rows(run, where, data.factors, data.source, meta_text, limit=q.limit, only=q.only)
     blocks = _image_blocks(run, settings) if editor is None else {}
+    strength, guidance, residual = q.strength, q.guidance, q.residual
     if editor is None:
         strength, guidance, residual = edit_settings(
             cfg.evaluate, spec, list(blocks), strength, guidance, residual
         )
-    steps = steps or cfg.evaluate.steps
+    steps = q.steps or cfg.evaluate.steps
     images = np.zeros((len(rows), draws, *data.images.shape[1:]), np.uint8)
     bar = tqdm(total=len(rows) * draws, desc="regenerating", unit="img")
     for i in range(0, len(rows), 64):
         x = data.images[rows[i : i + 64]]
         for d in range(draws):
-            noise = gen if draws > 1 or start == "noise" else None
+            noise = q.gen if draws > 1 or q.start == "noise" else None
             images[i : i + 64, d] = (
                 edit_blocks(run.model, x, blocks, steps, guidance, strength, residual, noise)
                 if editor is None
@@ -250,13 +256,11 @@ def _raw_units(plates, table, meta, rows, settings, nested) -> tuple[list[list[i
     return [[int(i)] for i in source], "raw units of each source row's plate"
 
 
-def _regenerate_profiles(
-    run, where, settings, steps, guidance, strength, residual, limit, draws, gen, new, only, start
-):
-    model, spec = run.model, run.spec
-    data = prepare_run_profiles(run.config, model, new)
+def _regenerate_profiles(run, q: _Request):
+    model, spec, settings, draws = run.model, run.spec, q.settings, q.draws
+    data = prepare_run_profiles(run.config, model, q.table)
     table = data.table
-    rows = _rows(run, where, table.factors, table.source, table.metadata, limit, only)
+    rows = _rows(run, q.where, table.factors, table.source, table.metadata, q.limit, q.only)
     unknown = unknown_values(table, rows)
     if unknown:
         raise FactordiffError(
@@ -276,10 +280,10 @@ def _regenerate_profiles(
         if spec.factors[k].kind != "ordinal" and not model.seen[k][target[0, k]]
     ]
     meta, absent, nested = _profile_metadata(table, rows, target, settings, data.train)
-    steps = steps or run.config.profiles.sample_steps
-    strength = 1.0 if strength is None else strength
+    steps = q.steps or run.config.profiles.sample_steps
+    strength = 1.0 if q.strength is None else q.strength
     x = data.features[rows]
-    begin = "noise" if draws > 1 else start or run.config.profiles.start
+    begin = "noise" if draws > 1 else q.start or run.config.profiles.start
     out = [
         model.regenerate(
             x,
@@ -288,9 +292,9 @@ def _regenerate_profiles(
             steps,
             "regenerating",
             strength,
-            guidance,
-            bool(residual),
-            None if begin == "source" else model.noised(x, factors, steps, strength, gen),
+            q.guidance,
+            bool(q.residual),
+            None if begin == "source" else model.noised(x, factors, steps, strength, q.gen),
             absent if absent.any() else None,
             start=begin,
         )
@@ -358,27 +362,15 @@ def regenerate(
         raise FactordiffError("--method classifier: an image run fitted with --head, and --set of one factor")
     gen = torch.Generator().manual_seed(seed)
     part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
-    args = (
-        run,
-        list(where),
-        settings,
-        steps,
-        guidance,
-        strength,
-        residual,
-        limit,
-        draws,
-        gen,
-        table,
-        rows,
-        start,
+    q = _Request(
+        list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table, rows, start
     )
     if method == "classifier":
         samples, meta, source_rows, features, unseen, info = _regenerate_images(
-            *args, editor=_classifier_editor(run, settings, noise, seed)
+            run, q, editor=_classifier_editor(run, settings, noise, seed)
         )
     else:
-        samples, meta, source_rows, features, unseen, info = part(*args)
+        samples, meta, source_rows, features, unseen, info = part(run, q)
     edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
     return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen, info)
 

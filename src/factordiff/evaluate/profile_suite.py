@@ -346,15 +346,19 @@ def transfer_figures(run: Path, where: list[str], starts: list[str], progress: b
     if missing:
         raise FactordiffError(f"{run}: {missing[0]!r} is not one of the run's held-out conditions")
     out: dict = {}
-    for start in starts:
+    for i, start in enumerate(starts):
         model.config.profiles.start = start
         for text in tqdm(where, desc=f"transfers, start {start}", disable=not progress):
             truth, set_ids, has_sources = _task(data, texts[text], technical)
             if not has_sources:
                 raise FactordiffError(f"{run}: {text!r} has no training rows to regenerate from")
-            out.setdefault(start, {})[text] = _transfer(
-                model, data, texts[text], set_ids, truth, oracles, scale, seed, controls
+            task = _transfer(
+                model, data, texts[text], set_ids, truth, oracles, scale, seed, controls, baselines=i == 0
             )
+            if i:  # the baselines do not depend on the model's start: judged once, with the first
+                first = out[starts[0]][text]
+                task = {**first, "methods": {**first["methods"], "model": task["methods"]["model"]}}
+            out.setdefault(start, {})[text] = task
     return out
 
 
