@@ -4,6 +4,7 @@ as their text, raw units of the target plates, a nested plate left empty, a side
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from factordiff.cli import main
+from factordiff.data.profiles import fingerprint
 from factordiff.encoders.metadata import axis_positions
 from factordiff.factors import Factor, FactorSpec
 from factordiff.regenerate import write_rows
@@ -253,3 +255,18 @@ def test_regenerate_start_noise_is_seeded_and_differs_from_the_inversion(plate_r
     assert not np.allclose(n0, n1) and not np.allclose(n0, src0)
     assert json.loads((tmp_path / "n0.json").read_text())["start"] == "noise"
     assert json.loads((tmp_path / "s0.json").read_text())["start"] == "source"
+
+
+def test_fingerprint_is_of_the_table_not_of_its_gzip_header(tmp_path):
+    """The same table gzipped at two times (different header mtimes) has one fingerprint; a
+    changed value changes it."""
+    text = SAMPLE.read_bytes()
+    raw = gzip.decompress(text)
+    paths = []
+    for i, body in enumerate((raw, raw, raw.replace(b"DMSO", b"DMSX", 1))):
+        path = tmp_path / f"t{i}.csv.gz"
+        with open(path, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=1000 + i) as gz:
+            gz.write(body)
+        paths.append(path)
+    assert paths[0].read_bytes() != paths[1].read_bytes()
+    assert fingerprint(paths[0]) == fingerprint(paths[1]) != fingerprint(paths[2])

@@ -166,9 +166,11 @@ def default_role(name: str) -> str:
 
 
 def fingerprint(path: Path | str) -> str:
-    """A content hash of a file (BLAKE2b, 16 bytes), read in 8 MB blocks."""
+    """A content hash of a file (BLAKE2b, 16 bytes), read in 8 MB blocks; a ``.gz`` file's
+    decompressed content, so that the same table written again (its gzip header holds the time of
+    writing) keeps its fingerprint."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
+    with (gzip.open if str(path).lower().endswith(".gz") else open)(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 23), b""):
             h.update(block)
     return h.hexdigest()
