@@ -245,6 +245,46 @@ def bbbc021_case(
     )
 
 
+LINCS_DOSE = 1.1111  # the dose held out: between 0.37037 and 3.3333 uM, their geometric mean
+
+
+def dose_interpolation_case(data: Path, work: Path, steps: int, seed: int) -> dict:
+    """The LINCS plate with the 1.1111 uM well of every compound held out (a dose no training row
+    has), each regenerated from its compound's other doses, beside the baselines (``interpolate``:
+    the dose-response line in log dose between the compound's 0.37 and 3.33 uM wells)."""
+    path = data / "lincs-SQ00015054" / "SQ00015054_normalized_feature_select.csv.gz"
+    table = pd.read_csv(path)
+    comp, dose = "Metadata_broad_sample", "Metadata_mmoles_per_liter"
+    compounds = sorted(set(table.loc[np.isclose(table[dose], LINCS_DOSE), comp]) - {"DMSO"})
+    where = [f"{comp}={c},{dose}={LINCS_DOSE}" for c in compounds]
+    name, controls = "lincs dose interpolation", f"{comp}=DMSO"
+    return run_case(name, path, [comp, dose], where, controls, "Metadata_moa", work, steps, seed, "none")
+
+
+def dose_summary(runs: list[dict]) -> dict:
+    """Per method, the mean over compounds (then over seeds) of each held-out well's mean error and
+    energy distance, and the share of compounds where the model is nearer than each baseline."""
+    per: dict = {}
+    wins: dict = {}
+    for r in runs:
+        tasks = [t for t in r["metrics"]["tasks"] if t["kind"] == "transfer"]
+        for method in tasks[0]["methods"]:
+            for k in ("mean_error", "energy"):
+                v = [t["methods"][method][k] for t in tasks]
+                per.setdefault(method, {}).setdefault(k, []).append(float(np.mean(v)))
+            if method != "model":
+                share = np.mean(
+                    [t["methods"]["model"]["mean_error"] < t["methods"][method]["mean_error"] for t in tasks]
+                )
+                wins.setdefault(method, []).append(float(share))
+    return {
+        "compounds": len(tasks),
+        "seeds": [r["seed"] for r in runs],
+        "methods": {m: {k: float(np.mean(v)) for k, v in figs.items()} for m, figs in per.items()},
+        "model_nearer_mean_error_share": {m: float(np.mean(v)) for m, v in wins.items()},
+    }
+
+
 def neighbour_weeks(week: str) -> list[str]:
     """The weeks before and after ``week`` (BBBC021 has Week1 to Week10)."""
     n = int(week.removeprefix("Week"))
@@ -356,6 +396,12 @@ def main() -> None:
         "added to the results file as dataset 'bbbc021 feature_select'",
     )
     ap.add_argument(
+        "--dose-interpolation",
+        action="store_true",
+        help="instead: the LINCS plate with every compound's 1.1111 uM well held out, regenerated from "
+        "its other doses (--seeds), into the results file's dose_interpolation",
+    )
+    ap.add_argument(
         "--sweep",
         metavar="W,W,...",
         help="instead: regenerate the BBBC021 transfer of the runs in --work (residual none, --seeds) at "
@@ -382,6 +428,19 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     data, work = Path(a.data), Path(a.work)
+    if a.dose_interpolation:
+        work.mkdir(parents=True, exist_ok=True)
+        runs = [dose_interpolation_case(data, work, a.steps, seed) for seed in map(int, a.seeds.split(","))]
+        saved = json.loads(RESULTS.read_text())
+        saved["dose_interpolation"] = {
+            "command": "python " + shlex.join(sys.argv),
+            "date": time.strftime("%Y-%m-%d"),
+            "summary": dose_summary(runs),
+            "runs": runs,
+        }
+        atomic_write_json(RESULTS, saved)
+        print(json.dumps(saved["dose_interpolation"]["summary"], indent=1))
+        return
     validation = (
         neighbour_weeks(a.week)
         if a.validation == "neighbours"

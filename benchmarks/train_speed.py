@@ -50,7 +50,9 @@ from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
 OUT = Path(__file__).parent / "results" / "train_throughput.json"
 
 
-def factordiff_trial(den: Denoiser, x: torch.Tensor, cfg, steps: int, seed: int) -> float:
+def factordiff_trial(
+    den: Denoiser, x: torch.Tensor, cfg, steps: int, seed: int, precision: str = "fp32"
+) -> float:
     stage = Stage(
         "bench",
         DiffusionStep(den, cfg.denoiser),
@@ -63,12 +65,13 @@ def factordiff_trial(den: Denoiser, x: torch.Tensor, cfg, steps: int, seed: int)
         images_per_step=cfg.denoiser.batch_size,
     )
     t = time.perf_counter()
-    run_stage(stage, LoopOptions(seed=seed, checkpoints=None, progress=False))
+    run_stage(stage, LoopOptions(seed=seed, checkpoints=None, progress=False, precision=precision))
     return time.perf_counter() - t
 
 
-def reference_trial(unet, x: torch.Tensor, cfg, steps: int, seed: int) -> float:
-    """diffusers' train_unconditional.py pattern, unconditional, v-prediction."""
+def reference_trial(unet, x: torch.Tensor, cfg, steps: int, seed: int, mixed_precision: str = "no") -> float:
+    """diffusers' train_unconditional.py pattern, unconditional, v-prediction, at the example's
+    ``--mixed_precision`` (``no``, its default, or ``bf16``)."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -76,7 +79,7 @@ def reference_trial(unet, x: torch.Tensor, cfg, steps: int, seed: int) -> float:
 
     dn = cfg.denoiser
     t0 = time.perf_counter()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
     scheduler = DDPMScheduler(
         num_train_timesteps=dn.num_train_timesteps,
         beta_schedule=dn.beta_schedule,
@@ -189,6 +192,18 @@ def main() -> None:
         help="also count model FLOPs per training image and per edit, measure the matmul peak (fp32, "
         "bf16) and give each loop's model-FLOPs utilisation",
     )
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="factordiff's train.precision (bf16: autocast around the forward pass and loss)",
+    )
+    ap.add_argument(
+        "--reference-precision",
+        default="no",
+        choices=["no", "bf16"],
+        help="the reference's --mixed_precision (the example's default: no)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with resources.as_file(resources.files("factordiff") / "configs" / "quickstart.json") as p:
@@ -199,12 +214,14 @@ def main() -> None:
     x = torch.randn(4096, channels, size, size)  # the step's cost does not depend on the latents' content
     ours, ref = Denoiser(copy.deepcopy(unet)), copy.deepcopy(unet)
     b = cfg.denoiser.batch_size
-    factordiff_trial(ours, x, cfg, 5, 0)
-    reference_trial(ref, x, cfg, 5, 0)
+    ours_trial = lambda steps, seed: factordiff_trial(ours, x, cfg, steps, seed, a.precision)  # noqa: E731
+    ref_trial = lambda steps, seed: reference_trial(ref, x, cfg, steps, seed, a.reference_precision)  # noqa: E731
+    ours_trial(5, 0)
+    ref_trial(5, 0)
     times: dict[str, list[float]] = {"factordiff": [], "reference": []}
     for r in range(a.repeats):
-        times["factordiff"].append(factordiff_trial(ours, x, cfg, a.steps, r + 1))
-        times["reference"].append(reference_trial(ref, x, cfg, a.steps, r + 1))
+        times["factordiff"].append(ours_trial(a.steps, r + 1))
+        times["reference"].append(ref_trial(a.steps, r + 1))
         print(
             f"trial {r + 1}: factordiff {a.steps * b / times['factordiff'][-1]:.0f} img/s, reference "
             f"{a.steps * b / times['reference'][-1]:.0f} img/s",
@@ -222,7 +239,7 @@ def main() -> None:
         "batch_size": b,
         "steps_per_trial": a.steps,
         "optimizer": f"AdamW lr {cfg.denoiser.lr}, EMA {cfg.denoiser.ema_decay}, grad clip 1.0",
-        "precision": "fp32",
+        "precision": {"factordiff": a.precision, "reference": a.reference_precision},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%d"),
@@ -230,20 +247,43 @@ def main() -> None:
     }
     if a.profile:
         result["profile"] = {
-            "factordiff": top_ops(lambda: factordiff_trial(ours, x, cfg, 5, 9)),
-            "reference": top_ops(lambda: reference_trial(ref, x, cfg, 5, 9)),
+            "factordiff": top_ops(lambda: ours_trial(5, 9)),
+            "reference": top_ops(lambda: ref_trial(5, 9)),
         }
+    previous = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if a.flops:
-        per_image = training_flops_per_image(unet, x, b)
+        per_image = training_flops_per_image(unet, x, b) / 1e9
         peak = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
         edit = edit_flops_per_image()
         edit["gflop"] = round(edit.pop("flops") / 1e9, 2)
-        result["flops"] = {
-            "train_per_image_gflop": round(per_image / 1e9, 3),
+        flops = {
+            "train_per_image_gflop": round(per_image, 3),
             "edit": edit,
             "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
-            "mfu_fp32": {k: round(rate[k] * per_image / 1e9 / peak["fp32"], 3) for k in rate},
+            "command": result["command"],
         }
+    elif "flops" in previous:  # the FLOP counts and peaks of an earlier --flops run on this machine
+        flops = {k: v for k, v in previous["flops"].items() if not k.startswith("mfu")}
+        flops.setdefault("command", previous.get("command"))
+    else:
+        flops = None
+    if flops:
+        # model-FLOPs utilisation of each loop against the peak of the precision it computes in
+        own = {"factordiff": "bf16" if a.precision == "bf16" else "fp32"}
+        own["reference"] = "bf16" if a.reference_precision == "bf16" else "fp32"
+        flops["mfu"] = {
+            k: round(rate[k] * flops["train_per_image_gflop"] / flops["peak_gflops"][own[k]], 3) for k in rate
+        }
+        flops["mfu_peak"] = own
+        result["flops"] = flops
+    # the latest measurement of each other precision pair stays beside this one
+    others = [previous, *previous.get("other_settings", [])] if previous else []
+    kept: dict = {}
+    for o in others:
+        key = json.dumps(o.get("precision"), sort_keys=True)
+        if "factordiff_img_s" in o and o.get("precision") != result["precision"] and key not in kept:
+            kept[key] = {k: v for k, v in o.items() if k not in ("other_settings", "profile", "flops")}
+    result["other_settings"] = list(kept.values())
     atomic_write_json(OUT, result)
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))
 

@@ -17,7 +17,8 @@ from factordiff.data.images import save_png
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, token_channels
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.head import ClassifierHead, classify, head_loss
-from factordiff.fit import fit, head_labels
+from factordiff.encoders.distill import FactorDistiller
+from factordiff.fit import fit, known_factors, labelled_rows
 from factordiff.models.images import FactorModel
 
 
@@ -43,11 +44,8 @@ def test_head_gradient_reaches_the_shared_unet_and_reads_no_codes():
 
 
 def test_label_fraction_draws_the_labelled_images_once():
-    factors = np.arange(40).reshape(20, 2) % 3
-    a = head_labels(factors, [1], 0.25, seed=0)
-    b = head_labels(factors, [1], 0.25, seed=0)
-    assert int(a["labelled"].sum()) == 5 and torch.equal(a["labelled"], b["labelled"])
-    assert torch.equal(a["labels"][:, 0], torch.from_numpy(factors[:, 1]))
+    a, b = labelled_rows(20, 0.25, seed=0), labelled_rows(20, 0.25, seed=0)
+    assert int(a.sum()) == 5 and (a == b).all() and not (a == labelled_rows(20, 0.25, seed=1)).all()
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,54 @@ def head_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("head") / "run"
     cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.label_fraction": 0.5, "denoiser.steps": 20})
     return fit(cfg, out, progress=False), out
+
+
+def test_the_head_reads_a_labelled_batch_of_its_own_each_step(monkeypatch):
+    from factordiff.diffusion import objective
+
+    cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.head_batch": 5})
+    d = _denoiser(cfg)
+    seen = []
+    real = objective.head_loss
+
+    def spy(denoiser, x_t, t, labels):
+        seen.append(labels.clone())
+        return real(denoiser, x_t, t, labels)
+
+    monkeypatch.setattr(objective, "head_loss", spy)
+    labelled = {"x": torch.randn(3, 4, 8, 8), "labels": torch.tensor([[2], [2], [2]])}
+    step = objective.DiffusionStep(d, cfg.denoiser, labelled=labelled)
+    batch = {"x": torch.randn(7, 4, 8, 8), "codes": torch.randn(7, 6, 2)}
+    loss, info = step(batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert seen and seen[0].shape == (5, 1) and (seen[0] == 2).all()  # only labelled images, a full batch
+    assert info["head_ce"] > 0 and d.head.outs[0].weight.grad.abs().sum() > 0
+    plain = objective.DiffusionStep(d, cfg.denoiser)  # no labelled share: the diffusion loss alone
+    assert "head_ce" not in plain(batch, torch.Generator().manual_seed(0))[1]
+
+
+def test_hidden_labels_reach_neither_the_distiller_nor_the_prototypes(head_run):
+    result, _ = head_run
+    cfg, train, k = result.model.config, result.train, result.train.spec.resolve("shape")
+    known = known_factors(cfg, train)
+    labelled = labelled_rows(len(train), cfg.denoiser.label_fraction, cfg.train.seed)
+    assert (known[~labelled, k] == -1).all() and (known[labelled, k] == train.factors[labelled, k]).all()
+    others = [j for j in range(len(train.spec)) if j != k]
+    assert (known[:, others] == train.factors[:, others]).all()
+    # the prototypes of the head factor are the mean codes of its labelled images only
+    codes = result.model.codes(train.images)
+    block = result.model.factor_blocks[k]
+    for v in range(train.spec.factors[k].size):
+        rows = torch.from_numpy(labelled & (train.factors[:, k] == v))
+        assert torch.allclose(result.model.prototypes[k][v], codes[rows, block].mean(0), atol=1e-5)
+    # a batch whose labels of a factor are all hidden trains nothing on that factor, and stays finite
+    torch.manual_seed(0)
+    d = FactorDistiller([3, 4], [False, True], 3, 16, 2, width=8)
+    y = torch.tensor([[-1, 0], [-1, 3], [-1, 1], [-1, 2]])
+    loss, parts = d.loss(torch.randn(4, 3, 16, 16), y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(np.isfinite(v) for v in parts.values())
+    assert d.classifiers[0].weight.grad.abs().sum() == 0 and d.classifiers[1].weight.grad.abs().sum() > 0
 
 
 def test_fit_trains_and_saves_the_head(head_run):

@@ -186,3 +186,30 @@ def test_array_batches_depend_only_on_seed_and_step():
     assert [b(s)["x"].tolist() for s in reversed(range(6))][::-1] == seq
     flat = sum(seq[:5], [])[:10]
     assert sorted(flat) == list(range(10))  # the first epoch is a permutation
+
+
+class DtypeStep(torch.nn.Module):
+    """A linear layer that records the dtype its forward pass computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, batch, gen):
+        out = self.lin(batch["x"])
+        self.dtypes.append(out.dtype)
+        return (out - 1.0).pow(2).mean(), {}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_precision_autocasts_the_forward_pass_and_keeps_fp32_weights(precision):
+    step = DtypeStep()
+    stage = Stage(
+        "toy", step, list(step.parameters()), ArrayBatches({"x": torch.randn(32, 8)}, 8), 60, 1e-2, warmup=1
+    )
+    run_stage(stage, LoopOptions(progress=False, precision=precision))
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert set(step.dtypes) == {want} and step.lin.weight.dtype == torch.float32
+    losses = [r["loss"] for r in stage.log]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])  # it trains

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from factordiff.evaluate.baselines import BASELINES, baseline_rows, fallback_share, mean_shift, nearest_rows
+from factordiff.evaluate.baselines import (
+    BASELINES,
+    baseline_rows,
+    fallback_share,
+    interpolate,
+    mean_shift,
+    nearest_rows,
+)
 from factordiff.evaluate.distances import classifier_two_sample, energy_distance, frechet, kernel_distance
 from factordiff.factors import Factor, FactorSpec
 
@@ -214,3 +221,38 @@ def test_nearest_condition_as_a_scientist_picks_it():
     rows = nearest_rows(spec, f, ~held, target, np.array([1]), seed=0, info=info)
     assert (f[rows, 0] == 0).all() and (f[rows, 1] == 1).all() and set(f[rows, 2]) <= {0, 2}
     assert all(c.startswith("cell=A549, round=r2") for c in info["nearest_conditions"])
+
+
+def test_interpolate_draws_the_dose_response_line_in_log_dose():
+    spec = FactorSpec(
+        (
+            Factor("compound", ("a", "b"), "categorical", "biological"),
+            Factor("dose", (0.1, 0.3, 1.0, 3.0, 10.0), "ordinal", "biological"),
+        )
+    )
+    # two wells per (compound, dose): a feature linear in log10 dose with a slope per compound
+    compound, dose = np.repeat([0, 1], 10), np.tile(np.repeat(np.arange(5), 2), 2)
+    logd = np.log10(np.array(spec.factors[1].values))[dose]
+    noise = np.tile([[0.1, 0.0], [-0.1, 0.0]], (10, 1))
+    x = np.c_[np.where(compound == 0, 1.0, -2.0) * logd, np.ones(20)] + noise
+    f = np.c_[compound, dose]
+    held = dose == 2  # 1.0 uM of both compounds held out: a value no training row has
+    src = np.flatnonzero((compound == 0) & ~held)
+    target = f[src].copy()
+    target[:, 1] = 2
+    info: dict = {}
+    out = interpolate(spec, x, f, ~held, src, target, info)
+    # between 0.3 and 3 on the log axis: the held-out wells' mean, and each source keeps its residual
+    np.testing.assert_allclose(out.mean(0), x[held & (compound == 0)].mean(0), atol=1e-6)
+    np.testing.assert_allclose(out[0] - out[1], x[src[0]] - x[src[1]], atol=1e-9)  # same dose, own noise
+    assert info["interpolate_fallback_rows"] == 0
+    # beyond the tested doses: the nearest tested dose's mean, counted
+    beyond = f[src].copy()
+    beyond[:, 1] = 4
+    far = interpolate(spec, x, f, ~held & (dose != 4), src, beyond, info)
+    np.testing.assert_allclose(far.mean(0), x[(compound == 0) & (dose == 3)].mean(0), atol=1e-6)
+    assert info["interpolate_fallback_rows"] == len(src)
+    with pytest.raises(ValueError, match="one ordinal factor"):
+        swap = f[src].copy()
+        swap[:, 0] = 1
+        interpolate(spec, x, f, ~held, src, swap)

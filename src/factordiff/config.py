@@ -214,6 +214,8 @@ class DenoiserConfig:
             reads the UNet with every factor absent, at the diffusion step's noise level. Empty:
             no head. Not with the ``shift`` adapter or the unsupervised encoder.
         head_weight: weight of the head's cross-entropy in the denoiser's loss.
+        head_batch: labelled images the head reads each step, drawn from the labelled share apart
+            from the diffusion batch (``diffusion/objective.py``).
         label_fraction: the share of training images whose labels the head sees (drawn once with
             the run's seed); the codes and the denoiser see every training image.
     """
@@ -240,6 +242,7 @@ class DenoiserConfig:
     structure_control: str = "DMSO"
     head: list[str] = field(default_factory=list)
     head_weight: float = 1.0
+    head_batch: int = 32
     label_fraction: float = 1.0
     steps: int = 24000
     budget: float = 0.62
@@ -284,6 +287,10 @@ class TrainConfig:
     keep_last: checkpoints kept per stage.
     grad_clip: max gradient norm (0 disables).
     threads: torch CPU threads (0: torch's default).
+    precision: ``fp32``, or ``bf16``: each step's forward pass and loss under bf16 autocast (the
+        weights, gradients, optimizer and EMA stay fp32; bf16 needs no loss scaling). A CPU with
+        bf16 instructions or a GPU trains the convolutions faster (``benchmarks/train_speed.py
+        --precision bf16``); not the default, because a CPU without them runs bf16 slower.
     """
 
     minutes: float | None = None
@@ -292,6 +299,7 @@ class TrainConfig:
     keep_last: int = 2
     grad_clip: float = 1.0
     threads: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
@@ -577,6 +585,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
 
 
 _POSITIVE = {
+    "head_batch",
     "size",
     "crop",
     "tiles",

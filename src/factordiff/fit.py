@@ -115,6 +115,7 @@ def _options(cfg: RunConfig, run: Path, resume: bool, progress: bool) -> LoopOpt
         grad_clip=t.grad_clip,
         resume=resume,
         progress=progress,
+        precision=t.precision,
     )
 
 
@@ -195,7 +196,7 @@ class _Fit:
 def _train_distiller(f: _Fit) -> torch.nn.Module:
     torch.manual_seed(f.cfg.train.seed)
     distiller = build_encoder(f.cfg, f.train.spec, f.shape)
-    tensors = {"images": f.images, "factors": torch.from_numpy(f.train.factors)}
+    tensors = {"images": f.images, "factors": torch.from_numpy(known_factors(f.cfg, f.train))}
     return f.stage(
         "distiller",
         DistillStep(distiller, f.cfg.distill),
@@ -248,7 +249,17 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
             warmup=500,
         )
     structure = model.structure
-    step: torch.nn.Module = DiffusionStep(denoiser, dn)
+    head = getattr(denoiser, "head", None)
+    labelled = None
+    if head is not None and not _stage_done(f.run, "denoiser"):
+        rows = labelled_rows(len(f.train), dn.label_fraction, f.cfg.train.seed)
+        labels = np.ascontiguousarray(f.train.factors[rows][:, head.factors]).astype(np.int64)
+        if isinstance(x, np.ndarray):  # packed images' memory-mapped latents
+            chosen = torch.from_numpy(np.asarray(x[rows]))
+        else:
+            chosen = x[torch.from_numpy(rows)]
+        labelled = {"x": chosen, "labels": torch.from_numpy(labels)}
+    step: torch.nn.Module = DiffusionStep(denoiser, dn, labelled=labelled)
     if _stage_done(f.run, "denoiser"):
         tensors = {}
     elif structure is None:
@@ -264,12 +275,6 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
                 "posterior": structure.posterior(model.encoder.logits(raw)[structure.factor]),
             }
         step = _StructureStep(step)
-    head = getattr(denoiser, "head", None)
-    if head is not None and tensors:
-        tensors = {
-            **tensors,
-            **head_labels(f.train.factors, head.factors, dn.label_fraction, f.cfg.train.seed),
-        }
     denoiser.train().requires_grad_(True)
     if not dn.train_base:
         denoiser.unet.requires_grad_(False)
@@ -277,16 +282,28 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     return f.stage("denoiser", step, denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
 
 
-def head_labels(factors: np.ndarray, head: list[int], fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    """The head's training labels: the head factors' values of every training image and which of them
-    the head may see (``fraction`` of the images, drawn once with ``seed``)."""
+def labelled_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of ``n`` training images have their head factors' labels (``fraction`` of them, drawn
+    once with ``seed``): the same draw for the head, the distiller and the prototypes."""
     rng = np.random.default_rng(seed + 17)
-    labelled = np.zeros(len(factors), bool)
-    labelled[rng.choice(len(factors), max(1, round(fraction * len(factors))), replace=False)] = True
-    return {
-        "labels": torch.from_numpy(np.ascontiguousarray(factors[:, head]).astype(np.int64)),
-        "labelled": torch.from_numpy(labelled),
-    }
+    labelled = np.zeros(n, bool)
+    labelled[rng.choice(n, max(1, round(fraction * n)), replace=False)] = True
+    return labelled
+
+
+def known_factors(cfg: RunConfig, train: FactorDataset) -> np.ndarray:
+    """The training value indices that anything learning may read: with ``denoiser.label_fraction``
+    below 1, the head factors' labels of the unlabelled images are hidden (-1), so that the
+    distiller's blocks and the prototypes of those factors learn from the labelled share only, as
+    the head does (a semi-supervised run uses its share of labels everywhere)."""
+    dn = cfg.denoiser
+    if not dn.head or dn.label_fraction >= 1:
+        return train.factors
+    out = train.factors.copy()
+    hidden = ~labelled_rows(len(out), dn.label_fraction, cfg.train.seed)
+    for name in dn.head:
+        out[hidden, train.spec.resolve(name)] = -1
+    return out
 
 
 class _StructureStep(torch.nn.Module):
@@ -478,7 +495,8 @@ def fit(
         model.denoiser,
         factor_blocks=model.factor_blocks,
     )
-    model.set_prototypes(model.codes(train.images), train.factors)  # training images only: nothing held out
+    # training images only (nothing held out), and of head factors their labelled share only
+    model.set_prototypes(model.codes(train.images), known_factors(cfg, train))
     if main:
         model.save(run / "model", extra={"split": split.to_json(), "train_images": len(train)})
         _join_logs(run)

@@ -156,6 +156,7 @@ class LoopOptions:
     grad_clip: maximum gradient norm (0 disables clipping).
     resume: continue from the newest checkpoint of the stage if there is one.
     progress: show a progress bar.
+    precision: ``fp32``, or ``bf16`` autocast around each step's forward pass and loss.
     """
 
     seed: int = 0
@@ -165,6 +166,7 @@ class LoopOptions:
     grad_clip: float = 1.0
     resume: bool = False
     progress: bool = True
+    precision: str = "fp32"
 
 
 def _accelerator():
@@ -354,7 +356,9 @@ def run_stage(stage: Stage, opts: LoopOptions) -> Stage:
                 k: v.to(device) for k, v in _local_batch(stage.batches, step, rank, world, stage.name).items()
             }
             module.train()
-            loss, logs = module(batch, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+                loss, logs = module(batch, gen)
+            loss = loss.float()
             if _anyone(not bool(torch.isfinite(loss)), world):
                 last = latest_checkpoint(ckpt_dir, stage.name) if ckpt_dir else None
                 kept = f"; last good checkpoint: {last}" if last else ""

@@ -81,15 +81,25 @@ class DiffusionStep(nn.Module):
     first ``cfg.coind_rows`` rows; None: all), on the same x_t and t and in the same forward pass
     as the regression. With the defaults the step draws exactly the random numbers it always did.
     A denoiser with a classification head (``denoiser.head``) adds ``cfg.head_weight`` times the
-    head's cross-entropy on the batch's ``labelled`` rows (``labels``: their head factors' values),
-    read at the same x_t and t with every factor absent (``diffusion/head.py``); it draws no random
-    numbers.
+    head's cross-entropy on a batch of its own: ``cfg.head_batch`` images drawn each step from
+    ``labelled`` (``x``: the labelled share's images, ``labels``: their head factors' values), noised
+    at their own uniform t and read with every factor absent (``diffusion/head.py``). The head thus
+    sees a full labelled batch every step however small the labelled share, as the semi-supervised
+    Joint Diffusion draws one from its labelled loader; the diffusion loss still sees every image.
+    Without a head the step draws exactly the random numbers it always did.
     """
 
-    def __init__(self, denoiser: nn.Module, cfg: DenoiserConfig, embedder: nn.Module | None = None):
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        cfg: DenoiserConfig,
+        embedder: nn.Module | None = None,
+        labelled: dict[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.denoiser, self.cfg, self.embedder = denoiser, cfg, embedder
         self.schedule = noise_schedule(cfg)
+        self.labelled = labelled  # a plain attribute: the labelled images are data, not state
 
     def forward(
         self, batch: dict[str, torch.Tensor], gen: torch.Generator
@@ -105,18 +115,23 @@ class DiffusionStep(nn.Module):
         if codes is None:
             return F.mse_loss(self.denoiser(x_t, t, None), target), {}
         loss, info = self._regression(x_t, t, target, codes, gen)
-        head = getattr(self.denoiser, "head", None)
-        if head is None or "labels" not in batch:
+        if getattr(self.denoiser, "head", None) is None or self.labelled is None:
             return loss, info
-        rows = batch["labelled"].bool()
-        if not rows.any():
-            return loss, info
-        ce = head_loss(self.denoiser, x_t[rows], t[rows], batch["labels"][rows])
+        ce = self.head_loss(gen, x0.device)
         return loss + self.cfg.head_weight * ce, {
             **info,
             "diffusion": float(loss.detach()),
             "head_ce": float(ce.detach()),
         }
+
+    def head_loss(self, gen: torch.Generator, device) -> torch.Tensor:
+        """The head's cross-entropy on ``cfg.head_batch`` labelled images at their own noise levels."""
+        x, labels = self.labelled["x"], self.labelled["labels"]
+        rows = torch.randint(0, len(x), (self.cfg.head_batch,), generator=gen)
+        x0 = x[rows].to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (len(x0),), generator=gen).to(device)
+        return head_loss(self.denoiser, self.schedule.add_noise(x0, noise, t), t, labels[rows].to(device))
 
     def _regression(self, x_t, t, target, codes, gen) -> tuple[torch.Tensor, dict[str, float]]:
         """The conditioned regression (with condition dropout and the CoInD term where asked)."""

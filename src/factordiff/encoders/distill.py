@@ -85,20 +85,22 @@ class FactorDistiller(nn.Module):
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, adversary_weight: float = 0.1, order_weight: float = 1.0
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss on images ``x`` with value indices ``y`` (B, K)."""
+        """Training loss on images ``x`` with value indices ``y`` (B, K); -1 marks a label the run
+        may not read (``fit.known_factors``), left out of every term that would use it."""
         codes = self(x)
-        carry = sum(F.cross_entropy(lg, y[:, k]) for k, lg in enumerate(self.logits(codes))) / len(self.sizes)
+        carry = sum(_known_ce(lg, y[:, k]) for k, lg in enumerate(self.logits(codes))) / len(self.sizes)
         order = codes.new_zeros(())
         for k, n in enumerate(self.sizes):
-            if self.ordinal[k] and n > 1:
-                order = order + F.mse_loss(codes[:, k, 0], 2.0 * y[:, k].float() / (n - 1) - 1.0)
+            known = y[:, k] >= 0
+            if self.ordinal[k] and n > 1 and known.any():
+                order = order + F.mse_loss(codes[known, k, 0], 2.0 * y[known, k].float() / (n - 1) - 1.0)
         adv = codes.new_zeros(())
         for k, head in enumerate(self.adversaries):
             out = head(reverse_grad(codes[:, k], adversary_weight)).split(
                 [n for j, n in enumerate(self.sizes) if j != k], dim=1
             )
             others = [j for j in range(len(self.sizes)) if j != k]
-            adv = adv + sum(F.cross_entropy(o, y[:, j]) for o, j in zip(out, others)) / max(1, len(others))
+            adv = adv + sum(_known_ce(o, y[:, j]) for o, j in zip(out, others)) / max(1, len(others))
         adv = adv / len(self.sizes)
         small = 1e-3 * codes.pow(2).mean()
         total = carry + order_weight * order + adv + small
@@ -109,6 +111,13 @@ class FactorDistiller(nn.Module):
         """Per-factor accuracy of the block classifiers, (K,)."""
         pred = torch.stack([lg.argmax(1) for lg in self.logits(self(x))], 1)
         return (pred == y).float().mean(0)
+
+
+def _known_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the rows whose value is known (``y`` >= 0; -1 marks a hidden label, as a
+    semi-supervised run's unlabelled images have); zero when no row of the batch is known."""
+    known = y >= 0
+    return F.cross_entropy(logits[known], y[known]) if known.any() else logits.sum() * 0.0
 
 
 class DistillStep(nn.Module):

@@ -21,7 +21,13 @@ every statistic it uses comes from the rows of ``train`` (held-out rows never re
   (``nearest_rows``: the categorical factors that are not set first, then the set factors, then
   the nearest ordinal values);
 - ``linear``: an additive ridge model of the features on one-hot factors, source + f(target) -
-  f(source).
+  f(source);
+- ``interpolate`` (``ORDINAL_BASELINES``: only where one ordinal factor alone is set, a dose or a
+  time): the dose-response line a scientist draws, per source row source + m(target) - m(source),
+  where m is the mean of the training rows of the row's other factors at a value of the set factor,
+  and m(target) is interpolated linearly on the factor's axis (``axis_positions``: log for doses)
+  between the nearest training values below and above the target's; a target outside the training
+  values takes the nearest one's mean instead, and is counted.
 
 ``BATCH_BASELINES`` are the batch corrections of ``evaluate/batch_correction.py`` (``combat``,
 ``sphering``, ``harmony``), under the same rule and through the same ``baseline_rows``.
@@ -31,12 +37,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from factordiff.encoders.metadata import one_hot
+from factordiff.encoders.metadata import axis_positions, one_hot, seen_values
 from factordiff.evaluate.batch_correction import combat, harmony, sphering
 from factordiff.factors import FactorSpec
 
 BASELINES = ("copy", "mean_shift", "nearest", "linear")
 BATCH_BASELINES = ("combat", "sphering", "harmony")
+ORDINAL_BASELINES = ("interpolate",)
 
 
 def baseline_rows(
@@ -74,12 +81,68 @@ def baseline_rows(
     if name == "nearest":
         rows = nearest_rows(spec, factors, train, target, changed, seed, info)
         return x[rows]
+    if name == "interpolate":
+        return interpolate(spec, x, factors, train, src, target, info)
     if name == "linear":
         from sklearn.linear_model import Ridge
 
         model = Ridge(alpha=1.0).fit(one_hot(spec, factors[train]), x[train])
         return xs + model.predict(one_hot(spec, target)) - model.predict(one_hot(spec, fs))
     raise ValueError(f"unknown baseline {name!r}")
+
+
+def ordinal_change(spec: FactorSpec, source: np.ndarray, target: np.ndarray) -> int | None:
+    """The one ordinal factor in which every target row differs from its source where any
+    differs, else None (an ``ORDINAL_BASELINES`` task sets one ordinal factor alone)."""
+    changed = np.flatnonzero((source != target).any(0))
+    if len(changed) != 1 or spec.factors[changed[0]].kind != "ordinal":
+        return None
+    return int(changed[0])
+
+
+def interpolate(
+    spec: FactorSpec,
+    x: np.ndarray,
+    factors: np.ndarray,
+    train: np.ndarray,
+    src: np.ndarray,
+    target: np.ndarray,
+    info: dict | None = None,
+) -> np.ndarray:
+    """The ``interpolate`` baseline (module docstring); raises ValueError unless one ordinal factor
+    alone is set. With ``info``, ``interpolate_fallback_rows`` counts the rows whose target lay
+    outside their group's training values (or whose group had none)."""
+    fs = factors[src]
+    k = ordinal_change(spec, fs, target)
+    if k is None:
+        raise ValueError("interpolate: the task must set one ordinal factor alone")
+    pos = axis_positions(spec, seen_values(spec, factors[train]))[k].numpy()
+    others = [j for j in range(len(spec)) if j != k]
+    out, fallback, means = np.empty((len(src), x.shape[1])), 0, {}
+    for i, (f_src, f_tgt) in enumerate(zip(fs, target)):
+        key = tuple(int(v) for v in f_src[others])
+        if key not in means:
+            rows = np.flatnonzero(train & (factors[:, others] == f_src[others]).all(1))
+            values = np.unique(factors[rows, k])
+            means[key] = (values, np.stack([x[rows[factors[rows, k] == v]].mean(0) for v in values]))
+        values, m = means[key]
+        at = pos[values]
+        order = np.argsort(at)
+        at, m_sorted = at[order], m[order]
+        p = pos[f_tgt[k]]
+        own = m[np.flatnonzero(values == f_src[k])[0]] if (values == f_src[k]).any() else x[src[i]]
+        if len(at) >= 2 and at[0] <= p <= at[-1]:
+            j = min(int(np.searchsorted(at, p, side="right")), len(at) - 1)
+            lo, hi = max(j - 1, 0), j
+            w = 0.0 if at[hi] == at[lo] else (p - at[lo]) / (at[hi] - at[lo])
+            want = (1 - w) * m_sorted[lo] + w * m_sorted[hi]
+        else:
+            fallback += 1
+            want = m_sorted[int(np.argmin(np.abs(at - p)))] if len(at) else own
+        out[i] = x[src[i]] + want - own
+    if info is not None:
+        info["interpolate_fallback_rows"] = fallback
+    return out
 
 
 def nearest_rows(

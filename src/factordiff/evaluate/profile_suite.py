@@ -33,9 +33,11 @@ from factordiff.errors import FactordiffError
 from factordiff.evaluate.baselines import (
     BASELINES,
     BATCH_BASELINES,
+    ORDINAL_BASELINES,
     baseline_rows,
     condition_texts,
     fallback_share,
+    ordinal_change,
 )
 from factordiff.evaluate.distances import classifier_two_sample
 from factordiff.evaluate.profiling import (
@@ -82,9 +84,17 @@ def _methods(
     out, info = {"model": model.regenerate(x[src], f[src], target, seed=seed)}, {}
     for b in BASELINES if baselines else ():
         out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, info)
+    if baselines and ordinal_change(spec, f[src], target) is not None:  # a dose or time set alone
+        for b in ORDINAL_BASELINES:
+            out[b] = baseline_rows(b, spec, x, f, data.train, src, target, seed, info)
     notes = {
         "mean_shift_fallback": fallback_share(info),
         "mean_shift_matched": info.get("matched_rows"),
+        **(
+            {"interpolate_fallback_rows": info["interpolate_fallback_rows"]}
+            if "interpolate_fallback_rows" in info
+            else {}
+        ),
         # which rows each method starts from: the sources (every method but nearest) and the
         # conditions nearest draws its real rows from
         "source_conditions": condition_texts(spec, f[src]),
@@ -107,13 +117,15 @@ def _judge(rows: np.ndarray, truth: np.ndarray, scale, seed: int) -> dict[str, f
     g, t = scale(rows), scale(truth)
     r["c2st_auc"] = classifier_two_sample(g, t, seed)
     sd = t.std(0)
-    r["spread_ratio"] = float(np.mean(g.std(0)[sd > 0] / sd[sd > 0]))
+    r["spread_ratio"] = float(np.mean(g.std(0)[sd > 0] / sd[sd > 0])) if (sd > 0).any() else float("nan")
     return r
 
 
 def _floor(truth: np.ndarray, scale, seed: int) -> dict[str, float]:
     """The replicate floor: the real held-out rows split at random into two halves, one judged
-    against the other (what the same condition's real wells score)."""
+    against the other (what the same condition's real wells score); NaN for a single well."""
+    if len(truth) < 2:
+        return dict.fromkeys(("mean_error", "energy", "c2st_auc", "spread_ratio"), float("nan"))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(truth))
     half = len(truth) // 2
