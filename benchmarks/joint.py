@@ -31,7 +31,8 @@ initialisation):
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
-(dataset, fraction, seed) are kept.
+(dataset, fraction, seed, head_max_t) are kept; the summary lists a head_max_t other than 1 as a
+dataset of its own (``shapes (head_max_t 0.1)``).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def crops_task(work: Path, stack_path: Path):
     return data.subset(train_rows), data.subset(~train_rows), TREATMENT, source
 
 
-def config(extra: dict, factor: str, fraction: float, seed: int, steps: int):
+def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, head_max_t: float = 1.0):
     return load_config(
         None,
         {
@@ -104,6 +105,7 @@ def config(extra: dict, factor: str, fraction: float, seed: int, steps: int):
             "denoiser.adapter": "embed",
             "denoiser.head": [factor],
             "denoiser.label_fraction": fraction,
+            "denoiser.head_max_t": head_max_t,
             "train.seed": seed,
             "distill.steps": 500,
             "denoiser.steps": steps,
@@ -157,10 +159,16 @@ def train_cnn(cfg, train, k: int, rows: np.ndarray, seed: int, steps: int) -> tu
     return net, {"steps": steps, "validation_accuracy": best, "validation_images": len(val)}
 
 
+def _key(r: dict) -> tuple:
+    return r["dataset"], r["fraction"], r["seed"], r.get("head_max_t", 1.0)
+
+
 def summarise(rows: list[dict]) -> dict:
     out: dict = {}
     for r in rows:
-        out.setdefault(r["dataset"], {}).setdefault(str(r["fraction"]), []).append(r)
+        t = r.get("head_max_t", 1.0)
+        name = r["dataset"] if t == 1 else f"{r['dataset']} (head_max_t {t:g})"
+        out.setdefault(name, {}).setdefault(str(r["fraction"]), []).append(r)
     table: dict = {}
     for dataset, per in out.items():
         for fraction, rs in sorted(per.items(), key=lambda kv: float(kv[0])):
@@ -187,6 +195,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=1200, help="denoiser steps of each joint fit")
     ap.add_argument("--cnn-steps", type=int, default=1500, help="steps of each CNN")
+    ap.add_argument(
+        "--head-max-t",
+        type=float,
+        default=1.0,
+        help="denoiser.head_max_t of the joint fits (rows of another value are kept apart)",
+    )
     ap.add_argument("--crops", default=str(SHARED / "crops.npz"))
     ap.add_argument("--work", default="runs/bench-joint")
     a = ap.parse_args()
@@ -209,8 +223,9 @@ def main() -> None:
         x_test = to_unit(test.images)
         for fraction in map(float, a.fractions.split(",")):
             for seed in map(int, a.seeds.split(",")):
-                cfg = config(extra, factor, fraction, seed, a.steps)
-                run = work / f"{dataset}-{fraction:g}-{seed}"
+                cfg = config(extra, factor, fraction, seed, a.steps, a.head_max_t)
+                tail = "" if a.head_max_t == 1 else f"-t{a.head_max_t:g}"
+                run = work / f"{dataset}-{fraction:g}-{seed}{tail}"
                 split = make_split(train.spec, cfg.split)
                 t0 = time.monotonic()
                 result = fit(cfg, run, resume=run.is_dir(), progress=False, data=(train, split, train))
@@ -224,6 +239,7 @@ def main() -> None:
                     "dataset": dataset,
                     "fraction": fraction,
                     "seed": seed,
+                    "head_max_t": a.head_max_t,
                     "labelled_images": int(labelled.sum()),
                     "train_images": len(train),
                     "test_images": len(test),
@@ -236,8 +252,8 @@ def main() -> None:
                     "command": "python " + shlex.join(sys.argv),
                 }
                 print(json.dumps(row), flush=True)
-                key = (dataset, fraction, seed)
-                rows = [r for r in rows if (r["dataset"], r["fraction"], r["seed"]) != key] + [row]
+                key = (dataset, fraction, seed, a.head_max_t)
+                rows = [r for r in rows if _key(r) != key] + [row]
                 atomic_write_json(
                     RESULTS,
                     {

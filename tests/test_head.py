@@ -58,13 +58,14 @@ def head_run(tmp_path_factory):
 def test_the_head_reads_a_labelled_batch_of_its_own_each_step(monkeypatch):
     from factordiff.diffusion import objective
 
-    cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.head_batch": 5})
+    cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.head_batch": 5, "denoiser.head_max_t": 0.1})
     d = _denoiser(cfg)
-    seen = []
+    seen, times = [], []
     real = objective.head_loss
 
     def spy(denoiser, x_t, t, labels):
         seen.append(labels.clone())
+        times.append(t.clone())
         return real(denoiser, x_t, t, labels)
 
     monkeypatch.setattr(objective, "head_loss", spy)
@@ -74,6 +75,7 @@ def test_the_head_reads_a_labelled_batch_of_its_own_each_step(monkeypatch):
     loss, info = step(batch, torch.Generator().manual_seed(0))
     loss.backward()
     assert seen and seen[0].shape == (5, 1) and (seen[0] == 2).all()  # only labelled images, a full batch
+    assert (times[0] < 100).all()  # head_max_t 0.1 of 1000 steps: nearly clean images
     assert info["head_ce"] > 0 and d.head.outs[0].weight.grad.abs().sum() > 0
     plain = objective.DiffusionStep(d, cfg.denoiser)  # no labelled share: the diffusion loss alone
     assert "head_ce" not in plain(batch, torch.Generator().manual_seed(0))[1]

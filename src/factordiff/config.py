@@ -216,6 +216,10 @@ class DenoiserConfig:
         head_weight: weight of the head's cross-entropy in the denoiser's loss.
         head_batch: labelled images the head reads each step, drawn from the labelled share apart
             from the diffusion batch (``diffusion/objective.py``).
+        head_max_t: the share of the noise schedule the head's training t is drawn from (uniform
+            on [0, head_max_t T)): 1 reads every noise level, as classifier guidance needs; lower
+            trains a classifier of nearly clean images (the semi-supervised Joint Diffusion reads
+            its labelled batch at t = 1 of 1000).
         label_fraction: the share of training images whose labels the head sees (drawn once with
             the run's seed); the codes and the denoiser see every training image.
     """
@@ -243,6 +247,7 @@ class DenoiserConfig:
     head: list[str] = field(default_factory=list)
     head_weight: float = 1.0
     head_batch: int = 32
+    head_max_t: float = 1.0
     label_fraction: float = 1.0
     steps: int = 24000
     budget: float = 0.62
@@ -652,6 +657,8 @@ def _check_ranges(obj: Any, where: str) -> None:
                     f"{where}.{name}: expected a share of the noise schedule in (0, 1], "
                     f"got {getattr(obj, name)}"
                 )
+    if isinstance(obj, DenoiserConfig) and not 0 < obj.head_max_t <= 1:
+        raise FactordiffError(f"{where}.head_max_t: expected a share in (0, 1], got {obj.head_max_t}")
     if isinstance(obj, DenoiserConfig) and not 0 < obj.label_fraction <= 1:
         raise FactordiffError(f"{where}.label_fraction: expected a share in (0, 1], got {obj.label_fraction}")
     if isinstance(obj, DenoiserConfig) and not 0 <= obj.single_prob <= 1:

@@ -82,11 +82,12 @@ class DiffusionStep(nn.Module):
     as the regression. With the defaults the step draws exactly the random numbers it always did.
     A denoiser with a classification head (``denoiser.head``) adds ``cfg.head_weight`` times the
     head's cross-entropy on a batch of its own: ``cfg.head_batch`` images drawn each step from
-    ``labelled`` (``x``: the labelled share's images, ``labels``: their head factors' values), noised
-    at their own uniform t and read with every factor absent (``diffusion/head.py``). The head thus
-    sees a full labelled batch every step however small the labelled share, as the semi-supervised
-    Joint Diffusion draws one from its labelled loader; the diffusion loss still sees every image.
-    Without a head the step draws exactly the random numbers it always did.
+    ``labelled`` (``x``: the labelled share's images, ``labels``: their head factors' values),
+    noised at their own t (uniform below ``cfg.head_max_t`` of the schedule) and read with every
+    factor absent (``diffusion/head.py``). The head thus sees a full labelled batch every step
+    however small the labelled share, as the semi-supervised Joint Diffusion draws one from its
+    labelled loader; the diffusion loss still sees every image. Without a head the step draws
+    exactly the random numbers it always did.
     """
 
     def __init__(
@@ -130,7 +131,8 @@ class DiffusionStep(nn.Module):
         rows = torch.randint(0, len(x), (self.cfg.head_batch,), generator=gen)
         x0 = x[rows].to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, self.cfg.num_train_timesteps, (len(x0),), generator=gen).to(device)
+        top = max(1, round(self.cfg.head_max_t * self.cfg.num_train_timesteps))
+        t = torch.randint(0, top, (len(x0),), generator=gen).to(device)
         return head_loss(self.denoiser, self.schedule.add_noise(x0, noise, t), t, labels[rows].to(device))
 
     def _regression(self, x_t, t, target, codes, gen) -> tuple[torch.Tensor, dict[str, float]]:
