@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
@@ -72,8 +73,6 @@ def shapes_task(work: Path):
 
 def crops_task(work: Path, stack_path: Path):
     """The crops with a treatment column (compound and dose) in an index of the work folder."""
-    import pandas as pd
-
     table = pd.read_csv(stack_path.with_suffix(".csv"))
     keep = table["Metadata_Compound"].isin(["DMSO", "cyclohexamide"])
     dose = table["Metadata_Concentration"].astype(str)

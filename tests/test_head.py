@@ -14,6 +14,7 @@ from conftest import tiny_config
 from factordiff.checkpoint import load_tensors
 from factordiff.cli import main
 from factordiff.data.images import save_png
+from factordiff.diffusion import objective
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, token_channels
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.head import ClassifierHead, classify, head_loss
@@ -56,8 +57,6 @@ def head_run(tmp_path_factory):
 
 
 def test_the_head_reads_a_labelled_batch_of_its_own_each_step(monkeypatch):
-    from factordiff.diffusion import objective
-
     cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.head_batch": 5, "denoiser.head_max_t": 0.1})
     d = _denoiser(cfg)
     seen, times = [], []
