@@ -73,12 +73,16 @@ def reference_trial(unet, x: torch.Tensor, cfg, steps: int, seed: int, mixed_pre
     """diffusers' train_unconditional.py pattern, unconditional, v-prediction, at the example's
     ``--mixed_precision`` (``no``, its default, or ``bf16``)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     dn = cfg.denoiser
     t0 = time.perf_counter()
+    # accelerate keeps one state per process, which factordiff's loop has set up at fp32: start the
+    # reference's afresh at its own precision, and leave it fresh for the next trial
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
     scheduler = DDPMScheduler(
         num_train_timesteps=dn.num_train_timesteps,
@@ -119,7 +123,9 @@ def reference_trial(unet, x: torch.Tensor, cfg, steps: int, seed: int, mixed_pre
             if done == steps:
                 break
     ema.copy_to(model.parameters())
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return elapsed
 
 
 def top_ops(fn, rows: int = 8) -> list[dict]:
