@@ -36,8 +36,12 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.config import load_config
+from factordiff.data.sources import prepare_data
+from factordiff.data.splits import make_split
+from factordiff.evaluate.latent import heldout_readout
 from factordiff.evaluate.suite import evaluate_run
 from factordiff.fit import fit
+from factordiff.models.runs import load_model
 from factordiff.quickstart import pretrained_run
 
 RESULTS = Path(__file__).parent / "results" / "generalization.json"
@@ -183,11 +187,6 @@ def table(rows: list[dict]) -> str:
 
 def rescore(previous: dict, work: Path) -> None:
     """Recompute ``probe_r2``/``probe_mae`` of every row whose run folder is in ``work``."""
-    from factordiff.data.sources import prepare_data
-    from factordiff.data.splits import make_split
-    from factordiff.evaluate.latent import heldout_readout
-    from factordiff.models.runs import load_model
-
     for row in previous["rows"]:
         run = work / f"{row['split']}-{row['adapter']}-{'joint' if row['train_base'] else 'frozen'}"
         if not (run / "model").is_dir():

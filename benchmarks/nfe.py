@@ -47,9 +47,9 @@ from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.cells import oracle_features
-from factordiff.evaluate.counterfactual import evaluate_counterfactuals
+from factordiff.evaluate.counterfactual import TargetCodes, evaluate_counterfactuals
 from factordiff.evaluate.distances import frechet
-from factordiff.evaluate.suite import conditional_samples, get_oracle
+from factordiff.evaluate.suite import _latent_shape, conditional_samples, get_oracle
 from factordiff.models.runs import load_model
 from factordiff.quickstart import pretrained_run
 
@@ -114,9 +114,6 @@ def measure(
 def _last_samples(model, data, split, n: int, steps: int, cfg, guidance) -> np.ndarray:
     """``n`` samples from noise under the composed codes of random combinations of the training
     support and the held-out block alike (the Frechet distance's generated set)."""
-    from factordiff.evaluate.counterfactual import TargetCodes
-    from factordiff.evaluate.suite import _latent_shape
-
     rng = np.random.default_rng(cfg.train.seed + 11)
     targets = TargetCodes(model, data, cfg.train.seed + 11)
     grid = data.spec.grid()
