@@ -4,6 +4,7 @@ into ``benchmarks/results/joint.json``.
 
     python benchmarks/joint.py [--datasets shapes,bbbc021_crops] [--fractions 0.05,0.2,0.02,0.1]
         [--seeds 0,1,2] [--steps 1200] [--cnn-steps 1500]
+    python benchmarks/joint.py --counterfactuals RUN [--per-factor 100]
 
 Two tasks, each at 32x32 in pixel space (``autoencoder.enabled`` false) with a UNet of 16, 32 and 64
 channels and the embed adapter (0.8 M parameters: 0.47 s a step of 64 images and the head's 32 on
@@ -29,6 +30,18 @@ initialisation):
   that score best on a fifth of the labelled share held aside for it (early stopping: the
   baseline gets a validation set the head does not).
 
+*Visual counterfactuals* (``--counterfactuals RUN``, a Shapes run with a head, trained from the
+shipped model's distiller and autoencoder by ``scripts/retrain_denoiser.py RUN --set
+'denoiser.head=[...]'``, the command recorded as ``model_command``; ``visual_counterfactuals`` of
+the file): the oracle-judged edits of
+``evaluate/counterfactual.py`` (``--per-factor`` edits of each factor whose target combination
+was seen in training, as many into held-out combinations), made three ways from the same sources:
+the classifier method (``edit.classifier_edit``: noise to ``noise`` of the schedule, reconstruct
+under the other factors' codes guided by the head with weight ``guidance``), the code swap (the
+run's ``evaluate`` settings, ``factordiff counterfactual``'s default) and the copy of the source.
+The classifier method's (noise, guidance) is chosen on a second, disjoint draw of seen edits
+(largest share with every factor right); held-out edits play no part in the choice.
+
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
 (dataset, fraction, seed, head_max_t) are kept; the summary lists a head_max_t other than 1 as a
@@ -51,14 +64,18 @@ import pandas as pd
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from factordiff.checkpoint import atomic_write_json
-from factordiff.config import load_config
+from factordiff.checkpoint import atomic_write_json, read_json
+from factordiff.config import RunConfig, from_dict, load_config
 from factordiff.data.crops import crops_dataset, fit_intensity, read_crops
-from factordiff.data.sources import load_data
+from factordiff.data.sources import load_data, prepare_data
 from factordiff.data.splits import make_split
 from factordiff.diffusion.head import classify, head_loss
+from factordiff.edit import classifier_edit
+from factordiff.evaluate.counterfactual import Edits, get_oracle, plan_edits, run_edits, score_edits
 from factordiff.fit import fit, labelled_rows
 from factordiff.models.images import ModelShape, build_denoiser, to_unit
+from factordiff.models.runs import load_model
+from factordiff.quickstart import pretrained_run
 
 RESULTS = Path(__file__).parent / "results" / "joint.json"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "bbbc021-singlecell"
@@ -158,6 +175,115 @@ def train_cnn(cfg, train, k: int, rows: np.ndarray, seed: int, steps: int) -> tu
     return net, {"steps": steps, "validation_accuracy": best, "validation_images": len(val)}
 
 
+def classifier_edits(model, data, edits: Edits, noise: float, guidance: float, steps: int, seed: int):
+    """Every edit of ``edits`` by the classifier method, uint8 images in the order of ``edits``."""
+    src = data.images[np.asarray(edits.source)]
+    out = np.empty_like(src)
+    factor, target = np.asarray(edits.factor), np.asarray(edits.target)
+    for k in sorted(set(factor)):
+        rows = np.flatnonzero(factor == k)
+        out[rows] = classifier_edit(model, src[rows], int(k), target[rows], steps, guidance, noise, seed)
+    return out
+
+
+def head_accuracy(model, data, split, n: int = 2000, seed: int = 7) -> dict:
+    """The head's accuracy per factor at t = 0 on ``n`` images of ``data`` (seen and held-out
+    combinations apart)."""
+    rows = np.random.default_rng(seed).choice(len(data), min(n, len(data)), replace=False)
+    held = split.heldout(data.factors[rows])
+    with torch.no_grad():
+        z = model.to_latent(to_unit(data.images[rows]))
+        logits = [
+            classify(model.denoiser, z[i : i + 256], torch.zeros(len(z[i : i + 256]), dtype=torch.long))
+            for i in range(0, len(z), 256)
+        ]
+    out: dict = {}
+    for j, k in enumerate(model.denoiser.head.factors):
+        pred = torch.cat([lg[j] for lg in logits]).argmax(1).numpy()
+        right = pred == data.factors[rows, k]
+        name = data.spec.factors[k].name
+        out[name] = {
+            "seen": float(right[~held].mean()),
+            "heldout": float(right[held].mean()) if held.any() else None,
+        }
+    return out
+
+
+def model_command(run: Path) -> str:
+    """The command that trains ``run`` from the shipped Shapes model: ``scripts/retrain_denoiser.py``
+    with a ``--set`` for each field where the run's config differs from the shipped one."""
+    config = lambda folder: from_dict(RunConfig, read_json(folder / "run_config.json"), "run config")  # noqa: E731
+    shipped, mine = config(pretrained_run(32)).to_json(), config(run).to_json()
+    sets = [
+        f"--set {shlex.quote(f'{section}.{name}={json.dumps(value)}')}"
+        for section, fields in mine.items()
+        for name, value in fields.items()
+        if shipped.get(section, {}).get(name) != value
+    ]
+    return " ".join(["python scripts/retrain_denoiser.py", str(run), *sets])
+
+
+def visual_counterfactuals(run: Path, per_factor: int, noises, guidances, seed: int = 0) -> dict:
+    """The ``visual_counterfactuals`` block (module docstring)."""
+    cfg, model = load_model(run)
+    data, split, _ = prepare_data(cfg)
+    oracle, oracle_acc = get_oracle(run, cfg, data, progress=True)
+    e = cfg.evaluate
+    steps = e.steps
+    heads = set(model.denoiser.head.factors)
+    choice = plan_edits(data, split, max(1, per_factor // 2), seed + 1)["seen"].keep(lambda k, v: k in heads)
+    truth = lambda edits: data.factors[np.asarray(edits.source, int)]  # noqa: E731
+    grid = []
+    for noise in noises:
+        for guidance in guidances:
+            t0 = time.monotonic()
+            images = classifier_edits(model, data, choice, noise, guidance, steps, seed)
+            sc = score_edits(oracle, data.spec, choice, images, truth(choice))
+            grid.append(
+                {
+                    "noise": noise,
+                    "guidance": guidance,
+                    **{k: sc[k] for k in ("effectiveness", "preservation", "all_right", "edits")},
+                    "seconds": round(time.monotonic() - t0, 1),
+                }
+            )
+            print(json.dumps(grid[-1]), flush=True)
+    best = max(grid, key=lambda r: (r["all_right"], r["effectiveness"]))
+    out: dict = {
+        "model_command": model_command(run),
+        "oracle_accuracy": oracle_acc,
+        "head_accuracy_t0": head_accuracy(model, data, split),
+        "choice_edits": len(choice),
+        "grid": grid,
+        "chosen": {"noise": best["noise"], "guidance": best["guidance"]},
+        "swap_settings": {"steps": steps, "guidance": e.guidance, "strength": e.edit_strength},
+    }
+    for kind, edits in plan_edits(data, split, per_factor, seed).items():
+        edits = edits.keep(lambda k, v: k in heads)
+        src = data.images[np.asarray(edits.source)]
+        made = {
+            "classifier": classifier_edits(model, data, edits, best["noise"], best["guidance"], steps, seed),
+            "swap": run_edits(model, data, edits, steps, e.guidance, strength=e.edit_strength),
+            "copy": src,
+        }
+        block = {}
+        for method, images in made.items():
+            sc = score_edits(oracle, data.spec, edits, images, truth(edits))
+            block[method] = {k: v for k, v in sc.items() if k != "changed_right"}
+        out[f"shapes_{kind}"] = {
+            "effectiveness": block["classifier"]["effectiveness"],
+            "preservation": block["classifier"]["preservation"],
+            **block,
+        }
+        print(
+            kind,
+            json.dumps({m: (b["effectiveness"], b["preservation"]) for m, b in block.items()}),
+            flush=True,
+        )
+    out["command"] = "python " + shlex.join(sys.argv)
+    return out
+
+
 def _key(r: dict) -> tuple:
     return r["dataset"], r["fraction"], r["seed"], r.get("head_max_t", 1.0)
 
@@ -202,10 +328,31 @@ def main() -> None:
     )
     ap.add_argument("--crops", default=str(SHARED / "crops.npz"))
     ap.add_argument("--work", default="runs/bench-joint")
+    ap.add_argument(
+        "--counterfactuals",
+        type=Path,
+        metavar="RUN",
+        help="measure visual counterfactuals of this Shapes run (fitted with a head) and stop",
+    )
+    ap.add_argument(
+        "--per-factor", type=int, default=100, help="--counterfactuals: edits per factor and kind"
+    )
+    ap.add_argument("--noises", default="0.1,0.3,0.5,0.7", help="--counterfactuals: noise levels tried")
+    ap.add_argument("--guidances", default="2,5,10,20", help="--counterfactuals: head guidance weights tried")
     a = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(a.work)
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if a.counterfactuals is not None:
+        block = visual_counterfactuals(
+            a.counterfactuals,
+            a.per_factor,
+            [float(v) for v in a.noises.split(",")],
+            [float(v) for v in a.guidances.split(",")],
+        )
+        atomic_write_json(RESULTS, {**saved, "visual_counterfactuals": block})
+        print(f"wrote {RESULTS}")
+        return
     rows = saved.get("semi_supervised_rows", [])
     for dataset in a.datasets.split(","):
         if dataset == "shapes":

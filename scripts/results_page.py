@@ -1627,6 +1627,8 @@ def joint_section() -> list[str]:
     d = load("joint.json")
     summary = d["semi_supervised"]
     commands = sorted({row["command"] for per in summary.values() for row in per.values()})
+    if "visual_counterfactuals" in d:
+        commands.append(d["visual_counterfactuals"]["command"])
     out = provenance(d, "joint.json", commands)
     out += [
         "Joint Diffusion, semi-supervised (`benchmarks/joint.py`): the denoiser's classification head",
@@ -1664,7 +1666,54 @@ def joint_section() -> list[str]:
         ["data", "labels", "head", "same CNN", "balanced head / CNN", "majority", "seeds", "ahead > sd"],
         rows,
     )
+    if "visual_counterfactuals" in d:
+        out += visual_counterfactual_lines(d["visual_counterfactuals"])
     return out + [""]
+
+
+def visual_counterfactual_lines(vc: dict) -> list[str]:
+    """The visual counterfactuals of ``joint.json``: classifier method beside swap and copy."""
+    chosen = vc["chosen"]
+    heads = vc["head_accuracy_t0"]
+    seen = sum(h["seen"] for h in heads.values()) / len(heads)
+    out = [
+        f"Visual counterfactuals (Shapes replica, 32x32 latent): {code(vc['command'])}, on a model",
+        f"trained by {code(vc['model_command'])} (the shipped model's distiller and autoencoder, a",
+        "denoiser with a head on every factor, all training labels). Oracle-judged edits of each",
+        "factor, into seen and into held-out combinations, from the same sources: *classifier*",
+        f"(noise to {chosen['noise']:g} of the schedule, reconstruct under the other factors' codes",
+        f"guided by the head with weight {chosen['guidance']:g}, chosen among"
+        f" {len(vc['grid'])} settings on {vc['choice_edits']} other seen edits), *swap* (the code",
+        f"swap at the run's settings: strength {vc['swap_settings']['strength']:g},"
+        f" {vc['swap_settings']['steps']} steps, guidance {vc['swap_settings']['guidance']:g}) and",
+        f"*copy* (the source unchanged). The head reads its factors at t = 0 at {seen:.3f} on seen",
+        "combinations (mean over factors).",
+        "",
+    ]
+    rows = []
+    for kind in ("seen", "heldout"):
+        block = vc.get(f"shapes_{kind}")
+        for method in ("classifier", "swap", "copy") if block else ():
+            b = block[method]
+            rows.append(
+                [
+                    kind,
+                    method,
+                    f"{b['effectiveness']:.3f}",
+                    f"{b['preservation']:.3f}",
+                    f"{b['all_right']:.3f}",
+                    str(b["edits"]),
+                ]
+            )
+    out += table(["edits", "method", "effectiveness", "preservation", "all right", "edits"], rows)
+    grid = "; ".join(
+        f"{r['noise']:g}/{r['guidance']:g}: {r['effectiveness']:.2f}, {r['preservation']:.2f}"
+        for r in vc["grid"]
+    )
+    return out + [
+        f"The choice (noise/guidance: effectiveness, preservation on the choice edits): {grid}.",
+        "",
+    ]
 
 
 def render() -> str:

@@ -18,6 +18,7 @@ from factordiff.diffusion import objective
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, token_channels
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.head import ClassifierHead, classify, head_loss
+from factordiff.edit import classifier_edit
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.fit import fit, known_factors, labelled_rows
 from factordiff.models.images import FactorModel
@@ -199,3 +200,15 @@ def test_cli_classifier_edit_and_refusals(head_run, tiny_run, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
     assert main([*regen, "--set", "scale=0.75", "--out", str(tmp_path / "r2")]) == 2  # two factors set
+
+
+def test_classifier_edit_takes_one_target_per_image(head_run):
+    """A target per row gives each row the edit that a batch-wide target of the same value gives it."""
+    result, _ = head_run
+    model, images = result.model, result.train.images[:3]
+    shape = model.spec.resolve("shape")
+    rows = classifier_edit(model, images, shape, np.array([0, 1, 2]), steps=2, guidance=50.0, noise=0.5)
+    for v in range(3):
+        same = classifier_edit(model, images, shape, v, steps=2, guidance=50.0, noise=0.5)
+        np.testing.assert_array_equal(rows[v], same[v])
+    assert not np.array_equal(rows[0], classifier_edit(model, images, shape, 1, 2, 50.0, 0.5)[0])

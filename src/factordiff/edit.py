@@ -190,7 +190,7 @@ def classifier_edit(
     model: FactorModel,
     images: np.ndarray,
     factor: int,
-    value: int,
+    value: int | np.ndarray,
     steps: int = 20,
     guidance: float = 5.0,
     noise: float = 0.1,
@@ -199,7 +199,8 @@ def classifier_edit(
     """Joint Diffusion's visual counterfactual: ``images`` (N, H, W, C) uint8 noised to ``noise`` of
     the schedule (fresh seeded noise, t/T = 0.1 by default) and reconstructed in ``steps`` steps
     under their own codes with ``factor`` absent, guided by the classification head toward
-    ``value`` with weight ``guidance``: the model adds or removes what the class needs."""
+    ``value`` (one value index, or one per image) with weight ``guidance``: the model adds or
+    removes what the class needs."""
     head = getattr(model.denoiser, "head", None)
     if head is None:
         raise FactordiffError(
@@ -214,5 +215,6 @@ def classifier_edit(
     present = torch.ones(codes.shape[:2], dtype=torch.bool)
     present[:, model.factor_blocks[factor]] = False
     x_t = model.noised(images, steps, noise, torch.Generator().manual_seed(seed))
-    target = ClassifierGuidance(head.factors.index(factor), torch.full((len(images),), int(value)), guidance)
+    values = torch.as_tensor(np.broadcast_to(np.asarray(value, dtype=np.int64), (len(images),)).copy())
+    target = ClassifierGuidance(head.factors.index(factor), values, guidance)
     return model.generate(x_t, codes, steps, None, present, strength=noise, classifier=target)
