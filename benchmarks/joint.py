@@ -5,6 +5,7 @@ into ``benchmarks/results/joint.json``.
     python benchmarks/joint.py [--datasets shapes,bbbc021_crops] [--fractions 0.05,0.2,0.02,0.1]
         [--seeds 0,1,2] [--steps 1200] [--cnn-steps 1500]
     python benchmarks/joint.py --counterfactuals RUN [--per-factor 100]
+    python benchmarks/joint.py --daed [--steps 1200] [--daed-steps 1200]
 
 Two tasks, each at 32x32 in pixel space (``autoencoder.enabled`` false) with a UNet of 16, 32 and 64
 channels and the embed adapter (0.8 M parameters: 0.47 s a step of 64 images and the head's 32 on
@@ -41,6 +42,15 @@ under the other factors' codes guided by the head with weight ``guidance``), the
 run's ``evaluate`` settings, ``factordiff counterfactual``'s default) and the copy of the source.
 The classifier method's (noise, guidance) is chosen on a second, disjoint draw of seen edits
 (largest share with every factor right); held-out edits play no part in the choice.
+
+*DAED* (``--daed``, ``daed`` of the file): one run per data set (``shapes``, ``bbbc021_crops``;
+the same 32x32 pixel-space UNet, ``fit --model daed``: the denoiser ``--steps`` steps on the
+whole schedule, then the denoising autoencoder ``--daed-steps`` steps below 0.1 of it), each
+applied to 500 test images of its own data set (in domain) and of the other (out of domain):
+noised to t/T = 0.1 with one seeded draw, denoised by the DAE in one pass and by the run's own
+diffusion chain (1 and 10 DDIM steps from the same noised input), every factor absent. Mean
+absolute error to the clean image on [0, 1]; the noised input's own error is the floor a method
+must beat. ``out_of_domain`` and ``in_domain`` average the two directions.
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
@@ -284,6 +294,78 @@ def visual_counterfactuals(run: Path, per_factor: int, noises, guidances, seed: 
     return out
 
 
+def denoising_errors(model, images: np.ndarray, noise: float = 0.1, seed: int = 0) -> dict:
+    """Mean absolute errors on [0, 1] of the noised images and of each denoiser (``--daed``)."""
+    mae = lambda a: float(np.abs(a.astype(np.float32) - images).mean() / 255)  # noqa: E731
+    noised, daed = model.denoise(images, noise, "daed", 10, seed)
+    out = {"noised_mae": mae(noised), "daed_mae": mae(daed)}
+    for steps in (1, 10):
+        out[f"diffusion_{steps}_mae"] = mae(model.denoise(images, noise, "diffusion", steps, seed)[1])
+    out["diffusion_mae"] = out["diffusion_10_mae"]
+    return out
+
+
+def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, n: int = 500) -> dict:
+    """The ``daed`` block of the file (module docstring)."""
+    tasks = {"shapes": shapes_task(work), "bbbc021_crops": crops_task(work, crops)}
+    tests = {name: task[1].images[:n] for name, task in tasks.items()}
+    rows = []
+    for name, (train, _, _, extra) in tasks.items():
+        cfg = load_config(
+            None,
+            {
+                **extra,
+                "data.size": 32,
+                "split.kind": "none",
+                "autoencoder.enabled": False,
+                "denoiser.block_out_channels": [16, 32, 64],
+                "denoiser.adapter": "embed",
+                "daed.enabled": True,
+                "daed.steps": daed_steps,
+                "distill.steps": 500,
+                "denoiser.steps": steps,
+                "train.threads": 2,
+            },
+        )
+        run = work / f"daed-{name}"
+        t0 = time.monotonic()
+        model = fit(
+            cfg,
+            run,
+            resume=run.is_dir(),
+            progress=False,
+            data=(train, make_split(train.spec, cfg.split), train),
+        ).model
+        fit_s = round(time.monotonic() - t0, 1)
+        for target, images in tests.items():
+            rows.append(
+                {
+                    "trained_on": name,
+                    "applied_to": target,
+                    **denoising_errors(model, images),
+                    "fit_seconds": fit_s,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    keys = ("noised_mae", "daed_mae", "diffusion_1_mae", "diffusion_10_mae", "diffusion_mae")
+    out: dict = {}
+    for kind, same in (("in_domain", True), ("out_of_domain", False)):
+        part = [r for r in rows if (r["trained_on"] == r["applied_to"]) == same]
+        out[kind] = {k: float(np.mean([r[k] for r in part])) for k in keys}
+        out[kind]["directions"] = {
+            f"{r['trained_on']} -> {r['applied_to']}": {k: r[k] for k in keys} for r in part
+        }
+    return {
+        **out,
+        "noise": 0.1,
+        "test_images": n,
+        "denoiser_steps": steps,
+        "daed_steps": daed_steps,
+        "rows": rows,
+        "command": "python " + shlex.join(sys.argv),
+    }
+
+
 def _key(r: dict) -> tuple:
     return r["dataset"], r["fraction"], r["seed"], r.get("head_max_t", 1.0)
 
@@ -339,10 +421,22 @@ def main() -> None:
     )
     ap.add_argument("--noises", default="0.1,0.3,0.5,0.7", help="--counterfactuals: noise levels tried")
     ap.add_argument("--guidances", default="2,5,10,20", help="--counterfactuals: head guidance weights tried")
+    ap.add_argument("--daed", action="store_true", help="measure DAED against the diffusion chain and stop")
+    ap.add_argument(
+        "--daed-steps", type=int, default=1200, help="--daed: steps of each denoising autoencoder"
+    )
     a = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(a.work)
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if a.daed:
+        if not Path(a.crops).is_file():
+            sys.exit(f"{a.crops}: not found; --daed needs the real BBBC021 crops of ../shared")
+        block = daed_block(work, Path(a.crops), a.steps, a.daed_steps)
+        saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        atomic_write_json(RESULTS, {**saved, "daed": block})
+        print(f"wrote {RESULTS}")
+        return
     if a.counterfactuals is not None:
         block = visual_counterfactuals(
             a.counterfactuals,
@@ -350,6 +444,7 @@ def main() -> None:
             [float(v) for v in a.noises.split(",")],
             [float(v) for v in a.guidances.split(",")],
         )
+        saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         atomic_write_json(RESULTS, {**saved, "visual_counterfactuals": block})
         print(f"wrote {RESULTS}")
         return

@@ -219,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="with --head: the share of training images whose labels the head sees (default 1)",
     )
+    p.add_argument(
+        "--model",
+        choices=["diffusion", "daed"],
+        help="image runs: daed adds DAED's denoising autoencoder, which finishes every chain below "
+        "daed.split of the schedule in one pass (factordiff denoise; default diffusion)",
+    )
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="config file (.json, .toml, .yaml); flags override it")
@@ -260,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .png")
     _edit_options(p)
     p.set_defaults(handler="cmd_counterfactual")
+
+    p = sub.add_parser(
+        "denoise", help="noise images to --noise of the schedule and denoise them (DAED or the chain)"
+    )
+    p.add_argument("run", help="run folder (an image run; --method daed: fitted with --model daed)")
+    p.add_argument("--image", required=True, action="append", help="image to denoise (repeatable)")
+    p.add_argument(
+        "--noise",
+        type=_strength,
+        default=0.1,
+        help="how far up the schedule the images are noised (default 0.1)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["daed", "diffusion"],
+        default="daed",
+        help="daed: the denoising autoencoder in one pass (default); diffusion: the denoiser's chain",
+    )
+    p.add_argument(
+        "--steps", type=int, default=10, help="--method diffusion: steps of the chain (default 10)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--out", required=True, help="output folder: NAME-noised.png and NAME-denoised.png")
+    p.set_defaults(handler="cmd_denoise")
 
     p = sub.add_parser(
         "regenerate",

@@ -257,6 +257,33 @@ class DenoiserConfig:
 
 
 @dataclass
+class DaedConfig:
+    """DAED (Deja, Kuzina, Trzcinski & Tomczak 2022, "On analyzing generative and denoising
+    capabilities of diffusion-based deep generative models"): a denoising autoencoder takes over
+    the low-noise end of the chain (``diffusion/daed.py``).
+
+    With ``enabled`` (``fit --model daed``) a ``daed`` stage trains, after the denoiser, a second UNet
+    (unconditioned, of ``block_out_channels``; None: the denoiser's) that maps x_t to x_0 in one
+    pass for every t up to ``split`` of the schedule. Every chain of the run (samples, edits,
+    regeneration) then stops at t = ``split`` T and the DAE finishes it; ``factordiff denoise``
+    denoises in that one pass. The denoiser itself trains on the whole schedule as before.
+
+    Args:
+        split: the share of the noise schedule the DAE covers (the paper's split point).
+        block_out_channels: the DAE's UNet channels per level (None: ``denoiser.block_out_channels``).
+    """
+
+    enabled: bool = False
+    split: float = 0.1
+    block_out_channels: list[int] | None = None
+    steps: int = 6000
+    budget: float = 0.2
+    batch_size: int = 64
+    lr: float = 4e-4
+    ema_decay: float = 0.999
+
+
+@dataclass
 class UnsupervisedConfig:
     """The unsupervised encoder (PDAE gradient estimator on a frozen base, DiffSiam segments).
 
@@ -440,6 +467,7 @@ class RunConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     unsupervised: UnsupervisedConfig = field(default_factory=UnsupervisedConfig)
+    daed: DaedConfig = field(default_factory=DaedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
@@ -657,6 +685,10 @@ def _check_ranges(obj: Any, where: str) -> None:
                     f"{where}.{name}: expected a share of the noise schedule in (0, 1], "
                     f"got {getattr(obj, name)}"
                 )
+    if isinstance(obj, DaedConfig) and not 0 < obj.split < 1:
+        raise FactordiffError(
+            f"{where}.split: expected a share of the noise schedule in (0, 1), got {obj.split}"
+        )
     if isinstance(obj, DenoiserConfig) and not 0 < obj.head_max_t <= 1:
         raise FactordiffError(f"{where}.head_max_t: expected a share in (0, 1], got {obj.head_max_t}")
     if isinstance(obj, DenoiserConfig) and not 0 < obj.label_fraction <= 1:

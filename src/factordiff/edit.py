@@ -217,4 +217,4 @@ def classifier_edit(
     x_t = model.noised(images, steps, noise, torch.Generator().manual_seed(seed))
     values = torch.as_tensor(np.broadcast_to(np.asarray(value, dtype=np.int64), (len(images),)).copy())
     target = ClassifierGuidance(head.factors.index(factor), values, guidance)
-    return model.generate(x_t, codes, steps, None, present, strength=noise, classifier=target)
+    return model.generate(x_t, codes, steps, None, present, strength=noise, classifier=target, finish=False)

@@ -3,7 +3,9 @@
 Supervised (the default):
 1. ``distiller``: the factor distiller on the training images and their labels;
 2. ``autoencoder``: the latent autoencoder (skipped in pixel space), with the frozen distiller in its loss;
-3. ``denoiser``: the UNet and its adapter on (latent, codes) pairs of the training images.
+3. ``denoiser``: the UNet and its adapter on (latent, codes) pairs of the training images;
+4. ``daed`` (``daed.enabled``, ``fit --model daed``): the denoising autoencoder that finishes every
+   chain below ``daed.split`` (``diffusion/daed.py``), on the same latents.
 
 Unsupervised (``unsupervised.enabled``; no label reaches any stage):
 1. ``autoencoder`` without the distiller term; 2. ``base``: an unconditional denoiser;
@@ -34,6 +36,7 @@ from factordiff.data.profiles import fingerprint
 from factordiff.data.sources import PROFILES, prepare_data
 from factordiff.data.splits import Split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
+from factordiff.diffusion.daed import DaedStep
 from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.encoders.distill import DistillStep
@@ -42,6 +45,7 @@ from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
 from factordiff.models.images import (
     FactorModel,
     ModelShape,
+    build_dae,
     build_denoiser,
     build_encoder,
     build_structure,
@@ -57,7 +61,7 @@ from factordiff.models.profiles import (
 from factordiff.models.runs import check_run_folder, fit_kind
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
-STAGES = ("distiller", "autoencoder", "base", "denoiser", "encoder")
+STAGES = ("distiller", "autoencoder", "base", "denoiser", "daed", "encoder")
 
 
 @dataclass
@@ -282,6 +286,19 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     return f.stage("denoiser", step, denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
 
 
+def _train_daed(f: _Fit, x) -> torch.nn.Module | None:
+    """DAED's denoising autoencoder (``daed.enabled``), or None."""
+    if not f.cfg.daed.enabled:
+        return None
+    d = f.cfg.daed
+    torch.manual_seed(f.cfg.train.seed + 5)
+    dae = build_dae(f.cfg, f.shape)
+    tensors = {} if _stage_done(f.run, "daed") else {"x": x}
+    return f.stage(
+        "daed", DaedStep(dae, f.cfg.denoiser), dae, list(dae.parameters()), tensors, d, 5, d.ema_decay
+    )
+
+
 def labelled_rows(n: int, fraction: float, seed: int) -> np.ndarray:
     """Which of ``n`` training images have their head factors' labels (``fraction`` of them, drawn
     once with ``seed``): the same draw for the head, the distiller and the prototypes."""
@@ -448,11 +465,13 @@ def fit(
             distiller=cfg.distill.budget,
             base=cfg.denoiser.budget / 2 if frozen else 0.0,
             denoiser=cfg.denoiser.budget / (2 if frozen else 1),
+            daed=cfg.daed.budget if cfg.daed.enabled else 0.0,
         )
     order = (
         ["autoencoder", "base", "encoder"]
         if unsup
         else ["distiller", "autoencoder", *(["base"] if frozen else []), "denoiser"]
+        + (["daed"] if cfg.daed.enabled else [])
     )
     f = _Fit(
         cfg,
@@ -486,6 +505,7 @@ def fit(
         )
     else:
         model.denoiser = _train_denoiser(f, model, x)
+        model.dae = _train_daed(f, x)
     model = FactorModel(
         cfg,
         train.spec,
@@ -494,6 +514,7 @@ def fit(
         autoencoder,
         model.denoiser,
         factor_blocks=model.factor_blocks,
+        dae=model.dae,
     )
     # training images only (nothing held out), and of head factors their labelled share only
     model.set_prototypes(model.codes(train.images), known_factors(cfg, train))

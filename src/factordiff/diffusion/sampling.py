@@ -16,6 +16,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import replace
 
+import numpy as np
 import torch
 from diffusers import (
     DDIMInverseScheduler,
@@ -88,13 +89,21 @@ def sample(
     guidance: Guidance | None = None,
     strength: float = 1.0,
     classifier: ClassifierGuidance | None = None,
+    finish=None,
 ) -> torch.Tensor:
     """From noise ``x_T`` (or, with ``strength`` < 1, from the partly noised x_t that ``invert``
     returns at that strength) to a sample in ``steps`` network evaluations (each guided one batches
     its conditions into one forward pass), with optional per-factor guidance, and with
     ``classifier`` the gradient of the denoiser's classification head (one more pass with its
-    backward per step: ``diffusion/head.py``)."""
-    sched, ts = timesteps(cfg, steps, strength, device=x_T.device)
+    backward per step: ``diffusion/head.py``). ``finish``: a DAED run's denoising autoencoder
+    (``diffusion/daed.py``): the steps then end at its split (``daed_chain``) and it maps the x_t
+    there to x_0 in one more pass; a chain that starts at or below the split goes to it at once."""
+    if finish is not None:
+        sched, ts, landing = daed_chain(cfg, steps, strength, finish.split_t, x_T.device)
+        if not len(ts):
+            return finish(x_T, landing)
+    else:
+        sched, ts = timesteps(cfg, steps, strength, device=x_T.device)
     x = x_T
     for t in ts:
         with _precision(cfg, x):
@@ -105,7 +114,27 @@ def sample(
                 pred.float(), grad, t, sched.alphas_cumprod, classifier.weight, cfg.prediction_type
             )
         x = sched.step(pred.float(), t, x).prev_sample
-    return x
+    return x if finish is None else finish(x, landing)
+
+
+def daed_chain(cfg: DenoiserConfig, steps: int, strength: float, split_t: int, device=None):
+    """(scheduler, the ``steps`` time steps it runs, the time step it lands on) for a DAED chain:
+    from the first time step of ``timesteps(cfg, steps, strength)`` (where ``invert`` and
+    ``noise_to`` put x_t) to ``split_t``, evenly spaced. diffusers' DDIMScheduler takes no custom
+    time steps, so both solvers run as DPM-Solver++ on them, of order 1 for ``ddim`` (the same
+    update as DDIM's; Lu et al. 2022) and 2 for ``dpmsolver++``. A start at or below ``split_t``
+    gives no steps and lands on the start."""
+    top = int(timesteps(cfg, steps, strength)[1][0])
+    if top <= split_t:
+        return None, [], top
+    n = min(steps, top - split_t)
+    grid = [int(v) for v in np.linspace(top, split_t, n + 1).round()]
+    dpm = replace(cfg, sampler="dpmsolver++")
+    sched = DPMSolverMultistepScheduler(
+        **{**scheduler_config(dpm), "solver_order": 1 if cfg.sampler == "ddim" else 2}
+    )
+    sched.set_timesteps(timesteps=grid, device=device)
+    return sched, sched.timesteps[:n], split_t
 
 
 def invert(

@@ -20,6 +20,7 @@ from factordiff.data.sources import traits
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, TokenAdapter, token_channels
 from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
 from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.daed import DenoisingAutoencoder, build_daed
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.head import ClassifierGuidance, ClassifierHead
@@ -137,6 +138,15 @@ def build_structure(cfg: RunConfig, spec: FactorSpec) -> StructureCodes | None:
     return StructureCodes(k, features, np.array([v == control for v in values]), cfg.distill.code_dims)
 
 
+def build_dae(cfg: RunConfig, shape: ModelShape) -> DenoisingAutoencoder | None:
+    """The run's DAED denoising autoencoder in the denoiser's space, or None (``daed.enabled``)."""
+    if not cfg.daed.enabled:
+        return None
+    if cfg.unsupervised.enabled:
+        raise FactordiffError("daed.enabled: DAED is for supervised runs, not with unsupervised.enabled")
+    return build_daed(cfg.daed, cfg.denoiser, *denoiser_space(cfg, shape))
+
+
 def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
     """The conditioned denoiser: the unsupervised encoder's segmented branch, or the supervised
     codes through ``denoiser.adapter`` (with ``denoiser.structure``, its ``structure`` submodule
@@ -199,6 +209,7 @@ class FactorModel:
             (n_values, D), NaN rows for values no training image had (held out by the split).
         factor_blocks: the code block that carries each factor (the identity for the distiller;
             for the unsupervised encoder, the block that best predicts the factor).
+        dae: a DAED run's denoising autoencoder (``diffusion/daed.py``), or None.
     """
 
     def __init__(
@@ -211,8 +222,10 @@ class FactorModel:
         denoiser,
         prototypes: list[torch.Tensor] | None = None,
         factor_blocks: list[int] | None = None,
+        dae: DenoisingAutoencoder | None = None,
     ):
         self.config, self.spec, self.shape = config, spec, shape
+        self.dae = dae
         self.encoder, self.autoencoder, self.denoiser = encoder, autoencoder, denoiser
         self.prototypes = prototypes or []
         self.mean_code: torch.Tensor | None = None
@@ -224,6 +237,8 @@ class FactorModel:
         parts = {code_part(self.config): self.encoder, "denoiser": self.denoiser}
         if self.autoencoder is not None:
             parts["autoencoder"] = self.autoencoder
+        if self.dae is not None:
+            parts["daed"] = self.dae
         return parts
 
     # --- codes -----------------------------------------------------------------------------
@@ -344,10 +359,14 @@ class FactorModel:
         present: torch.Tensor | None = None,
         strength: float = 1.0,
         classifier: ClassifierGuidance | None = None,
+        finish: bool = True,
     ) -> np.ndarray:
         """Sample from x_T (an inversion's x_t at the same ``strength``) under ``codes`` with
-        ``denoiser.sampler`` (and the head's ``classifier`` guidance); returns uint8 images."""
+        ``denoiser.sampler`` (and the head's ``classifier`` guidance); returns uint8 images. A DAED
+        run's chain ends at its split and its denoising autoencoder finishes it (``finish`` False:
+        the denoiser's own chain to t = 0)."""
         cond = Condition.full(codes) if present is None else Condition(codes, present)
+        dae = self.dae if finish else None
         out = [
             sample(
                 self.denoiser,
@@ -358,10 +377,31 @@ class FactorModel:
                 guidance,
                 strength,
                 None if classifier is None else replace(classifier, targets=classifier.targets[i : i + 256]),
+                dae,
             )
             for i in range(0, len(x_T), 256)
         ]
         return to_uint8(self.from_latent(torch.cat(out)))
+
+    @torch.no_grad()
+    def denoise(
+        self, images: np.ndarray, noise: float = 0.1, method: str = "daed", steps: int = 10, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 ``images`` noised to ``noise`` of the schedule (seeded; the first time step of a
+        ``steps``-step chain at that strength, ``noise_to``) and denoised with every factor absent:
+        ``daed``, the run's denoising autoencoder in one pass; ``diffusion``, the denoiser's chain of
+        ``steps`` steps. Returns (noised images, denoised images), uint8."""
+        if method not in ("daed", "diffusion"):
+            raise FactordiffError(f"--method {method}: expected daed or diffusion")
+        if method == "daed" and self.dae is None:
+            raise FactordiffError(
+                "--method daed: this run has no denoising autoencoder; fit it with --model daed"
+            )
+        x_t = self.noised(images, steps, noise, torch.Generator().manual_seed(seed))
+        codes = torch.zeros(len(images), *self.codes(images[:1]).shape[1:])  # every factor absent
+        absent = torch.zeros(codes.shape[:2], dtype=torch.bool)
+        out = self.generate(x_t, codes, steps, None, absent, strength=noise, finish=method == "daed")
+        return to_uint8(self.from_latent(x_t)), out
 
     @torch.no_grad()
     def regenerate(
@@ -476,10 +516,12 @@ class FactorModel:
             if config.autoencoder.enabled
             else None
         )
+        dae = build_dae(config, shape)
         parts = {
             code_part(config): encoder,
             "denoiser": denoiser,
             **({"autoencoder": autoencoder} if autoencoder is not None else {}),
+            **({"daed": dae} if dae is not None else {}),
         }
         for name, m in parts.items():
             state = load_tensors(folder / f"{name}.safetensors")
@@ -495,7 +537,7 @@ class FactorModel:
             t = load_tensors(folder / PROTOTYPES)
             prototypes = [t[f.name] for f in spec.factors]
         model = cls(
-            config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks")
+            config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks"), dae
         )
         if prototypes is not None:
             model.mean_code = t.get(MEAN_CODE)
