@@ -14,6 +14,7 @@ from factordiff.data.images import read_image, save_png
 from factordiff.diffusion.daed import DaedStep, build_daed, split_timestep
 from factordiff.diffusion.objective import noise_schedule
 from factordiff.diffusion.sampling import daed_chain, sample
+from factordiff.errors import FactordiffError
 from factordiff.fit import fit
 from factordiff.models.images import FactorModel, to_unit
 
@@ -127,3 +128,10 @@ def test_fit_model_daed_trains_saves_and_denoises(daed_run, tiny_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--model daed" in err
     assert not (tmp_path / "no").exists()
+
+
+def test_daed_is_refused_where_it_has_no_meaning(tmp_path):
+    cfg = tiny_config(**{"daed.enabled": True, "unsupervised.enabled": True})
+    with pytest.raises(FactordiffError, match="supervised image runs"):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -42,6 +42,7 @@ from factordiff.diffusion.objective import DiffusionStep
 from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.metadata import fit_additive, seen_values
 from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
+from factordiff.errors import FactordiffError
 from factordiff.models.images import (
     FactorModel,
     ModelShape,
@@ -434,6 +435,8 @@ def fit(
     benchmarks need. ``keep``: names of files that may already be in ``out`` (quickstart's marker).
     """
     run = Path(out)
+    if cfg.daed.enabled and (fit_kind(cfg) == "profiles" or cfg.unsupervised.enabled):
+        raise FactordiffError("daed.enabled (--model daed): DAED is for supervised image runs")
     if fit_kind(cfg) == "profiles":
         model, profiles = fit_profiles(cfg, run, resume, progress)
         return FitResult(model, run, profiles.split, profiles, profiles)
