@@ -40,8 +40,9 @@ was seen in training, as many into held-out combinations), made three ways from 
 the classifier method (``edit.classifier_edit``: noise to ``noise`` of the schedule, reconstruct
 under the other factors' codes guided by the head with weight ``guidance``), the code swap (the
 run's ``evaluate`` settings, ``factordiff counterfactual``'s default) and the copy of the source.
-The classifier method's (noise, guidance) is chosen on a second, disjoint draw of seen edits
-(largest share with every factor right); held-out edits play no part in the choice.
+The classifier method's (start, noise, guidance) is chosen on a second, disjoint draw of seen
+edits (largest share with every factor right); the start is fresh noise (Joint Diffusion's) or the
+source's DDIM inversion (``--start source``); held-out edits play no part in the choice.
 
 *DAED* (``--daed``, ``daed`` of the file): one run per data set (``shapes``, ``bbbc021_crops``;
 the same 32x32 pixel-space UNet, ``fit --model daed``: the denoiser ``--steps`` steps on the
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import shlex
@@ -185,14 +187,18 @@ def train_cnn(cfg, train, k: int, rows: np.ndarray, seed: int, steps: int) -> tu
     return net, {"steps": steps, "validation_accuracy": best, "validation_images": len(val)}
 
 
-def classifier_edits(model, data, edits: Edits, noise: float, guidance: float, steps: int, seed: int):
+def classifier_edits(
+    model, data, edits: Edits, noise: float, guidance: float, steps: int, seed: int, start: str = "noise"
+):
     """Every edit of ``edits`` by the classifier method, uint8 images in the order of ``edits``."""
     src = data.images[np.asarray(edits.source)]
     out = np.empty_like(src)
     factor, target = np.asarray(edits.factor), np.asarray(edits.target)
     for k in sorted(set(factor)):
         rows = np.flatnonzero(factor == k)
-        out[rows] = classifier_edit(model, src[rows], int(k), target[rows], steps, guidance, noise, seed)
+        out[rows] = classifier_edit(
+            model, src[rows], int(k), target[rows], steps, guidance, noise, seed, start
+        )
     return out
 
 
@@ -241,23 +247,23 @@ def visual_counterfactuals(run: Path, per_factor: int, noises, guidances, seed: 
     e = cfg.evaluate
     steps = e.steps
     heads = set(model.denoiser.head.factors)
-    choice = plan_edits(data, split, max(1, per_factor // 2), seed + 1)["seen"].keep(lambda k, v: k in heads)
+    choice = plan_edits(data, split, max(1, per_factor // 4), seed + 1)["seen"].keep(lambda k, v: k in heads)
     truth = lambda edits: data.factors[np.asarray(edits.source, int)]  # noqa: E731
     grid = []
-    for noise in noises:
-        for guidance in guidances:
-            t0 = time.monotonic()
-            images = classifier_edits(model, data, choice, noise, guidance, steps, seed)
-            sc = score_edits(oracle, data.spec, choice, images, truth(choice))
-            grid.append(
-                {
-                    "noise": noise,
-                    "guidance": guidance,
-                    **{k: sc[k] for k in ("effectiveness", "preservation", "all_right", "edits")},
-                    "seconds": round(time.monotonic() - t0, 1),
-                }
-            )
-            print(json.dumps(grid[-1]), flush=True)
+    for start, noise, guidance in itertools.product(("noise", "source"), noises, guidances):
+        t0 = time.monotonic()
+        images = classifier_edits(model, data, choice, noise, guidance, steps, seed, start)
+        sc = score_edits(oracle, data.spec, choice, images, truth(choice))
+        grid.append(
+            {
+                "start": start,
+                "noise": noise,
+                "guidance": guidance,
+                **{k: sc[k] for k in ("effectiveness", "preservation", "all_right", "edits")},
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+        )
+        print(json.dumps(grid[-1]), flush=True)
     best = max(grid, key=lambda r: (r["all_right"], r["effectiveness"]))
     out: dict = {
         "model_command": model_command(run),
@@ -265,14 +271,16 @@ def visual_counterfactuals(run: Path, per_factor: int, noises, guidances, seed: 
         "head_accuracy_t0": head_accuracy(model, data, split),
         "choice_edits": len(choice),
         "grid": grid,
-        "chosen": {"noise": best["noise"], "guidance": best["guidance"]},
+        "chosen": {"start": best["start"], "noise": best["noise"], "guidance": best["guidance"]},
         "swap_settings": {"steps": steps, "guidance": e.guidance, "strength": e.edit_strength},
     }
     for kind, edits in plan_edits(data, split, per_factor, seed).items():
         edits = edits.keep(lambda k, v: k in heads)
         src = data.images[np.asarray(edits.source)]
         made = {
-            "classifier": classifier_edits(model, data, edits, best["noise"], best["guidance"], steps, seed),
+            "classifier": classifier_edits(
+                model, data, edits, best["noise"], best["guidance"], steps, seed, best["start"]
+            ),
             "swap": run_edits(model, data, edits, steps, e.guidance, strength=e.edit_strength),
             "copy": src,
         }
@@ -420,7 +428,7 @@ def main() -> None:
         "--per-factor", type=int, default=100, help="--counterfactuals: edits per factor and kind"
     )
     ap.add_argument("--noises", default="0.1,0.3,0.5,0.7", help="--counterfactuals: noise levels tried")
-    ap.add_argument("--guidances", default="2,5,10,20", help="--counterfactuals: head guidance weights tried")
+    ap.add_argument("--guidances", default="3,10,30", help="--counterfactuals: head guidance weights tried")
     ap.add_argument("--daed", action="store_true", help="measure DAED against the diffusion chain and stop")
     ap.add_argument(
         "--daed-steps", type=int, default=1200, help="--daed: steps of each denoising autoencoder"

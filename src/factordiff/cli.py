@@ -258,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method classifier: how far up the schedule the image is noised (default 0.1)",
     )
     p.add_argument(
+        "--start",
+        choices=["noise", "source"],
+        default="noise",
+        help="--method classifier: fresh seeded noise at --noise (default) or the image's DDIM inversion",
+    )
+    p.add_argument(
         "--amount",
         type=float,
         help="--method probe: how far to move, in standard deviations of the probe's score over "

@@ -251,6 +251,7 @@ def _classifier_counterfactual(args: argparse.Namespace) -> None:
         5.0 if args.guidance is None else args.guidance,
         args.noise,
         run.config.train.seed,
+        args.start,
     )[0]
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")

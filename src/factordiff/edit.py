@@ -195,12 +195,17 @@ def classifier_edit(
     guidance: float = 5.0,
     noise: float = 0.1,
     seed: int = 0,
+    start: str = "noise",
 ) -> np.ndarray:
     """Joint Diffusion's visual counterfactual: ``images`` (N, H, W, C) uint8 noised to ``noise`` of
     the schedule (fresh seeded noise, t/T = 0.1 by default) and reconstructed in ``steps`` steps
     under their own codes with ``factor`` absent, guided by the classification head toward
     ``value`` (one value index, or one per image) with weight ``guidance``: the model adds or
-    removes what the class needs."""
+    removes what the class needs. ``start`` ``source``: x_t is the DDIM inversion of the images
+    under their own codes to the same level instead of fresh noise (deterministic; keeps more of
+    the source)."""
+    if start not in ("noise", "source"):
+        raise FactordiffError(f"start {start!r}: expected noise or source")
     head = getattr(model.denoiser, "head", None)
     if head is None:
         raise FactordiffError(
@@ -214,7 +219,10 @@ def classifier_edit(
     codes = model.codes(images)
     present = torch.ones(codes.shape[:2], dtype=torch.bool)
     present[:, model.factor_blocks[factor]] = False
-    x_t = model.noised(images, steps, noise, torch.Generator().manual_seed(seed))
+    if start == "source":
+        x_t = model.invert(images, codes, steps, noise)
+    else:
+        x_t = model.noised(images, steps, noise, torch.Generator().manual_seed(seed))
     values = torch.as_tensor(np.broadcast_to(np.asarray(value, dtype=np.int64), (len(images),)).copy())
     target = ClassifierGuidance(head.factors.index(factor), values, guidance)
     return model.generate(x_t, codes, steps, None, present, strength=noise, classifier=target, finish=False)

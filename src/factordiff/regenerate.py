@@ -109,14 +109,15 @@ def _image_blocks(run: Run, settings: dict[int, str]) -> dict[int, torch.Tensor]
     return blocks
 
 
-def _classifier_editor(run, settings, noise: float, seed: int):
-    """The edit of ``--method classifier``: ``edit(x, steps, guidance, draw)``."""
+def _classifier_editor(run, settings, noise: float, seed: int, start: str = "noise"):
+    """The edit of ``--method classifier``: ``edit(x, steps, guidance, draw)``; ``start`` as
+    ``classifier_edit``'s."""
     ((k, value),) = settings.items()
     v = run.spec.factors[k].index(value)
 
     def edit(x, steps, guidance, draw):
         g = 5.0 if guidance is None else guidance
-        return classifier_edit(run.model, x, k, v, steps, g, noise, seed + draw)
+        return classifier_edit(run.model, x, k, v, steps, g, noise, seed + draw, start)
 
     return edit
 
@@ -341,7 +342,7 @@ def regenerate(
         draws, seed: regenerations per source; more than one starts each from fresh seeded noise.
         start: ``source`` (one draw: the deterministic inversion of the source) or ``noise`` (fresh
             seeded noise at the strength, one draw too); None: the run's (profiles.start; images:
-            source).
+            source; ``--method classifier``: noise, as Joint Diffusion's counterfactual starts).
         table: regenerate the rows of this table instead of the run's data: rows the fit never saw,
             in the layout of the run's (profiles: its factor and feature columns; images: an image
             table with its factor columns), with factor values the run knows.
@@ -367,7 +368,11 @@ def regenerate(
     )
     if method == "classifier":
         samples, meta, source_rows, features, unseen, info = _regenerate_images(
-            run, q, editor=_classifier_editor(run, settings, noise, seed)
+            run,
+            q,
+            editor=_classifier_editor(
+                run, settings, noise, seed, "source" if start == "source" and draws == 1 else "noise"
+            ),
         )
     else:
         samples, meta, source_rows, features, unseen, info = part(run, q)
