@@ -1708,7 +1708,8 @@ def visual_counterfactual_lines(vc: dict) -> list[str]:
         f"trained by {code(vc['model_command'])} (the shipped model's distiller and autoencoder, a",
         "denoiser with a head on every factor, all training labels). Oracle-judged edits of each",
         "factor, into seen and into held-out combinations, from the same sources: *classifier*",
-        f"(noise to {chosen['noise']:g} of the schedule, reconstruct under the other factors' codes",
+        f"(from {'fresh noise' if chosen['start'] == 'noise' else 'the DDIM inversion'} at"
+        f" {chosen['noise']:g} of the schedule, reconstruct under the other factors' codes",
         f"guided by the head with weight {chosen['guidance']:g}, chosen among"
         f" {len(vc['grid'])} settings on {vc['choice_edits']} other seen edits), *swap* (the code",
         f"swap at the run's settings: strength {vc['swap_settings']['strength']:g},"
@@ -1734,11 +1735,11 @@ def visual_counterfactual_lines(vc: dict) -> list[str]:
             )
     out += table(["edits", "method", "effectiveness", "preservation", "all right", "edits"], rows)
     grid = "; ".join(
-        f"{r['noise']:g}/{r['guidance']:g}: {r['effectiveness']:.2f}, {r['preservation']:.2f}"
+        f"{r['start']}/{r['noise']:g}/{r['guidance']:g}: {r['effectiveness']:.2f}, {r['preservation']:.2f}"
         for r in vc["grid"]
     )
     return out + [
-        f"The choice (noise/guidance: effectiveness, preservation on the choice edits): {grid}.",
+        f"The choice (start/noise/guidance: effectiveness, preservation on the choice edits): {grid}.",
         "",
     ]
 
