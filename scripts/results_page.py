@@ -1627,7 +1627,7 @@ def joint_section() -> list[str]:
     d = load("joint.json")
     summary = d["semi_supervised"]
     commands = sorted({row["command"] for per in summary.values() for row in per.values()})
-    commands += [d[key]["command"] for key in ("visual_counterfactuals", "daed") if key in d]
+    commands += [d[key]["command"] for key in ("visual_counterfactuals", "daed", "scldm") if key in d]
     out = provenance(d, "joint.json", commands)
     out += [
         "Joint Diffusion, semi-supervised (`benchmarks/joint.py`): the denoiser's classification head",
@@ -1669,7 +1669,35 @@ def joint_section() -> list[str]:
         out += visual_counterfactual_lines(d["visual_counterfactuals"])
     if "daed" in d:
         out += daed_lines(d["daed"])
+    if "scldm" in d:
+        out += scldm_lines(d["scldm"])
     return out + [""]
+
+
+def scldm_lines(sc: dict) -> list[str]:
+    """The set model on the BBBC021 fields beside its baselines."""
+    out = [
+        f"scLDM's parts over populations of cells ({code(sc['command'])}): the real BBBC021 fields as",
+        f"sets of cells ({sc['features']} morphology features per crop, z-scored on training cells);",
+        f"`{sc['holdout']}` held out ({sc['heldout_fields']} fields, {sc['heldout_cells']} cells), the model",
+        f"trained on {sc['training_fields']} fields. Energy distance of each population to the real held-out",
+        "cells (lower is closer): *model*, one token draw per held-out field decoded to its cell count;",
+        "*nearest*, the treatment on the other plates; *control*, the plate's DMSO cells; *per-field mean",
+        "model*, the additive shift repeated once per cell; *floor*, one half of the held-out fields",
+        "against the other.",
+        "",
+    ]
+    rows = [
+        [name, "-" if sc[key] is None else f"{sc[key]:.3f}"]
+        for name, key in (
+            ("model", "model"),
+            ("nearest condition", "nearest"),
+            ("control (DMSO, same plate)", "control"),
+            ("per-field mean model, repeated", "per_well_model"),
+            ("replicate floor", "floor"),
+        )
+    ]
+    return out + table(["population", "energy distance"], rows)
 
 
 def daed_lines(dd: dict) -> list[str]:
