@@ -121,7 +121,9 @@ def crops_task(work: Path, stack_path: Path):
     return data.subset(train_rows), data.subset(~train_rows), TREATMENT, source
 
 
-def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, head_max_t: float = 1.0):
+def pixel_config(extra: dict, steps: int, **over):
+    """The benchmark's run: 32x32 pixel space, a UNet of 16/32/64 channels, the embed adapter, the
+    distiller 500 steps and the denoiser ``steps``; ``over``: more fields (``section__name``)."""
     return load_config(
         None,
         {
@@ -131,14 +133,22 @@ def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, hea
             "autoencoder.enabled": False,
             "denoiser.block_out_channels": [16, 32, 64],
             "denoiser.adapter": "embed",
-            "denoiser.head": [factor],
-            "denoiser.label_fraction": fraction,
-            "denoiser.head_max_t": head_max_t,
-            "train.seed": seed,
             "distill.steps": 500,
             "denoiser.steps": steps,
             "train.threads": 2,
+            **{k.replace("__", "."): v for k, v in over.items()},
         },
+    )
+
+
+def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, head_max_t: float = 1.0):
+    return pixel_config(
+        extra,
+        steps,
+        denoiser__head=[factor],
+        denoiser__label_fraction=fraction,
+        denoiser__head_max_t=head_max_t,
+        train__seed=seed,
     )
 
 
@@ -319,22 +329,7 @@ def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, n: int = 50
     tests = {name: task[1].images[:n] for name, task in tasks.items()}
     rows = []
     for name, (train, _, _, extra) in tasks.items():
-        cfg = load_config(
-            None,
-            {
-                **extra,
-                "data.size": 32,
-                "split.kind": "none",
-                "autoencoder.enabled": False,
-                "denoiser.block_out_channels": [16, 32, 64],
-                "denoiser.adapter": "embed",
-                "daed.enabled": True,
-                "daed.steps": daed_steps,
-                "distill.steps": 500,
-                "denoiser.steps": steps,
-                "train.threads": 2,
-            },
-        )
+        cfg = pixel_config(extra, steps, daed__enabled=True, daed__steps=daed_steps)
         run = work / f"daed-{name}"
         t0 = time.monotonic()
         model = fit(

@@ -14,6 +14,18 @@ from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition, check_condition
 
 
+def conditioned_time(
+    module: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Condition | None
+) -> torch.Tensor:
+    """The time embedding of ``module`` (its ``time_proj`` and ``time_embed``) for ``x``'s rows, plus
+    its ``adapter``'s vector of ``cond`` (checked against the adapter: None for an unconditioned one)."""
+    check_condition(module.adapter is not None, cond, len(x))
+    if t.ndim == 0:
+        t = t.expand(len(x))
+    emb = module.time_embed(module.time_proj(t).to(x.dtype))
+    return emb if cond is None else emb + module.adapter(cond)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, width: int, emb_dim: int):
         super().__init__()
@@ -49,12 +61,7 @@ class MLPDenoiser(nn.Module):
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
-        check_condition(self.adapter is not None, cond, len(x))
-        if t.ndim == 0:
-            t = t.expand(len(x))
-        emb = self.time_embed(self.time_proj(t).to(x.dtype))
-        if cond is not None:
-            emb = emb + self.adapter(cond)
+        emb = conditioned_time(self, x, t, cond)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -23,7 +23,8 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
-from factordiff.diffusion.condition import Condition, check_condition
+from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.mlp import conditioned_time
 
 
 def _mlp(inp: int, width: int, out: int) -> nn.Sequential:
@@ -163,12 +164,7 @@ class SetTokenDenoiser(nn.Module):
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
-        check_condition(self.adapter is not None, cond, len(x))
-        if t.ndim == 0:
-            t = t.expand(len(x))
-        emb = self.time_embed(self.time_proj(t).to(x.dtype))
-        if cond is not None:
-            emb = emb + self.adapter(cond)
+        emb = conditioned_time(self, x, t, cond)
         h = self.inp(x) + self.position
         for block in self.blocks:
             h = block(h, emb)
