@@ -17,7 +17,16 @@ from factordiff.data.images import save_png
 from factordiff.diffusion import objective
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, token_channels
 from factordiff.diffusion.denoiser import Denoiser, build_unet
-from factordiff.diffusion.head import ClassifierHead, classify, head_loss
+from factordiff.diffusion.head import (
+    ClassifierGuidance,
+    ClassifierHead,
+    absent_condition,
+    classifier_gradient,
+    classify,
+    guided_classifier,
+    head_loss,
+)
+from factordiff.diffusion.sampling import sample, timesteps
 from factordiff.edit import classifier_edit
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.fit import fit, known_factors, labelled_rows
@@ -129,14 +138,6 @@ def test_frozen_base_stays_frozen_with_a_head(tmp_path):
 def test_classifier_guidance_steps_along_the_heads_gradient():
     """One guided DDIM step moves x along grad log p(y | x_t) (per row, positive inner product), and
     the v-prediction form equals guidance of epsilon, eps - w sigma grad."""
-    from factordiff.diffusion.head import (
-        ClassifierGuidance,
-        absent_condition,
-        classifier_gradient,
-        guided_classifier,
-    )
-    from factordiff.diffusion.sampling import sample, timesteps
-
     cfg = tiny_config(**{"denoiser.head": ["shape"]})
     d = _denoiser(cfg).eval()
     x = torch.randn(5, 4, 8, 8)
