@@ -74,15 +74,10 @@ def main() -> None:
         if cli(fit_argv) != 0:
             sys.exit("fit failed")
     fit_seconds = (run / "model" / "config.json").stat().st_mtime - (run / "run_config.json").stat().st_mtime
-    saved = json.loads((run / "run_config.json").read_text())
-    note = (
-        None
-        if saved["profiles"].get("controls") == CONTROLS
-        else "the run was fitted without --controls (an earlier version of this benchmark); the option "
-        "changes no training, only which task the evaluation makes of a held-out treatment"
-    )
+    if json.loads((run / "run_config.json").read_text())["profiles"].get("controls") != CONTROLS:
+        sys.exit(f"{run}: fitted without --controls {CONTROLS}; fit it again (remove the folder)")
     t0 = time.monotonic()
-    metrics = evaluate_crop_run(run, sources=a.sources, steps=a.steps, controls=CONTROLS, choose=True)
+    metrics = evaluate_crop_run(run, sources=a.sources, steps=a.steps, choose=True)
     print("\n".join(summary_lines(metrics)))
     atomic_write_json(
         RESULTS,
@@ -92,7 +87,6 @@ def main() -> None:
             "command": "python " + shlex.join(sys.argv),
             "fit_command": "factordiff " + shlex.join(fit_argv[:2] + ["crops:crops.npz"] + fit_argv[3:]),
             "fit_seconds": round(fit_seconds, 1),
-            **({"fit_note": note} if note else {}),
             "evaluate_seconds": round(time.monotonic() - t0, 1),
             "features": metrics["features"],
             "oracle_accuracy": metrics["oracle_accuracy"],

@@ -16,7 +16,7 @@ from conftest import tiny_config_file as _config
 
 from factordiff import load_run
 from factordiff.cli import main
-from factordiff.data.crops import fit_intensity, read_crops
+from factordiff.data.crops import detail, fit_intensity, read_crops, resize
 from factordiff.evaluate.crops import EDIT_OPTIONS, evaluate_crop_run
 from factordiff.evaluate.morphology import crop_features, feature_names
 
@@ -57,6 +57,66 @@ def test_intensity_scale_from_training_crops_only():
     inside = (stack.images[~held] > a.low.max()) & (stack.images[~held] < a.high.min())
     err = np.abs(back.astype(float) - stack.images[~held].astype(float))[inside]
     assert err.max() <= (a.high - a.low).max() / 255  # one 8-bit step, no more
+
+
+def test_intensity_scale_through_each_plates_controls():
+    """With controls, a plate's scale is the pooled training range carried through its controls:
+    one plate imaged twice as bright reads the same in uint8, whatever its treated crops hold; a
+    plate without training controls takes the mean scale."""
+    stack = read_crops(STACK, channels=["DAPI", "Tubulin", "Actin"], factors=FACTORS.split(","))
+    plate, compound = stack.metadata["Metadata_Plate"], stack.metadata["Metadata_Compound"]
+    control = compound == "DMSO"
+    bright = plate == "Week4_27801"
+    stack.images = stack.images.astype(np.float32)
+    stack.images[bright] = stack.images[~bright]  # the same cells on both plates...
+    stack.images[bright] *= 2.0  # ...imaged twice as bright on one
+    train = np.ones(len(plate), bool)
+    it = fit_intensity(stack, train, controls=control)
+    u8 = it.to_uint8(stack.images, plate).astype(int)
+    assert np.abs(u8[bright] - u8[~bright]).max() <= 1
+    lifted = stack.images.copy()
+    lifted[bright & ~control] *= 3.0  # a plate's treated crops never set its scale
+    stack.images, before = lifted, it
+    after = fit_intensity(stack, train, controls=control)
+    np.testing.assert_allclose(after.high[1] / after.high[0], before.high[1] / before.high[0], rtol=1e-5)
+    treated_only = fit_intensity(stack, ~(bright & control), controls=control)
+    assert treated_only.plates == ["Week4_27821"]  # Week4_27801 has no training control: the mean
+    np.testing.assert_array_equal(treated_only.rows(np.asarray(["Week4_27801"]), 1), [1])
+
+
+def test_resize_detail_restores_the_crop_size():
+    """``detail`` is what the model size loses: the resized crop plus it is the crop again."""
+    stack = read_crops(STACK, channels=["DAPI", "Tubulin", "Actin"], factors=FACTORS.split(","))
+    plate = stack.metadata["Metadata_Plate"]
+    it = fit_intensity(stack, np.ones(len(plate), bool))
+    u8 = it.to_uint8(stack.images, plate)
+    lost = detail(u8, 16)
+    assert lost.dtype == np.int16 and np.abs(lost).mean() > 2  # real crops have detail to lose
+    back = it.raw(resize(u8, 16), plate, lost)
+    np.testing.assert_array_equal(back, it.raw(u8, plate))
+
+
+def test_residual_edit_keeps_the_sources_detail(crop_run):
+    """A residual edit of a crop run is the source at its own size plus the model's change resized
+    up: the detail that the model size loses is the source's, not a blur."""
+    from factordiff.regenerate import regenerate
+
+    r = load_run(crop_run)
+    where = "Metadata_Compound=DMSO,Metadata_Plate=Week4_27821"
+    kw = dict(steps=2, strength=0.5, guidance=1.0)
+    res = regenerate(r, [where], ["Metadata_Compound=cyclohexamide"], residual=True, **kw)
+    plain = regenerate(r, [where], ["Metadata_Compound=cyclohexamide"], residual=False, **kw)
+    assert "detail" in res.info and "detail" not in plain.info
+    stack = read_crops(STACK, channels=["DAPI", "Tubulin", "Actin"], factors=FACTORS.split(","))
+    it = res.info["intensity"]
+    rows = res.metadata["Metadata_source_row"].astype(int).to_numpy()
+    plates = res.metadata["Metadata_Plate"].to_numpy(str)
+    source = detail(it.to_uint8(stack.images[rows], plates), 16).astype(float)
+    for result, near in ((res, True), (plain, False)):
+        made = detail(it.to_uint8(result.raw(), plates), 16).astype(float)
+        assert result.raw().shape == (len(rows), 68, 68, 3)
+        off = np.abs(made - source).mean() / np.abs(source).mean()
+        assert (off < 0.3) if near else (off > 0.7), off
 
 
 def test_fit_and_regenerate_a_stack(crop_run, tmp_path):

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from factordiff.checkpoint import atomic_write_json
+from factordiff.data.crops import detail
 from factordiff.data.profiles import unknown_values
 from factordiff.data.sources import is_crop_source, prepare_crops, read_images_like, traits
 from factordiff.data.splits import select
@@ -56,7 +57,8 @@ class Regenerated:
             factor's code absent).
         info: profiles: ``units`` (what the numbers are in), ``nested`` (columns left empty because
             they are nested in a set factor, with that factor), ``notes`` (lines for the user) and
-            ``table``.
+            ``table``; crop runs: ``intensity``, ``channels`` and, for residual edits, ``detail``
+            (``data.crops.detail`` of each source).
     """
 
     samples: np.ndarray
@@ -65,6 +67,13 @@ class Regenerated:
     edit: str
     unseen: list[str]
     info: dict
+
+    def raw(self) -> np.ndarray:
+        """A crop run's samples as the stack holds crops: its dtype and crop size, in the scale of
+        each row's plate after the edit; a residual edit keeps its source's detail at that size."""
+        intensity = self.info["intensity"]
+        plates = self.metadata[intensity.column].to_numpy(str) if intensity.column else None
+        return intensity.raw(self.samples, plates, self.info.get("detail"))
 
 
 def _rows(
@@ -178,7 +187,14 @@ def _regenerate_images(run, q: _Request, editor=None):
             name, v = spec.factors[k].name, spec.factors[k].index(value)
             having = np.flatnonzero(crops.stack.factors[:, k] == v)
             meta[name] = meta_text[name][having[0]] if len(having) else value
-        return images, meta, rows, None, [], {"intensity": crops.intensity, "channels": crops.stack.channels}
+        info = {"intensity": crops.intensity, "channels": crops.stack.channels}
+        if editor is None and residual:
+            column = crops.intensity.column
+            full = crops.intensity.to_uint8(
+                crops.stack.images[rows], meta_text[column][rows] if column else None
+            )
+            info["detail"] = np.repeat(detail(full, data.images.shape[1]), draws, axis=0)
+        return images, meta, rows, None, [], info
     meta = pd.DataFrame(
         {
             f"Metadata_{f.name}": [str(f.values[v]) for v in data.factors[rows, q]]
@@ -451,8 +467,7 @@ def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
     meta = result.metadata.copy()
     intensity = result.info.get("intensity")
     if intensity is not None:
-        plates = meta[intensity.column].to_numpy(str) if intensity.column else None
-        raw = intensity.raw(result.samples, plates)
+        raw = result.raw()
     elif t.tiff_scale:
         raw = result.samples.astype(np.uint16) * t.tiff_scale + t.tiff_scale // 2
     for i, img in enumerate(result.samples):
@@ -471,10 +486,7 @@ def _write_images(result: Regenerated, run: Run, folder: Path) -> None:
 def _write_stack(result: Regenerated, out: Path) -> None:
     """A crop-stack run's regenerated crops as ``out`` (.npz, key ``images``: the source's dtype,
     crop size and intensity scale, of each row's plate after the edit) and ``OUT.csv`` beside it."""
-    intensity = result.info["intensity"]
-    column = intensity.column
-    plates = result.metadata[column].to_numpy(str) if column else None
-    stack = intensity.raw(result.samples, plates)
+    stack = result.raw()
     tmp = out.with_name(out.name + ".partial.npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(tmp, images=stack)

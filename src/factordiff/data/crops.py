@@ -9,8 +9,13 @@ The models work on uint8 images at a power-of-two size, so each plate's channels
 [0, 255] between their 0.1th and 99.9th percentiles (``Intensity``), fitted on that plate's
 training crops only (held-out crops never set a scale; a plate without training crops takes the
 mean of the training plates'), and resized to ``--size`` (default: the largest power of two that
-fits the crop). ``Intensity.raw`` undoes both, so regenerated crops are written back as the stack
-was: the source's dtype, crop size and intensity scale (of the target plate where it is set).
+fits the crop). With controls (``--controls F=V``), a plate's scale is instead the pooled
+training crops' range carried through that plate's controls: its control pixels' 1st and 99th
+percentiles matched to the pooled controls' (as profiles are normalised to their plate's
+negative controls), so a plate's treatments never set its scale and treated cells brighter than
+any control keep their range; a plate with no training control takes the mean scale.
+``Intensity.raw`` undoes both, so regenerated crops are written back as the stack was: the
+source's dtype, crop size and intensity scale (of the target plate where it is set).
 """
 
 from __future__ import annotations
@@ -145,11 +150,16 @@ class Intensity:
             out[i : i + 1024] = np.clip(np.rint((x - lo) / (hi - lo) * 255.0), 0, 255)
         return out
 
-    def raw(self, images: np.ndarray, plates: np.ndarray | None) -> np.ndarray:
-        """uint8 crops at any size -> the stack's crop size, dtype and the given plates' scale."""
-        images = resize(images, self.crop)
+    def raw(
+        self, images: np.ndarray, plates: np.ndarray | None, detail: np.ndarray | None = None
+    ) -> np.ndarray:
+        """uint8 crops at any size -> the stack's crop size, dtype and the given plates' scale;
+        ``detail`` (int16 at the crop size, ``detail``): added after the resize."""
+        images = resize(images, self.crop).astype(np.float32)
+        if detail is not None:
+            images = np.clip(images + detail, 0, 255)
         low, high = self._bounds(self.rows(plates, len(images)))
-        x = low[:, None, None, :] + images.astype(np.float32) / 255.0 * (high - low)[:, None, None, :]
+        x = low[:, None, None, :] + images / 255.0 * (high - low)[:, None, None, :]
         if np.issubdtype(np.dtype(self.dtype), np.integer):
             info = np.iinfo(np.dtype(self.dtype))
             return np.clip(np.rint(x), info.min, info.max).astype(self.dtype)
@@ -166,25 +176,41 @@ class Intensity:
         }
 
 
-def fit_intensity(stack: CropStack, train: np.ndarray, seed: int = 0) -> Intensity:
+def _percentiles(stack: CropStack, rows: np.ndarray, q: tuple[float, ...], rng) -> np.ndarray:
+    """Per channel percentiles ``q`` (len(q), C) of the crops ``rows`` (a bool mask), over at most
+    2 million of their pixels."""
+    idx = np.flatnonzero(rows)
+    per = stack.images.shape[1] * stack.images.shape[2]
+    take = idx if len(idx) * per <= 2_000_000 else rng.choice(idx, max(1, 2_000_000 // per), replace=False)
+    pix = stack.images[np.sort(take)].reshape(-1, stack.images.shape[3]).astype(np.float32)
+    return np.percentile(pix, q, axis=0)
+
+
+def fit_intensity(
+    stack: CropStack, train: np.ndarray, seed: int = 0, controls: np.ndarray | None = None
+) -> Intensity:
     """``Intensity`` from the training crops (``train``), per plate and channel (percentiles over
-    at most 2 million pixels of each)."""
+    at most 2 million pixels of each); with ``controls`` (a bool mask of the control crops) each
+    plate's scale comes from its training controls (module docstring)."""
     rng = np.random.default_rng(seed)
     column = stack.plate
-    plates = sorted(set(stack.metadata[column][train].tolist())) if column else []
-    groups = [train & (stack.metadata[column] == p) for p in plates] if column else [train]
-    c = stack.images.shape[3]
-    low, high = np.zeros((len(groups), c), np.float32), np.zeros((len(groups), c), np.float32)
-    for g, rows in enumerate(groups):
-        idx = np.flatnonzero(rows)
-        take = (
-            idx
-            if len(idx) * stack.images.shape[1] ** 2 <= 2_000_000
-            else rng.choice(idx, max(1, 2_000_000 // stack.images.shape[1] ** 2), replace=False)
-        )
-        pix = stack.images[np.sort(take)].reshape(-1, c).astype(np.float32)
-        low[g], high[g] = np.percentile(pix, LOW, axis=0), np.percentile(pix, HIGH, axis=0)
-        high[g] = np.where(high[g] > low[g], high[g], low[g] + 1.0)
+    ref = train if controls is None or column is None else train & controls
+    if not ref.any():
+        ref = train
+    plates = sorted(set(stack.metadata[column][ref].tolist())) if column else []
+    groups = [ref & (stack.metadata[column] == p) for p in plates] if column else [ref]
+    if ref is train:
+        bounds = np.stack([_percentiles(stack, g, (LOW, HIGH), rng) for g in groups])
+        low, high = bounds[:, 0], bounds[:, 1]
+    else:  # the pooled training range, through each plate's controls
+        span = _percentiles(stack, train, (LOW, HIGH), rng)
+        pooled = _percentiles(stack, ref, (1, 99), rng)
+        plate = np.stack([_percentiles(stack, g, (1, 99), rng) for g in groups])
+        a = (pooled[1] - pooled[0]) / np.maximum(plate[:, 1] - plate[:, 0], 1e-6)  # plate -> pooled
+        b = pooled[0] - a * plate[:, 0]
+        low, high = (span[0] - b) / a, (span[1] - b) / a
+    low, high = low.astype(np.float32), high.astype(np.float32)
+    high = np.where(high > low, high, low + 1.0)
     return Intensity(column, plates, low, high, str(stack.images.dtype), int(stack.images.shape[1]))
 
 
@@ -208,6 +234,14 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[i : i + 512] = y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     return out
+
+
+def detail(images: np.ndarray, size: int) -> np.ndarray:
+    """What resizing uint8 crops (N, H, W, C) to ``size`` and back loses: int16 at the crop size.
+    A residual edit made at the model size plus this is the source at its own resolution plus the
+    model's change, resized up: fine detail the model never saw is kept as it was."""
+    back = resize(resize(images, size), images.shape[1])
+    return images.astype(np.int16) - back.astype(np.int16)
 
 
 def crops_dataset(stack: CropStack, intensity: Intensity, size: int) -> FactorDataset:

@@ -192,7 +192,12 @@ def _split_crops(
     train = ~split.heldout(stack.factors)
     if not train.any():
         raise FactordiffError(f"split {split.description}: holds out every crop; nothing left to train on")
-    intensity = fit_intensity(stack, train, cfg.train.seed)
+    controls = (
+        select(stack.spec, stack.factors, [cfg.profiles.controls], stack.metadata, "--controls")
+        if cfg.profiles.controls
+        else None
+    )
+    intensity = fit_intensity(stack, train, cfg.train.seed, controls)
     size = cfg.data.size or (FIELDS_SIZE if cfg.data.source.startswith(FIELDS) else None)
     size = model_size(stack.images.shape[1], size)
     check_size(size, stack.source)

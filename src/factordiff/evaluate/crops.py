@@ -143,10 +143,12 @@ def crop_task(crops: Crops, pairs: list[tuple[int, int]], controls: tuple[int, i
 
 EDIT_OPTIONS = (  # (strength, guidance, residual) that ``evaluate_crop_run(choose=True)`` compares
     (0.65, 2.0, False),
+    (1.0, 1.0, False),
     (1.0, 2.0, False),
-    (1.0, 5.0, False),
+    (1.0, 1.0, True),
     (0.55, 2.0, True),
-    (0.35, 2.0, True),
+    (0.35, 1.0, True),
+    (0.2, 1.0, True),
 )
 
 
@@ -178,14 +180,13 @@ def evaluate_crop_run(
     sources: int = 200,
     truth_max: int = 400,
     steps: int | None = None,
-    controls: str | None = None,
     progress: bool = True,
     choose: bool = False,
 ) -> dict:
     """Every crop task of the run (module docstring); writes and returns ``RUN/metrics.json``.
     ``sources``: training crops regenerated per task (at most); ``truth_max``: real held-out crops
-    featurised per task (at most); ``controls``: ``F=V``, the perturbation and its control (None:
-    the run's ``--controls``). ``choose``: each task's edit (strength, guidance, residual) is the
+    featurised per task (at most); the perturbation and its control are the run's ``--controls``.
+    ``choose``: each task's edit (strength, guidance, residual) is the
     one of ``EDIT_OPTIONS`` whose regenerations of its seen stand-ins (``seen_analogues``, half as
     many sources each) land nearest their real training crops (the z-scored mean-feature
     distance); else the run's settings."""
@@ -193,8 +194,6 @@ def evaluate_crop_run(
     t0 = time.monotonic()
     r = load_run(run)
     cfg = r.config
-    if controls is not None:
-        cfg.profiles.controls = controls
     seed = cfg.train.seed
     crops = prepare_crops(cfg, run, progress)
     st, spec, f = crops.stack, crops.stack.spec, crops.stack.factors
@@ -249,7 +248,7 @@ def evaluate_crop_run(
         t1 = time.monotonic()
         result = regenerate(r, [], [set_text], steps=steps, seed=seed, rows=src, **edit)
         plates = result.metadata[crops.intensity.column].to_numpy(str) if crops.intensity.column else None
-        generated = crops.intensity.raw(result.samples, plates)
+        generated = result.raw()
         seconds = time.monotonic() - t1
         target = f[src].copy()
         for k, v in task["set"]:
@@ -347,8 +346,7 @@ def _choose_edit(r, crops, pairs, task, controls, n, steps, seed, real, features
                 guidance=guidance,
                 residual=residual,
             )
-            plates = res.metadata[crops.intensity.column].to_numpy(str) if crops.intensity.column else None
-            made = features(crops.intensity.raw(res.samples, plates))
+            made = features(res.raw())
             d.append(judge(made, real(truth), scale, seed)["distance"])
         distances[f"{strength:g}:{guidance:g}:{'residual' if residual else 'plain'}"] = float(np.mean(d))
     best = min(distances, key=distances.get)
