@@ -99,3 +99,43 @@ def test_compound_effects_follow_structure_and_unseen_smiles_work():
 def test_fixed_8_bit_scale():
     x = np.array([0, 63, 64, 16383, 16384, 65535], np.uint16)
     assert list(to_uint8(x)) == [0, 0, 1, 255, 255, 255]
+
+
+def test_brightfield_is_a_sixth_channel_that_leaves_the_stains_byte_identical():
+    """``brightfield=True`` adds the same cells' brightfield after the five stains and changes none
+    of their bytes, so models trained on the five channels and their figures do not move."""
+    rows = sample_factors(6, seed=5)
+    five, six = render(rows, 32, seed=5), render(rows, 32, seed=5, brightfield=True)
+    assert six.shape == (6, 6, 32, 32) and np.array_equal(six[:, :5], five)
+    data = cellsim(32, n=6, seed=5, brightfield=True)
+    assert data.images.shape == (6, 32, 32, 6)
+    assert np.array_equal(data.images[..., :5], cellsim(32, n=6, seed=5).images)
+
+
+def test_brightfield_shows_the_cells_and_not_their_stains():
+    """Phase-like contrast: away from the cells the brightfield is smooth light (the illumination
+    gradient and noise); on them (where the membrane or nuclear stain is above its background) it
+    departs from that light several times more. It follows the cells' shape, not their staining:
+    dimming a stain without moving the cells leaves it as it was."""
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+    rows = np.repeat(sample_factors(1, seed=0), 20, 0)
+    x = render(rows, 64, seed=1, brightfield=True).astype(float)
+    bf, stains = x[:, 5], x[:, [0, 3]]
+    background = np.median(stains, axis=(2, 3), keepdims=True)
+    on_cells = (stains > background + 0.3 * (stains.max(axis=(2, 3), keepdims=True) - background)).any(1)
+    far = np.stack([distance_transform_edt(~m) > 8 for m in on_cells])
+    detail = np.abs(bf - np.stack([gaussian_filter(f, 12) for f in bf]))
+    assert far.sum() > 1000 and detail[on_cells].mean() > 2.5 * detail[far].mean()
+    bio = biology("DMSO", 0.0, "A549")
+    tech = technique("source_1", "batch_1", "plate_1")
+    from factordiff.data.cellsim import render_field
+
+    dim = bio.copy()
+    dim[3] *= 0.5  # the DNA stain at half its intensity, the same cells
+
+    def field(params):
+        return render_field(params, tech, 64, np.random.default_rng(0), brightfield=np.random.default_rng(1))
+
+    a, b = field(bio), field(dim)
+    assert not np.array_equal(a[0], b[0]) and np.array_equal(a[5], b[5])

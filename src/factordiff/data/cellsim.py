@@ -37,6 +37,7 @@ from factordiff.errors import FactordiffError
 from factordiff.factors import Factor, FactorSpec
 
 CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
+BRIGHTFIELD = "BF"  # the optional sixth channel (render(..., brightfield=True))
 CONTROL = "DMSO"
 COMPOUNDS: dict[str, str] = {
     "DMSO": "CS(C)=O",
@@ -131,7 +132,8 @@ def biology(
 
 def technique(source: str, batch: str, plate: str, seed: int = 0) -> dict[str, np.ndarray | float]:
     """The technical parameters of a plate: per-channel ``gain`` and ``offset``, ``background``,
-    illumination gradient ``illum_strength`` and ``illum_angle``, ``blur`` (pixels) and ``noise``."""
+    illumination gradient ``illum_strength`` and ``illum_angle``, ``blur`` (pixels) and ``noise``;
+    the brightfield's ``bf_gain`` and ``bf_offset`` (per batch)."""
     for name, value, values in (
         ("source", source, SOURCES),
         ("batch", batch, BATCHES),
@@ -141,7 +143,10 @@ def technique(source: str, batch: str, plate: str, seed: int = 0) -> dict[str, n
             raise FactordiffError(f"{name} {value!r}: expected one of {', '.join(values)}")
     s, b, p = SOURCES.index(source), BATCHES.index(batch), PLATES.index(plate)
     rs, rb, rp = (np.random.default_rng([seed, 17, k, i]) for k, i in ((1, s), (2, b), (3, p)))
+    lamp = np.random.default_rng([seed, 17, 4, b])  # the brightfield's, apart from the stains' draws
     return {
+        "bf_gain": float(np.exp(lamp.normal(0, 0.15))),
+        "bf_offset": float(lamp.uniform(100, 400)),
         "gain": np.exp(rb.normal(0, 0.3, 5)) * np.exp(rp.normal(0, 0.06, 5)),
         "offset": rb.uniform(100, 600, 5),
         "background": float(rb.uniform(0.0, 0.08)),
@@ -178,15 +183,24 @@ def _inside(
 
 
 def render_field(
-    bio: np.ndarray, tech: dict, size: int, rng: np.random.Generator, well: tuple[int, int] = (8, 12)
+    bio: np.ndarray,
+    tech: dict,
+    size: int,
+    rng: np.random.Generator,
+    well: tuple[int, int] = (8, 12),
+    brightfield: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """One field (5, size, size) uint16 of cells with parameters ``bio`` imaged with ``tech``."""
+    """One field (5, size, size) uint16 of cells with parameters ``bio`` imaged with ``tech``; with
+    a ``brightfield`` generator (its noise), (6, size, size): the same cells' brightfield last
+    (``_brightfield``). The stains draw nothing more from ``rng`` either way, so they are the same
+    bytes with and without it."""
     from scipy.ndimage import gaussian_filter
 
     nuc_r, cell_r, elong, dna, er, nucleoli, agp, mito_n, mito = bio
     k = size / 64.0
     yy, xx = np.mgrid[:size, :size].astype(np.float64)
     img = np.zeros((5, size, size))
+    path = np.zeros((size, size))  # optical path length through the cells, for the brightfield
     cells = int(rng.integers(2, 5))
     tex = [_smooth_noise(rng, size, 1.5 * k) for _ in range(3)]
     for _ in range(cells):
@@ -199,12 +213,15 @@ def render_field(
         na, nb = nuc_r * k * elong**0.25, nuc_r * k / elong**0.25
         d_nuc = np.sqrt((u / na) ** 2 + (v / nb) ** 2)
         nucleus, cyto = d_nuc < 1, (d_cell < 1) & (d_nuc >= 1)
+        path += np.sqrt(np.clip(1 - d_cell**2, 0, None)) + 0.6 * np.sqrt(np.clip(1 - d_nuc**2, 0, None))
         img[0] += dna * nucleus * (0.85 + 0.15 * tex[0])
         img[1] += er * cyto * np.exp(-1.5 * d_cell) * (0.7 + 0.3 * tex[1])
         img[2] += 0.25 * cyto + 0.15 * nucleus
         for _ in range(int(rng.poisson(nucleoli))):
             py, px = _inside(rng, cy, cx, na, nb, c, s, 0.0, 0.6)
-            img[2] += 0.9 * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.9 * k) ** 2))
+            spot = np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.9 * k) ** 2))
+            img[2] += 0.9 * spot
+            path += 0.5 * spot
         img[3] += agp * (np.abs(d_cell - 0.92) < 0.1) + 0.25 * agp * cyto * (
             0.5 + 0.5 * np.sin(2.5 * v / k) ** 2
         )
@@ -219,6 +236,27 @@ def render_field(
     signal = (img + tech["background"]) * illum * edge
     signal = signal + tech["noise"] * rng.normal(size=signal.shape)
     raw = signal * 6000.0 * tech["gain"][:, None, None] + tech["offset"][:, None, None]
+    stains = np.clip(np.rint(raw), 0, 65535).astype(np.uint16)
+    if brightfield is None:
+        return stains
+    bf = _brightfield(path, tech, k, illum * edge, brightfield)
+    return np.concatenate([stains, bf[None]])
+
+
+def _brightfield(
+    path: np.ndarray, tech: dict, k: float, light: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Phase-like brightfield of the cells (size, size) uint16: unit light through the field, the
+    cells' optical path (thickness of each cell's dome and nucleus, nucleoli) seen as its
+    difference from a wide blur of itself, so cell and nucleus outlines carry a bright halo and a
+    dark rim, as in phase contrast; then the stains' microscope (blur, the field's illumination
+    and edge-well dimming) with the plate's own ``bf_gain`` and ``bf_offset`` and its own noise."""
+    from scipy.ndimage import gaussian_filter
+
+    contrast = gaussian_filter(path, 3.0 * k) - path
+    field = gaussian_filter(1.0 + 0.6 * contrast - 0.05 * path, tech["blur"] * k) * light
+    field = field + tech["noise"] * rng.normal(size=field.shape)
+    raw = field * 6000.0 * tech["bf_gain"] + tech["bf_offset"]
     return np.clip(np.rint(raw), 0, 65535).astype(np.uint16)
 
 
@@ -242,14 +280,17 @@ def sample_factors(n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def render(factors: np.ndarray, size: int = 64, seed: int = 0, index_offset: int = 0) -> np.ndarray:
+def render(
+    factors: np.ndarray, size: int = 64, seed: int = 0, index_offset: int = 0, brightfield: bool = False
+) -> np.ndarray:
     """Fields (N, 5, size, size) uint16 for value-index rows ``factors``; field i's cells and well
     come from (seed, index_offset + i). The assay itself (each compound's effect, each plate's
-    technique) is the same for every seed: ASSAY_SEED."""
+    technique) is the same for every seed: ASSAY_SEED. ``brightfield``: (N, 6, size, size), the
+    same cells' brightfield as channel ``BF`` after the five stains, which stay the same bytes."""
     spec = cellsim_spec()
     bio_cache: dict[tuple, np.ndarray] = {}
     tech_cache: dict[tuple, dict] = {}
-    out = np.empty((len(factors), 5, size, size), np.uint16)
+    out = np.empty((len(factors), 6 if brightfield else 5, size, size), np.uint16)
     for i, row in enumerate(np.asarray(factors)):
         comp, dose, line, src, batch, plate = (spec.factors[k].values[row[k]] for k in range(6))
         key = (comp, dose, line)
@@ -260,16 +301,18 @@ def render(factors: np.ndarray, size: int = 64, seed: int = 0, index_offset: int
             tech_cache[tkey] = technique(src, batch, plate, ASSAY_SEED)
         rng = np.random.default_rng([seed, 7, index_offset + i])
         well = (int(rng.integers(0, 16)), int(rng.integers(0, 24)))
-        out[i] = render_field(bio_cache[key], tech_cache[tkey], size, rng, well)
+        lamp = np.random.default_rng([seed, 11, index_offset + i]) if brightfield else None
+        out[i] = render_field(bio_cache[key], tech_cache[tkey], size, rng, well, lamp)
     return out
 
 
-def cellsim(size: int = 64, n: int | None = None, seed: int = 0) -> FactorDataset:
-    """The built-in assay as a FactorDataset of ``n`` fields (default 12,000), channels last, uint8."""
+def cellsim(size: int = 64, n: int | None = None, seed: int = 0, brightfield: bool = False) -> FactorDataset:
+    """The built-in assay as a FactorDataset of ``n`` fields (default 12,000), channels last, uint8;
+    ``brightfield``: a sixth channel, the same cells' brightfield (``render``)."""
     if size < 16 or size & (size - 1):
         raise FactordiffError(f"cellsim: size {size}; expected a power of two of at least 16")
     factors = sample_factors(n or 12000, seed)
-    fields = render(factors, size, seed)
+    fields = render(factors, size, seed, brightfield=brightfield)
     return FactorDataset(
         np.ascontiguousarray(to_uint8(fields).transpose(0, 2, 3, 1)), factors, cellsim_spec(), "cellsim"
     )
@@ -283,9 +326,11 @@ def true_counterfactuals(
     ``seed`` (the first row is rendered to check)."""
     if data.source != "cellsim" or not len(rows):
         return None
+    bf = data.images.shape[3] == len(CHANNELS) + 1
 
     def fields(values, idx):
-        return to_uint8(render(values[None], data.size, seed, index_offset=int(idx)))[0].transpose(1, 2, 0)
+        x = render(values[None], data.size, seed, index_offset=int(idx), brightfield=bf)
+        return to_uint8(x)[0].transpose(1, 2, 0)
 
     if not np.array_equal(fields(data.factors[rows[0]], rows[0]), data.images[rows[0]]):
         return None
