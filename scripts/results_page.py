@@ -1649,7 +1649,55 @@ def real_cells_section() -> list[str]:
             ]
         elif sel:
             out += [f"No seen stand-in for this cell: the run's edit settings ({sel.get('note', '')}).", ""]
+    repeats = d.get("repeats", {})
+    if repeats:
+        seeds = [("0", [_repeat_row(t) for t in d["tasks"]])]
+        seeds += [(seed, rep["tasks"]) for seed, rep in sorted(repeats.items())]
+        rows = [
+            [
+                seed,
+                f"`{t['condition']}`",
+                *(f3(t["methods"][k]["distance"]) for k in ("model", "copy", "mean_shift", "nearest")),
+                f3(t["floor"]["distance"]),
+                f3(t["methods"]["model"]["c2st_auc"]),
+                "–" if t["gap_share"] is None else f"{t['gap_share']:.2f}",
+                _edit_text(t.get("chosen")),
+            ]
+            for seed, tasks in seeds
+            for t in tasks
+            if t["kind"] != "skipped"
+        ]
+        out += ["Every seed (each a fresh fit and evaluation; seed 0 above):", ""]
+        out += table(
+            [
+                "seed",
+                "held out",
+                "model",
+                "copy",
+                "mean shift",
+                "nearest",
+                "floor",
+                "model AUC",
+                "gap share",
+                "edit",
+            ],
+            rows,
+        )
+        out += ["Commands: " + "; ".join(code(r["command"]) for _, r in sorted(repeats.items())) + ".", ""]
     return out
+
+
+def _repeat_row(task: dict) -> dict:
+    """A seed-0 task in the shape of a repeat's (``benchmarks/real_cells.py``'s ``repeat_summary``)."""
+    return {**task, "chosen": (task.get("edit_selection") or {}).get("chosen")}
+
+
+def _edit_text(chosen) -> str:
+    """(strength, guidance, residual) -> ``1:1:residual`` as the edit selection names it."""
+    if not chosen:
+        return "–"
+    strength, guidance, residual = chosen
+    return f"{strength:g}:{guidance:g}:{'residual' if residual else 'plain'}"
 
 
 def joint_section() -> list[str]:
