@@ -15,6 +15,7 @@ from factordiff.data.cellsim import (
     compound_effect,
     morgan,
     render,
+    render_field,
     sample_factors,
     technique,
     to_uint8,
@@ -129,8 +130,6 @@ def test_brightfield_shows_the_cells_and_not_their_stains():
     assert far.sum() > 1000 and detail[on_cells].mean() > 2.5 * detail[far].mean()
     bio = biology("DMSO", 0.0, "A549")
     tech = technique("source_1", "batch_1", "plate_1")
-    from factordiff.data.cellsim import render_field
-
     dim = bio.copy()
     dim[3] *= 0.5  # the DNA stain at half its intensity, the same cells
 

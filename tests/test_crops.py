@@ -19,6 +19,7 @@ from factordiff.cli import main
 from factordiff.data.crops import detail, fit_intensity, read_crops, resize
 from factordiff.evaluate.crops import EDIT_OPTIONS, evaluate_crop_run
 from factordiff.evaluate.morphology import crop_features, feature_names
+from factordiff.regenerate import regenerate
 
 DATA = Path(__file__).parent / "data"
 STACK = DATA / "bbbc021_crops.npz"
@@ -99,8 +100,6 @@ def test_resize_detail_restores_the_crop_size():
 def test_residual_edit_keeps_the_sources_detail(crop_run):
     """A residual edit of a crop run is the source at its own size plus the model's change resized
     up: the detail that the model size loses is the source's, not a blur."""
-    from factordiff.regenerate import regenerate
-
     r = load_run(crop_run)
     where = "Metadata_Compound=DMSO,Metadata_Plate=Week4_27821"
     kw = dict(steps=2, strength=0.5, guidance=1.0)

@@ -194,12 +194,11 @@ def fit_intensity(
     plate's scale comes from its training controls (module docstring)."""
     rng = np.random.default_rng(seed)
     column = stack.plate
-    ref = train if controls is None or column is None else train & controls
-    if not ref.any():
-        ref = train
+    by_controls = controls is not None and column is not None and (train & controls).any()
+    ref = train & controls if by_controls else train
     plates = sorted(set(stack.metadata[column][ref].tolist())) if column else []
     groups = [ref & (stack.metadata[column] == p) for p in plates] if column else [ref]
-    if ref is train:
+    if not by_controls:
         bounds = np.stack([_percentiles(stack, g, (LOW, HIGH), rng) for g in groups])
         low, high = bounds[:, 0], bounds[:, 1]
     else:  # the pooled training range, through each plate's controls
