@@ -264,7 +264,8 @@ class DaedConfig:
 
     With ``enabled`` (``fit --model daed``) a ``daed`` stage trains, after the denoiser, a second UNet
     (unconditioned, of ``block_out_channels``; None: the denoiser's) that maps x_t to x_0 in one
-    pass for every t up to ``split`` of the schedule. Every chain of the run (samples, edits,
+    pass for every t up to ``split`` of the schedule (EDM-preconditioned: the identity plus a learned
+    correction). Every chain of the run (samples, edits,
     regeneration) then stops at t = ``split`` T and the DAE finishes it; ``factordiff denoise``
     denoises in that one pass. The denoiser itself trains on the whole schedule as before.
 

@@ -9,9 +9,15 @@ at low noise, where a diffusion model's chain, which has learned what its own im
 pulls them toward its training data.
 
 ``DenoisingAutoencoder`` is a diffusers ``UNet2DModel`` of the denoiser's architecture with no
-adapter (it denoises whatever the factors) that predicts x_0 from (x_t, t). ``DaedStep`` trains it
-by the mean square error of x_0 at t uniform on [0, split T]. ``sampling.sample`` with ``finish``
-runs the chain to the split and lets it finish.
+adapter (it denoises whatever the factors) that predicts x_0 from (x_t, t) through Karras et al.'s
+(EDM, 2022) preconditioning: with x~ = x_t / sqrt(alpha_bar_t) = x_0 + sigma * eps,
+x_0 = c_skip x~ + c_out F(c_in x~, t), so at low noise the pass is the identity plus a learned
+correction. A network asked for x_0 itself must rebuild the whole image through its bottleneck
+and rebuilds images of its own data set when shown another's (MAE 0.21 on real crops from a DAE
+trained on the Shapes replica, where the noised input's is 0.06); with the skip it only has to
+remove the noise. ``DaedStep`` trains it by the mean square error of x_0 at t uniform on
+[0, split T], weighted by 1 / c_out^2 as EDM weights it (the error of F, not of x_0).
+``sampling.sample`` with ``finish`` runs the chain to the split and lets it finish.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from factordiff.config import DaedConfig, DenoiserConfig
 from factordiff.diffusion.denoiser import build_unet
@@ -35,15 +40,28 @@ class DenoisingAutoencoder(nn.Module):
         split_t: the largest time step it denoises (``split`` of the schedule).
     """
 
-    def __init__(self, unet, split_t: int):
+    SIGMA_DATA = 0.5  # EDM's data scale for images on [-1, 1]
+
+    def __init__(self, unet, split_t: int, alphas_cumprod: torch.Tensor):
         super().__init__()
         self.unet, self.split_t = unet, int(split_t)
         self.emb_dim = unet.config.block_out_channels[0] * 4
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
+
+    def scalings(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(1 / sqrt(alpha_bar), c_skip, c_out, c_in) at ``t``, each (B, 1, 1, 1)."""
+        a = self.alphas_cumprod.to(t.device)[t.long()].view(-1, 1, 1, 1)
+        var, sd2 = (1 - a) / a, self.SIGMA_DATA**2
+        norm = (var + sd2).rsqrt()
+        return a.rsqrt(), sd2 * norm**2, var.sqrt() * self.SIGMA_DATA * norm, norm
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device)
         t = t.expand(len(x_t)) if t.ndim == 0 else t
-        return self.unet(x_t, t, class_labels=x_t.new_zeros(len(x_t), self.emb_dim)).sample
+        scale, c_skip, c_out, c_in = self.scalings(t)
+        x = x_t * scale
+        f = self.unet(c_in * x, t, class_labels=x_t.new_zeros(len(x_t), self.emb_dim)).sample
+        return c_skip * x + c_out * f
 
 
 def split_timestep(daed: DaedConfig, dn: DenoiserConfig) -> int:
@@ -55,12 +73,12 @@ def build_daed(daed: DaedConfig, dn: DenoiserConfig, channels: int, size: int) -
     """The run's DAE: the denoiser's UNet (or one of ``daed.block_out_channels``), no adapter."""
     widths = daed.block_out_channels or dn.block_out_channels
     unet = build_unet(replace(dn, block_out_channels=list(widths)), channels, size)
-    return DenoisingAutoencoder(unet, split_timestep(daed, dn))
+    return DenoisingAutoencoder(unet, split_timestep(daed, dn), noise_schedule(dn).alphas_cumprod)
 
 
 class DaedStep(nn.Module):
     """Training step: x_0 noised at t uniform on [0, split_t] (the denoiser's noise schedule), the
-    mean square error of the DAE's x_0."""
+    mean square error of the DAE's x_0 over c_out^2 (EDM's weighting: every t counts alike)."""
 
     def __init__(self, dae: DenoisingAutoencoder, dn: DenoiserConfig):
         super().__init__()
@@ -70,4 +88,6 @@ class DaedStep(nn.Module):
         x0 = batch["x"]
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         t = torch.randint(0, self.dae.split_t + 1, (len(x0),), generator=gen).to(x0.device)
-        return F.mse_loss(self.dae(self.schedule.add_noise(x0, noise, t), t), x0), {}
+        c_out = self.dae.scalings(t)[2]
+        err = (self.dae(self.schedule.add_noise(x0, noise, t), t) - x0) / c_out
+        return err.square().mean(), {}
