@@ -17,7 +17,7 @@ from conftest import tiny_config_file as _config
 from factordiff import load_run
 from factordiff.cli import main
 from factordiff.data.crops import detail, fit_intensity, read_crops, resize
-from factordiff.evaluate.crops import EDIT_OPTIONS, evaluate_crop_run
+from factordiff.evaluate.crops import EDIT_OPTIONS, evaluate_crop_run, floor, judge
 from factordiff.evaluate.morphology import crop_features, feature_names
 from factordiff.regenerate import regenerate
 
@@ -224,6 +224,26 @@ def test_evaluate_judges_crops_as_profiles(crop_run, capsys):
             assert np.isfinite([m["distance"], m["energy"], m["c2st_auc"], m["frechet_oracle"]]).all()
         assert task["floor"]["split"].startswith("by field")
         assert task["truth_crops"] == 6
+
+
+def test_floor_averages_every_split_of_the_fields():
+    """Four fields have three ways into two halves; the floor is their mean, not one draw, so it
+    does not hang on which sites a seed happens to pair (sites 1-2 differ from 3-4 here)."""
+    rng = np.random.default_rng(0)
+    fields = np.repeat(np.array(["w/1", "w/2", "w/3", "w/4"]), 30)
+    x = rng.normal(size=(120, 5)) + np.where(np.isin(fields, ["w/1", "w/2"]), 1.0, 0.0)[:, None]
+    rows = np.arange(120)
+    got = floor(rows, fields, lambda r: x[r], lambda v: v, seed=0)
+    assert got["splits"] == 3 and got["split"] == "by field (4 fields, mean of 3 splits)"
+    each = []
+    for other in ("w/2", "w/3", "w/4"):
+        first = np.isin(fields, ["w/1", other])
+        each.append(judge(x[first], x[~first], lambda v: v, 0)["distance"])
+    assert got["distance"] == pytest.approx(np.mean(each))
+    assert got["distance_range"] == pytest.approx([min(each), max(each)])
+    assert max(each) > 3 * min(each)  # the pairing of sites matters: one split would be a lottery
+    few = floor(rows[:40], None, lambda r: x[r], lambda v: v, seed=0, splits=4)
+    assert few["splits"] == 4 and few["split"].startswith("at random")
 
 
 def test_edit_chosen_on_seen_stand_ins_only(crop_run, tmp_path):
