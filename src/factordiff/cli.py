@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-scratch", action="store_true", help="ignore the shipped pretrained model")
     p.set_defaults(handler="cmd_quickstart")
 
-    p = sub.add_parser("fit", help="train a model on a dataset")
+    # no abbreviations: a mistyped --set must not pass for --set-column
+    p = sub.add_parser("fit", help="train a model on a dataset", allow_abbrev=False)
     p.add_argument(
         "--data",
         help="shapes | cellsim | h5:FILE | table:FACTORS.csv | shards:DIR | crops:STACK.npz | "
@@ -221,9 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        choices=["diffusion", "daed"],
+        choices=["diffusion", "daed", "set"],
         help="image runs: daed adds DAED's denoising autoencoder, which finishes every chain below "
-        "daed.split of the schedule in one pass (factordiff denoise; default diffusion)",
+        "daed.split of the schedule in one pass (factordiff denoise; default diffusion); set: a "
+        "single-cell profiles:TABLE as populations, one per --set-column value (scLDM)",
+    )
+    p.add_argument(
+        "--set-column",
+        help="--model set: the metadata column naming each cell's set (a field or well, e.g. Metadata_Well)",
     )
     p.add_argument("--minutes", type=float, help="wall-clock budget of the whole fit")
     p.add_argument("--seed", type=int)

@@ -79,6 +79,8 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "denoiser.head": _csv_list(args.head) if args.head else None,
         "denoiser.label_fraction": args.label_fraction,
         "daed.enabled": {"daed": True, "diffusion": False}.get(args.model),
+        "sets.enabled": True if args.model == "set" else None,
+        "sets.column": args.set_column,
     }
     over = {k: v for k, v in pairs.items() if v is not None}
     if args.data and not args.data.startswith("shapes"):
@@ -285,9 +287,10 @@ def cmd_regenerate(args: argparse.Namespace) -> None:
             "(from the other factors)"
         )
     print(
-        f"wrote {r['rows']} regenerated {run.kind == 'profiles' and 'rows' or 'images'} "
-        f"({r['edit']}) to {r['out']}"
-        + (f"; {result.info['units']} (see {sidecar_path(Path(args.out))})" if run.kind == "profiles" else "")
+        f"wrote {r['rows']} regenerated {dict(profiles='rows', sets='cells').get(run.kind, 'images')} "
+        + (f"of {result.info['sets']} sets " if run.kind == "sets" else "")
+        + f"({r['edit']}) to {r['out']}"
+        + (f"; {result.info['units']} (see {sidecar_path(Path(args.out))})" if run.kind != "images" else "")
     )
 
 

@@ -461,6 +461,52 @@ class ProfilesConfig:
 
 
 @dataclass
+class SetsConfig:
+    """Diffusion over populations of cells (after scLDM; ``fit --model set`` on a single-cell
+    ``profiles:TABLE``): each set is the cells of one field or well (the rows sharing ``column``),
+    each cell its feature vector; ``diffusion/sets.py`` holds the parts.
+
+    Args:
+        enabled: make a set run (``fit --model set``).
+        column: the metadata column naming each row's set (``--set-column``, e.g. Metadata_Well);
+            every factor must be constant within a set.
+        cells: cells drawn from a set per training example (with replacement from smaller sets).
+        tokens, dim: the latent tokens of a set and their width.
+        width, depth, heads: the autoencoder's and the diffusion transformer's hidden width, the
+            transformer's blocks, attention heads.
+        code_dims: dimensions of each factor's code.
+        views: token draws per training set for the transformer (each from a fresh draw of cells).
+        autoencoder_steps, autoencoder_budget, sets_per_step: the set autoencoder's training.
+        steps, budget, batch_size, lr: the transformer's training with the codes (the budgets are
+            shares of ``train.minutes``).
+        cond_dropout: probability that each factor is absent in a training example (and all are).
+        guidance: classifier-free guidance weight on the factors a regeneration sets.
+        sample_steps: sampler steps of a regeneration.
+    """
+
+    enabled: bool = False
+    column: str | None = None
+    cells: int = 64
+    tokens: int = 8
+    dim: int = 16
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    code_dims: int = 8
+    views: int = 32
+    autoencoder_steps: int = 3000
+    autoencoder_budget: float = 0.4
+    sets_per_step: int = 16
+    steps: int = 4000
+    budget: float = 0.6
+    batch_size: int = 64
+    lr: float = 4e-4
+    cond_dropout: float = 0.1
+    guidance: float = 2.0
+    sample_steps: int = 50
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -472,6 +518,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    sets: SetsConfig = field(default_factory=SetsConfig)
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)

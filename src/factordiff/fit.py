@@ -60,6 +60,7 @@ from factordiff.models.profiles import (
     prepare_profiles,
 )
 from factordiff.models.runs import check_run_folder, fit_kind
+from factordiff.models.sets import SetModel, set_members
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
 STAGES = ("distiller", "autoencoder", "base", "denoiser", "daed", "encoder")
@@ -79,7 +80,7 @@ class FitResult:
     def summary(self) -> list[str]:
         """What ``factordiff fit`` prints."""
         where = self.run / "model"
-        if not isinstance(self.model, ProfileModel):
+        if not isinstance(self.model, (ProfileModel, SetModel)):
             return [f"trained {len(self.train)} images ({self.split.description}); model: {where}"]
         data = self.dataset
         c = data.table.cleaning
@@ -91,7 +92,9 @@ class FitResult:
             + "".join(f", {len(c['columns_dropped_' + op])} by {op}" for op in c["operations"][2:])
             + "; "
             f"normalisation: {data.normalization['normalize']}",
-            f"trained {int(data.train.sum())} rows ({data.split.description}); model: {where}",
+            f"trained {int(data.train.sum())} rows"
+            + (f" in {self.model.train_sets} sets" if isinstance(self.model, SetModel) else "")
+            + f" ({data.split.description}); model: {where}",
         ]
 
 
@@ -435,10 +438,10 @@ def fit(
     benchmarks need. ``keep``: names of files that may already be in ``out`` (quickstart's marker).
     """
     run = Path(out)
-    if cfg.daed.enabled and (fit_kind(cfg) == "profiles" or cfg.unsupervised.enabled):
+    if cfg.daed.enabled and (fit_kind(cfg) != "images" or cfg.unsupervised.enabled):
         raise FactordiffError("daed.enabled (--model daed): DAED is for supervised image runs")
-    if fit_kind(cfg) == "profiles":
-        model, profiles = fit_profiles(cfg, run, resume, progress)
+    if fit_kind(cfg) in ("profiles", "sets"):
+        model, profiles = (fit_sets if fit_kind(cfg) == "sets" else fit_profiles)(cfg, run, resume, progress)
         return FitResult(model, run, profiles.split, profiles, profiles)
     resume = check_run_folder(cfg, run, resume, keep)
     main = process()[2]
@@ -640,6 +643,134 @@ def fit_profiles(
         extra={
             "split": data.split.to_json(),
             "train_rows": int(data.train.sum()),
+            "normalization": data.normalization,
+        },
+    )
+    return model, data
+
+
+class _SetDraws:
+    """Deterministic batches of sets for the set autoencoder: step -> ``sets_per_step`` training
+    sets, ``cells`` cells drawn from each (with replacement from a smaller set), by (seed, step)."""
+
+    def __init__(self, z: torch.Tensor, members: list[np.ndarray], sets: int, cells: int, seed: int):
+        self.z, self.members, self.sets, self.cells, self.seed = z, members, sets, cells, seed
+        self.batch_size = sets
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        chosen = rng.choice(len(self.members), self.sets, replace=len(self.members) < self.sets)
+        draws = [rng.choice(self.members[i], self.cells, replace=True) for i in chosen]
+        return {"cells": self.z[torch.from_numpy(np.stack(draws))]}
+
+
+class _SetAutoencoderStep(torch.nn.Module):
+    def __init__(self, ae: torch.nn.Module):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, batch: dict[str, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        return self.ae.loss(batch["cells"], None, gen), {}
+
+
+def fit_sets(
+    cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True
+) -> tuple[SetModel, ProfileData]:
+    """Train a set run (``models/sets.py``) into ``out``: the set autoencoder on training sets, then
+    the diffusion transformer with the codes on ``sets.views`` token draws of each training set."""
+    run, s = Path(out), cfg.sets
+    resume = check_run_folder(cfg, run, resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = prepare_profiles(cfg)
+    table = data.table
+    members = set_members(table, s.column, np.flatnonzero(data.train))  # bad input stops before the folder
+    run.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        cfg.save(run / "run_config.json")
+        atomic_write_json(
+            run / "split.json",
+            {**data.split.to_json(), "heldout_rows": int((~data.train).sum()), "train_sets": len(members)},
+        )
+    rows = np.flatnonzero(data.train)
+    mean, std = _moments(data.features, rows)
+    z = ((torch.from_numpy(np.asarray(data.features, np.float32)) - mean) / std).float()
+    groups = list(members.values())
+    factors = np.stack([table.factors[g[0]] for g in groups])
+    torch.manual_seed(cfg.train.seed)
+    c = table.cleaning
+    source = cfg.data.source[len(PROFILES) :]
+    info = {"path": source, "fingerprint": fingerprint(source), "rows": c["rows_read"], "cleaning": c}
+    model = SetModel.build(
+        cfg,
+        table.spec,
+        table.feature_names,
+        mean=mean,
+        std=std,
+        seen=seen_values(table.spec, factors),
+        plates=data.plates,
+        table=info,
+    )
+    opts = _options(cfg, run, resume, progress)
+    seconds = None if cfg.train.minutes is None else 60 * cfg.train.minutes
+    ae = model.autoencoder.train().requires_grad_(True)
+    first = Stage(
+        "set_autoencoder",
+        _SetAutoencoderStep(ae),
+        list(ae.parameters()),
+        _SetDraws(z, groups, s.sets_per_step, s.cells, cfg.train.seed + 1),
+        s.autoencoder_steps,
+        1e-3,
+        None if seconds is None else seconds * s.autoencoder_budget / (s.autoencoder_budget + s.budget),
+        warmup=100,
+        images_per_step=s.sets_per_step * s.cells,
+    )
+    start = time.monotonic()
+    run_stage(first, opts)
+    ae.eval().requires_grad_(False)
+    rng = np.random.default_rng(cfg.train.seed + 3)  # each training set's token draws
+    sets = z[torch.from_numpy(np.stack([rng.choice(g, s.cells) for g in groups for _ in range(s.views)]))]
+    with torch.no_grad():
+        tokens = torch.cat([ae.encode(sets[i : i + 256]) for i in range(0, len(sets), 256)])
+    model.scale = float(tokens.std())
+    model.embedder.train().requires_grad_(True)
+    model.denoiser.train().requires_grad_(True)
+    step = DiffusionStep(
+        model.denoiser, replace(cfg.denoiser, cond_dropout=s.cond_dropout), embedder=model.embedder
+    )
+    batches = ArrayBatches(
+        {"x": tokens / model.scale, "factors": torch.from_numpy(np.repeat(factors, s.views, 0))},
+        min(s.batch_size, len(tokens)),
+        cfg.train.seed + 2,
+    )
+    left = None if seconds is None else max(seconds - (time.monotonic() - start), 1.0)
+    trainable = list(model.embedder.parameters()) + list(model.denoiser.parameters())
+    second = Stage(
+        "set_denoiser",
+        step,
+        trainable,
+        batches,
+        s.steps,
+        s.lr,
+        left,
+        ema_decay=cfg.denoiser.ema_decay,
+        warmup=200,
+        images_per_step=batches.batch_size,
+    )
+    run_stage(second, opts)
+    for m in model.modules().values():
+        m.eval().requires_grad_(False)
+    atomic_write_text(
+        run / "train_log.jsonl",
+        "".join(json.dumps({"stage": st.name, **row}) + "\n" for st in (first, second) for row in st.log),
+    )
+    model.train_sets = len(groups)
+    model.save(
+        run / "model",
+        extra={
+            "split": data.split.to_json(),
+            "train_rows": int(data.train.sum()),
+            "train_sets": len(groups),
             "normalization": data.normalization,
         },
     )

@@ -36,6 +36,7 @@ from factordiff.errors import FactordiffError
 from factordiff.factors import parse_settings
 from factordiff.models.profiles import prepare_run_profiles
 from factordiff.models.runs import Run
+from factordiff.models.sets import set_members
 
 SOURCE_ROW = "Metadata_source_row"
 DRAW = "Metadata_draw"
@@ -91,7 +92,8 @@ def _provenance(meta: pd.DataFrame, source_rows: np.ndarray, draws: int, edit: s
     """``meta`` (one row per source) repeated per draw, with the provenance columns."""
     out = meta.loc[meta.index.repeat(draws)].reset_index(drop=True)
     out[SOURCE_ROW] = np.repeat(source_rows, draws)
-    out[DRAW] = np.tile(np.arange(draws), len(meta))
+    if DRAW not in out:
+        out[DRAW] = np.tile(np.arange(draws), len(meta))
     out[EDIT] = edit
     return out
 
@@ -326,6 +328,88 @@ def _regenerate_profiles(run, q: _Request):
     return samples, meta, table.rows[rows], list(model.feature_names), unseen, info
 
 
+def _regenerate_sets(run, q: _Request):
+    """A new population per selected set (``models/sets.py``): the set's cells (those ``--where``
+    selects) become tokens, DDIM-inverted under the set's codes (``--start source``, the default)
+    or fresh noise (``--start noise`` or several draws), and come back under the target's codes as
+    as many cells as went in. ``--limit`` counts sets."""
+    model, spec, settings, s = run.model, run.spec, q.settings, run.config.sets
+    data = prepare_run_profiles(run.config, model, q.table)
+    table = data.table
+    rows = _rows(run, q.where, table.factors, table.source, table.metadata, None, q.only)
+    unknown = unknown_values(table, rows)
+    if unknown:
+        raise FactordiffError(
+            f"{table.source}: selected rows hold value(s) the run never saw and cannot code: "
+            f"{', '.join(unknown[:5])}; narrow --where or fit again"
+        )
+    members = set_members(table, s.column, rows)
+    names = list(members)[: q.limit] if q.limit else list(members)
+    groups = [members[n] for n in names]
+    first = np.asarray([g[0] for g in groups])
+    factors = table.factors[first]
+    target = factors.copy()
+    for k, value in settings.items():
+        try:
+            target[:, k] = spec.factors[k].index(value)
+        except FactordiffError as e:
+            raise FactordiffError(f"--set {spec.factors[k].name}={value}: {e}") from None
+    unseen = [
+        f"{spec.factors[k].name}={spec.factors[k].values[target[0, k]]}"
+        for k in settings
+        if spec.factors[k].kind != "ordinal" and not model.seen[k][target[0, k]]
+    ]
+    meta, absent, nested = _profile_metadata(table, first, target, settings, data.train)
+    for c in meta.columns:  # a cell's own columns (its number, position) say nothing of a new cell
+        cells = np.asarray(table.metadata[c])
+        if c not in spec.names and any(len(set(cells[g].tolist())) > 1 for g in groups):
+            meta[c] = ""
+    begin = "noise" if q.draws > 1 else q.start or "source"
+    strength = 1.0 if q.strength is None else q.strength
+    sizes = [len(g) for g in groups]
+    out, parts = [], []
+    for d in range(q.draws):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=q.gen))
+        source = ([data.features[g] for g in groups], factors) if begin == "source" else None
+        pops = model.populations(
+            target,
+            sizes,
+            seed,
+            q.steps,
+            q.guidance,
+            sorted(settings) if source is None else None,
+            source,
+            strength,
+            absent if absent.any() else None,
+        )
+        for i, cells in enumerate(pops):
+            out.append(cells)
+            part = meta.iloc[[i] * len(cells)].copy()
+            part[s.column] = names[i] if q.draws == 1 else f"{names[i]}#{d}"
+            part["Metadata_source_set"] = names[i]
+            part[DRAW] = d
+            parts.append(part)
+    samples = np.concatenate(out).astype(np.float32)
+    if model.plates is not None:
+        groups_raw, units = _raw_units(data.plates, table, meta, first, settings, nested)
+        per_cell = [groups_raw[i] for _ in range(q.draws) for i, n in enumerate(sizes) for _ in range(n)]
+        samples = data.plates.raw(samples, per_cell)
+    else:
+        units = "normalised units (no per-plate normalisation was fitted)"
+    source_rows = np.concatenate(
+        [np.repeat(table.rows[first[i]], n) for _ in range(q.draws) for i, n in enumerate(sizes)]
+    )
+    info = {
+        "units": units,
+        "nested": nested,
+        "notes": data.notes,
+        "table": table.source,
+        "start": begin,
+        "sets": len(groups),
+    }
+    return samples, pd.concat(parts, ignore_index=True), source_rows, list(model.feature_names), unseen, info
+
+
 @torch.no_grad()
 def regenerate(
     run: Run,
@@ -378,7 +462,7 @@ def regenerate(
     if method == "classifier" and (run.kind != "images" or len(settings) != 1):
         raise FactordiffError("--method classifier: an image run fitted with --head, and --set of one factor")
     gen = torch.Generator().manual_seed(seed)
-    part = _regenerate_profiles if run.kind == "profiles" else _regenerate_images
+    part = {"profiles": _regenerate_profiles, "sets": _regenerate_sets}.get(run.kind, _regenerate_images)
     q = _Request(
         list(where), settings, steps, guidance, strength, residual, limit, draws, gen, table, rows, start
     )
@@ -393,7 +477,10 @@ def regenerate(
     else:
         samples, meta, source_rows, features, unseen, info = part(run, q)
     edit = ", ".join(f"{run.spec.factors[k].name}={v}" for k, v in settings.items())
-    return Regenerated(samples, _provenance(meta, source_rows, draws, edit), features, edit, unseen, info)
+    once = run.kind == "sets"  # one row per new cell already, with its draw
+    return Regenerated(
+        samples, _provenance(meta, source_rows, 1 if once else draws, edit), features, edit, unseen, info
+    )
 
 
 def write_table(frame: pd.DataFrame, out: Path) -> None:
@@ -502,10 +589,10 @@ def check_out(run: Run, out: Path) -> None:
                 f"--out {out}: a .npz stack is written for crop runs (crops:STACK.npz, fields:SOURCE) only"
             )
         return
-    if run.kind == "profiles":
+    if run.kind in ("profiles", "sets"):
         if not out.name.lower().endswith(TABLE_SUFFIXES):
             raise FactordiffError(
-                f"--out {out}: expected a {', '.join(TABLE_SUFFIXES)} path for a profile run"
+                f"--out {out}: expected a {', '.join(TABLE_SUFFIXES)} path for a {run.kind[:-1]} run"
             )
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
@@ -526,7 +613,7 @@ def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
     Images: the folder ``out`` (``_write_images``). Nothing is left half-written."""
     out = Path(out)
     check_out(run, out)
-    if run.kind == "profiles":
+    if run.kind in ("profiles", "sets"):
         write_rows(result.metadata, result.samples, result.features, out)
         sidecar = {
             "run": str(run.path),
@@ -537,6 +624,7 @@ def write_regenerated(result: Regenerated, run: Run, out: Path) -> dict:
             "table": result.info["table"],
             "nested_left_empty": result.info["nested"],
             "unseen_values": result.unseen,
+            **({"sets": result.info["sets"]} if "sets" in result.info else {}),
         }
         atomic_write_json(sidecar_path(out), sidecar)
     elif out.name.lower().endswith(".npz"):

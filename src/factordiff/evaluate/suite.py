@@ -43,6 +43,7 @@ from factordiff.evaluate.crops import summary_lines as crop_summary_lines
 from factordiff.evaluate.latent import heldout_readout
 from factordiff.evaluate.profile_suite import evaluate_profile_run
 from factordiff.evaluate.profile_suite import summary_lines as profile_summary_lines
+from factordiff.evaluate.sets import evaluate_set_run, set_summary_lines
 from factordiff.models.images import FactorModel
 from factordiff.models.runs import load_model, read_run_config, run_kind
 from factordiff.train import training_curves
@@ -396,6 +397,8 @@ def evaluate(run: Path, progress: bool = True) -> dict:
     returns ``RUN/metrics.json`` (with ``kind``)."""
     if run_kind(run) == "profiles":
         return evaluate_profile_run(Path(run), progress=progress)
+    if run_kind(run) == "sets":
+        return evaluate_set_run(Path(run), progress=progress)
     if is_crop_source(read_run_config(run).data.source):
         return evaluate_crop_run(Path(run), progress=progress)
     return evaluate_run(Path(run), progress=progress)
@@ -405,6 +408,8 @@ def summary_lines(metrics: dict) -> list[str]:
     """The terminal summary of ``evaluate``'s metrics, for either kind of run."""
     if metrics.get("kind") == "crops":
         return crop_summary_lines(metrics)
+    if metrics.get("kind") == "sets":
+        return set_summary_lines(metrics)
     return (
         profile_summary_lines(metrics) if metrics.get("kind") == "profiles" else image_summary_lines(metrics)
     )

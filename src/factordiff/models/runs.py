@@ -2,9 +2,9 @@
 
 A run folder holds ``run_config.json`` (the resolved config), ``split.json`` and ``model/`` (the
 weights and ``model/config.json``, whose ``kind`` says which model wrote it: ``images`` for a
-``FactorModel``, ``profiles`` for a ``ProfileModel``). This module is the one place that reads
-those files and checks a folder before a fit writes to it; every command and the evaluation take
-the ``Run`` it returns without asking which kind it is beyond ``run.kind``.
+``FactorModel``, ``profiles`` for a ``ProfileModel``, ``sets`` for a ``SetModel``). This module is
+the one place that reads those files and checks a folder before a fit writes to it; every command
+and the evaluation take the ``Run`` it returns without asking which kind it is beyond ``run.kind``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
 from factordiff.models.images import FactorModel
 from factordiff.models.profiles import ProfileData, ProfileModel, prepare_run_profiles
+from factordiff.models.sets import SetModel
 
 RUN_CONFIG = "run_config.json"
 MODEL_CONFIG = "model/config.json"
-KINDS = ("images", "profiles")
+KINDS = ("images", "profiles", "sets")
+MODELS = {"images": FactorModel, "profiles": ProfileModel, "sets": SetModel}
 
 
 def read_run_config(run: Path) -> RunConfig:
@@ -42,7 +44,7 @@ def read_run_config(run: Path) -> RunConfig:
 
 
 def run_kind(run: Path) -> str:
-    """``images`` or ``profiles``: the kind of model in the run folder (``model/config.json``)."""
+    """``images``, ``profiles`` or ``sets``: the kind of model in the run folder (``model/config.json``)."""
     read_run_config(run)  # a folder that is no run, or has no trained model, is said so first
     kind = read_json(Path(run) / MODEL_CONFIG).get("kind", "images")
     if kind not in KINDS:
@@ -53,7 +55,14 @@ def run_kind(run: Path) -> str:
 
 
 def fit_kind(cfg: RunConfig) -> str:
-    """The kind of run that ``fit`` makes of ``cfg``: ``profiles`` for a ``profiles:TABLE`` source."""
+    """The kind of run that ``fit`` makes of ``cfg``: ``profiles`` for a ``profiles:TABLE`` source,
+    ``sets`` for one with ``sets.enabled`` (``--model set``), else ``images``."""
+    if cfg.sets.enabled:
+        if not is_profile_source(cfg.data.source):
+            raise FactordiffError(
+                f"--model set: expected a single-cell table, --data profiles:TABLE; got {cfg.data.source!r}"
+            )
+        return "sets"
     return "profiles" if is_profile_source(cfg.data.source) else "images"
 
 
@@ -79,18 +88,19 @@ def check_run_folder(cfg: RunConfig, run: Path, resume: bool, keep: tuple[str, .
 
 @dataclass
 class Run:
-    """A trained run: its folder, resolved config and model (``FactorModel`` or ``ProfileModel``).
+    """A trained run: its folder, resolved config and model (``FactorModel``, ``ProfileModel`` or
+    ``SetModel``).
 
     ``kind`` is ``images`` or ``profiles``; ``spec`` the factors with their values and roles.
     ``data()`` reads the run's data again (the fit's source, split and normalisation)."""
 
     path: Path
     config: RunConfig
-    model: FactorModel | ProfileModel
+    model: FactorModel | ProfileModel | SetModel
 
     @property
     def kind(self) -> str:
-        return "profiles" if isinstance(self.model, ProfileModel) else "images"
+        return next(k for k, cls in MODELS.items() if isinstance(self.model, cls))
 
     @property
     def spec(self) -> FactorSpec:
@@ -99,7 +109,7 @@ class Run:
     def data(self) -> tuple[FactorDataset, object, FactorDataset] | ProfileData:
         """The run's data as its fit prepared it: images as ``(all, split, training)``, profiles as
         ``ProfileData`` (table, split, training mask, normalised features)."""
-        if self.kind == "profiles":
+        if self.kind in ("profiles", "sets"):
             return prepare_run_profiles(self.config, self.model)
         return prepare_data(self.config, self.path)
 
@@ -123,11 +133,10 @@ class Run:
         }
 
 
-def load_model(run: Path) -> tuple[RunConfig, FactorModel | ProfileModel]:
+def load_model(run: Path) -> tuple[RunConfig, FactorModel | ProfileModel | SetModel]:
     """The run's config and its model, of whichever kind the folder holds."""
     cfg = read_run_config(run)
-    cls = ProfileModel if run_kind(run) == "profiles" else FactorModel
-    return cfg, cls.load(Path(run) / "model")
+    return cfg, MODELS[run_kind(run)].load(Path(run) / "model")
 
 
 def load_run(path: Path | str) -> Run:
