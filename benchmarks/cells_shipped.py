@@ -6,7 +6,7 @@ into ``benchmarks/results/cells_shipped.json``.
 
 Held out of every learning stage (``configs/cellsim32.json``): three compound x batch combinations
 (nocodazole in batch_2, colchicine in batch_3, rotenone in batch_4) and four compounds entirely
-(caffeine, camptothecin, ibuprofen, aspirin). Figures, each beside its baselines:
+(caffeine, camptothecin, topotecan, ibuprofen). Figures, each beside its baselines:
 
 - held-out batch swaps (fields of a compound in another batch, regenerated into the held-out
   batch): read as the target batch, compound kept; beside copy-the-source, the per-channel batch
@@ -67,8 +67,9 @@ def main() -> None:
             "training_minutes": json.loads((shipped / "run_config.json").read_text())["train"]["minutes"],
             "training_steps": training_steps(shipped / "train_log.jsonl"),
             **{k: m[k] for k in keep if k in m},
-            # the batch-swap settings compared on seen swaps (benchmarks/cells.py --edits), kept
-            **({"edit_settings": before["edit_settings"]} if "edit_settings" in before else {}),
+            # the batch-swap settings compared on seen swaps (benchmarks/cells.py --edits), kept, and
+            # the headline figures of the model this one replaced
+            **{k: before[k] for k in ("edit_settings", "previous_model") if k in before},
         },
     )
     print(f"quickstart --data cellsim: {minutes:.1f} minutes; wrote {RESULTS}")

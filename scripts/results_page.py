@@ -1504,6 +1504,21 @@ def cells_shipped_section() -> list[str]:
         bold(["all", f3(un["closer_than_control"]), f3(un["copy_control"]), f3(un["nearest_compound"]), ""])
     )
     out += table(["compound", "model", "copy the control", "nearest compound", "structure cosine"], rows)
+    prev = d.get("previous_model")
+    if prev:
+        pb, pu = prev["batch_swap"], prev["unseen_compound"]
+        each = ", ".join(f"{c['compound']} {c['closer_than_control']:.2f}" for c in pu["by_compound"])
+        out += [
+            "",
+            f"The previous shipped model ({prev['date']}, the same config and budget, "
+            f"{', '.join(f'{k} {v:,}' for k, v in prev['training_steps'].items())} steps) held out "
+            + "; ".join(f"`{w}`" for w in prev["split"]["config"]["where"])
+            + f": held-out batch swaps read as the target batch {pb['target_batch_rate']:.3f}, compound"
+            f" kept {pb['compound_kept_rate']:.3f} (batch mean shift"
+            f" {pb['mean_shift']['compound_kept_rate']:.3f});"
+            f" unseen compounds closer than the control {pu['closer_than_control']:.3f} ({each}). Its"
+            " batch-swap settings table is in the git history of this page.",
+        ]
     es = d.get("edit_settings")
     if es:
         commands = list(dict.fromkeys(r.get("command", es["command"]) for r in es["technical"]))
