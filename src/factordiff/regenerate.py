@@ -275,18 +275,19 @@ def _raw_units(plates, table, meta, rows, settings, nested) -> tuple[list[list[i
     return [[int(i)] for i in source], "raw units of each source row's plate"
 
 
-def _regenerate_profiles(run, q: _Request):
-    model, spec, settings, draws = run.model, run.spec, q.settings, q.draws
-    data = prepare_run_profiles(run.config, model, q.table)
-    table = data.table
-    rows = _rows(run, q.where, table.factors, table.source, table.metadata, q.limit, q.only)
+def check_known(table, rows: np.ndarray) -> None:
+    """Refuse selected rows with factor values the run never saw (no code), naming them."""
     unknown = unknown_values(table, rows)
     if unknown:
         raise FactordiffError(
             f"{table.source}: selected rows hold value(s) the run never saw and cannot code: "
             f"{', '.join(unknown[:5])}; narrow --where or fit again"
         )
-    factors = table.factors[rows]
+
+
+def _targets(model, factors: np.ndarray, settings: dict[int, str]) -> tuple[np.ndarray, list[str]]:
+    """The value indices after ``--set`` and the set values that no training row had (``F=V``)."""
+    spec = model.spec
     target = factors.copy()
     for k, value in settings.items():
         try:
@@ -298,6 +299,17 @@ def _regenerate_profiles(run, q: _Request):
         for k in settings
         if spec.factors[k].kind != "ordinal" and not model.seen[k][target[0, k]]
     ]
+    return target, unseen
+
+
+def _regenerate_profiles(run, q: _Request):
+    model, settings, draws = run.model, q.settings, q.draws
+    data = prepare_run_profiles(run.config, model, q.table)
+    table = data.table
+    rows = _rows(run, q.where, table.factors, table.source, table.metadata, q.limit, q.only)
+    check_known(table, rows)
+    factors = table.factors[rows]
+    target, unseen = _targets(model, factors, settings)
     meta, absent, nested = _profile_metadata(table, rows, target, settings, data.train)
     steps = q.steps or run.config.profiles.sample_steps
     strength = 1.0 if q.strength is None else q.strength
@@ -337,28 +349,13 @@ def _regenerate_sets(run, q: _Request):
     data = prepare_run_profiles(run.config, model, q.table)
     table = data.table
     rows = _rows(run, q.where, table.factors, table.source, table.metadata, None, q.only)
-    unknown = unknown_values(table, rows)
-    if unknown:
-        raise FactordiffError(
-            f"{table.source}: selected rows hold value(s) the run never saw and cannot code: "
-            f"{', '.join(unknown[:5])}; narrow --where or fit again"
-        )
+    check_known(table, rows)
     members = set_members(table, s.column, rows)
     names = list(members)[: q.limit] if q.limit else list(members)
     groups = [members[n] for n in names]
     first = np.asarray([g[0] for g in groups])
     factors = table.factors[first]
-    target = factors.copy()
-    for k, value in settings.items():
-        try:
-            target[:, k] = spec.factors[k].index(value)
-        except FactordiffError as e:
-            raise FactordiffError(f"--set {spec.factors[k].name}={value}: {e}") from None
-    unseen = [
-        f"{spec.factors[k].name}={spec.factors[k].values[target[0, k]]}"
-        for k in settings
-        if spec.factors[k].kind != "ordinal" and not model.seen[k][target[0, k]]
-    ]
+    target, unseen = _targets(model, factors, settings)
     meta, absent, nested = _profile_metadata(table, first, target, settings, data.train)
     for c in meta.columns:  # a cell's own columns (its number, position) say nothing of a new cell
         cells = np.asarray(table.metadata[c])

@@ -527,6 +527,24 @@ class PlateStats:
     center: np.ndarray
     scale: np.ndarray
 
+    def saved(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(the JSON entry, the arrays) a model file keeps of these statistics."""
+        meta = {"mode": self.mode, "column": self.column, "names": self.plates}
+        return meta, {"plates.center": self.center, "plates.scale": self.scale}
+
+    @classmethod
+    def restore(cls, meta: dict | None, tensors: dict) -> "PlateStats | None":
+        """The statistics ``saved`` wrote (None when the entry is None: no normalisation)."""
+        if meta is None:
+            return None
+        return cls(
+            meta["mode"],
+            meta["column"],
+            list(meta["names"]),
+            np.asarray(tensors["plates.center"]),
+            np.asarray(tensors["plates.scale"]),
+        )
+
     def index(self, plates: np.ndarray) -> np.ndarray:
         """Row index into ``self.plates`` per plate id, -1 for a plate without statistics."""
         where = {p: i for i, p in enumerate(self.plates)}

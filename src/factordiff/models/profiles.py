@@ -52,6 +52,11 @@ from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec, parse_pairs, short_name
 
 
+def plate_tensors(plates: PlateStats | None) -> dict[str, torch.Tensor]:
+    """The per-plate statistics as a model's weights file keeps them (none without)."""
+    return {} if plates is None else {k: torch.from_numpy(v) for k, v in plates.saved()[1].items()}
+
+
 def roles_of(cfg: RunConfig) -> dict[str, str]:
     return dict(parse_pairs(p, "profiles.roles")[0] for p in cfg.profiles.roles)
 
@@ -425,14 +430,7 @@ class ProfileModel:
                 "mean": self.mean,
                 "std": self.std,
                 **({"additive.w": self.additive[0], "additive.b": self.additive[1]} if self.additive else {}),
-                **(
-                    {
-                        "plates.center": torch.from_numpy(self.plates.center),
-                        "plates.scale": torch.from_numpy(self.plates.scale),
-                    }
-                    if self.plates
-                    else {}
-                ),
+                **plate_tensors(self.plates),
             },
             folder / "profile_model.safetensors",
         )
@@ -443,9 +441,7 @@ class ProfileModel:
             "factors": self.spec.to_json(),
             "features": self.feature_names,
             "seen": [s.tolist() for s in self.seen],
-            "plates": None
-            if self.plates is None
-            else {"mode": self.plates.mode, "column": self.plates.column, "names": self.plates.plates},
+            "plates": None if self.plates is None else self.plates.saved()[0],
             "table": self.table,
             **(extra or {}),
         }
@@ -459,19 +455,8 @@ class ProfileModel:
             config = from_dict(RunConfig, meta["run"], f"{folder / 'config.json'}:run")
             spec, names = FactorSpec.from_json(meta["factors"]), list(meta["features"])
             seen = [np.asarray(s, bool) for s in meta["seen"]]
-            pm = meta.get("plates")
             t = load_tensors(folder / "profile_model.safetensors")
-            plates = (
-                None
-                if pm is None
-                else PlateStats(
-                    pm["mode"],
-                    pm["column"],
-                    list(pm["names"]),
-                    t["plates.center"].numpy(),
-                    t["plates.scale"].numpy(),
-                )
-            )
+            plates = PlateStats.restore(meta.get("plates"), t)
         except (KeyError, TypeError) as e:
             raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
         additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None

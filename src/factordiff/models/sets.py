@@ -40,6 +40,7 @@ from factordiff.diffusion.sets import SetAutoencoder, SetTokenDenoiser
 from factordiff.encoders.metadata import MetadataEmbedder, present
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
+from factordiff.models.profiles import plate_tensors
 
 WEIGHTS = "set_model.safetensors"
 
@@ -199,16 +200,13 @@ class SetModel:
     # --- disk ------------------------------------------------------------------------------
     def save(self, folder: Path, extra: dict | None = None) -> None:
         folder = Path(folder)
-        plates = (
-            {
-                "plates.center": torch.from_numpy(self.plates.center),
-                "plates.scale": torch.from_numpy(self.plates.scale),
-            }
-            if self.plates
-            else {}
-        )
         atomic_save_tensors(
-            {**module_tensors(self.modules()), "mean": self.mean, "std": self.std, **plates},
+            {
+                **module_tensors(self.modules()),
+                "mean": self.mean,
+                "std": self.std,
+                **plate_tensors(self.plates),
+            },
             folder / WEIGHTS,
         )
         meta = {
@@ -219,9 +217,7 @@ class SetModel:
             "features": self.feature_names,
             "seen": [s.tolist() for s in self.seen],
             "token_scale": self.scale,
-            "plates": None
-            if self.plates is None
-            else {"mode": self.plates.mode, "column": self.plates.column, "names": self.plates.plates},
+            "plates": None if self.plates is None else self.plates.saved()[0],
             "table": self.table,
             **(extra or {}),
         }
@@ -236,18 +232,7 @@ class SetModel:
             spec, names = FactorSpec.from_json(meta["factors"]), list(meta["features"])
             seen = [np.asarray(s, bool) for s in meta["seen"]]
             t = load_tensors(folder / WEIGHTS)
-            pm = meta.get("plates")
-            plates = (
-                None
-                if pm is None
-                else PlateStats(
-                    pm["mode"],
-                    pm["column"],
-                    list(pm["names"]),
-                    t["plates.center"].numpy(),
-                    t["plates.scale"].numpy(),
-                )
-            )
+            plates = PlateStats.restore(meta.get("plates"), t)
             scale = float(meta["token_scale"])
         except (KeyError, TypeError, ValueError) as e:
             raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
