@@ -1776,41 +1776,19 @@ def joint_section() -> list[str]:
 
 
 def scldm_lines(sc: dict) -> list[str]:
-    """The set model on the BBBC021 fields beside its baselines."""
-    if "fit_command" in sc:  # a set run (fit --model set, evaluate)
-        out = [
-            f"scLDM as a set run ({code(sc['command'])}; the run: {code(sc['fit_command'])}, then",
-            "`factordiff evaluate`): the real BBBC021 crops as a single-cell table of morphology features,",
-            f"each field a set; `{sc['holdout']}` held out ({sc['heldout_fields']} fields,",
-            f"{sc['heldout_cells']} cells), {sc['training_fields']} training fields, fit and evaluation",
-            f"{sc['seconds'] / 60:.0f} minutes. Energy distance of each population to the real held-out",
-            "cells",
-            "(features z-scored by training cells; lower is closer): *model*, one population from noise per",
-            "held-out field; *nearest*, the nearest condition's real cells"
-            f" ({', '.join(sc['nearest_conditions'])}); *per-field mean model*, the additive model of the",
-            "cells' mean repeated once per cell; *floor*, the held-out fields in two halves, averaged over",
-            "the halvings.",
-            "",
-        ]
-        rows = [
-            [name, "-" if sc[key] is None else f"{sc[key]:.3f}"]
-            for name, key in (
-                ("model", "model"),
-                ("nearest condition", "nearest"),
-                ("per-field mean model, repeated", "per_well_model"),
-                ("replicate floor", "floor"),
-            )
-        ]
-        return out + table(["population", "energy distance"], rows)
+    """The set run on the BBBC021 fields beside its baselines."""
     out = [
-        f"scLDM's parts over populations of cells ({code(sc['command'])}): the real BBBC021 fields as",
-        f"sets of cells ({sc['features']} morphology features per crop, z-scored on training cells);",
-        f"`{sc['holdout']}` held out ({sc['heldout_fields']} fields, {sc['heldout_cells']} cells), the model",
-        f"trained on {sc['training_fields']} fields. Energy distance of each population to the real held-out",
-        "cells (lower is closer): *model*, one token draw per held-out field decoded to its cell count;",
-        "*nearest*, the treatment on the other plates; *control*, the plate's DMSO cells; *per-field mean",
-        "model*, the additive shift repeated once per cell; *floor*, one half of the held-out fields",
-        "against the other.",
+        f"scLDM as a set run ({code(sc['command'])}; the run: {code(sc['fit_command'])}, then",
+        "`factordiff evaluate`): the real BBBC021 crops as a single-cell table of morphology features,",
+        f"each field a set; `{sc['holdout']}` held out ({sc['heldout_fields']} fields,",
+        f"{sc['heldout_cells']} cells), {sc['training_fields']} training fields, fit and evaluation",
+        f"{sc['seconds'] / 60:.0f} minutes. Energy distance of each population to the real held-out",
+        "cells",
+        "(features z-scored by training cells; lower is closer): *model*, one population from noise per",
+        "held-out field; *nearest*, the nearest condition's real cells"
+        f" ({', '.join(sc['nearest_conditions'])}); *per-field mean model*, the additive model of the",
+        "cells' mean repeated once per cell; *floor*, the held-out fields in two halves, averaged over",
+        "the halvings.",
         "",
     ]
     rows = [
@@ -1818,7 +1796,6 @@ def scldm_lines(sc: dict) -> list[str]:
         for name, key in (
             ("model", "model"),
             ("nearest condition", "nearest"),
-            ("control (DMSO, same plate)", "control"),
             ("per-field mean model, repeated", "per_well_model"),
             ("replicate floor", "floor"),
         )
