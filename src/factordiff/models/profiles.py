@@ -57,6 +57,35 @@ def plate_tensors(plates: PlateStats | None) -> dict[str, torch.Tensor]:
     return {} if plates is None else {k: torch.from_numpy(v) for k, v in plates.saved()[1].items()}
 
 
+def table_model_meta(model, kind: str) -> dict:
+    """The ``model/config.json`` entries a model of table rows (``ProfileModel``, ``SetModel``) keeps."""
+    return {
+        **model_meta(),
+        "kind": kind,
+        "run": model.config.to_json(),
+        "factors": model.spec.to_json(),
+        "features": model.feature_names,
+        "seen": [s.tolist() for s in model.seen],
+        "plates": None if model.plates is None else model.plates.saved()[0],
+        "table": model.table,
+    }
+
+
+def read_table_model(folder: Path, weights: str) -> tuple:
+    """What ``table_model_meta`` wrote, and the weights: (meta, config, spec, feature names, seen,
+    tensors, plates); a missing or malformed entry is one line naming the file."""
+    meta = read_json(folder / "config.json")
+    try:
+        config = from_dict(RunConfig, meta["run"], f"{folder / 'config.json'}:run")
+        spec, names = FactorSpec.from_json(meta["factors"]), list(meta["features"])
+        seen = [np.asarray(s, bool) for s in meta["seen"]]
+        t = load_tensors(folder / weights)
+        plates = PlateStats.restore(meta.get("plates"), t)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
+    return meta, config, spec, names, seen, t, plates
+
+
 def roles_of(cfg: RunConfig) -> dict[str, str]:
     return dict(parse_pairs(p, "profiles.roles")[0] for p in cfg.profiles.roles)
 
@@ -434,31 +463,12 @@ class ProfileModel:
             },
             folder / "profile_model.safetensors",
         )
-        meta = {
-            **model_meta(),
-            "kind": "profiles",
-            "run": self.config.to_json(),
-            "factors": self.spec.to_json(),
-            "features": self.feature_names,
-            "seen": [s.tolist() for s in self.seen],
-            "plates": None if self.plates is None else self.plates.saved()[0],
-            "table": self.table,
-            **(extra or {}),
-        }
-        atomic_write_json(folder / "config.json", meta)
+        atomic_write_json(folder / "config.json", {**table_model_meta(self, "profiles"), **(extra or {})})
 
     @classmethod
     def load(cls, folder: Path) -> "ProfileModel":
         folder = Path(folder)
-        meta = read_json(folder / "config.json")
-        try:
-            config = from_dict(RunConfig, meta["run"], f"{folder / 'config.json'}:run")
-            spec, names = FactorSpec.from_json(meta["factors"]), list(meta["features"])
-            seen = [np.asarray(s, bool) for s in meta["seen"]]
-            t = load_tensors(folder / "profile_model.safetensors")
-            plates = PlateStats.restore(meta.get("plates"), t)
-        except (KeyError, TypeError) as e:
-            raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
+        meta, config, spec, names, seen, t, plates = read_table_model(folder, "profile_model.safetensors")
         additive = (t["additive.w"], t["additive.b"]) if "additive.w" in t else None
         if (additive is None) != (config.profiles.residual == "none"):
             raise FactordiffError(

@@ -25,12 +25,9 @@ from factordiff.checkpoint import (
     atomic_save_tensors,
     atomic_write_json,
     load_modules,
-    load_tensors,
-    model_meta,
     module_tensors,
-    read_json,
 )
-from factordiff.config import RunConfig, from_dict
+from factordiff.config import RunConfig
 from factordiff.data.profiles import PlateStats, ProfileTable
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter
 from factordiff.diffusion.condition import Condition
@@ -40,7 +37,7 @@ from factordiff.diffusion.sets import SetAutoencoder, SetTokenDenoiser
 from factordiff.encoders.metadata import MetadataEmbedder, present
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
-from factordiff.models.profiles import plate_tensors
+from factordiff.models.profiles import plate_tensors, read_table_model, table_model_meta
 
 WEIGHTS = "set_model.safetensors"
 
@@ -209,30 +206,14 @@ class SetModel:
             },
             folder / WEIGHTS,
         )
-        meta = {
-            **model_meta(),
-            "kind": "sets",
-            "run": self.config.to_json(),
-            "factors": self.spec.to_json(),
-            "features": self.feature_names,
-            "seen": [s.tolist() for s in self.seen],
-            "token_scale": self.scale,
-            "plates": None if self.plates is None else self.plates.saved()[0],
-            "table": self.table,
-            **(extra or {}),
-        }
+        meta = {**table_model_meta(self, "sets"), "token_scale": self.scale, **(extra or {})}
         atomic_write_json(folder / "config.json", meta)
 
     @classmethod
     def load(cls, folder: Path) -> "SetModel":
         folder = Path(folder)
-        meta = read_json(folder / "config.json")
+        meta, config, spec, names, seen, t, plates = read_table_model(folder, WEIGHTS)
         try:
-            config = from_dict(RunConfig, meta["run"], f"{folder / 'config.json'}:run")
-            spec, names = FactorSpec.from_json(meta["factors"]), list(meta["features"])
-            seen = [np.asarray(s, bool) for s in meta["seen"]]
-            t = load_tensors(folder / WEIGHTS)
-            plates = PlateStats.restore(meta.get("plates"), t)
             scale = float(meta["token_scale"])
         except (KeyError, TypeError, ValueError) as e:
             raise FactordiffError(f"{folder / 'config.json'}: missing or malformed entry {e}") from None
