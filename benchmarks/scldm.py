@@ -1,16 +1,27 @@
-"""scLDM over populations of cells on the real BBBC021 fields (``scldm`` of
-``benchmarks/results/joint.json``), through the set run kind: ``factordiff fit --model set`` and
-``factordiff evaluate`` (``models/sets.py``, ``evaluate/sets.py``).
+"""scLDM over populations of cells on the real BBBC021 fields and on cellsim (``scldm`` of
+``benchmarks/results/joint.json``; cellsim's figures under ``scldm.cellsim``), through the set run
+kind: ``factordiff fit --model set`` and ``factordiff evaluate`` (``models/sets.py``,
+``evaluate/sets.py``).
 
     python benchmarks/scldm.py [--holdout cyclohexamide@50@Week4_27821] [--seed 0]
+    python benchmarks/scldm.py --data cellsim [--holdout nocodazole@plate_3] [--wells 3] [--fields 16]
 
 Each crop of ``../shared/data/real/bbbc021-singlecell`` becomes a cell: its
 ``evaluate/morphology.py`` features (nucleus shape, per-channel intensity and texture), one row of
 a single-cell table with its plate, well, site, compound and concentration; each field (plate,
 well, site: 50 fields of 59 to 330 cells) is a set. The fields of one compound x dose x plate are
-held out (``--holdout-where``): nothing fitted sees them. The run's evaluation generates one
-population per held-out field from noise under the held-out condition's codes and judges the
-pooled cells by the energy distance (features z-scored by training cells) against the real ones,
+held out (``--holdout-where``): nothing fitted sees them.
+
+On cellsim, where populations are unlimited, each simulated well is a set: ``--fields`` 64x64
+fields of one compound (at 10 uM; DMSO) x plate in A549, ``--wells`` wells per condition, every
+compound on every plate; each nucleus of a field's DNA channel (``data/cells.nucleus_centres``)
+gives a 24x24 crop of the raw 16-bit channels (a cell's diameter; a crop that would leave the
+field is dropped) and its features. The fields of one compound x plate are held out (``--holdout
+COMPOUND@PLATE``).
+
+The run's evaluation generates one population per held-out field (well) from noise under the
+held-out condition's codes and judges the pooled cells by the energy distance (features z-scored
+by training cells) against the real ones,
 beside the nearest condition's cells (the same treatment on the other plates), the additive
 per-field mean model repeated once per cell (what a per-well profile model gives) and the floor
 (the held-out fields in two halves, averaged over the halvings). The table is written once into
@@ -27,8 +38,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.cli import main as cli
@@ -58,10 +71,49 @@ def cell_table(stack: Path, out: Path) -> Path:
     return out
 
 
+def cellsim_table(out: Path, wells: int, fields: int, seed: int, crop: int = 24) -> Path:
+    """Simulated wells of cellsim (module docstring) as a single-cell table, as ``cell_table``."""
+    if out.is_file():
+        return out
+    from factordiff.data.cells import nucleus_centres
+    from factordiff.data.cellsim import CHANNELS as CELLSIM_CHANNELS
+    from factordiff.data.cellsim import COMPOUNDS, DOSES, PLATES, render
+
+    rows = [(c, p, w) for c in range(len(COMPOUNDS)) for p in range(len(PLATES)) for w in range(wells)]
+    factors = np.zeros((len(rows) * fields, 6), np.int64)  # compound, dose, cell line, source, batch, plate
+    for i, (c, p, _) in enumerate(rows):
+        factors[i * fields : (i + 1) * fields] = (c, 0 if c == 0 else len(DOSES) - 1, 0, p // 4, p // 2, p)
+    images = render(factors, 64, seed)
+    crops, meta = [], []
+    for i, field in enumerate(tqdm(images, desc="cellsim crops", unit="field")):
+        c, p, w = rows[i // fields]
+        for cy, cx in nucleus_centres(field[0].astype(np.float32)):
+            y0, x0 = int(cy) - crop // 2, int(cx) - crop // 2
+            if 0 <= y0 and 0 <= x0 and y0 + crop <= 64 and x0 + crop <= 64:
+                crops.append(field[:, y0 : y0 + crop, x0 : x0 + crop].transpose(1, 2, 0))
+                name = list(COMPOUNDS)[c]
+                meta.append((name, PLATES[p], f"{PLATES[p]}/{name}/well_{w}", i))
+    table = pd.DataFrame(
+        meta, columns=["Metadata_Compound", "Metadata_Plate", "Metadata_Well", "Metadata_FieldIndex"]
+    )
+    stack = np.stack(crops)
+    chunks = tqdm(range(0, len(stack), 512), desc="features", unit="x512 crops")
+    x = np.concatenate([crop_features(stack[i : i + 512]) for i in chunks])
+    features = pd.DataFrame(x, columns=[f"Cells_{n}" for n in feature_names(CELLSIM_CHANNELS)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat([table, features], axis=1).to_csv(out, index=False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=("bbbc021", "cellsim"), default="bbbc021")
     ap.add_argument("--crops", default=str(SHARED / "crops.npz"))
-    ap.add_argument("--holdout", default="cyclohexamide@50@Week4_27821", help="COMPOUND@DOSE@PLATE held out")
+    ap.add_argument(
+        "--holdout", help="COMPOUND@DOSE@PLATE held out (cellsim: COMPOUND@PLATE; defaults in the docstring)"
+    )
+    ap.add_argument("--wells", type=int, default=3, help="cellsim: wells per compound x plate")
+    ap.add_argument("--fields", type=int, default=16, help="cellsim: fields per well")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench-scldm")
     ap.add_argument("--ae-steps", type=int, default=3000)
@@ -70,15 +122,24 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--dry-run", action="store_true", help="print the figures, write nothing")
     a = ap.parse_args()
-    stack = Path(a.crops)
-    if not stack.is_file():
-        sys.exit(f"{stack}: not found; this benchmark needs the real BBBC021 crops of ../shared (its README)")
     torch.set_num_threads(2)
     t0 = time.monotonic()
-    work = Path(a.work)
-    table = cell_table(stack, work / "cells.csv")
-    compound, dose, plate = a.holdout.split("@")
-    held = f"Metadata_Compound={compound},Metadata_Concentration={dose},Metadata_Plate={plate}"
+    work = Path(a.work) / a.data
+    if a.data == "cellsim":
+        table = cellsim_table(work / "cells.csv", a.wells, a.fields, a.seed)
+        compound, plate = (a.holdout or "nocodazole@plate_3").split("@")
+        held = f"Metadata_Compound={compound},Metadata_Plate={plate}"
+        factors, column = "Metadata_Compound,Metadata_Plate", "Metadata_Well"
+    else:
+        stack = Path(a.crops)
+        if not stack.is_file():
+            sys.exit(
+                f"{stack}: not found; this benchmark needs the real BBBC021 crops of ../shared (its README)"
+            )
+        table = cell_table(stack, work / "cells.csv")
+        compound, dose, plate = (a.holdout or "cyclohexamide@50@Week4_27821").split("@")
+        held = f"Metadata_Compound={compound},Metadata_Concentration={dose},Metadata_Plate={plate}"
+        factors, column = "Metadata_Compound,Metadata_Concentration,Metadata_Plate", "Metadata_Field"
     config = work / f"sets-{a.seed}.json"
     config.write_text(
         json.dumps(
@@ -94,8 +155,8 @@ def main() -> None:
         )
     )
     run = work / f"run-{a.seed}"
-    argv = ["fit", "--data", f"profiles:{table}", "--model", "set", "--set-column", "Metadata_Field"]
-    argv += ["--factors", "Metadata_Compound,Metadata_Concentration,Metadata_Plate", "--holdout-where", held]
+    argv = ["fit", "--data", f"profiles:{table}", "--model", "set", "--set-column", column]
+    argv += ["--factors", factors, "--holdout-where", held]
     argv += ["--config", str(config), "--out", str(run)]
     if not (run / "model" / "config.json").is_file():
         if cli(argv + (["--resume"] if run.exists() else [])) != 0:
@@ -125,7 +186,13 @@ def main() -> None:
     if a.dry_run:
         return
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    saved["scldm"] = {**out, "machine": f"{platform.machine()}, torch {torch.__version__}"}
+    out["machine"] = f"{platform.machine()}, torch {torch.__version__}"
+    block = saved.get("scldm", {})
+    if a.data == "cellsim":
+        out.update(wells_per_condition=a.wells, fields_per_well=a.fields, data="cellsim")
+        saved["scldm"] = {**block, "cellsim": out}
+    else:
+        saved["scldm"] = {**out, **({"cellsim": block["cellsim"]} if "cellsim" in block else {})}
     atomic_write_json(RESULTS, saved)
     print(f"wrote {RESULTS}")
 

@@ -1775,8 +1775,14 @@ def joint_section() -> list[str]:
     return out + [""]
 
 
+def few(names: list[str], shown: int = 2) -> str:
+    """The first ``shown`` of ``names`` (semicolon-separated) and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return "; ".join(names[:shown]) + more
+
+
 def scldm_lines(sc: dict) -> list[str]:
-    """The set run on the BBBC021 fields beside its baselines."""
+    """The set runs on the BBBC021 fields and on cellsim's wells beside their baselines."""
     out = [
         f"scLDM as a set run ({code(sc['command'])}; the run: {code(sc['fit_command'])}, then",
         "`factordiff evaluate`): the real BBBC021 crops as a single-cell table of morphology features,",
@@ -1791,16 +1797,32 @@ def scldm_lines(sc: dict) -> list[str]:
         "the halvings.",
         "",
     ]
+    runs = [("BBBC021 fields", sc)]
+    if "cellsim" in sc:
+        cs = sc["cellsim"]
+        runs.append((f"cellsim wells ({cs['holdout']})", cs))
+        out += [
+            f"On cellsim ({code(cs['command'])}; the run: {code(cs['fit_command'])}): each simulated well",
+            f"({cs['fields_per_well']} fields of one compound x plate, {cs['wells_per_condition']} wells",
+            "each, every compound at 10 uM and DMSO on every plate) is a set, each nucleus a 24x24 crop",
+            f"and its features; {cs['heldout_fields']} held-out wells ({cs['heldout_cells']} cells),",
+            f"{cs['training_fields']} training wells; nearest condition: {few(cs['nearest_conditions'])}.",
+            "",
+        ]
+
+    def cell(r: dict, key: str) -> str:
+        return "-" if r.get(key) is None else f"{r[key]:.3f}"
+
     rows = [
-        [name, "-" if sc[key] is None else f"{sc[key]:.3f}"]
+        [name, *(cell(r, key) for _, r in runs)]
         for name, key in (
             ("model", "model"),
             ("nearest condition", "nearest"),
-            ("per-field mean model, repeated", "per_well_model"),
+            ("per-set mean model, repeated", "per_well_model"),
             ("replicate floor", "floor"),
         )
     ]
-    return out + table(["population", "energy distance"], rows)
+    return out + table(["population", *(f"energy distance, {name}" for name, _ in runs)], rows)
 
 
 def daed_lines(dd: dict) -> list[str]:
