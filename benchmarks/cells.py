@@ -92,7 +92,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--edits",
-        help="compare batch-swap settings STRENGTH:GUIDANCE:residual|plain (comma-separated) on "
+        help="compare batch-swap settings STRENGTH:GUIDANCE:residual|marginal|plain (comma-separated) on "
         "the run in --out and stop",
     )
     ap.add_argument(
@@ -245,7 +245,7 @@ def probe_code_loo(run: Path) -> None:
 
 def probe_edits(run: Path, technical: list[str], guidances: list[float], results: Path = RESULTS) -> None:
     """Choose edit settings on training combinations only: batch swaps into seen compound x batch
-    combinations for each technical setting (``STRENGTH:GUIDANCE:residual|plain``), and controls
+    combinations for each technical setting (``STRENGTH:GUIDANCE:residual|marginal|plain``), and controls
     regenerated into training compounds for each compound-edit guidance; the held-out batch swap of
     each technical setting beside them, for the record."""
     import dataclasses
@@ -262,7 +262,7 @@ def probe_edits(run: Path, technical: list[str], guidances: list[float], results
             cfg.evaluate,
             technical_strength=float(strength),
             technical_guidance=float(guidance),
-            technical_residual=kind == "residual",
+            technical_residual="marginal" if kind == "marginal" else kind == "residual",
         )
         seen = seen_batch_swaps(model, oracle, data, split, e, n=cfg.evaluate.sources, seed=cfg.train.seed)
         held = evaluate_cells(

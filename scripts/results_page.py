@@ -1527,11 +1527,21 @@ def cells_shipped_section() -> list[str]:
             "Batch-swap settings of the shipped model, compared on swaps into *seen* compound x batch",
             "combinations by the rule of the cellsim benchmark (the highest minimum of the two seen rates,",
             "target batch and compound kept); the held-out figures stand beside them for the record. "
+            f"The rule's choice: `{best_seen(es)}`; the model above edits at "
+            f"{bs['edit']['strength']:g} : {bs['edit']['guidance']:g}. "
             f"Commands: {', '.join(code(c) for c in commands)}; date {es['date']}; {es['steps']} steps.",
             "",
         ]
         out += table(SWAP_HEADER, swap_rows(es))
     return out
+
+
+def best_seen(es: dict) -> str:
+    """The setting of ``edit_settings`` with the highest minimum of the two seen rates."""
+    rows = es["technical"]
+    return max(rows, key=lambda r: min(r["seen"]["target_batch_rate"], r["seen"]["compound_kept_rate"]))[
+        "technical"
+    ]
 
 
 def real_cells_section_v1(d: dict) -> list[str]:

@@ -344,3 +344,37 @@ def test_cell_figures_find_factors_by_role_not_by_name(cell_run):
     got = evaluate_cells(*args, other, split, CHANNELS, cfg.evaluate, **kw, cells=roles)
     assert got["batch_swap"]["combinations"] == ["nocodazole x batch_2"]
     assert got == want
+
+
+def test_marginal_edit_conditions_on_the_changed_role_only(cell_run):
+    """A marginal batch swap inverts and regenerates with every biological factor absent: under the
+    source's own codes it returns the source, and otherwise it is the source plus the difference of
+    the two regenerations with compound, dose and cell line absent, not the full-code difference."""
+    import torch
+
+    from factordiff.data.sources import prepare_data
+    from factordiff.models.runs import load_model
+
+    cfg, model = load_model(cell_run)
+    images = prepare_data(cfg)[0].images[:3]
+    spec, blocks = model.spec, model.factor_blocks
+    codes = model.codes(images)
+    new = codes.clone()
+    for name, value in (("batch", 1), ("plate", 2)):
+        k = spec.position(name)
+        new[:, blocks[k]] = model.prototype(k, value)
+    present = model.marginal_present(codes, new)
+    assert [bool(present[0, blocks[k]]) for k in range(len(spec))] == [
+        spec.factors[k].role == "technical" for k in range(len(spec))
+    ]
+    both = model.marginal_present(
+        codes, new.index_fill(1, torch.tensor([blocks[spec.position("compound")]]), 0)
+    )
+    assert both.all()  # a biological factor changed too: every block conditions
+    x_T = model.invert(images, codes, steps=3, present=present)
+    assert np.array_equal(model.edit(images, codes, codes, steps=3, x_T=x_T, residual="marginal"), images)
+    arm = lambda c: model.generate(x_T, c, steps=3, present=present).astype(int)  # noqa: E731
+    out = model.edit(images, codes, new, steps=3, x_T=x_T, residual="marginal").astype(int)
+    assert np.abs(out - np.clip(images.astype(int) + arm(new) - arm(codes), 0, 255)).max() <= 2
+    full = model.edit(images, codes, new, steps=3, x_T=x_T, residual=True).astype(int)
+    assert not np.array_equal(out, full)

@@ -355,7 +355,10 @@ class EvaluateConfig:
     edit_residual: whether an edit is the source plus the change that the model makes between its
         regenerations under the new and the source's own codes from the same inversion
         (``FactorModel.edit``), instead of the regeneration under the new codes alone; it keeps
-        what the model cannot reconstruct of the source, for one more chain per edit.
+        what the model cannot reconstruct of the source, for one more chain per edit. ``"marginal"``:
+        residual, with only the factors of the changed factors' roles present in the inversion and
+        both regenerations (``FactorModel.marginal_present``): a batch swap becomes the model's
+        batch effect over all compounds, never its picture of an unseen compound x batch pair.
     technical_strength, technical_guidance, technical_residual: the ``edit_strength``,
         ``guidance`` and ``edit_residual`` of an edit that changes technical factors only (role
         ``technical``: batch, plate, source), in ``factordiff regenerate``, ``counterfactual`` and
@@ -381,10 +384,10 @@ class EvaluateConfig:
     counterfactual_sources: int | None = None
     steps: int = 20
     edit_strength: float = 0.65
-    edit_residual: bool = False
+    edit_residual: bool | Literal["marginal"] = False
     technical_strength: float | None = None
     technical_guidance: float | None = None
-    technical_residual: bool | None = None
+    technical_residual: bool | Literal["marginal"] | None = None
     sample_steps: int = 5
     guidance: float = 2.0
     guidance_form: Literal["joint", "composed", "nested"] = "joint"

@@ -57,8 +57,8 @@ def edit_settings(
     factors,
     strength: float | None = None,
     guidance: float | None = None,
-    residual: bool | None = None,
-) -> tuple[float, float, bool]:
+    residual: bool | str | None = None,
+) -> tuple[float, float, bool | str]:
     """(strength, guidance, residual) of an edit changing ``factors`` (positions in ``spec``) under
     the ``EvaluateConfig`` ``e``: its ``technical_*`` settings where every changed factor is
     technical and they are set, its general ones otherwise; a setting passed here (not None)
@@ -85,7 +85,7 @@ def edit_image(
     steps: int = 50,
     guidance: float = 1.0,
     strength: float = 1.0,
-    residual: bool | None = None,
+    residual: bool | str | None = None,
 ) -> np.ndarray:
     """The image with some factors changed: to given values (their prototype codes) or to the values
     a reference image has (its code blocks), inverting it to t = ``strength`` T (``residual``:
@@ -121,7 +121,7 @@ def edit_blocks(
     steps: int = 50,
     guidance: float = 2.0,
     strength: float = 1.0,
-    residual: bool | None = None,
+    residual: bool | str | None = None,
     noise: torch.Generator | None = None,
 ) -> np.ndarray:
     """Images (N, H, W, C) uint8 with the code block of each factor in ``blocks`` (factor -> (D,)

@@ -143,7 +143,7 @@ class _Request:
     steps: int | None
     guidance: float | None
     strength: float | None
-    residual: bool | None
+    residual: bool | str | None
     limit: int | None
     draws: int
     gen: torch.Generator
@@ -415,7 +415,7 @@ def regenerate(
     steps: int | None = None,
     guidance: float | None = None,
     strength: float | None = None,
-    residual: bool | None = None,
+    residual: bool | str | None = None,
     limit: int | None = None,
     draws: int = 1,
     seed: int = 0,

@@ -334,13 +334,19 @@ class FactorModel:
     # --- diffusion -------------------------------------------------------------------------
     @torch.no_grad()
     def invert(
-        self, images: np.ndarray, codes: torch.Tensor | None = None, steps: int = 50, strength: float = 1.0
+        self,
+        images: np.ndarray,
+        codes: torch.Tensor | None = None,
+        steps: int = 50,
+        strength: float = 1.0,
+        present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Invert uint8 images to x_T (x_t at t = ``strength`` T) under their own codes (or
-        ``codes``) with ``denoiser.sampler``."""
+        ``codes``; the blocks where ``present`` is False absent) with ``denoiser.sampler``."""
         codes = self.codes(images) if codes is None else codes
+        cond = Condition.full(codes) if present is None else Condition(codes, present)
         z0 = self.to_latent(to_unit(images))
-        return invert(self.denoiser, z0, Condition.full(codes), self.config.denoiser, steps, strength)
+        return invert(self.denoiser, z0, cond, self.config.denoiser, steps, strength)
 
     @torch.no_grad()
     def noised(
@@ -430,22 +436,44 @@ class FactorModel:
         guidance: Guidance | None = None,
         strength: float = 1.0,
         x_T: torch.Tensor | None = None,
-        residual: bool | None = None,
+        residual: bool | str | None = None,
     ) -> np.ndarray:
         """uint8 ``images`` with their ``codes`` changed to ``new``: ``regenerate``, or with
         ``residual`` (None: the run's ``evaluate.edit_residual``) the source plus the change that
         the model makes, G(x_T, new) - G(x_T, codes), both decoded from the same x_T with the same
         guidance in one batch. What the model cannot reconstruct of the source (its fine detail,
-        what a latent autoencoder loses) is then kept as it was; the edit costs one more chain."""
+        what a latent autoencoder loses) is then kept as it was; the edit costs one more chain.
+        ``residual="marginal"``: the same with only the factors of the changed factors' roles
+        present in the inversion and both arms (``marginal_present``)."""
         residual = self.config.evaluate.edit_residual if residual is None else residual
         if not residual:
             return self.regenerate(images, codes, new, steps, guidance, strength, x_T)
-        x_T = self.invert(images, codes, steps, strength) if x_T is None else x_T
+        present = self.marginal_present(codes, new) if residual == "marginal" else None
+        x_T = self.invert(images, codes, steps, strength, present) if x_T is None else x_T
         both = self.generate(
-            torch.cat([x_T, x_T]), torch.cat([new, codes]), steps, guidance, strength=strength
+            torch.cat([x_T, x_T]),
+            torch.cat([new, codes]),
+            steps,
+            guidance,
+            None if present is None else torch.cat([present, present]),
+            strength=strength,
         ).astype(np.float32)
         n = len(images)
         return np.clip(np.rint(images.astype(np.float32) + both[:n] - both[n:]), 0, 255).astype(np.uint8)
+
+    def marginal_present(self, codes: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """(N, blocks) bool: the code blocks a marginal edit from ``codes`` to ``new`` conditions on,
+        those of factors whose role (biological, technical) is a role of a changed factor, and any
+        block no factor names. A batch swap is then the model's batch effect over every compound
+        (what it learnt across all of them), not its image of this compound in that batch, a
+        combination training may never have shown; a compound change is likewise marginal over
+        batches."""
+        changed = [k for k, b in enumerate(self.factor_blocks) if not torch.equal(codes[:, b], new[:, b])]
+        roles = {self.spec.factors[k].role for k in changed}
+        present = torch.ones(codes.shape[:2], dtype=torch.bool, device=codes.device)
+        for k, b in enumerate(self.factor_blocks):
+            present[:, b] = self.spec.factors[k].role in roles
+        return present
 
     @torch.no_grad()
     def counterfactual(
@@ -458,7 +486,7 @@ class FactorModel:
         x_T: torch.Tensor | None = None,
         codes: torch.Tensor | None = None,
         strength: float = 1.0,
-        residual: bool | None = None,
+        residual: bool | str | None = None,
     ) -> np.ndarray:
         """Each image with the code block of ``factor`` replaced by ``blocks`` ((D,) or (N, D)).
 
