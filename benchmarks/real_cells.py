@@ -58,7 +58,7 @@ def repeat_summary(task: dict) -> dict:
         "condition": task["condition"],
         "kind": task["kind"],
         "methods": {k: {m: v[m] for m in ("distance", "c2st_auc")} for k, v in task["methods"].items()},
-        "floor": {m: task["floor"][m] for m in ("distance", "c2st_auc")},
+        "floor": {m: task["floor"][m] for m in ("distance", "c2st_auc", "splits") if m in task["floor"]},
         "gap_share": task["gap_share"],
         "chosen": sel.get("chosen"),
     }
@@ -113,6 +113,7 @@ def main() -> None:
         atomic_write_json(RESULTS, results)
         print(f"added seed {a.seed} to {RESULTS}")
         return
+    before = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     atomic_write_json(
         RESULTS,
         {
@@ -125,6 +126,8 @@ def main() -> None:
             "features": metrics["features"],
             "oracle_accuracy": metrics["oracle_accuracy"],
             "tasks": metrics["tasks"],
+            # other seeds' figures (--repeat) stay; each floor names its split
+            **({"repeats": before["repeats"]} if "repeats" in before else {}),
         },
     )
     print(f"wrote {RESULTS}")
