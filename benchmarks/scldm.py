@@ -14,7 +14,7 @@ held out (``--holdout-where``): nothing fitted sees them.
 
 On cellsim, where populations are unlimited, each simulated well is a set: ``--fields`` 64x64
 fields of one compound (at 10 uM; DMSO) x plate in A549, ``--wells`` wells per condition, every
-compound on every plate; each nucleus of a field's DNA channel (``data/cells.nucleus_centres``)
+compound on every plate; each nucleus of a field's DNA channel (``data/fieldcrops.crop_windows``)
 gives a 24x24 crop of the raw 16-bit channels (a cell's diameter; a crop that would leave the
 field is dropped) and its features. The fields of one compound x plate are held out (``--holdout
 COMPOUND@PLATE``).
@@ -45,7 +45,10 @@ from tqdm import tqdm
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.cli import main as cli
+from factordiff.data.cellsim import CHANNELS as CELLSIM_CHANNELS
+from factordiff.data.cellsim import COMPOUNDS, DOSES, PLATES, render
 from factordiff.data.crops import read_crops
+from factordiff.data.fieldcrops import crop_windows
 from factordiff.evaluate.morphology import crop_features, feature_names
 
 RESULTS = Path(__file__).parent / "results" / "joint.json"
@@ -75,10 +78,7 @@ def cellsim_table(out: Path, wells: int, fields: int, seed: int, crop: int = 24)
     """Simulated wells of cellsim (module docstring) as a single-cell table, as ``cell_table``."""
     if out.is_file():
         return out
-    from factordiff.data.cells import nucleus_centres
-    from factordiff.data.cellsim import CHANNELS as CELLSIM_CHANNELS
-    from factordiff.data.cellsim import COMPOUNDS, DOSES, PLATES, render
-
+    names = list(COMPOUNDS)
     rows = [(c, p, w) for c in range(len(COMPOUNDS)) for p in range(len(PLATES)) for w in range(wells)]
     factors = np.zeros((len(rows) * fields, 6), np.int64)  # compound, dose, cell line, source, batch, plate
     for i, (c, p, _) in enumerate(rows):
@@ -87,12 +87,9 @@ def cellsim_table(out: Path, wells: int, fields: int, seed: int, crop: int = 24)
     crops, meta = [], []
     for i, field in enumerate(tqdm(images, desc="cellsim crops", unit="field")):
         c, p, w = rows[i // fields]
-        for cy, cx in nucleus_centres(field[0].astype(np.float32)):
-            y0, x0 = int(cy) - crop // 2, int(cx) - crop // 2
-            if 0 <= y0 and 0 <= x0 and y0 + crop <= 64 and x0 + crop <= 64:
-                crops.append(field[:, y0 : y0 + crop, x0 : x0 + crop].transpose(1, 2, 0))
-                name = list(COMPOUNDS)[c]
-                meta.append((name, PLATES[p], f"{PLATES[p]}/{name}/well_{w}", i))
+        for y0, x0 in crop_windows(field[0].astype(np.float32), crop, None)[0]:
+            crops.append(field[:, y0 : y0 + crop, x0 : x0 + crop].transpose(1, 2, 0))
+            meta.append((names[c], PLATES[p], f"{PLATES[p]}/{names[c]}/well_{w}", i))
     table = pd.DataFrame(
         meta, columns=["Metadata_Compound", "Metadata_Plate", "Metadata_Well", "Metadata_FieldIndex"]
     )

@@ -77,7 +77,9 @@ def dna_channel(channels: tuple[str, ...]) -> int:
     return 0
 
 
-def _windows(dna: np.ndarray, crop: int | None, tiles: int | None) -> tuple[list[tuple[int, int]], int, int]:
+def crop_windows(
+    dna: np.ndarray, crop: int | None, tiles: int | None
+) -> tuple[list[tuple[int, int]], int, int]:
     """Top-left corners of the crops of a field (its DNA plane ``dna``), the crop size and the number
     of nuclei dropped at the border."""
     h, w = dna.shape
@@ -153,7 +155,7 @@ def cut_crops(fields: FieldTable, data, progress: bool = True) -> tuple[np.ndarr
                 illum[p] = illumination_functions(Path(data.illum), p, fields.channels)
             g = correct_illumination(f, illum[p])
             f = np.clip(np.rint(g), 0, np.iinfo(dtype).max).astype(dtype)
-        corners, size, dropped = _windows(f[dna], crop, data.tiles)
+        corners, size, dropped = crop_windows(f[dna], crop, data.tiles)
         counts["dropped_at_border"] += dropped
         counts["fields_without_crops"] += not corners
         for y0, x0 in corners:
