@@ -20,7 +20,7 @@ LAYERS = [
     {"data"},
     {"encoders", "diffusion"},
     {"models", "train"},
-    {"fit", "edit", "regenerate", "probe"},
+    {"fit", "edit", "regenerate", "probe", "translate"},
     {"evaluate"},
     {"report", "quickstart"},
     {"cli", "commands", "__main__"},

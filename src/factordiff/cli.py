@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --head: the share of training images whose labels the head sees (default 1)",
     )
     p.add_argument(
+        "--control",
+        metavar="CHANNEL,...",
+        help="image runs: these channels (names of --channels, e.g. BF) condition the denoiser as an "
+        "image through a ControlNet branch instead of being generated (denoiser.control; factordiff "
+        "translate)",
+    )
+    p.add_argument(
         "--model",
         choices=["diffusion", "daed", "set"],
         help="image runs: daed adds DAED's denoising autoencoder, which finishes every chain below "
@@ -302,6 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--out", required=True, help="output folder: NAME-noised.png and NAME-denoised.png")
     p.set_defaults(handler="cmd_denoise")
+
+    p = sub.add_parser(
+        "translate",
+        help="predict a controlled run's images from its control channels (e.g. the stains from a "
+        "brightfield image)",
+    )
+    p.add_argument("run", help="run folder fitted with --control")
+    p.add_argument(
+        "--image", required=True, action="append", help="control image, its --control channels (repeatable)"
+    )
+    p.add_argument("--set", action="append", metavar="F=V,G=W", help="known metadata; other factors absent")
+    p.add_argument("--samples", type=_positive_int, default=8, help="samples per image (default 8)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="a new folder: per image and channel the mean of the samples (NAME_CHANNEL.tiff, 16-bit "
+        "for 16-bit sources) and every sample (NAME_sK_CHANNEL.tiff)",
+    )
+    p.set_defaults(handler="cmd_translate")
 
     p = sub.add_parser(
         "regenerate",

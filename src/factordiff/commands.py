@@ -17,7 +17,7 @@ from factordiff.data.cells import check_fields, concat_fields, join_metadata, op
 from factordiff.data.fieldcrops import parse_join
 from factordiff.data.images import read_image, save_png
 from factordiff.data.shards import describe, pack
-from factordiff.data.sources import load_data
+from factordiff.data.sources import load_data, traits
 from factordiff.edit import classifier_edit, edit_image, edit_settings, fit_image
 from factordiff.errors import FactordiffError
 from factordiff.evaluate.analysis import analyze_run
@@ -31,6 +31,7 @@ from factordiff.quickstart import quickstart
 from factordiff.regenerate import check_out, regenerate, sidecar_path, write_regenerated
 from factordiff.report import build_report
 from factordiff.train import Interrupted, process
+from factordiff.translate import translate, write_translations
 
 __all__ = ["Interrupted"]  # re-exported: cli.main catches it without importing torch itself
 
@@ -78,6 +79,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "denoiser.structure": args.structure,
         "denoiser.head": _csv_list(args.head) if args.head else None,
         "denoiser.label_fraction": args.label_fraction,
+        "denoiser.control": _csv_list(args.control) if args.control else None,
         "daed.enabled": {"daed": True, "diffusion": False}.get(args.model),
         "sets.enabled": True if args.model == "set" else None,
         "sets.column": args.set_column,
@@ -225,6 +227,33 @@ def cmd_denoise(args: argparse.Namespace) -> None:
         mae = [float(np.abs(a.astype(np.float32) - src).mean()) for a in (x, y)]
         print(f"{stem}: mean absolute error noised {mae[0]:.2f}, denoised ({args.method}) {mae[1]:.2f}")
     print(f"wrote {out}")
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    """``factordiff translate``: a controlled run's images predicted from control images alone."""
+    run = load_run(Path(args.run))
+    wanted = run.config.denoiser.control if run.kind == "images" else []
+    if not wanted:
+        raise FactordiffError(f"{args.run}: not a controlled image run; fit one with --control CHANNELS")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
+    model, scale = run.model, traits(run.config).tiff_scale
+    images = []
+    for p in args.image:
+        img = read_image(Path(p), scale16=scale)
+        if img.shape[2] != len(wanted):
+            raise FactordiffError(
+                f"{p}: image has {img.shape[2]} channel(s); this run is controlled by {len(wanted)} "
+                f"({', '.join(wanted)})"
+            )
+        images.append(fit_image(model, img, p, len(wanted)))
+    settings = parse_settings(model.spec, args.set) if args.set else {}
+    values = {k: model.spec.factors[k].index(v) for k, v in settings.items()}
+    predicted = translate(model, np.stack(images), values, args.samples, args.steps, args.seed)
+    names = traits(run.config).channel_names(model.shape.channels)
+    write_translations(predicted, [Path(p).stem for p in args.image], names, scale, out)
+    print(f"wrote {out} ({len(images)} image(s) x {args.samples} samples; channels {', '.join(names)})")
 
 
 def _classifier_counterfactual(args: argparse.Namespace) -> None:

@@ -222,6 +222,13 @@ class DenoiserConfig:
             its labelled batch at t = 1 of 1000).
         label_fraction: the share of training images whose labels the head sees (drawn once with
             the run's seed); the codes and the denoiser see every training image.
+        control: channels of the data (by name, ``data.channels``) that condition the denoiser as
+            an image instead of being generated: a ControlNet branch (``diffusion/control.py``)
+            reads them, e.g. ``["BF"]`` for brightfield -> stains. It trains in a ``control``
+            stage after the denoiser, which stays frozen. Empty: no control.
+        control_steps: optimisation steps of the ``control`` stage (batch ``batch_size``, ``lr``,
+            ``ema_decay`` as the denoiser's).
+        control_budget: the ``control`` stage's share of ``train.minutes``, beside ``budget``.
     """
 
     block_out_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
@@ -249,6 +256,9 @@ class DenoiserConfig:
     head_batch: int = 32
     head_max_t: float = 1.0
     label_fraction: float = 1.0
+    control: list[str] = field(default_factory=list)
+    control_steps: int = 4000
+    control_budget: float = 0.3
     steps: int = 24000
     budget: float = 0.62
     batch_size: int = 64
@@ -677,6 +687,7 @@ _POSITIVE = {
     "ordinal_dims",
     "width",
     "steps",
+    "control_steps",
     "batch_size",
     "latent_channels",
     "layers_per_block",
@@ -701,6 +712,7 @@ _NONNEGATIVE = {
     "feature_weight",
     "latent_weight",
     "budget",
+    "control_budget",
     "grad_clip",
     "threads",
     "minutes",
@@ -744,6 +756,19 @@ def _check_ranges(obj: Any, where: str) -> None:
         raise FactordiffError(f"{where}.head_max_t: expected a share in (0, 1], got {obj.head_max_t}")
     if isinstance(obj, DenoiserConfig) and not 0 < obj.label_fraction <= 1:
         raise FactordiffError(f"{where}.label_fraction: expected a share in (0, 1], got {obj.label_fraction}")
+    if isinstance(obj, DenoiserConfig) and obj.control:
+        clash = [
+            name
+            for name, on in (
+                ("head", bool(obj.head)),
+                ("structure", obj.structure is not None),
+                ("coind_weight", obj.coind_weight > 0),
+                ("adapter=shift", obj.adapter == "shift"),
+            )
+            if on
+        ]
+        if clash:
+            raise FactordiffError(f"{where}.control: not with {', '.join(clash)} (a controlled run has none)")
     if isinstance(obj, DenoiserConfig) and not 0 <= obj.single_prob <= 1:
         raise FactordiffError(f"{where}.single_prob: expected a probability in [0, 1], got {obj.single_prob}")
     if isinstance(obj, ProfilesConfig):

@@ -15,9 +15,10 @@ from factordiff.errors import FactordiffError
 from factordiff.models.images import FactorModel
 
 
-def fit_image(model: FactorModel, image: np.ndarray, where: str) -> np.ndarray:
-    """Bring one (H, W, C) uint8 image to the model's size and channels, or say why it cannot be."""
-    size, channels = model.shape.size, model.shape.channels
+def fit_image(model: FactorModel, image: np.ndarray, where: str, channels: int | None = None) -> np.ndarray:
+    """Bring one (H, W, C) uint8 image to the model's size and channels (or ``channels``, e.g. a
+    controlled run's control channels), or say why it cannot be."""
+    size, channels = model.shape.size, channels or model.shape.channels
     if image.shape[0] != image.shape[1]:
         raise FactordiffError(f"{where}: image is {image.shape[1]}x{image.shape[0]}; expected a square image")
     if image.shape[2] == 4 and channels == 3:

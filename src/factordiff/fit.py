@@ -36,6 +36,7 @@ from factordiff.data.profiles import fingerprint
 from factordiff.data.sources import PROFILES, prepare_data
 from factordiff.data.splits import Split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
+from factordiff.diffusion.control import ControlBranch, Controlled
 from factordiff.diffusion.daed import DaedStep
 from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
@@ -46,6 +47,7 @@ from factordiff.errors import FactordiffError
 from factordiff.models.images import (
     FactorModel,
     ModelShape,
+    build_control,
     build_dae,
     build_denoiser,
     build_encoder,
@@ -63,7 +65,7 @@ from factordiff.models.runs import check_run_folder, fit_kind
 from factordiff.models.sets import SetModel, set_members
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
-STAGES = ("distiller", "autoencoder", "base", "denoiser", "daed", "encoder")
+STAGES = ("distiller", "autoencoder", "base", "denoiser", "control", "daed", "encoder")
 
 
 @dataclass
@@ -290,6 +292,35 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     return f.stage("denoiser", step, denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
 
 
+def _train_control(f: _Fit, model: FactorModel, x) -> ControlBranch | None:
+    """``denoiser.control``'s ControlNet branch, trained on the frozen denoiser (``control`` stage):
+    the denoiser's own loss and condition dropout, the conditioning images never dropped."""
+    dn = f.cfg.denoiser
+    torch.manual_seed(f.cfg.train.seed + 6)
+    branch = build_control(f.cfg, f.shape, model.denoiser)
+    if branch is None:
+        return None
+    controlled = Controlled(model.denoiser, branch)
+    tensors = {}
+    if not _stage_done(f.run, "control"):
+        tensors = {"x": x, "codes": model.codes(f.train.images), "control": to_unit(f.train.control)}
+    model.denoiser.eval().requires_grad_(False)
+    branch.train().requires_grad_(True)
+    section = replace(dn, steps=dn.control_steps)
+    f.stage(
+        "control",
+        DiffusionStep(controlled, dn),
+        branch,
+        list(branch.parameters()),
+        tensors,
+        section,
+        6,
+        dn.ema_decay,
+        warmup=500,
+    )
+    return branch
+
+
 def _train_daed(f: _Fit, x) -> torch.nn.Module | None:
     """DAED's denoising autoencoder (``daed.enabled``), or None."""
     if not f.cfg.daed.enabled:
@@ -472,11 +503,13 @@ def fit(
             base=cfg.denoiser.budget / 2 if frozen else 0.0,
             denoiser=cfg.denoiser.budget / (2 if frozen else 1),
             daed=cfg.daed.budget if cfg.daed.enabled else 0.0,
+            control=cfg.denoiser.control_budget if cfg.denoiser.control else 0.0,
         )
     order = (
         ["autoencoder", "base", "encoder"]
         if unsup
         else ["distiller", "autoencoder", *(["base"] if frozen else []), "denoiser"]
+        + (["control"] if cfg.denoiser.control else [])
         + (["daed"] if cfg.daed.enabled else [])
     )
     f = _Fit(
@@ -504,6 +537,7 @@ def fit(
         cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape)
     )
     x = _latents(f, model) if not _stage_done(run, order[-1]) else None
+    control = None
     if unsup:
         model.encoder, model.denoiser = _train_unsupervised(f, model, x)
         model.factor_blocks = align_blocks(
@@ -511,6 +545,7 @@ def fit(
         )
     else:
         model.denoiser = _train_denoiser(f, model, x)
+        control = _train_control(f, model, x)
         model.dae = _train_daed(f, x)
     model = FactorModel(
         cfg,
@@ -521,6 +556,7 @@ def fit(
         model.denoiser,
         factor_blocks=model.factor_blocks,
         dae=model.dae,
+        control=control,
     )
     # training images only (nothing held out), and of head factors their labelled share only
     model.set_prototypes(model.codes(train.images), known_factors(cfg, train))

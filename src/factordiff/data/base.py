@@ -19,12 +19,15 @@ class FactorDataset:
         factors: (N, K) int64 value indices into ``spec.factors[k].values``.
         spec: the factors.
         source: where the data came from (a path or ``"shapes"``), for messages and reports.
+        control: a controlled run's conditioning images (N, H, W, C_control) uint8, the channels
+            ``denoiser.control`` names, taken out of ``images`` (``sources.take_control``); None.
     """
 
     images: np.ndarray
     factors: np.ndarray
     spec: FactorSpec
     source: str = ""
+    control: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -36,6 +39,13 @@ class FactorDataset:
         if len(self.factors) != len(self.images):
             raise FactordiffError(
                 f"{self.source}: {len(self.images)} images but {len(self.factors)} factor rows"
+            )
+        if self.control is not None and (
+            self.control.shape[:3] != self.images.shape[:3] or self.control.dtype != np.uint8
+        ):
+            raise FactordiffError(
+                f"{self.source}: control images must be uint8 {self.images.shape[:3]} x channels, got "
+                f"{self.control.dtype} {self.control.shape}"
             )
 
     def __len__(self) -> int:
@@ -53,4 +63,5 @@ class FactorDataset:
         """The rows selected; packed images (``shards:DIR``) stay on disk."""
         lazy = getattr(self.images, "select", None)  # ShardedImages: a lazy selection
         images = lazy(mask_or_index) if lazy is not None else self.images[mask_or_index]
-        return FactorDataset(images, self.factors[mask_or_index], self.spec, self.source)
+        control = None if self.control is None else self.control[mask_or_index]
+        return FactorDataset(images, self.factors[mask_or_index], self.spec, self.source, control)

@@ -306,16 +306,41 @@ def render(
     return out
 
 
-def cellsim(size: int = 64, n: int | None = None, seed: int = 0, brightfield: bool = False) -> FactorDataset:
+def cellsim(
+    size: int = 64,
+    n: int | None = None,
+    seed: int = 0,
+    brightfield: bool = False,
+    channels: list[str] | tuple[str, ...] | None = None,
+) -> FactorDataset:
     """The built-in assay as a FactorDataset of ``n`` fields (default 12,000), channels last, uint8;
-    ``brightfield``: a sixth channel, the same cells' brightfield (``render``)."""
+    ``brightfield``: a sixth channel, the same cells' brightfield (``render``). ``channels``: the
+    channels to keep, by name, in that order (``data.channels``; naming ``BF`` renders the
+    brightfield); None: the five stains, or the six with ``brightfield``."""
     if size < 16 or size & (size - 1):
         raise FactordiffError(f"cellsim: size {size}; expected a power of two of at least 16")
+    keep = None if channels is None else channel_indices(channels)
+    brightfield = brightfield or (keep is not None and len(CHANNELS) in keep)
     factors = sample_factors(n or 12000, seed)
     fields = render(factors, size, seed, brightfield=brightfield)
+    if keep is not None:
+        fields = fields[:, keep]
     return FactorDataset(
         np.ascontiguousarray(to_uint8(fields).transpose(0, 2, 3, 1)), factors, cellsim_spec(), "cellsim"
     )
+
+
+def channel_indices(channels: list[str] | tuple[str, ...]) -> list[int]:
+    """Indices of named cellsim channels among the five stains and ``BF``; refuses unknown or
+    repeated names in one line."""
+    names = (*CHANNELS, BRIGHTFIELD)
+    unknown = [c for c in channels if c not in names]
+    if unknown or len(set(channels)) != len(channels) or not channels:
+        raise FactordiffError(
+            f"data.channels: cellsim has channels {', '.join(names)} (each at most once), got "
+            f"{', '.join(channels) or 'none'}"
+        )
+    return [names.index(c) for c in channels]
 
 
 def true_counterfactuals(

@@ -56,8 +56,10 @@ _PILLOW_MODES: dict[str, str | None] = {
 _PILLOW_REJECTED = {"1": "1-bit", "I": "32-bit integer", "F": "32-bit float"}
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read one image file as an (H, W, C) uint8 array, C in {1, 3, 4}.
+def read_image(path: Path, scale16: int | None = None) -> np.ndarray:
+    """Read one image file as an (H, W, C) uint8 array, C in {1, 3, 4}. 16-bit pixels are divided by
+    257 (the full range to 8 bits), or by ``scale16`` and clipped at 255 (a source's own map, e.g.
+    cellsim's ``// 64``).
 
     Raises:
         FactordiffError: the file is missing, empty, truncated, corrupt, of an unsupported format
@@ -75,6 +77,8 @@ def read_image(path: Path) -> np.ndarray:
             f"{' '.join(IMAGE_SUFFIXES)}"
         )
     pixels = _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_pillow(path)
+    if scale16 and pixels.dtype.kind == "u" and pixels.dtype.itemsize == 2:
+        pixels = np.minimum(pixels // scale16, 255).astype(np.uint8)
     return _to_uint8_hwc(pixels, path)
 
 

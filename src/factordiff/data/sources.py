@@ -65,8 +65,14 @@ def traits(cfg: RunConfig) -> Traits:
     control from ``profiles.controls`` (``--controls F=V``) where set."""
     source = cfg.data.source
     if source == "cellsim":
+        shown = tuple(c for c in cfg.data.channels or CHANNELS if c not in cfg.denoiser.control)
         return Traits(
-            CHANNELS, 64, "compound", CONTROL, COMPOUNDS, lambda size, n, seed: cellsim(size, n, seed)
+            shown,
+            64,
+            "compound",
+            CONTROL,
+            COMPOUNDS,
+            lambda size, n, seed: cellsim(size, n, seed, channels=None if shown == CHANNELS else shown),
         )
     if source == "shapes":
         return Traits(render=lambda size, n, seed: replica(size, n=n, seed=seed))
@@ -78,13 +84,19 @@ def traits(cfg: RunConfig) -> Traits:
 
 
 def load_data(
-    ref: str, size: int | None = None, factors: list[str] | None = None, n: int | None = None, seed: int = 0
+    ref: str,
+    size: int | None = None,
+    factors: list[str] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    channels: list[str] | None = None,
 ) -> FactorDataset:
     """Load a dataset from a reference string.
 
     ``size`` is the image size to return (None: 32 for the replica, the files' own size otherwise).
     ``shapes`` renders the built-in 3D Shapes replica (``n`` images, all combinations when None);
-    ``cellsim`` the built-in 5-channel Cell Painting assay (``n`` fields, 12,000 when None, 64x64);
+    ``cellsim`` the built-in 5-channel Cell Painting assay (``n`` fields, 12,000 when None, 64x64;
+    ``channels`` picks and orders its channels by name, ``BF`` its brightfield);
     ``h5:FILE`` reads DeepMind's ``3dshapes.h5``; ``table:FILE.csv`` reads a folder of images with a
     factor table (``factors`` names the factor columns); ``shards:DIR`` opens a dataset written by
     ``factordiff data pack``, whose images stay on disk until a batch reads them; ``crops:STACK.npz``
@@ -95,7 +107,7 @@ def load_data(
     if kind == "shapes" and not arg:
         return replica(size=size or 32, n=n, seed=seed)
     if kind == "cellsim" and not arg:
-        return cellsim(size=size or 64, n=n, seed=seed)
+        return cellsim(size=size or 64, n=n, seed=seed, channels=channels)
     if kind == "h5" and arg:
         return read_h5(Path(arg), size=size, n=n, seed=seed)
     if kind == "table" and arg:
@@ -215,14 +227,45 @@ def prepare_data(
         data, split = crops.data, crops.split
         return data, split, data.subset(crops.train)
     data = load_data(
-        cfg.data.source, size=cfg.data.size, factors=cfg.data.factors, n=cfg.data.n, seed=cfg.train.seed
+        cfg.data.source,
+        size=cfg.data.size,
+        factors=cfg.data.factors,
+        n=cfg.data.n,
+        seed=cfg.train.seed,
+        channels=cfg.data.channels if cfg.data.source == "cellsim" else None,
     )
     check_size(data.size, data.source)
+    data = take_control(data, cfg)
     split = make_split(data.spec, cfg.split)
     train = data.subset(~split.heldout(data.factors))
     if len(train) == 0:
         raise FactordiffError(f"split {split.description}: holds out every image; nothing left to train on")
     return data, split, train
+
+
+def take_control(data: FactorDataset, cfg: RunConfig) -> FactorDataset:
+    """``data`` with the channels ``denoiser.control`` names moved from ``images`` to ``control``
+    (a controlled run's conditioning images); unchanged when it names none."""
+    wanted = cfg.denoiser.control
+    if not wanted:
+        return data
+    if not isinstance(data.images, np.ndarray):
+        raise FactordiffError(
+            f"denoiser.control: {data.source}: packed images cannot be split; use the table"
+        )
+    names = list(cfg.data.channels or (CHANNELS if cfg.data.source == "cellsim" else ()))
+    names = names if len(names) == data.channels else list(Traits().channel_names(data.channels))
+    missing = [c for c in wanted if c not in names]
+    if missing or len(wanted) >= len(names):
+        raise FactordiffError(
+            f"denoiser.control: {', '.join(missing) or 'every channel'}: expected some, not all, of the "
+            f"data's channels {', '.join(names)} (name them with data.channels)"
+        )
+    keep = [i for i, c in enumerate(names) if c not in wanted]
+    control = np.ascontiguousarray(data.images[..., [names.index(c) for c in wanted]])
+    return FactorDataset(
+        np.ascontiguousarray(data.images[..., keep]), data.factors, data.spec, data.source, control
+    )
 
 
 def check_size(size: int, source: str) -> None:

@@ -65,11 +65,18 @@ class Denoiser(nn.Module):
         check_condition(self.adapter is not None, cond, len(x))
         if t.ndim == 0:
             t = t.expand(len(x))
+        emb = self.condition_embedding(x, cond)
         if isinstance(self.adapter, TokenAdapter):
             with self.adapter.tokens(cond):
-                return self.unet(x, t, class_labels=x.new_zeros(len(x), self.emb_dim)).sample
-        emb = self.adapter(cond) if cond is not None else x.new_zeros(len(x), self.emb_dim)
+                return self.unet(x, t, class_labels=emb).sample
         return self.unet(x, t, class_labels=emb).sample
+
+    def condition_embedding(self, x: torch.Tensor, cond: Condition | None) -> torch.Tensor:
+        """The vector added to the time embedding: the embed adapter's, zeros otherwise (tokens
+        enter through cross-attention instead)."""
+        if cond is None or isinstance(self.adapter, TokenAdapter):
+            return x.new_zeros(len(x), self.emb_dim)
+        return self.adapter(cond)
 
     def base_parameters(self) -> list[nn.Parameter]:
         return list(self.unet.parameters())

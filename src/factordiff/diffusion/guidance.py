@@ -91,7 +91,7 @@ def _only(cond: Condition, factors: list[int]) -> Condition:
     """``cond`` with only ``factors`` present (those it has present itself)."""
     keep = torch.zeros_like(cond.present)
     keep[:, factors] = True
-    return Condition(cond.codes, cond.present & keep)
+    return Condition(cond.codes, cond.present & keep, cond.control)
 
 
 def guidance_terms(cond: Condition, guidance: Guidance) -> tuple[list[Condition], list[float]]:

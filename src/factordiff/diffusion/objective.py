@@ -115,7 +115,7 @@ class DiffusionStep(nn.Module):
         )
         if codes is None:
             return F.mse_loss(self.denoiser(x_t, t, None), target), {}
-        loss, info = self._regression(x_t, t, target, codes, gen)
+        loss, info = self._regression(x_t, t, target, codes, gen, batch.get("control"))
         if getattr(self.denoiser, "head", None) is None or self.labelled is None:
             return loss, info
         ce = self.head_loss(gen, x0.device)
@@ -135,13 +135,14 @@ class DiffusionStep(nn.Module):
         t = torch.randint(0, top, (len(x0),), generator=gen).to(device)
         return head_loss(self.denoiser, self.schedule.add_noise(x0, noise, t), t, labels[rows].to(device))
 
-    def _regression(self, x_t, t, target, codes, gen) -> tuple[torch.Tensor, dict[str, float]]:
-        """The conditioned regression (with condition dropout and the CoInD term where asked)."""
+    def _regression(self, x_t, t, target, codes, gen, control=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The conditioned regression (with condition dropout and the CoInD term where asked);
+        ``control``: a controlled denoiser's conditioning images (never dropped)."""
         full = Condition.full(codes)
         present = drop_factors(full.present, self.cfg.cond_dropout, gen)
         if self.cfg.dropout_schedule == "with_singles":
             present = keep_singles(present, full.present, self.cfg.single_prob, gen)
-        cond = Condition(codes, present)
+        cond = Condition(codes, present, control)
         if self.cfg.coind_weight <= 0:
             return F.mse_loss(self.denoiser(x_t, t, cond), target), {}
         n = len(x_t) if self.cfg.coind_rows is None else min(len(x_t), self.cfg.coind_rows)

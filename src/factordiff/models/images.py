@@ -20,6 +20,7 @@ from factordiff.data.sources import traits
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, TokenAdapter, token_channels
 from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
 from factordiff.diffusion.condition import Condition
+from factordiff.diffusion.control import ControlBranch, Controlled
 from factordiff.diffusion.daed import DenoisingAutoencoder, build_daed
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
@@ -194,6 +195,16 @@ def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch
     return denoiser
 
 
+def build_control(cfg: RunConfig, shape: ModelShape, denoiser: torch.nn.Module) -> ControlBranch | None:
+    """``denoiser.control``'s ControlNet branch, a copy of ``denoiser``'s UNet encoder; None without."""
+    if not cfg.denoiser.control:
+        return None
+    if not isinstance(denoiser, Denoiser):
+        raise FactordiffError("denoiser.control: a controlled run needs the embed or tokens adapter")
+    _, space = denoiser_space(cfg, shape)
+    return ControlBranch(denoiser.unet, len(cfg.denoiser.control), shape.size // space)
+
+
 class FactorModel:
     """Counterfactual generator over a FactorSpec.
 
@@ -210,6 +221,9 @@ class FactorModel:
         factor_blocks: the code block that carries each factor (the identity for the distiller;
             for the unsupervised encoder, the block that best predicts the factor).
         dae: a DAED run's denoising autoencoder (``diffusion/daed.py``), or None.
+        control: a controlled run's ControlNet branch (``diffusion/control.py``), or None; the
+            model's ``denoiser`` is then the base wrapped with it, and every pass needs the
+            conditioning images (``control=`` of ``generate`` and ``invert``).
     """
 
     def __init__(
@@ -223,9 +237,12 @@ class FactorModel:
         prototypes: list[torch.Tensor] | None = None,
         factor_blocks: list[int] | None = None,
         dae: DenoisingAutoencoder | None = None,
+        control: ControlBranch | None = None,
     ):
         self.config, self.spec, self.shape = config, spec, shape
         self.dae = dae
+        if control is not None:
+            denoiser = Controlled(denoiser, control)
         self.encoder, self.autoencoder, self.denoiser = encoder, autoencoder, denoiser
         self.prototypes = prototypes or []
         self.mean_code: torch.Tensor | None = None
@@ -235,6 +252,8 @@ class FactorModel:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         parts = {code_part(self.config): self.encoder, "denoiser": self.denoiser}
+        if isinstance(self.denoiser, Controlled):
+            parts.update(denoiser=self.denoiser.base, control=self.denoiser.branch)
         if self.autoencoder is not None:
             parts["autoencoder"] = self.autoencoder
         if self.dae is not None:
@@ -340,11 +359,13 @@ class FactorModel:
         steps: int = 50,
         strength: float = 1.0,
         present: torch.Tensor | None = None,
+        control: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Invert uint8 images to x_T (x_t at t = ``strength`` T) under their own codes (or
-        ``codes``; the blocks where ``present`` is False absent) with ``denoiser.sampler``."""
+        ``codes``; the blocks where ``present`` is False absent) with ``denoiser.sampler``;
+        ``control``: a controlled run's conditioning images (N, H, W, C) uint8."""
         codes = self.codes(images) if codes is None else codes
-        cond = Condition.full(codes) if present is None else Condition(codes, present)
+        cond = self.condition(codes, present, control)
         z0 = self.to_latent(to_unit(images))
         return invert(self.denoiser, z0, cond, self.config.denoiser, steps, strength)
 
@@ -366,12 +387,14 @@ class FactorModel:
         strength: float = 1.0,
         classifier: ClassifierGuidance | None = None,
         finish: bool = True,
+        control: np.ndarray | None = None,
     ) -> np.ndarray:
         """Sample from x_T (an inversion's x_t at the same ``strength``) under ``codes`` with
         ``denoiser.sampler`` (and the head's ``classifier`` guidance); returns uint8 images. A DAED
         run's chain ends at its split and its denoising autoencoder finishes it (``finish`` False:
-        the denoiser's own chain to t = 0)."""
-        cond = Condition.full(codes) if present is None else Condition(codes, present)
+        the denoiser's own chain to t = 0). ``control``: a controlled run's conditioning images
+        (N, H, W, C) uint8."""
+        cond = self.condition(codes, present, control)
         dae = self.dae if finish else None
         out = [
             sample(
@@ -388,6 +411,27 @@ class FactorModel:
             for i in range(0, len(x_T), 256)
         ]
         return to_uint8(self.from_latent(torch.cat(out)))
+
+    def condition(
+        self, codes: torch.Tensor, present: torch.Tensor | None = None, control: np.ndarray | None = None
+    ) -> Condition:
+        """The Condition of ``codes`` (every block present unless ``present`` says otherwise) with a
+        controlled run's conditioning images; refuses them missing or unwanted in one line."""
+        wanted = self.config.denoiser.control
+        if bool(wanted) != (control is not None):
+            raise FactordiffError(
+                f"this run is controlled by {', '.join(wanted)}: pass its control images"
+                if wanted
+                else "control images: this run has no control branch (denoiser.control)"
+            )
+        if control is not None:
+            want = (len(codes), self.shape.size, self.shape.size, len(wanted))
+            if control.shape != want:
+                raise FactordiffError(
+                    f"control images: expected {want} ({', '.join(wanted)}), got {tuple(control.shape)}"
+                )
+            control = to_unit(control)
+        return Condition.full(codes, control) if present is None else Condition(codes, present, control)
 
     @torch.no_grad()
     def denoise(
@@ -545,11 +589,13 @@ class FactorModel:
             else None
         )
         dae = build_dae(config, shape)
+        control = build_control(config, shape, denoiser)
         parts = {
             code_part(config): encoder,
             "denoiser": denoiser,
             **({"autoencoder": autoencoder} if autoencoder is not None else {}),
             **({"daed": dae} if dae is not None else {}),
+            **({"control": control} if control is not None else {}),
         }
         for name, m in parts.items():
             state = load_tensors(folder / f"{name}.safetensors")
@@ -565,7 +611,16 @@ class FactorModel:
             t = load_tensors(folder / PROTOTYPES)
             prototypes = [t[f.name] for f in spec.factors]
         model = cls(
-            config, spec, shape, encoder, autoencoder, denoiser, prototypes, meta.get("factor_blocks"), dae
+            config,
+            spec,
+            shape,
+            encoder,
+            autoencoder,
+            denoiser,
+            prototypes,
+            meta.get("factor_blocks"),
+            dae,
+            control,
         )
         if prototypes is not None:
             model.mean_code = t.get(MEAN_CODE)
