@@ -2007,7 +2007,7 @@ def control_section() -> list[str]:
             "",
         ]
         rows = [
-            [label, rate(so[k]["unseen_closer_than_control"]), f2(so[k]["frechet"])]
+            [label, f3(so[k]["unseen_closer_than_control"]), f2(so[k]["frechet"])]
             for k, label in (
                 ("structure_only", "structure alone"),
                 ("factordiff", "structure + metadata (factordiff)"),
