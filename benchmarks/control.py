@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,10 +46,10 @@ from factordiff.edit import compound_code
 from factordiff.evaluate.cells import oracle_features
 from factordiff.evaluate.counterfactual import Oracle
 from factordiff.evaluate.distances import frechet
-from factordiff.fit import fit
+from factordiff.fit import fit, start_from
 from factordiff.models.images import FactorModel, to_unit
 from factordiff.train import ArrayBatches, LoopOptions, Stage, run_stage
-from factordiff.translate import translate
+from factordiff.translate import known_codes, translate
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "factordiff" / "pretrained" / "cellsim32"
 RESULTS = Path(__file__).parent / "results" / "control.json"
@@ -69,16 +68,7 @@ def make_run(
     raw["train"]["minutes"] = minutes
     cfg = from_dict(RunConfig, raw, "run config")
     if not (out / "run_config.json").is_file():
-        (out / "model").mkdir(parents=True)
-        (out / "logs").mkdir()
-        for part in ("distiller", "denoiser"):
-            shutil.copy(SHIPPED / "model" / f"{part}.safetensors", out / "model")
-        lines = (SHIPPED / "train_log.jsonl").read_text().splitlines()
-        for part in ("distiller", "denoiser"):
-            rows = [line + "\n" for line in lines if json.loads(line)["stage"] == part]
-            (out / "logs" / f"{part}.jsonl").write_text("".join(rows))
-        shutil.copy(SHIPPED / "split.json", out / "split.json")
-        cfg.save(out / "run_config.json")
+        start_from(SHIPPED, out, cfg, ("distiller", "denoiser"))
     return cfg
 
 
@@ -367,13 +357,7 @@ def structure_only_vs_metadata(a) -> dict:
 def sample_codes(model, n, values, kc, compound_block, steps, seed) -> np.ndarray:
     """``n`` samples from noise: ``values`` (prototypes) and the compound's ``compound_block``
     present, every other factor absent."""
-    codes = model.mean_code.expand(n, *model.mean_code.shape).clone()
-    present = torch.zeros(n, len(model.spec), dtype=torch.bool)
-    for k, v in values.items():
-        rows = np.flatnonzero(v >= 0)
-        b = model.factor_blocks[k]
-        codes[torch.from_numpy(rows), b] = torch.stack([model.prototype(k, int(v[i])) for i in rows])
-        present[torch.from_numpy(rows), b] = True
+    codes, present = known_codes(model, n, values)
     if compound_block is not None:
         b = model.factor_blocks[kc]
         codes[:, b], present[:, b] = compound_block, True

@@ -40,7 +40,7 @@ from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.evaluate.latent import heldout_readout
 from factordiff.evaluate.suite import evaluate_run
-from factordiff.fit import fit
+from factordiff.fit import fit, start_from
 from factordiff.models.runs import load_model
 from factordiff.quickstart import pretrained_run
 
@@ -65,11 +65,7 @@ def _from_shipped(out: Path, cfg) -> None:
     shipped = pretrained_run(32)
     if shipped is None:
         sys.exit("the shipped 32x32 quickstart model is missing from the package")
-    (out / "model").mkdir(parents=True)
-    for part in ("distiller", "autoencoder"):
-        shutil.copy(shipped / "model" / f"{part}.safetensors", out / "model")
-    shutil.copy(shipped / "split.json", out / "split.json")
-    cfg.save(out / "run_config.json")
+    start_from(shipped, out, cfg, ("distiller", "autoencoder"))
 
 
 def _steps(out: Path, stage: str) -> int:

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from factordiff.cli import build_parser
+
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 START, END = "## Flags of each command\n", "## Configuration\n"
 
@@ -19,8 +21,6 @@ START, END = "## Flags of each command\n", "## Configuration\n"
 def flags_section() -> str:
     """One ``### factordiff COMMAND`` block per command, its ``--help`` at 100 columns."""
     os.environ["COLUMNS"] = "100"
-    from factordiff.cli import build_parser
-
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     parts = [START]

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from factordiff.checkpoint import read_json
 from factordiff.config import RunConfig, from_dict
-from factordiff.fit import fit
+from factordiff.fit import fit, start_from
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "factordiff" / "pretrained"
 
@@ -38,17 +37,7 @@ def main() -> None:
     cfg = from_dict(RunConfig, raw, "run config")
     if a.run.exists():
         raise SystemExit(f"{a.run}: exists; choose a new folder")
-    (a.run / "model").mkdir(parents=True)
-    (a.run / "logs").mkdir()
-    for part in ("distiller", "autoencoder"):
-        shutil.copy(shipped / "model" / f"{part}.safetensors", a.run / "model")
-    lines = (shipped / "train_log.jsonl").read_text().splitlines()
-    for part in ("distiller", "autoencoder"):
-        (a.run / "logs" / f"{part}.jsonl").write_text(
-            "".join(line + "\n" for line in lines if json.loads(line)["stage"] == part)
-        )
-    shutil.copy(shipped / "split.json", a.run / "split.json")
-    cfg.save(a.run / "run_config.json")
+    start_from(shipped, a.run, cfg, ("distiller", "autoencoder"))
     fit(cfg, a.run, resume=True, progress=True)
 
 

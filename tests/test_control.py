@@ -20,7 +20,7 @@ from factordiff.diffusion.control import ControlBranch, Controlled
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance, guided_prediction
 from factordiff.errors import FactordiffError
-from factordiff.fit import fit
+from factordiff.fit import fit, start_from
 from factordiff.models.images import FactorModel
 
 BF_CHANNELS = [*CHANNELS, "BF"]
@@ -165,3 +165,21 @@ def test_translate_writes_the_predicted_stains_of_a_brightfield_file(control_run
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_a_run_started_from_a_finished_one_trains_only_its_missing_stages(control_run, tmp_path):
+    """``start_from`` (how a shipped model takes a control branch): the copied stages stay as they were."""
+    result, run = control_run
+    cfg = _control_config(**{"denoiser.control_steps": 3})
+    start_from(run, tmp_path / "new", cfg, ("distiller", "denoiser"))
+    assert (tmp_path / "new" / "logs" / "denoiser.jsonl").is_file()
+    fit(cfg, tmp_path / "new", resume=True, progress=False)
+    for part in ("distiller", "denoiser"):
+        old, new = (load_tensors(r / "model" / f"{part}.safetensors") for r in (run, tmp_path / "new"))
+        assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    steps = [
+        line
+        for line in (tmp_path / "new" / "train_log.jsonl").read_text().splitlines()
+        if '"control"' in line
+    ]
+    assert len(steps) == 3  # the control stage trained anew, for its own steps

@@ -1,5 +1,7 @@
 """Denoiser, adapter, guidance and DDIM sampling/inversion."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -10,7 +12,7 @@ from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance, guided_prediction
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.diffusion.sampling import ddim_invert, ddim_sample, invert, sample
+from factordiff.diffusion.sampling import ddim_invert, ddim_sample, invert, sample, scheduler, timesteps
 
 CFG = DenoiserConfig(block_out_channels=[16, 32], layers_per_block=1, adapter_hidden=16)
 
@@ -140,8 +142,6 @@ def test_dpmsolver_round_trip_is_second_order_and_beats_ddim_at_fewer_steps():
     """DPM-Solver++(2M) with its inverse scheduler, exact Gaussian denoiser: measured round-trip
     mean |x - x_rec| 0.036 / 0.0094 / 0.0019 at 10 / 20 / 50 steps (DDIM: 0.110 / 0.059 / 0.025),
     sample std 0.501 at 20 steps (exact 0.5; DDIM 0.464)."""
-    from dataclasses import replace
-
     cfg, den = replace(CFG, sampler="dpmsolver++"), GaussianDenoiser(mu=0.3, s=0.5)
     x0 = 0.3 + 0.5 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     err = {
@@ -161,16 +161,10 @@ def test_partial_inversion_stops_at_the_strength_and_sampling_resumes_there(samp
     1000), its x_t has that timestep's marginal (exact Gaussian denoiser: the probability-flow ODE
     keeps marginals), and the round trip is closer than the whole DDIM chain at the same step size
     (50 steps). Measured mean |x - x_rec|: DDIM 0.014, DPM++ 0.006; whole DDIM chain 0.024."""
-    from dataclasses import replace
-
-    from factordiff.diffusion.sampling import timesteps
-
     cfg = replace(CFG, sampler=sampler)
     _, inv = timesteps(cfg, 25, 0.5, inverse=True)
     _, fwd = timesteps(cfg, 25, 0.5)
     assert len(inv) == len(fwd) == 25 and int(inv[-1]) == int(fwd[0]) == 499 and int(fwd[-1]) == int(inv[0])
-    from factordiff.diffusion.sampling import scheduler
-
     _, whole = timesteps(cfg, 25, 1.0)
     plain = scheduler(cfg)
     plain.set_timesteps(25)
@@ -195,8 +189,6 @@ def test_partial_inversion_stops_at_the_strength_and_sampling_resumes_there(samp
 def test_bf16_inference_precision_runs_the_denoiser_in_bf16_and_returns_fp32():
     """``denoiser.inference_precision = "bf16"``: the passes run under bf16 autocast (results differ
     from fp32 in the low bits), the chain stays fp32 and close to the fp32 one."""
-    from dataclasses import replace
-
     den = tiny_denoiser()
     x, _, cond = batch()
     full = sample(den, x, cond, CFG, steps=4)

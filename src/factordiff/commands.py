@@ -236,9 +236,9 @@ def cmd_translate(args: argparse.Namespace) -> None:
     if not wanted:
         raise FactordiffError(f"{args.run}: not a controlled image run; fit one with --control CHANNELS")
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FactordiffError(f"--out {out}: exists and is not an empty folder; choose another")
-    model, scale = run.model, traits(run.config).tiff_scale
+    check_out(run, out)
+    model, t = run.model, traits(run.config)
+    scale = t.tiff_scale
     images = []
     for p in args.image:
         img = read_image(Path(p), scale16=scale)
@@ -251,7 +251,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     settings = parse_settings(model.spec, args.set) if args.set else {}
     values = {k: model.spec.factors[k].index(v) for k, v in settings.items()}
     predicted = translate(model, np.stack(images), values, args.samples, args.steps, args.seed)
-    names = traits(run.config).channel_names(model.shape.channels)
+    names = t.channel_names(model.shape.channels)
     write_translations(predicted, [Path(p).stem for p in args.image], names, scale, out)
     print(f"wrote {out} ({len(images)} image(s) x {args.samples} samples; channels {', '.join(names)})")
 

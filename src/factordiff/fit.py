@@ -21,6 +21,7 @@ the stages in proportion to their ``budget``; time a stage does not use passes t
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from factordiff.data.profiles import fingerprint
 from factordiff.data.sources import PROFILES, prepare_data
 from factordiff.data.splits import Split
 from factordiff.diffusion.autoencoder import AutoencoderStep, build_autoencoder
-from factordiff.diffusion.control import ControlBranch, Controlled
+from factordiff.diffusion.control import Controlled
 from factordiff.diffusion.daed import DaedStep
 from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
@@ -127,6 +128,24 @@ def _options(cfg: RunConfig, run: Path, resume: bool, progress: bool) -> LoopOpt
         progress=progress,
         precision=t.precision,
     )
+
+
+def start_from(source: Path, out: Path, cfg: RunConfig, parts: tuple[str, ...]) -> None:
+    """A new run folder ``out`` holding ``parts`` of the finished run ``source`` as done stages (their
+    weights and, where ``source`` has them, their training logs), its split and ``cfg``, so that
+    ``fit(cfg, out, resume=True)`` trains only the other stages. The parts learned from ``source``'s
+    training rows, so ``cfg`` must keep its split for nothing held out to reach the new stages."""
+    (out / "model").mkdir(parents=True)
+    (out / "logs").mkdir()
+    log = source / "train_log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    for part in parts:
+        shutil.copy(source / "model" / f"{part}.safetensors", out / "model")
+        rows = [line + "\n" for line in lines if json.loads(line)["stage"] == part]
+        if rows:
+            (out / "logs" / f"{part}.jsonl").write_text("".join(rows))
+    shutil.copy(source / "split.json", out / "split.json")
+    cfg.save(out / "run_config.json")
 
 
 def _stage_done(run: Path, name: str) -> bool:
@@ -292,9 +311,10 @@ def _train_denoiser(f: _Fit, model: FactorModel, x: torch.Tensor) -> torch.nn.Mo
     return f.stage("denoiser", step, denoiser, trainable, tensors, dn, 2, dn.ema_decay, warmup=500)
 
 
-def _train_control(f: _Fit, model: FactorModel, x) -> ControlBranch | None:
-    """``denoiser.control``'s ControlNet branch, trained on the frozen denoiser (``control`` stage):
-    the denoiser's own loss and condition dropout, the conditioning images never dropped."""
+def _train_control(f: _Fit, model: FactorModel, x) -> Controlled | None:
+    """The denoiser with ``denoiser.control``'s ControlNet branch, trained on the frozen denoiser
+    (``control`` stage): the denoiser's own loss and condition dropout, the conditioning images
+    never dropped."""
     dn = f.cfg.denoiser
     torch.manual_seed(f.cfg.train.seed + 6)
     branch = build_control(f.cfg, f.shape, model.denoiser)
@@ -318,7 +338,7 @@ def _train_control(f: _Fit, model: FactorModel, x) -> ControlBranch | None:
         dn.ema_decay,
         warmup=500,
     )
-    return branch
+    return controlled
 
 
 def _train_daed(f: _Fit, x) -> torch.nn.Module | None:
@@ -537,7 +557,6 @@ def fit(
         cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape)
     )
     x = _latents(f, model) if not _stage_done(run, order[-1]) else None
-    control = None
     if unsup:
         model.encoder, model.denoiser = _train_unsupervised(f, model, x)
         model.factor_blocks = align_blocks(
@@ -545,7 +564,7 @@ def fit(
         )
     else:
         model.denoiser = _train_denoiser(f, model, x)
-        control = _train_control(f, model, x)
+        model.denoiser = _train_control(f, model, x) or model.denoiser
         model.dae = _train_daed(f, x)
     model = FactorModel(
         cfg,
@@ -556,7 +575,6 @@ def fit(
         model.denoiser,
         factor_blocks=model.factor_blocks,
         dae=model.dae,
-        control=control,
     )
     # training images only (nothing held out), and of head factors their labelled share only
     model.set_prototypes(model.codes(train.images), known_factors(cfg, train))

@@ -32,15 +32,7 @@ def translate(
     if not model.config.denoiser.control:
         raise FactordiffError("translate: this run has no control branch; fit it with --control CHANNELS")
     n = len(control)
-    present = torch.zeros(n, len(model.spec), dtype=torch.bool)
-    codes = model.mean_code.expand(n, *model.mean_code.shape).clone()
-    for k, v in values.items():
-        v = np.broadcast_to(np.asarray(v), (n,))
-        rows = np.flatnonzero(v >= 0)
-        if len(rows):
-            block = torch.stack([model.prototype(k, int(v[i])) for i in rows])
-            codes[torch.from_numpy(rows), model.factor_blocks[k]] = block
-            present[torch.from_numpy(rows), model.factor_blocks[k]] = True
+    codes, present = known_codes(model, n, values)
     channels, size = denoiser_space(model.config, model.shape)
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n * samples, channels, size, size, generator=gen)
@@ -53,6 +45,24 @@ def translate(
         control=np.repeat(control, samples, axis=0),
     )
     return out.reshape(n, samples, *out.shape[1:])
+
+
+def known_codes(
+    model: FactorModel, n: int, values: dict[int, np.ndarray | int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (n, blocks, D) and their present mask for ``n`` images of which only the metadata
+    ``values`` is known (factor position -> one value index, or one per image, -1 where unknown):
+    those blocks are the values' prototypes, every other block is absent (the mean code under it)."""
+    codes = model.mean_code.expand(n, *model.mean_code.shape).clone()
+    present = torch.zeros(codes.shape[:2], dtype=torch.bool)
+    for k, v in values.items():
+        v = np.broadcast_to(np.asarray(v), (n,))
+        rows = np.flatnonzero(v >= 0)
+        if len(rows):
+            block = torch.stack([model.prototype(k, int(v[i])) for i in rows])
+            codes[torch.from_numpy(rows), model.factor_blocks[k]] = block
+            present[torch.from_numpy(rows), model.factor_blocks[k]] = True
+    return codes, present
 
 
 def write_translations(

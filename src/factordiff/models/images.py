@@ -222,8 +222,9 @@ class FactorModel:
             for the unsupervised encoder, the block that best predicts the factor).
         dae: a DAED run's denoising autoencoder (``diffusion/daed.py``), or None.
         control: a controlled run's ControlNet branch (``diffusion/control.py``), or None; the
-            model's ``denoiser`` is then the base wrapped with it, and every pass needs the
-            conditioning images (``control=`` of ``generate`` and ``invert``).
+            model's ``denoiser`` is then the base wrapped with it (or ``denoiser`` is already a
+            ``Controlled``), and every pass needs the conditioning images (``control=`` of
+            ``generate`` and ``invert``).
     """
 
     def __init__(
