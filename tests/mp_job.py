@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from factordiff.checkpoint import atomic_save_tensors
-from factordiff.train import ArrayBatches, LoopOptions, Stage, process, run_stage
+from factordiff.train import ArrayBatches, LoopOptions, Stage, leave, process, run_stage
 
 
 class Regress(nn.Module):
@@ -67,9 +67,7 @@ def main() -> None:
     if process()[2]:
         for name, m in results.items():
             atomic_save_tensors(m.state_dict(), out / f"{name}.safetensors")
-    if torch.distributed.is_initialized():  # a live gloo group at exit can abort the interpreter's teardown
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    sys.exit(leave(0))  # as the CLI ends: a live gloo group can abort the interpreter's teardown
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ generator state of every process, so resuming on as many processes is exact. The
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +190,24 @@ def barrier() -> None:
     from accelerate import PartialState
 
     PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+
+
+def leave(code: int) -> int:
+    """``code``, or under a launcher after a clean finish, the end of this process.
+
+    A gloo process group alive at the interpreter's teardown (even after ``destroy_process_group``)
+    sometimes aborts a process that has finished its work ('terminate called without an active
+    exception', exit -6) on a loaded machine, which fails the whole launch. So after a clean finish
+    every process waits for the others, flushes its output and ends through ``os._exit``, which
+    skips that teardown; files are already closed (writes are atomic). A failing process returns
+    its code as usual.
+    """
+    if code != 0 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return code
+    torch.distributed.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _anyone(flag: bool, world: int) -> bool:
