@@ -40,7 +40,17 @@ from torch.nn import functional as F
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from factordiff.config import RunConfig, from_dict
 from factordiff.data.base import FactorDataset
-from factordiff.data.cellsim import CHANNELS, COMPOUNDS, CONTROL, DOSES, cellsim, render, to_uint8
+from factordiff.data.cellsim import (
+    CHANNELS,
+    COMPOUNDS,
+    CONTROL,
+    DOSES,
+    cellsim,
+    cellsim_spec,
+    render,
+    sample_factors,
+    to_uint8,
+)
 from factordiff.data.splits import make_split
 from factordiff.edit import compound_code
 from factordiff.evaluate.cells import oracle_features
@@ -225,6 +235,41 @@ def brightfield_to_stains(a) -> dict:
     }
 
 
+def ceiling(a) -> dict:
+    """What any predictor can reach on brightfield -> stains, from cellsim's own renders: the same
+    cells (``render(..., hidden=)``: same outlines, nuclei, nucleoli and brightfield) with other
+    textures, mitochondria and noise, which the brightfield does not show. ``perfect_sampler.<n>``:
+    Pearson of the mean of n such draws (samples from the true distribution of the stains given
+    the cells) against another draw, the truth; ``conditional_mean``: the mean of
+    ``--ceiling-draws`` draws, what a perfect regression (least squares) predicts. A calibrated
+    generative model's n-sample mean can at best reach the first, the regression the second."""
+    size = read_json(SHIPPED / "run_config.json")["data"]["size"]
+    factors = sample_factors(a.fields, seed=1)
+
+    def draw(h: int) -> np.ndarray:
+        return to_uint8(render(factors, size, seed=1, hidden=h)).transpose(0, 2, 3, 1).astype(np.float64)
+
+    truth = draw(0)
+    counts = (1, 2, 4, 8, 16)
+    total, sampler = np.zeros(truth.shape), {}
+    for h in range(1, counts[-1] + 1):
+        total += draw(h)
+        if h in counts:
+            sampler[str(h)] = per_channel(pearson(total / h, truth))
+    mean = np.zeros(truth.shape)
+    for h in range(a.ceiling_draws):
+        mean += draw(1000 + h)
+    return {
+        "command": "python benchmarks/control.py " + shlex.join(sys.argv[1:]),
+        "fields": a.fields,
+        "size": size,
+        "perfect_sampler": sampler,
+        "conditional_mean": per_channel(pearson(mean / a.ceiling_draws, truth)),
+        "conditional_mean_draws": a.ceiling_draws,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def untreated(factors: np.ndarray) -> np.ndarray:
     """The same rows with the compound set to the control (DMSO) at dose 0."""
     out = factors.copy()
@@ -233,11 +278,16 @@ def untreated(factors: np.ndarray) -> np.ndarray:
 
 
 def paired(size: int, n: int, seed: int) -> FactorDataset:
-    """cellsim fields whose ``control`` is the same cells rendered untreated (``render`` with the
-    same seed and index: the same cells, the compound and dose set to DMSO)."""
-    data = cellsim(size, n, seed)
-    control = to_uint8(render(untreated(data.factors), size, seed)).transpose(0, 2, 3, 1)
-    return FactorDataset(data.images, data.factors, data.spec, data.source, np.ascontiguousarray(control))
+    """cellsim fields whose ``control`` is the same cells rendered untreated: ``render`` with the
+    same seeds in its paired mode (``hidden``: each cell's draws in step whatever the compound, so
+    the same centres, orientations, nucleoli and textures; the compound changes sizes, stains and
+    mitochondria), the compound and dose set to DMSO."""
+    factors = sample_factors(n, seed)
+
+    def fields(f: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(to_uint8(render(f, size, seed, hidden=seed)).transpose(0, 2, 3, 1))
+
+    return FactorDataset(fields(factors), factors, cellsim_spec(), "cellsim", fields(untreated(factors)))
 
 
 def control_to_treated(a) -> dict:
@@ -370,6 +420,7 @@ PARTS = {
     "brightfield": ("brightfield_to_stains", brightfield_to_stains),
     "treated": ("control_to_treated", control_to_treated),
     "structure": ("structure_only_vs_metadata", structure_only_vs_metadata),
+    "ceiling": ("brightfield_ceiling", ceiling),
 }
 
 
@@ -384,6 +435,9 @@ def main() -> None:
     ap.add_argument("--fields", type=int, default=300)
     ap.add_argument(
         "--reference-fields", type=int, default=40000, help="structure: fields rendered to pick from"
+    )
+    ap.add_argument(
+        "--ceiling-draws", type=int, default=256, help="ceiling: draws averaged for the conditional mean"
     )
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--sample-steps", type=int, default=20)

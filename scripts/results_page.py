@@ -280,6 +280,13 @@ def generalization_section() -> list[str]:
                 f3(r["pairs_all_right"]),
                 f3(r["probe_r2"]),
                 f3(r["probe_mae"]),
+                "-"
+                if r.get("codes_from_reference") is None
+                else "from a real image"
+                if r["codes_from_reference"]
+                else "from the value"
+                if r.get("codes_from_value")
+                else "prototypes",
             ]
         )
         cmds.append(f"- {r['split']}, {r['adapter']}: {code(r['command'])}")
@@ -300,9 +307,17 @@ def generalization_section() -> list[str]:
             "two-factor held-out edits",
             "probe R^2 (held-out)",
             "probe error (held-out)",
+            "held-out sample codes",
         ],
         rows,
     )
+    out += [
+        "",
+        "Held-out sample codes: where the codes of held-out values came from (a real image with the "
+        "value, the value itself for a continuous factor, or training prototypes); '-': measured "
+        "before this was recorded, when a value no training image had took a real image's code.",
+        "",
+    ]
     out += ["The fit of each row:", ""] + cmds + [""]
     return out
 
@@ -1973,12 +1988,45 @@ def control_section() -> list[str]:
         )
         out += ["", against(bf, "regression", "the regression")]
         out.append("")
+    ceil = d.get("brightfield_ceiling")
+    if ceil:
+        out += ["### What brightfield allows: cellsim's own ceiling", ""] + provenance(ceil, "control.json")
+        out += [
+            f"{ceil['fields']} cellsim fields at {ceil['size']}x{ceil['size']} rendered again with the same "
+            "cells (outlines, nuclei, nucleoli: the same brightfield) and new draws of what brightfield "
+            "does not show (textures, mitochondria, noise). A perfect sampler's n-sample mean is the "
+            "mean of n such draws, judged against another draw; a perfect regression predicts the "
+            f"mean of {ceil['conditional_mean_draws']} draws. Pearson as above.",
+            "",
+        ]
+        rows = [
+            [f"perfect sampler, mean of {n}"] + [f3(v[c]) for c in channels]
+            for n, v in ceil["perfect_sampler"].items()
+        ]
+        rows.append(
+            ["perfect regression (conditional mean)"] + [f3(ceil["conditional_mean"][c]) for c in channels]
+        )
+        if bf:
+            rows.append(
+                [f"factordiff, mean of {bf['samples']} (above)"] + [f3(bf["model"][c]) for c in channels]
+            )
+            rows.append(["U-Net regression (above)"] + [f3(bf["regression"][c]) for c in channels])
+        out += table(["predictor", *channels], rows)
+        out += [
+            "",
+            "Where most of a stain is invisible in brightfield (Mito: the mitochondria's positions), "
+            "even a perfect sampler's 8-sample mean stays below a good regression: the mean of 8 "
+            "draws keeps an eighth of the hidden variance, which the regression averages away.",
+            "",
+        ]
     ct = d.get("control_to_treated")
     if ct:
         out += ["### Control to treated", ""] + provenance(ct, "control.json")
         out += [
             f"{ct['fields']} fresh treated cellsim fields of training compounds ({ct['heldout_fields']} of "
-            "held-out combinations), each predicted from the same cells rendered untreated (DMSO); "
+            "held-out combinations), each predicted from the same cells rendered untreated (DMSO; "
+            "cellsim's paired renders, `render(..., hidden=)`, keep every cell in step under the "
+            "compound); "
             f"Pearson and Frechet as above; the regression reads the compound x dose as a class; the "
             "mean shift adds the training fields' mean treated-minus-untreated image of the same "
             "compound x dose x cell line.",

@@ -189,11 +189,21 @@ def render_field(
     rng: np.random.Generator,
     well: tuple[int, int] = (8, 12),
     brightfield: np.random.Generator | None = None,
+    hidden: np.random.Generator | None = None,
 ) -> np.ndarray:
     """One field (5, size, size) uint16 of cells with parameters ``bio`` imaged with ``tech``; with
     a ``brightfield`` generator (its noise), (6, size, size): the same cells' brightfield last
     (``_brightfield``). The stains draw nothing more from ``rng`` either way, so they are the same
-    bytes with and without it."""
+    bytes with and without it.
+
+    ``hidden``: the draws of what the brightfield does not show (the stains' textures, the
+    mitochondria, the stains' noise) come from this generator instead of ``rng``, so renders with
+    the same ``rng`` and other ``hidden`` generators are the same cells (outlines, nuclei, nucleoli,
+    brightfield) with other hidden detail: draws from the stains' distribution given the
+    brightfield. Each cell's nucleoli then come from a generator of its own (one draw of ``rng``
+    per cell), so ``rng`` stays in step whatever the biology: the same seeds render the same cells
+    (centres, orientations, nucleoli, textures) under any compound, which makes exact
+    control/treated pairs. None (the default) draws everything from ``rng``, the bytes as before."""
     from scipy.ndimage import gaussian_filter
 
     nuc_r, cell_r, elong, dna, er, nucleoli, agp, mito_n, mito = bio
@@ -201,11 +211,13 @@ def render_field(
     yy, xx = np.mgrid[:size, :size].astype(np.float64)
     img = np.zeros((5, size, size))
     path = np.zeros((size, size))  # optical path length through the cells, for the brightfield
+    hidden = rng if hidden is None else hidden
     cells = int(rng.integers(2, 5))
-    tex = [_smooth_noise(rng, size, 1.5 * k) for _ in range(3)]
+    tex = [_smooth_noise(hidden, size, 1.5 * k) for _ in range(3)]
     for _ in range(cells):
         cy, cx = rng.uniform(0.15, 0.85, 2) * size
         th = rng.uniform(0, np.pi)
+        own = rng if hidden is rng else np.random.default_rng(int(rng.integers(2**63)))
         c, s = np.cos(th), np.sin(th)
         u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
         a, b = cell_r * k * math.sqrt(elong), cell_r * k / math.sqrt(elong)
@@ -217,16 +229,16 @@ def render_field(
         img[0] += dna * nucleus * (0.85 + 0.15 * tex[0])
         img[1] += er * cyto * np.exp(-1.5 * d_cell) * (0.7 + 0.3 * tex[1])
         img[2] += 0.25 * cyto + 0.15 * nucleus
-        for _ in range(int(rng.poisson(nucleoli))):
-            py, px = _inside(rng, cy, cx, na, nb, c, s, 0.0, 0.6)
+        for _ in range(int(own.poisson(nucleoli))):
+            py, px = _inside(own, cy, cx, na, nb, c, s, 0.0, 0.6)
             spot = np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.9 * k) ** 2))
             img[2] += 0.9 * spot
             path += 0.5 * spot
         img[3] += agp * (np.abs(d_cell - 0.92) < 0.1) + 0.25 * agp * cyto * (
             0.5 + 0.5 * np.sin(2.5 * v / k) ** 2
         )
-        for _ in range(int(rng.poisson(mito_n))):
-            py, px = _inside(rng, cy, cx, a, b, c, s, 0.4, 0.9)
+        for _ in range(int(hidden.poisson(mito_n))):
+            py, px = _inside(hidden, cy, cx, a, b, c, s, 0.4, 0.9)
             img[4] += mito * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * (0.8 * k) ** 2))
     # the microscope: blur, illumination gradient, edge wells, gain, offset, background, noise
     img = np.stack([gaussian_filter(ch, tech["blur"] * k) for ch in img])
@@ -234,7 +246,7 @@ def render_field(
     illum = 1.0 + tech["illum_strength"] * (((xx / size) - 0.5) * gx + ((yy / size) - 0.5) * gy)
     edge = 0.85 if well[0] in (0, 15) or well[1] in (0, 23) else 1.0
     signal = (img + tech["background"]) * illum * edge
-    signal = signal + tech["noise"] * rng.normal(size=signal.shape)
+    signal = signal + tech["noise"] * hidden.normal(size=signal.shape)
     raw = signal * 6000.0 * tech["gain"][:, None, None] + tech["offset"][:, None, None]
     stains = np.clip(np.rint(raw), 0, 65535).astype(np.uint16)
     if brightfield is None:
@@ -281,12 +293,20 @@ def sample_factors(n: int, seed: int = 0) -> np.ndarray:
 
 
 def render(
-    factors: np.ndarray, size: int = 64, seed: int = 0, index_offset: int = 0, brightfield: bool = False
+    factors: np.ndarray,
+    size: int = 64,
+    seed: int = 0,
+    index_offset: int = 0,
+    brightfield: bool = False,
+    hidden: int | None = None,
 ) -> np.ndarray:
     """Fields (N, 5, size, size) uint16 for value-index rows ``factors``; field i's cells and well
     come from (seed, index_offset + i). The assay itself (each compound's effect, each plate's
     technique) is the same for every seed: ASSAY_SEED. ``brightfield``: (N, 6, size, size), the
-    same cells' brightfield as channel ``BF`` after the five stains, which stay the same bytes."""
+    same cells' brightfield as channel ``BF`` after the five stains, which stay the same bytes.
+    ``hidden``: a seed for what the brightfield does not show (``render_field``): renders with the
+    same ``seed`` and other ``hidden`` seeds are the same cells with other textures, mitochondria
+    and noise (these cells are not those of ``hidden=None``, whose draws interleave)."""
     spec = cellsim_spec()
     bio_cache: dict[tuple, np.ndarray] = {}
     tech_cache: dict[tuple, dict] = {}
@@ -302,7 +322,8 @@ def render(
         rng = np.random.default_rng([seed, 7, index_offset + i])
         well = (int(rng.integers(0, 16)), int(rng.integers(0, 24)))
         lamp = np.random.default_rng([seed, 11, index_offset + i]) if brightfield else None
-        out[i] = render_field(bio_cache[key], tech_cache[tkey], size, rng, well, lamp)
+        h = None if hidden is None else np.random.default_rng([hidden, 13, index_offset + i])
+        out[i] = render_field(bio_cache[key], tech_cache[tkey], size, rng, well, lamp, h)
     return out
 
 
