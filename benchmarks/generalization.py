@@ -134,6 +134,11 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
         "effectiveness": cf["heldout"]["effectiveness"],
         "preservation": cf["heldout"]["preservation"],
         "pairs_all_right": cf.get("heldout_pairs", {}).get("all_right"),
+        # how many held-out samples and edit targets took a code block from a real image; values of
+        # a continuous factor are coded from the value (FactorModel.value_code): 0 for these splits
+        "codes_from_reference": s["heldout"].get("codes_from_reference"),
+        "edit_targets_from_reference": cf["heldout"].get("targets_from_reference"),
+        "codes_from_value": m.get("codes_from_value", []),
         **probe,
         "command": shlex.join(command)
         + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else ""),

@@ -38,3 +38,27 @@ def test_json_round_trip():
 def test_check_indices_rejects_out_of_range():
     with pytest.raises(FactordiffError, match="out of range"):
         spec().check_indices(np.array([[3, 0]]))
+
+
+def test_continuous_names_the_ordinal_factors_and_reorders_their_values():
+    from factordiff.factors import continuous
+
+    s = FactorSpec(
+        (
+            Factor("plate", ("10", "2", "3"), role="technical"),  # numbers read as text, sorted as text
+            Factor("dose", (0.1, 1.0, 10.0), "ordinal", "biological"),
+        )
+    )
+    idx = np.array([[0, 2], [1, 0], [2, 1], [-1, 0]])
+    assert continuous(s, idx, None) == (s, idx)
+    out, new = continuous(s, idx, ["plate"])
+    assert out["plate"].kind == "ordinal" and out["plate"].values == (2.0, 3.0, 10.0)
+    assert out["plate"].role == "technical" and out["dose"].kind == "categorical"
+    assert [out["plate"].values[i] for i in new[:3, 0]] == [10.0, 2.0, 3.0] and new[3, 0] == -1
+    assert (new[:, 1] == idx[:, 1]).all()
+    with pytest.raises(FactordiffError, match="data.continuous: no factor 'well'; factors are plate, dose"):
+        continuous(s, idx, ["well"])
+    with pytest.raises(
+        FactordiffError, match="'shape' has the value 'cube'; a continuous factor needs numbers"
+    ):
+        continuous(spec(), np.zeros((1, 2), int), ["shape"])

@@ -84,3 +84,40 @@ def test_evaluation_takes_unseen_values_from_reference_images_and_counts_them(un
     assert m["samples"]["heldout"]["codes_from_reference"] == m["samples"]["heldout"]["samples"] > 0
     assert m["samples"]["seen"]["codes_from_reference"] == 0
     assert "target code from a reference image" in build_report(run).read_text()
+
+
+@pytest.fixture(scope="module")
+def interpolation_run(tmp_path_factory):
+    """A tiny run whose split holds out inner values of ``scale`` (a continuous factor)."""
+    cfg = tiny_config(**{**FAST, "split.kind": "interpolation", "split.factors": ["scale"], "data.n": 256})
+    out = tmp_path_factory.mktemp("runs") / "interpolation"
+    result = fit(cfg, out, progress=False)
+    return out, result.split.held_values["scale"], result.dataset
+
+
+def test_a_continuous_value_no_training_image_had_is_coded_from_its_value(interpolation_run):
+    """Between training values: linear in the value between the neighbours' prototypes; beyond them:
+    the least-squares line of the training prototypes; edits take such a code with no reference."""
+    from factordiff.edit import edit_image
+
+    run, held, data = interpolation_run
+    model = FactorModel.load(run / "model")
+    k = model.spec.position("scale")
+    x = np.array(model.spec.factors[k].values)
+    proto = model.prototypes[k].double()
+    seen = np.flatnonzero(~torch.isnan(proto).any(1).numpy())
+    assert len(held) and not set(held) & set(seen)
+    for v in held:
+        assert not model.seen_value(k, v) and model.has_prototype(k, v)
+        lo, hi = seen[seen < v].max(), seen[seen > v].min()
+        w = (x[v] - x[lo]) / (x[hi] - x[lo])  # scales 0.75-1.25: a linear axis
+        torch.testing.assert_close(model.prototype(k, v).double(), (1 - w) * proto[lo] + w * proto[hi])
+    top = int(seen.max())  # drop the largest training value: it is then beyond the others
+    model.prototypes[k][top] = float("nan")
+    rest = seen[seen != top]
+    line = np.polyfit(x[rest], proto[rest].numpy(), 1)
+    np.testing.assert_allclose(model.prototype(k, top).numpy(), line[0] * x[top] + line[1], atol=1e-5)
+    src = data.images[np.flatnonzero(~np.isin(data.factors[:, k], held))[0]]
+    assert edit_image(model, src, sets={k: int(held[0])}, steps=2).shape == src.shape
+    # a categorical factor still has no code for a value no training image had (test above)
+    assert model.spec.factors[model.spec.position("shape")].kind == "categorical"

@@ -118,6 +118,12 @@ def _refusal(capsys, code: int, out: Path, *words: str) -> None:
         ("single", ["--factors", "Metadata_One,Metadata_Batch"], ["Metadata_One", "has one value"]),
         (None, ["--controls", "Metadata_Compound=water"], ["profiles.controls", "no row has"]),
         (None, ["--moa", "Metadata_Mechanism"], ["profiles.moa", "unknown column 'Metadata_Mechanism'"]),
+        (
+            None,
+            ["--continuous", "Metadata_Compound"],
+            ["data.continuous", "Metadata_Compound", "needs numbers"],
+        ),
+        (None, ["--continuous", "Metadata_Dose"], ["data.continuous", "no factor 'Metadata_Dose'"]),
     ],
 )
 def test_fit_refusals(tmp_path, capsys, change, extra, words):
@@ -270,3 +276,19 @@ def test_fingerprint_is_of_the_table_not_of_its_gzip_header(tmp_path):
         paths.append(path)
     assert paths[0].read_bytes() != paths[1].read_bytes()
     assert fingerprint(paths[0]) == fingerprint(paths[1]) != fingerprint(paths[2])
+
+
+def test_continuous_decides_which_factors_are_ordinal():
+    """By default a numeric biological column is continuous; ``--continuous`` (``data.continuous``)
+    names exactly the continuous factors, the rest categorical."""
+    from factordiff.config import load_config
+    from factordiff.models.profiles import prepare_profiles
+
+    def kinds(extra: dict) -> dict:
+        over = {"data.source": f"profiles:{SAMPLE}", "data.factors": FACTORS.split(","), **extra}
+        return {f.name: f.kind for f in prepare_profiles(load_config(None, over)).table.spec.factors}
+
+    assert kinds({})["Metadata_Concentration"] == "ordinal"
+    assert set(kinds({"data.continuous": []}).values()) == {"categorical"}
+    named = kinds({"data.continuous": ["Metadata_Concentration"]})
+    assert named["Metadata_Concentration"] == "ordinal" and named["Metadata_Compound"] == "categorical"

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Metadata_* column with more than one value that is not an identifier)",
     )
     p.add_argument(
+        "--continuous",
+        metavar="F,G",
+        help="the factors that are continuous (ordered numbers whose codes extend to values no training "
+        "row had, e.g. a dose); every other factor categorical (default: as the data says)",
+    )
+    p.add_argument(
         "--holdout-where",
         action="append",
         metavar="F=V,G=W",

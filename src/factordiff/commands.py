@@ -53,6 +53,7 @@ def _fit_overrides(args: argparse.Namespace) -> dict:
         "data.source": args.data,
         "data.size": args.size,
         "data.factors": _csv_list(args.factors) if args.factors else None,
+        "data.continuous": _csv_list(args.continuous) if args.continuous is not None else None,
         "data.channels": _csv_list(args.channels) if args.channels else None,
         "data.index": args.index,
         "data.crop": args.crop,

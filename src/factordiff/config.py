@@ -74,6 +74,10 @@ class DataConfig:
     size: image height and width the models work at (None: 32 for the replica, else the files' size).
     n: number of images (shapes: rendered combinations; h5: sampled rows; None: all).
     factors: factor columns of a table (None: all non-image columns).
+    continuous: the factors that are continuous (ordinal: ordered values with distances, whose
+        codes extend to values no training row had); every other factor is categorical. None: as
+        the data says (built-in data sets declare theirs; tables: numeric columns, profiles:
+        numeric biological columns).
     channels: channel names of a crop stack (``crops:STACK.npz``), one per channel; of fields
         (``fields:SOURCE``): names, or ``NAME=NUMBER`` for Phenix and RxRx, as ``factordiff fields``.
     index: the index table of a crop stack (None: ``STACK.csv`` beside it).
@@ -89,6 +93,7 @@ class DataConfig:
     size: int | None = None
     n: int | None = 60000
     factors: list[str] | None = None
+    continuous: list[str] | None = None
     channels: list[str] | None = None
     index: str | None = None
     crop: int | None = None

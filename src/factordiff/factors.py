@@ -213,3 +213,38 @@ class FactorSpec:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json())
+
+
+def continuous(
+    spec: FactorSpec, indices: np.ndarray, names: Sequence[str] | None, where: str = "data.continuous"
+) -> tuple[FactorSpec, np.ndarray]:
+    """``spec`` with exactly the factors ``names`` continuous (ordinal) and every other factor
+    categorical, and the value indices (N, K) that go with it; ``names`` None: both unchanged (each
+    reader's own choice). A named factor must exist and have numbers for values; its values are
+    ordered by number, and its indices follow them. Roles stay."""
+    if names is None:
+        return spec, indices
+    unknown = [n for n in names if n not in spec.names]
+    if unknown:
+        raise FactordiffError(f"{where}: no factor {unknown[0]!r}; factors are {', '.join(spec.names)}")
+    out, idx = [], np.array(indices, copy=True)
+    for k, f in enumerate(spec.factors):
+        if f.name not in names:
+            out.append(Factor(f.name, f.values, "categorical", f.role))
+            continue
+        numbers = []
+        for v in f.values:
+            try:
+                numbers.append(float(v))
+            except (TypeError, ValueError):
+                raise FactordiffError(
+                    f"{where}: factor {f.name!r} has the value {v!r}; a continuous factor needs numbers"
+                ) from None
+        if not all(math.isfinite(x) for x in numbers):
+            raise FactordiffError(f"{where}: factor {f.name!r} has a value that is not a finite number")
+        order = np.argsort(numbers, kind="stable")
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        idx[:, k] = np.where(indices[:, k] >= 0, rank[np.maximum(indices[:, k], 0)], indices[:, k])
+        out.append(Factor(f.name, tuple(numbers[i] for i in order), "ordinal", f.role))
+    return FactorSpec(tuple(out)), idx

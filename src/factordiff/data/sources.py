@@ -5,7 +5,7 @@ to render fresh images) as data, so that nothing outside ``data/`` asks which so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -21,7 +21,7 @@ from factordiff.data.shards import open_shards
 from factordiff.data.splits import Split, make_split, select
 from factordiff.data.table import read_table
 from factordiff.errors import FactordiffError
-from factordiff.factors import FactorSpec, parse_pairs
+from factordiff.factors import FactorSpec, continuous, parse_pairs
 
 PROFILES = "profiles:"
 
@@ -197,6 +197,8 @@ def _split_crops(
 ) -> Crops:
     roles = dict(parse_pairs(p, "profiles.roles")[0] for p in cfg.profiles.roles)
     stack = read_crops(path, index, channels, cfg.data.factors, roles, positions)
+    spec, factors = continuous(stack.spec, stack.factors, cfg.data.continuous)
+    stack = replace(stack, spec=spec, factors=factors)
     split = make_split(stack.spec, cfg.split)
     for text in cfg.split.where:
         if not select(stack.spec, stack.factors, [text], stack.metadata, "--holdout-where").any():
@@ -236,6 +238,8 @@ def prepare_data(
     )
     check_size(data.size, data.source)
     data = take_control(data, cfg)
+    spec, factors = continuous(data.spec, data.factors, cfg.data.continuous)
+    data = replace(data, spec=spec, factors=factors)
     split = make_split(data.spec, cfg.split)
     train = data.subset(~split.heldout(data.factors))
     if len(train) == 0:

@@ -29,8 +29,9 @@ def axis_positions(spec: FactorSpec, seen: list[np.ndarray] | None = None) -> li
     """Per ordinal factor, each value's position on its axis, an empty tensor for categorical ones.
 
     The axis is fitted on the values that training rows have (``seen``; None: every value): a log
-    axis when those are all >= 0 with two or more positive (doses, times; a zero dose sits one decade
-    below the smallest positive one), else a linear one, scaled so that the training values span
+    axis when those are all >= 0 and the positive ones span a decade or more (doses, times in a
+    dilution series; a zero dose sits one decade below the smallest positive one), else a linear
+    one (hues 0-0.9, scales, angles), scaled so that the training values span
     [-1, 1]. A value no training row had lands on the same axis, between or beyond its neighbours,
     and moves no training value's position."""
     out = []
@@ -40,7 +41,8 @@ def axis_positions(spec: FactorSpec, seen: list[np.ndarray] | None = None) -> li
             continue
         values = np.asarray(f.values, np.float64)
         fit = values[seen[k]] if seen is not None and seen[k].any() else values
-        if (fit >= 0).all() and (fit > 0).sum() >= 2:
+        positive = fit[fit > 0]
+        if (fit >= 0).all() and len(positive) >= 2 and positive.max() >= 10 * positive.min():
             floor = np.log10(fit[fit > 0].min()) - 1.0
             axis = np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), floor)
             fit_axis = np.where(fit > 0, np.log10(np.where(fit > 0, fit, 1.0)), floor)

@@ -312,6 +312,12 @@ def evaluate_run(
             for v in range(f.size)
             if not model.has_prototype(k, v)
         ],
+        "codes_from_value": [  # continuous values no training image had: coded from the value
+            f"{f.name}={f.values[v]}"
+            for k, f in enumerate(data.spec.factors)
+            for v in range(f.size)
+            if not model.seen_value(k, v) and model.has_prototype(k, v)
+        ],
         "figures": {
             "counterfactuals": {
                 "file": f"{FIGURES}/counterfactuals.png",

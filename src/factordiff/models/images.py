@@ -27,6 +27,7 @@ from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.head import ClassifierGuidance, ClassifierHead
 from factordiff.diffusion.sampling import invert, noise_to, sample
 from factordiff.encoders.distill import FactorDistiller
+from factordiff.encoders.metadata import axis_positions
 from factordiff.encoders.perturbation import StructureCodes, perturbation_features
 from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, zero_output
 from factordiff.errors import FactordiffError
@@ -318,18 +319,56 @@ class FactorModel:
             codes[:, self.factor_blocks[k]] = torch.stack([block(k, int(v)) for v in values[:, k]])
         return codes
 
-    def has_prototype(self, factor: int, value: int) -> bool:
-        """Whether some training image had this value (so that it has a prototype)."""
+    def seen_value(self, factor: int, value: int) -> bool:
+        """Whether some training image had this value (so that it has a mean code of its own)."""
         return bool(self.prototypes) and not torch.isnan(self.prototypes[factor][value]).any()
 
+    def has_prototype(self, factor: int, value: int) -> bool:
+        """Whether the model has a code for this value: some training image had it, or the factor is
+        continuous (ordinal) and the code comes from the value itself (``value_code``)."""
+        return self.seen_value(factor, value) or self.value_code(factor, value) is not None
+
     def prototype(self, factor: int, value: int) -> torch.Tensor:
-        if not self.has_prototype(factor, value):
+        """The value's code block: the mean code of its training images, or for a value of a
+        continuous factor that no training image had, ``value_code``."""
+        if self.seen_value(factor, value):
+            return self.prototypes[factor][value]
+        code = self.value_code(factor, value)
+        if code is None:
             f = self.spec.factors[factor]
             raise FactordiffError(
                 f"{f.name}={f.values[value]}: no training image had this value, so it has no prototype code; "
                 "pass a reference image with --from"
             )
-        return self.prototypes[factor][value]
+        return code
+
+    def value_code(self, factor: int, value: int) -> torch.Tensor | None:
+        """The code block of a continuous (ordinal) factor's value that no training image had, from
+        the value alone; None for a categorical factor, a seen value, or fewer than two seen values.
+
+        On the factor's axis (``axis_positions``: log for doses, linear otherwise, fitted on the
+        training values), between two training values the code is linear between their prototypes;
+        beyond them it continues the least-squares line of every training value's prototype over
+        the axis (as the distiller's ordinal axis continues its line). Only the training images'
+        prototypes are read, so nothing held out shapes it."""
+        f = self.spec.factors[factor]
+        if f.kind != "ordinal" or not self.prototypes or self.seen_value(factor, value):
+            return None
+        proto = self.prototypes[factor]
+        seen = ~torch.isnan(proto).any(1).numpy()
+        if seen.sum() < 2:
+            return None
+        pos = axis_positions(FactorSpec([f]), [seen])[0].double()
+        x, known = float(pos[value]), torch.from_numpy(np.flatnonzero(seen))
+        px, py = pos[known], proto[known].double()
+        below, above = known[px < x], known[px > x]
+        if len(below) and len(above):
+            lo, hi = below[pos[below].argmax()], above[pos[above].argmin()]
+            w = (x - pos[lo]) / (pos[hi] - pos[lo])
+            return ((1 - w) * proto[lo].double() + w * proto[hi].double()).float()
+        xc = px - px.mean()
+        slope = (xc[:, None] * (py - py.mean(0))).sum(0) / (xc * xc).sum()
+        return (py.mean(0) + slope * (x - px.mean())).float()
 
     # --- latent space ----------------------------------------------------------------------
     @torch.no_grad()

@@ -49,7 +49,7 @@ from factordiff.diffusion.sampling import invert, noise_to, sample
 from factordiff.encoders.metadata import MetadataEmbedder, one_hot, present
 from factordiff.encoders.perturbation import PerturbationEmbedder, perturbation_features
 from factordiff.errors import FactordiffError
-from factordiff.factors import FactorSpec, parse_pairs, short_name
+from factordiff.factors import FactorSpec, continuous, parse_pairs, short_name
 
 
 def plate_tensors(plates: PlateStats | None) -> dict[str, torch.Tensor]:
@@ -128,6 +128,7 @@ def prepare_profiles(cfg: RunConfig) -> ProfileData:
     p = cfg.profiles
     start = time.monotonic()
     table = read_profiles(cfg.data.source[len(PROFILES) :], cfg.data.factors, roles_of(cfg))
+    table.spec, table.factors = continuous(table.spec, table.factors, cfg.data.continuous)
     seconds = {"read": time.monotonic() - start}
     start = time.monotonic()
     split = make_split(table.spec, cfg.split)
