@@ -139,6 +139,8 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
         "codes_from_reference": s["heldout"].get("codes_from_reference"),
         "edit_targets_from_reference": cf["heldout"].get("targets_from_reference"),
         "codes_from_value": m.get("codes_from_value", []),
+        "edit_strength": cf.get("edit_strength"),
+        "edit_steps": cf.get("steps"),
         **probe,
         "command": shlex.join(command)
         + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else ""),

@@ -254,11 +254,12 @@ def generalization_section() -> list[str]:
     out = provenance(d, "generalization.json")
     out += [
         "Each row gives the denoiser the same budget and is evaluated as the quickstart is (samples",
-        "from noise under joint guidance, edits guided on the changed factor). These rows were measured",
-        "with edits inverted to pure noise (strength 1), before the part-way default of the section",
-        "above. Probe columns: a linear read-out of the distiller's codes on held-out images, fitted on",
-        "training images (mean R^2 over the factors where it is defined; error in units of each",
-        "factor's range).",
+        "from noise under joint guidance, edits guided on the changed factor). Rows without a recorded",
+        "source of held-out codes were measured with edits inverted to pure noise (strength 1), before",
+        "the part-way default of the section above; the others at that default (strength 0.65, 20",
+        "steps each way). Probe columns: a linear read-out of the distiller's codes on held-out",
+        "images, fitted on training images (mean R^2 over the factors where it is defined; error in",
+        "units of each factor's range).",
         "",
     ]
     rows, cmds = [], []
