@@ -1967,18 +1967,21 @@ def control_section() -> list[str]:
         header = ["method", *channels, "mean, seen", "mean, held-out", "Frechet"]
         return table(header, rows)
 
+    def opening(title: str, block: dict, text: str) -> list[str]:
+        return [f"### {title}", ""] + provenance(block, "control.json") + [text, ""]
+
     bf = d.get("brightfield_to_stains")
     if bf:
-        out += ["### Brightfield to the five stains", ""] + provenance(bf, "control.json")
-        out += [
+        out += opening(
+            "Brightfield to the five stains",
+            bf,
             f"{bf['fields']} fresh cellsim fields at 32x32 ({bf['heldout_fields']} of held-out compound x "
             f"batch combinations); Pearson per field between the mean of {bf['samples']} samples "
             f"({bf['sample_steps']} DDIM steps) and the true stain, averaged over fields; the "
             "regression's one prediction likewise. Frechet: single samples against the true fields, "
             f"over the shipped oracle's features. The ControlNet branch and the regression each "
             f"trained {bf['minutes']:g} minutes on the shipped model's training fields.",
-            "",
-        ]
+        )
         out += pearson_rows(
             bf,
             [
@@ -1991,15 +1994,15 @@ def control_section() -> list[str]:
         out.append("")
     ceil = d.get("brightfield_ceiling")
     if ceil:
-        out += ["### What brightfield allows: cellsim's own ceiling", ""] + provenance(ceil, "control.json")
-        out += [
+        out += opening(
+            "What brightfield allows: cellsim's own ceiling",
+            ceil,
             f"{ceil['fields']} cellsim fields at {ceil['size']}x{ceil['size']} rendered again with the same "
             "cells (outlines, nuclei, nucleoli: the same brightfield) and new draws of what brightfield "
             "does not show (textures, mitochondria, noise). A perfect sampler's n-sample mean is the "
             "mean of n such draws, judged against another draw; a perfect regression predicts the "
             f"mean of {ceil['conditional_mean_draws']} draws. Pearson as above.",
-            "",
-        ]
+        )
         rows = [
             [f"perfect sampler, mean of {n}"] + [f3(v[c]) for c in channels]
             for n, v in ceil["perfect_sampler"].items()
@@ -2022,8 +2025,9 @@ def control_section() -> list[str]:
         ]
     ct = d.get("control_to_treated")
     if ct:
-        out += ["### Control to treated", ""] + provenance(ct, "control.json")
-        out += [
+        out += opening(
+            "Control to treated",
+            ct,
             f"{ct['fields']} fresh treated cellsim fields of training compounds ({ct['heldout_fields']} of "
             "held-out combinations), each predicted from the same cells rendered untreated (DMSO; "
             "cellsim's paired renders, `render(..., hidden=)`, keep every cell in step under the "
@@ -2031,8 +2035,7 @@ def control_section() -> list[str]:
             f"Pearson and Frechet as above; the regression reads the compound x dose as a class; the "
             "mean shift adds the training fields' mean treated-minus-untreated image of the same "
             "compound x dose x cell line.",
-            "",
-        ]
+        )
         out += pearson_rows(
             ct,
             [
@@ -2046,15 +2049,14 @@ def control_section() -> list[str]:
         out.append("")
     so = d.get("structure_only_vs_metadata")
     if so:
-        out += ["### Structure alone (Mol2Image's setting) against structure and metadata", ""]
-        out += provenance(so, "control.json")
-        out += [
+        out += opening(
+            "Structure alone (Mol2Image's setting) against structure and metadata",
+            so,
             f"Samples from noise of cellsim's unseen compounds ({', '.join(so['compounds'])}) at "
             f"{so['dose']:g} uM, {so['fields']} real fields; the model: {so['model']}. Closer than "
             "control: share of samples whose oracle features lie nearer the compound's real fields' "
             "mean than the DMSO fields' mean.",
-            "",
-        ]
+        )
         rows = [
             [label, f3(so[k]["unseen_closer_than_control"]), f2(so[k]["frechet"])]
             for k, label in (

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from factordiff import Factor, FactordiffError, FactorSpec
+from factordiff.factors import continuous
 
 
 def spec() -> FactorSpec:
@@ -41,8 +42,6 @@ def test_check_indices_rejects_out_of_range():
 
 
 def test_continuous_names_the_ordinal_factors_and_reorders_their_values():
-    from factordiff.factors import continuous
-
     s = FactorSpec(
         (
             Factor("plate", ("10", "2", "3"), role="technical"),  # numbers read as text, sorted as text

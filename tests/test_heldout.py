@@ -8,8 +8,11 @@ from conftest import tiny_config
 
 from factordiff import FactordiffError
 from factordiff.data.sources import prepare_data
+from factordiff.edit import edit_image
+from factordiff.evaluate.suite import evaluate_run
 from factordiff.fit import fit
 from factordiff.models.images import FactorModel
+from factordiff.report import build_report
 
 FAST = {"data.n": 192, "distill.steps": 3, "autoencoder.steps": 3, "denoiser.steps": 3, "train.threads": 1}
 
@@ -54,8 +57,6 @@ def unseen_run(tmp_path_factory):
 
 
 def test_a_value_no_training_image_had_has_no_prototype(unseen_run):
-    from factordiff.edit import edit_image
-
     run, value, data = unseen_run
     model = FactorModel.load(run / "model")
     k = model.spec.position("shape")
@@ -71,9 +72,6 @@ def test_a_value_no_training_image_had_has_no_prototype(unseen_run):
 
 
 def test_evaluation_takes_unseen_values_from_reference_images_and_counts_them(unseen_run):
-    from factordiff.evaluate.suite import evaluate_run
-    from factordiff.report import build_report
-
     run, value, data = unseen_run
     m = evaluate_run(run, progress=False, per_factor=2)
     name = data.spec.factors[data.spec.position("shape")].values[value]
@@ -98,8 +96,6 @@ def interpolation_run(tmp_path_factory):
 def test_a_continuous_value_no_training_image_had_is_coded_from_its_value(interpolation_run):
     """Between training values: linear in the value between the neighbours' prototypes; beyond them:
     the least-squares line of the training prototypes; edits take such a code with no reference."""
-    from factordiff.edit import edit_image
-
     run, held, data = interpolation_run
     model = FactorModel.load(run / "model")
     k = model.spec.position("scale")

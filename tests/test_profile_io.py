@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 
 from factordiff.cli import main
+from factordiff.config import load_config
 from factordiff.data.profiles import fingerprint
 from factordiff.encoders.metadata import axis_positions
 from factordiff.factors import Factor, FactorSpec
+from factordiff.models.profiles import prepare_profiles
 from factordiff.regenerate import write_rows
 
 SAMPLE = Path(__file__).parent / "data" / "bbbc021_small.csv.gz"
@@ -281,8 +283,6 @@ def test_fingerprint_is_of_the_table_not_of_its_gzip_header(tmp_path):
 def test_continuous_decides_which_factors_are_ordinal():
     """By default a numeric biological column is continuous; ``--continuous`` (``data.continuous``)
     names exactly the continuous factors, the rest categorical."""
-    from factordiff.config import load_config
-    from factordiff.models.profiles import prepare_profiles
 
     def kinds(extra: dict) -> dict:
         over = {"data.source": f"profiles:{SAMPLE}", "data.factors": FACTORS.split(","), **extra}

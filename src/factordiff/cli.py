@@ -486,11 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from factordiff import commands  # deferred: the commands load torch (module doc)
-    from factordiff.train import leave
+    from factordiff import commands  # the one deferred import: the commands load torch (module doc)
 
     try:
-        return leave(int(getattr(commands, args.handler)(args) or 0))
+        return commands.dispatch(args)
     except commands.Interrupted as e:
         print(f"factordiff {args.command}: {e}", file=sys.stderr)
         return 128 + e.signum

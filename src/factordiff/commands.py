@@ -30,7 +30,7 @@ from factordiff.probe import probe_edit, probe_for
 from factordiff.quickstart import quickstart
 from factordiff.regenerate import check_out, regenerate, sidecar_path, write_regenerated
 from factordiff.report import build_report
-from factordiff.train import Interrupted, process
+from factordiff.train import Interrupted, leave, process
 from factordiff.translate import translate, write_translations
 
 __all__ = ["Interrupted"]  # re-exported: cli.main catches it without importing torch itself
@@ -38,6 +38,12 @@ __all__ = ["Interrupted"]  # re-exported: cli.main catches it without importing 
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command the parser chose (``args.handler``); its exit code, and under a launcher the
+    clean end of every process (``train.leave``)."""
+    return leave(int(globals()[args.handler](args) or 0))
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:

@@ -358,7 +358,7 @@ class FactorModel:
         seen = ~torch.isnan(proto).any(1).numpy()
         if seen.sum() < 2:
             return None
-        pos = axis_positions(FactorSpec([f]), [seen])[0].double()
+        pos = axis_positions(FactorSpec((f,)), [seen])[0].double()
         x, known = float(pos[value]), torch.from_numpy(np.flatnonzero(seen))
         px, py = pos[known], proto[known].double()
         below, above = known[px < x], known[px > x]
