@@ -12,7 +12,15 @@ from factordiff.diffusion.condition import Condition
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance, guided_prediction
 from factordiff.diffusion.objective import DiffusionStep
-from factordiff.diffusion.sampling import ddim_invert, ddim_sample, invert, sample, scheduler, timesteps
+from factordiff.diffusion.sampling import (
+    ddim_invert,
+    ddim_sample,
+    ddpm_invert,
+    invert,
+    sample,
+    scheduler,
+    timesteps,
+)
 
 CFG = DenoiserConfig(block_out_channels=[16, 32], layers_per_block=1, adapter_hidden=16)
 
@@ -184,6 +192,38 @@ def test_partial_inversion_stops_at_the_strength_and_sampling_resumes_there(samp
     assert err < 0.6 * whole_err
     with pytest.raises(ValueError, match="strength"):
         invert(den, x0, None, cfg, 25, strength=0.0)
+
+
+@pytest.mark.parametrize("steps,strength", [(3, 1.0), (5, 0.4)])
+def test_ddpm_inversion_retraces_its_source_exactly_where_ddim_drifts(steps, strength):
+    """The edit-friendly DDPM inversion's noise maps take the chain back to x_0 up to float
+    rounding at 3 steps (DDIM's inversion is off by far more there), under a condition too; its
+    x_t is a draw of q(x_t | x_0); under another condition the same maps give another image."""
+    den = GaussianDenoiser(mu=0.3, s=0.5)
+    x0 = 0.3 + 0.5 * torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    inv = ddpm_invert(den, x0, None, CFG, steps, strength, torch.Generator().manual_seed(1))
+    assert inv.shape == (8, steps + 1, 3, 8, 8)
+    back = sample(den, inv[:, 0], None, CFG, steps, strength=strength, noise_maps=inv[:, 1:])
+    assert (back - x0).abs().max() < 1e-4
+    ddim = sample(den, invert(den, x0, None, CFG, steps, strength), None, CFG, steps, strength=strength)
+    assert (ddim - x0).abs().mean() > 100 * (back - x0).abs().mean()
+    _, ts = timesteps(CFG, steps, strength)
+    a2 = den.alpha_bar[int(ts[0])]
+    noise = (inv[:, 0] - a2.sqrt() * x0) / (1 - a2).sqrt()
+    assert abs(noise.mean().item()) < 0.1 and abs(noise.std().item() - 1) < 0.1
+    d = tiny_denoiser()
+    with torch.no_grad():  # an adapter that reads the codes (its last layers start at zero)
+        for p in d.adapter.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(6)))
+    x, _, cond = batch(8)
+    inv = ddpm_invert(d, x, cond, CFG, steps, strength, torch.Generator().manual_seed(1))
+    maps = inv[:, 1:]
+    assert (sample(d, inv[:, 0], cond, CFG, steps, strength=strength, noise_maps=maps) - x).abs().max() < 1e-4
+    other = Condition.full(torch.randn(cond.codes.shape, generator=torch.Generator().manual_seed(5)))
+    moved = sample(d, inv[:, 0], other, CFG, steps, strength=strength, noise_maps=maps)
+    assert (moved - x).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="DAED"):
+        sample(d, inv[:, 0], cond, CFG, steps, strength=strength, finish=lambda x, t: x, noise_maps=maps)
 
 
 def test_bf16_inference_precision_runs_the_denoiser_in_bf16_and_returns_fp32():

@@ -1,6 +1,7 @@
 """A tiny trained run: model folders, exact save/load, edits, held-out data never reaching learners."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 from factordiff import FactordiffError
 from factordiff.checkpoint import load_tensors
 from factordiff.data.shapes import replica
-from factordiff.models.images import FactorModel
+from factordiff.models.images import FactorModel, to_uint8, to_unit
+from factordiff.models.runs import load_model
 
 
 def test_run_folder_layout(tiny_run):
@@ -64,6 +66,34 @@ def test_residual_edit_keeps_the_source_and_adds_the_models_change(tiny_run):
         np.abs(change).max() > 0
         and np.abs(out.astype(int) - np.clip(images.astype(int) + change, 0, 255)).max() <= 2
     )
+
+
+def test_ddpm_edit_inversion_gives_the_source_back_and_the_run_folder_config_chooses_it(tiny_run, tmp_path):
+    """``method="ddpm"``: x_t and one noise map per step (N, 1 + steps, *latent); regenerated under
+    the source's codes it is the source as the autoencoder round trip gives it, and edits take it as
+    x_T; ``evaluate.edit_inversion`` of the run folder's run_config.json is what edits use."""
+    model = FactorModel.load(tiny_run / "model")
+    images = replica(16, n=3, seed=4).images
+    codes = model.codes(images)
+    inv = model.invert(images, codes, steps=3, strength=0.5, method="ddpm")
+    assert inv.shape[:2] == (3, 4) and inv.dim() == 5
+    own = to_uint8(model.from_latent(model.to_latent(to_unit(images))))
+    back = model.generate(inv, codes, steps=3, strength=0.5)
+    assert np.abs(back.astype(int) - own.astype(int)).max() <= 1
+    block = model.prototype(2, 5)
+    edited = model.counterfactual(images, 2, block, steps=3, x_T=inv, codes=codes, strength=0.5)
+    assert edited.shape == images.shape and edited.dtype == np.uint8  # (this tiny model barely reads codes)
+    with pytest.raises(FactordiffError, match="inversion 'exact'"):
+        model.invert(images, codes, steps=3, method="exact")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    saved = json.loads((run / "run_config.json").read_text())
+    saved["evaluate"]["edit_inversion"] = "ode"
+    (run / "run_config.json").write_text(json.dumps(saved))
+    cfg, loaded = load_model(run)
+    assert loaded.config.evaluate.edit_inversion == cfg.evaluate.edit_inversion == "ode"
+    assert model.config.evaluate.edit_inversion == "ddpm"  # the default, saved beside the weights
+    assert loaded.invert(images, codes, steps=3, strength=0.5).shape == inv[:, 0].shape
 
 
 def test_heldout_combinations_never_reach_training(tiny_run):

@@ -57,6 +57,12 @@ def _edit_options(p: argparse.ArgumentParser) -> None:
         "evaluate.edit_strength or technical_strength; profiles: 1)",
     )
     p.add_argument(
+        "--inversion",
+        choices=["ode", "ddpm"],
+        help="images: how the source is inverted: ode (the solver's DDIM-style inversion) or ddpm "
+        "(edit-friendly: exact, fewer steps) (default: the run's evaluate.edit_inversion)",
+    )
+    p.add_argument(
         "--residual",
         action=argparse.BooleanOptionalAction,
         default=None,

@@ -25,7 +25,7 @@ from factordiff.evaluate.disentanglement import format_table, load_and_score
 from factordiff.evaluate.suite import evaluate, summary_lines
 from factordiff.factors import parse_settings
 from factordiff.fit import fit
-from factordiff.models.runs import load_run
+from factordiff.models.runs import Run, load_run
 from factordiff.probe import probe_edit, probe_for
 from factordiff.quickstart import quickstart
 from factordiff.regenerate import check_out, regenerate, sidecar_path, write_regenerated
@@ -145,7 +145,7 @@ def cmd_counterfactual(args: argparse.Namespace) -> None:
         raise FactordiffError("--from and --factor go together: --from REF.png --factor FACTOR")
     if Path(args.out).suffix.lower() != ".png":
         raise FactordiffError(f"--out {args.out}: expected a .png path")
-    run = load_run(Path(args.run))
+    run = with_inversion(load_run(Path(args.run)), args.inversion)
     if run.kind != "images":
         raise FactordiffError(
             f"{args.run}: a {run.kind} run; counterfactual edits images (use factordiff regenerate)"
@@ -189,7 +189,7 @@ def _probe_counterfactual(args: argparse.Namespace) -> None:
         raise FactordiffError("--method probe moves the code along a probe; --from goes with --method swap")
     if Path(args.out).suffix.lower() != ".png":
         raise FactordiffError(f"--out {args.out}: expected a .png path")
-    run = load_run(Path(args.run))
+    run = with_inversion(load_run(Path(args.run)), args.inversion)
     if run.kind != "images":
         raise FactordiffError(f"{args.run}: a {run.kind} run; probe edits move image codes")
     model = run.model
@@ -295,8 +295,18 @@ def _classifier_counterfactual(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def with_inversion(run: Run, inversion: str | None) -> Run:
+    """``run`` with its edits inverting by ``--inversion`` (None: its ``evaluate.edit_inversion``);
+    profile and set runs have one inversion, the ODE's."""
+    if inversion is not None:
+        if run.kind != "images" and inversion != "ode":
+            raise FactordiffError(f"--inversion {inversion}: {run.kind} runs invert with the ODE only")
+        run.config.evaluate.edit_inversion = inversion  # the model edits by its run folder's settings
+    return run
+
+
 def cmd_regenerate(args: argparse.Namespace) -> None:
-    run = load_run(Path(args.run))
+    run = with_inversion(load_run(Path(args.run)), args.inversion)
     check_out(run, Path(args.out))
     result = regenerate(
         run,

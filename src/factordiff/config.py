@@ -359,9 +359,10 @@ class EvaluateConfig:
         counterfactual matrix (six factors, every kind of edit) was 9 of its 21 minutes at 100.
     steps: solver steps of an edit's inversion and of its regeneration (each; an edit costs twice
         as many network passes), over the part of the schedule that ``edit_strength`` says.
-        20 with ``edit_strength`` 0.65, from ``benchmarks/nfe.py``: within an edit budget of 50
-        passes, the setting whose weaker held-out rate (one-factor, two-factor edits all right)
-        is highest (0.918 and 0.91, against 0.903 and 0.93 for 100 steps at strength 1).
+        5 with the DDPM inversion at ``edit_strength`` 0.65, from ``benchmarks/nfe.py``: within an
+        edit budget of 10 passes, the setting whose seen edits are most often all right (0.978;
+        reported on held-out: one-factor edits all right 0.922, two-factor 0.927, the mean of three
+        oracles, against 0.918 and 0.91 for the earlier 40-pass DDIM default).
     edit_strength: how far up the noise schedule an edit inverts its source, as a share of it
         (SDEdit's strength; 1 = to pure noise). Lower keeps more of the source (one-factor
         held-out edits all right at 20 steps: 0.84 at 1, 0.92 at 0.65, 0.93 at 0.5) but leaves
@@ -374,6 +375,9 @@ class EvaluateConfig:
         residual, with only the factors of the changed factors' roles present in the inversion and
         both regenerations (``FactorModel.marginal_present``): a batch swap becomes the model's
         batch effect over all compounds, never its picture of an unseen compound x batch pair.
+    edit_inversion: how an edit inverts its source: ``ode``, the probability-flow ODE with
+        ``denoiser.sampler`` (DDIM inversion); ``ddpm``, the edit-friendly DDPM inversion
+        (``diffusion.sampling.ddpm_invert``): exact at any step count, so an edit needs fewer.
     technical_strength, technical_guidance, technical_residual: the ``edit_strength``,
         ``guidance`` and ``edit_residual`` of an edit that changes technical factors only (role
         ``technical``: batch, plate, source), in ``factordiff regenerate``, ``counterfactual`` and
@@ -397,9 +401,10 @@ class EvaluateConfig:
 
     sources: int = 100
     counterfactual_sources: int | None = None
-    steps: int = 20
+    steps: int = 5
     edit_strength: float = 0.65
     edit_residual: bool | Literal["marginal"] = False
+    edit_inversion: Literal["ode", "ddpm"] = "ddpm"
     technical_strength: float | None = None
     technical_guidance: float | None = None
     technical_residual: bool | Literal["marginal"] | None = None
@@ -632,10 +637,14 @@ RETIRED = {
 # edits most often while their mean stays nearer the compound than the controls' mean is
 # (benchmarks/compound_guidance.py): 5 (0.58, mean distance 0.80; 8 gives 0.51 and 1.07). The
 # distiller trains 4,000 steps (0.15 of the budget): after 1,500 it read the compound on 0.41 of
-# fresh fields, after 4,000 on 60,000 fields 0.82 (benchmarks/cellsim_distiller.py).
+# fresh fields, after 4,000 on 60,000 fields 0.82 (benchmarks/cellsim_distiller.py). Those
+# settings were measured with the ODE inversion at 20 steps, which cellsim keeps (the DDPM
+# inversion at 5 steps, the default since, was chosen on the Shapes quickstart).
 SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "cellsim": {
         "evaluate": {
+            "steps": 20,
+            "edit_inversion": "ode",
             "edit_strength": 1.0,
             "guidance": 5.0,
             "counterfactual_sources": 50,

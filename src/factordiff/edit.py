@@ -221,7 +221,7 @@ def classifier_edit(
     present = torch.ones(codes.shape[:2], dtype=torch.bool)
     present[:, model.factor_blocks[factor]] = False
     if start == "source":
-        x_t = model.invert(images, codes, steps, noise)
+        x_t = model.invert(images, codes, steps, noise, method="ode")
     else:
         x_t = model.noised(images, steps, noise, torch.Generator().manual_seed(seed))
     values = torch.as_tensor(np.broadcast_to(np.asarray(value, dtype=np.int64), (len(images),)).copy())

@@ -9,6 +9,14 @@ diffusers' image-to-image pipelines name it): ``steps`` solver steps over that p
 size of a whole chain of steps / s steps. An edit that inverts and regenerates part-way keeps
 more of its source for the same passes (``EvaluateConfig.edit_strength``, ``benchmarks/nfe.py``).
 ``ddim_sample`` and ``ddim_invert`` are the DDIM case whatever the config says.
+
+``ddpm_invert`` is the other way to invert, for edits: the edit-friendly DDPM inversion
+(Huberman-Spiegelglas, Kulikov and Michaeli, CVPR 2024). It draws each x_t of the chain from
+q(x_t | x_0) independently and keeps, per step, the noise map z_t that takes the DDPM posterior
+step (DDIM with eta 1) from x_t exactly to the next x_t; ``sample`` with those maps retraces the
+chain, so the source comes back exactly (no one-step approximation, whatever the step count), and
+under a new condition the maps keep the source's structure. It costs one network pass per step,
+as DDIM's inversion does, but stays faithful at 5 steps where DDIM's drifts (``benchmarks/nfe.py``).
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ def sample(
     strength: float = 1.0,
     classifier: ClassifierGuidance | None = None,
     finish=None,
+    noise_maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """From noise ``x_T`` (or, with ``strength`` < 1, from the partly noised x_t that ``invert``
     returns at that strength) to a sample in ``steps`` network evaluations (each guided one batches
@@ -97,7 +106,13 @@ def sample(
     ``classifier`` the gradient of the denoiser's classification head (one more pass with its
     backward per step: ``diffusion/head.py``). ``finish``: a DAED run's denoising autoencoder
     (``diffusion/daed.py``): the steps then end at its split (``daed_chain``) and it maps the x_t
-    there to x_0 in one more pass; a chain that starts at or below the split goes to it at once."""
+    there to x_0 in one more pass; a chain that starts at or below the split goes to it at once.
+    ``noise_maps`` (N, steps, ...): a ``ddpm_invert``'s maps (with its x_t as ``x_T``); each step is
+    then the DDPM posterior step with its map as the noise, down to t = 0 (no ``finish``)."""
+    if noise_maps is not None:
+        if finish is not None:
+            raise ValueError("noise maps retrace a chain to t = 0; a DAED finish does not apply")
+        cfg = replace(cfg, sampler="ddim")
     if finish is not None:
         sched, ts, landing = daed_chain(cfg, steps, strength, finish.split_t, x_T.device)
         if not len(ts):
@@ -105,7 +120,7 @@ def sample(
     else:
         sched, ts = timesteps(cfg, steps, strength, device=x_T.device)
     x = x_T
-    for t in ts:
+    for i, t in enumerate(ts):
         with _precision(cfg, x):
             pred = guided_prediction(denoiser, x, t, cond, guidance) if cond is not None else denoiser(x, t)
         if classifier is not None and classifier.weight:
@@ -113,7 +128,11 @@ def sample(
             pred = guided_classifier(
                 pred.float(), grad, t, sched.alphas_cumprod, classifier.weight, cfg.prediction_type
             )
-        x = sched.step(pred.float(), t, x).prev_sample
+        if noise_maps is None:
+            x = sched.step(pred.float(), t, x).prev_sample
+        else:
+            mean, std = posterior_step(sched, pred.float(), t, x)
+            x = mean + std * noise_maps[:, i]
     return x if finish is None else finish(x, landing)
 
 
@@ -154,6 +173,43 @@ def invert(
             pred = denoiser(x, t, cond) if cond is not None else denoiser(x, t)
         x = sched.step(pred.float(), t, x).prev_sample
     return x
+
+
+def posterior_step(sched, pred: torch.Tensor, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, standard deviation) of the DDPM posterior step from x_t (DDIMScheduler ``sched`` with
+    eta 1, Song et al. 2021 eq. 16). The last step of a chain, to t = 0, has no noise: its
+    standard deviation is given as 1, so that its "noise map" is the step's residual itself."""
+    mean = sched.step(pred, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+    std = sched.step(pred, t, x, eta=1.0, variance_noise=torch.ones_like(x)).prev_sample - mean
+    return mean, torch.where(std.abs() > 1e-6, std, torch.ones_like(std))
+
+
+@torch.no_grad()
+def ddpm_invert(
+    denoiser,
+    x_0: torch.Tensor,
+    cond: Condition | None,
+    cfg: DenoiserConfig,
+    steps: int = 5,
+    strength: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Edit-friendly DDPM inversion of ``x_0`` over the ``steps`` time steps that ``sample`` runs at
+    ``strength``: (N, 1 + steps, ...), the start x_t then one noise map per step, from which
+    ``sample(..., x_T=out[:, 0], noise_maps=out[:, 1:])`` under ``cond`` (no guidance) returns
+    ``x_0`` up to float rounding. ``generator`` seeds the x_t draws."""
+    sched, ts = timesteps(replace(cfg, sampler="ddim"), steps, strength, device=x_0.device)
+    draws = [
+        sched.add_noise(x_0, torch.randn(x_0.shape, generator=generator).to(x_0), t.repeat(len(x_0)))
+        for t in ts
+    ]
+    chain, out = draws + [x_0], [draws[0]]
+    for i, t in enumerate(ts):
+        with _precision(cfg, chain[i]):
+            pred = denoiser(chain[i], t, cond) if cond is not None else denoiser(chain[i], t)
+        mean, std = posterior_step(sched, pred.float(), t, chain[i])
+        out.append((chain[i + 1] - mean) / std)
+    return torch.stack(out, 1)
 
 
 def ddim_sample(

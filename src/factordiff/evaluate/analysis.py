@@ -65,6 +65,10 @@ def probes(codes: np.ndarray, factors: np.ndarray, names: list[str], seed: int =
     }
 
 
+PATH_STEPS = 20  # the latent paths invert with the ODE all the way (their x_T is interpolated): 20
+# DDIM steps, the edits' count before edits took the DDPM inversion at 5 (``evaluate.edit_inversion``)
+
+
 def analyze_run(
     run: Path, images: int = 5000, metric_scale: float = 1.0, steps: int | None = None, progress: bool = True
 ) -> dict:
@@ -75,7 +79,7 @@ def analyze_run(
         raise FactordiffError(f"{run}: no metrics.json; run factordiff evaluate {run} first")
     data, _, _ = prepare_data(cfg, run)
     split = make_split(data.spec, cfg.split)
-    steps = steps or cfg.evaluate.steps
+    steps = steps or PATH_STEPS
     rng = np.random.default_rng(cfg.train.seed + 11)
     seen = np.flatnonzero(~split.heldout(data.factors))  # the training images
     rows = np.sort(rng.choice(seen, min(images, len(seen)), replace=False))

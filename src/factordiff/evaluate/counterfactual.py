@@ -26,7 +26,7 @@ count these edits (``targets_from_reference``) and the edits whose value no imag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -580,9 +580,14 @@ def oracle_data(cfg: RunConfig, data: FactorDataset, n: int, seed: int) -> Facto
     return render(data.size, n, seed) if render is not None else data
 
 
-def get_oracle(run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = True) -> tuple[Oracle, dict]:
-    """Load ``RUN/oracle`` or train it; returns the oracle and its accuracy on held-aside real images."""
-    folder = Path(run) / "oracle"
+def get_oracle(
+    run: Path, cfg: RunConfig, data: FactorDataset, progress: bool = True, seed: int | None = None
+) -> tuple[Oracle, dict]:
+    """Load ``RUN/oracle`` or train it; returns the oracle and its accuracy on held-aside real images.
+    ``seed`` (None: ``train.seed``): another seed gives another oracle (its own images and
+    initialisation), kept in ``RUN/oracle-seedS``, to tell a judge's noise from a model's."""
+    folder = Path(run) / ("oracle" if seed is None or seed == cfg.train.seed else f"oracle-seed{seed}")
+    cfg = cfg if seed is None else replace(cfg, train=replace(cfg.train, seed=seed))
     oracle = Oracle(data.spec.sizes, data.channels, data.size)
     if (folder / "oracle.safetensors").is_file():
         oracle.load_state_dict(load_tensors(folder / "oracle.safetensors"))

@@ -42,7 +42,7 @@ def interpolation(
     """Frames (frames, H, W, C) from image_a to image_b: lerp of codes, slerp of x_T."""
     pair = np.stack([image_a, image_b])
     codes = model.codes(pair)
-    x_T = model.invert(pair, codes, steps)
+    x_T = model.invert(pair, codes, steps, method="ode")
     us = np.linspace(0.0, 1.0, frames)
     path_codes = torch.stack([(1 - u) * codes[0] + u * codes[1] for u in us])
     path_noise = torch.cat([slerp(x_T[:1], x_T[1:], float(u)) for u in us])
@@ -72,7 +72,7 @@ def traversal(
 ) -> np.ndarray:
     """Frames of ``image`` with block k set to each row of ``axis``, decoded from the image's x_T."""
     codes = model.codes(image[None])
-    x_T = model.invert(image[None], codes, steps)
+    x_T = model.invert(image[None], codes, steps, method="ode")
     path = codes.repeat(len(axis), 1, 1)
     path[:, k] = axis
     return model.generate(x_T.repeat(len(axis), 1, 1, 1), path, steps)
@@ -106,7 +106,7 @@ def perceptual_path_length(
     idx = rng.choice(len(images), (pairs, 2))
     a, b = images[idx[:, 0]], images[idx[:, 1]]
     ca, cb = model.codes(a), model.codes(b)
-    na, nb = model.invert(a, ca, steps), model.invert(b, cb, steps)
+    na, nb = model.invert(a, ca, steps, method="ode"), model.invert(b, cb, steps, method="ode")
     u = torch.from_numpy(rng.uniform(0, 1 - eps, pairs)).float()
 
     def at(v):

@@ -25,7 +25,7 @@ from factordiff.diffusion.daed import DenoisingAutoencoder, build_daed
 from factordiff.diffusion.denoiser import Denoiser, build_unet
 from factordiff.diffusion.guidance import Guidance
 from factordiff.diffusion.head import ClassifierGuidance, ClassifierHead
-from factordiff.diffusion.sampling import invert, noise_to, sample
+from factordiff.diffusion.sampling import ddpm_invert, invert, noise_to, sample
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.encoders.metadata import axis_positions
 from factordiff.encoders.perturbation import StructureCodes, perturbation_features
@@ -400,13 +400,24 @@ class FactorModel:
         strength: float = 1.0,
         present: torch.Tensor | None = None,
         control: np.ndarray | None = None,
+        method: str | None = None,
     ) -> torch.Tensor:
         """Invert uint8 images to x_T (x_t at t = ``strength`` T) under their own codes (or
-        ``codes``; the blocks where ``present`` is False absent) with ``denoiser.sampler``;
-        ``control``: a controlled run's conditioning images (N, H, W, C) uint8."""
+        ``codes``; the blocks where ``present`` is False absent); ``control``: a controlled run's
+        conditioning images (N, H, W, C) uint8. ``method`` (None: the run's
+        ``evaluate.edit_inversion``): ``ode``, the probability-flow ODE with ``denoiser.sampler``,
+        (N, *latent); ``ddpm``, the edit-friendly DDPM inversion (``ddpm_invert``, seeded by
+        ``train.seed``): x_t with one noise map per step stacked on dimension 1, (N, 1 + steps,
+        *latent), which ``generate`` and everything that passes x_T on take as they take x_T."""
+        method = self.config.evaluate.edit_inversion if method is None else method
         codes = self.codes(images) if codes is None else codes
         cond = self.condition(codes, present, control)
         z0 = self.to_latent(to_unit(images))
+        if method == "ddpm":
+            seed = torch.Generator().manual_seed(self.config.train.seed)
+            return ddpm_invert(self.denoiser, z0, cond, self.config.denoiser, steps, strength, seed)
+        if method != "ode":
+            raise FactordiffError(f"inversion {method!r}: expected ode or ddpm")
         return invert(self.denoiser, z0, cond, self.config.denoiser, steps, strength)
 
     @torch.no_grad()
@@ -429,17 +440,19 @@ class FactorModel:
         finish: bool = True,
         control: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Sample from x_T (an inversion's x_t at the same ``strength``) under ``codes`` with
-        ``denoiser.sampler`` (and the head's ``classifier`` guidance); returns uint8 images. A DAED
-        run's chain ends at its split and its denoising autoencoder finishes it (``finish`` False:
-        the denoiser's own chain to t = 0). ``control``: a controlled run's conditioning images
+        """Sample from x_T (an inversion's x_t at the same ``strength``, or a DDPM inversion's x_t
+        and noise maps, whose chain it then retraces) under ``codes`` with ``denoiser.sampler``
+        (and the head's ``classifier`` guidance); returns uint8 images. A DAED run's chain ends at
+        its split and its denoising autoencoder finishes it (``finish`` False, or noise maps: the
+        denoiser's own chain to t = 0). ``control``: a controlled run's conditioning images
         (N, H, W, C) uint8."""
         cond = self.condition(codes, present, control)
-        dae = self.dae if finish else None
+        maps = x_T.dim() == 5  # an edit-friendly inversion's x_t and noise maps (``invert``)
+        dae = self.dae if finish and not maps else None
         out = [
             sample(
                 self.denoiser,
-                x_T[i : i + 256],
+                x_T[i : i + 256, 0] if maps else x_T[i : i + 256],
                 cond.index(slice(i, i + 256)),
                 self.config.denoiser,
                 steps,
@@ -447,6 +460,7 @@ class FactorModel:
                 strength,
                 None if classifier is None else replace(classifier, targets=classifier.targets[i : i + 256]),
                 dae,
+                x_T[i : i + 256, 1:] if maps else None,
             )
             for i in range(0, len(x_T), 256)
         ]

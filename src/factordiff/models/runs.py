@@ -9,7 +9,7 @@ and the evaluation take the ``Run`` it returns without asking which kind it is b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from factordiff.checkpoint import read_json
@@ -134,9 +134,14 @@ class Run:
 
 
 def load_model(run: Path) -> tuple[RunConfig, FactorModel | ProfileModel | SetModel]:
-    """The run's config and its model, of whichever kind the folder holds."""
+    """The run's config and its model, of whichever kind the folder holds. An image model edits
+    with the evaluation settings of the run folder's config (the file a user may change), not with
+    those saved beside its weights."""
     cfg = read_run_config(run)
-    return cfg, MODELS[run_kind(run)].load(Path(run) / "model")
+    model = MODELS[run_kind(run)].load(Path(run) / "model")
+    if isinstance(model, FactorModel):
+        model.config = replace(model.config, evaluate=cfg.evaluate)
+    return cfg, model
 
 
 def load_run(path: Path | str) -> Run:
