@@ -1295,14 +1295,18 @@ def speed_section() -> list[str]:
         if isinstance(p, str):
             return f"{p} both"
         ref = "fp32" if p["reference"] == "no" else p["reference"]
-        return f"factordiff {p['factordiff']}, reference {ref}"
+        return (
+            f"factordiff {p['factordiff']}" + (" compiled" if x.get("compile") else "") + f", reference {ref}"
+        )
 
     out += [
         f"{t['model']}, {t['model_params'] / 1e6:.2f} M parameters, batch {t['batch_size']},",
         f"{t['optimizer']}; alternating trials of {t['steps_per_trial']} steps, medians. The reference",
         "loop follows diffusers' `train_unconditional.py` example at its `--mixed_precision` (`no` is",
         "the example's default); factordiff's at `train.precision` (`bf16`: autocast around the",
-        "forward pass and loss, fp32 weights, optimizer and EMA).",
+        "forward pass and loss, fp32 weights, optimizer and EMA); *compiled*: `train.compile`",
+        "(`torch.compile` of the UNet, which the example does not do; its compilation is in the warm-up",
+        "trial, not in the rates).",
         "",
     ]
     rows = []

@@ -339,6 +339,9 @@ class TrainConfig:
         weights, gradients, optimizer and EMA stay fp32; bf16 needs no loss scaling). A CPU with
         bf16 instructions or a GPU trains the convolutions faster (``benchmarks/train_speed.py
         --precision bf16``); not the default, because a CPU without them runs bf16 slower.
+    compile: ``torch.compile`` the UNets while they train (static shapes; minutes of compilation
+        per stage, then faster steps: ``benchmarks/train_speed.py --compile``); weights and
+        checkpoints are the same as without it.
     """
 
     minutes: float | None = None
@@ -348,6 +351,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     threads: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
 
 
 @dataclass

@@ -127,6 +127,7 @@ def _options(cfg: RunConfig, run: Path, resume: bool, progress: bool) -> LoopOpt
         resume=resume,
         progress=progress,
         precision=t.precision,
+        compile=t.compile,
     )
 
 
