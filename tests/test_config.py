@@ -52,6 +52,11 @@ def test_formats(tmp_path, suffix, text):
             r"config.evaluate.edit_strength: expected a share of the noise schedule in \(0, 1\], got 1.5",
         ),
         ({"evaluate": {"edit_strength": 0}}, r"config.evaluate.edit_strength: expected a share"),
+        ({"evaluate": {"edit_inversion": "exact"}}, r"config.evaluate.edit_inversion: expected one of"),
+        (
+            {"train": {"compile": True, "precision": "bf16"}, "denoiser": {"adapter": "tokens"}},
+            r"config.train.compile: not with train.precision bf16 and the tokens adapter",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path, data, message):

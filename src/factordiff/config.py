@@ -341,7 +341,8 @@ class TrainConfig:
         --precision bf16``); not the default, because a CPU without them runs bf16 slower.
     compile: ``torch.compile`` the UNets while they train (static shapes; minutes of compilation
         per stage, then faster steps: ``benchmarks/train_speed.py --compile``); weights and
-        checkpoints are the same as without it.
+        checkpoints are the same as without it. Refused with bf16 and the ``tokens`` adapter: the
+        quickstart denoiser's loss became NaN at its second step so (fp32 or ``embed`` trained).
     """
 
     minutes: float | None = None
@@ -795,6 +796,12 @@ def _check_ranges(obj: Any, where: str) -> None:
             raise FactordiffError(
                 f"{where}.perturbation_embedding: {obj.perturbation_embedding} needs profiles.controls "
                 "(--controls), which names the perturbation factor and its control"
+            )
+    if isinstance(obj, RunConfig) and obj.train.compile and obj.train.precision == "bf16":
+        if obj.denoiser.adapter == "tokens":  # measured: NaN loss at the second step (2026-12-07)
+            raise FactordiffError(
+                f"{where}.train.compile: not with train.precision bf16 and the tokens adapter (the "
+                "compiled cross-attention hooks gave a NaN loss at the second step); drop one of them"
             )
     if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
         raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")
