@@ -3,7 +3,7 @@ quickstart model; into ``benchmarks/results/nfe.json`` (and the README's plot,
 ``benchmarks/results/nfe.svg``).
 
     python benchmarks/nfe.py [--samplers ddim,dpmsolver++] [--steps 5,10,20,50,100]
-        [--strengths 1,0.5] [--per-factor 100]
+        [--strengths 1,0.5] [--inversions ode,ddpm] [--oracle-seeds 0,1,2] [--per-factor 100]
 
 Per solver (``denoiser.sampler``: DDIM, or DPM-Solver++(2M) with its own inverse scheduler for
 the inversion), per edit strength s (how far up the noise schedule an edit inverts: to t = s T)
@@ -13,6 +13,8 @@ regenerates in k, guided on the changed factor as the quickstart's edits are):
 - held-out and seen edits: effectiveness, preservation, all factors right (``all_right``), and the
   two-factor held-out edits (the same sources and targets at every k: the differences are paired);
 - reconstruction: invert and regenerate with nothing changed, pixel MSE and oracle agreement;
+- soundness after Monteiro et al. (the quickstart's: the null edit once and ten times in a row,
+  an edit and back), judged by the first oracle (``soundness`` in the row);
 - samples from noise under the composed codes (joint guidance at the quickstart's weight, 2.0):
   all factors right on seen and held-out combinations, and the Frechet distance between the
   oracle's features of the samples and of as many real images (``frechet_oracle``); measured in
@@ -47,7 +49,7 @@ from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
 from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.cells import oracle_features
-from factordiff.evaluate.counterfactual import TargetCodes, evaluate_counterfactuals
+from factordiff.evaluate.counterfactual import TargetCodes, evaluate_counterfactuals, soundness
 from factordiff.evaluate.distances import frechet
 from factordiff.evaluate.suite import _latent_shape, conditional_samples, get_oracle
 from factordiff.models.runs import load_model
@@ -101,9 +103,27 @@ def measure(
         "edit_seconds": round(min(edit_s), 1),
         "sample_seconds": None,
     }
+    oracle = next(iter(oracles.values()))
+    sound = soundness(
+        model,
+        oracle,
+        data,
+        split,
+        cfg.evaluate.soundness_sources,
+        steps,
+        cfg.evaluate.guidance,
+        seed=cfg.train.seed,
+        strength=strength,
+    )
+    row["soundness"] = {  # Monteiro et al.'s composition (null edit x1, x10) and reversibility, first oracle
+        "null_edit_x1_agree": sound["composition"]["1"]["oracle_agreement"],
+        "null_edit_x10_agree": sound["composition"]["10"]["oracle_agreement"],
+        "null_edit_x10_l1": sound["composition"]["10"]["l1"],
+        "reversibility_agree": sound["reversibility"]["oracle_agreement"],
+        "sources": sound["sources"],
+    }
     if strength < 1 or model.config.evaluate.edit_inversion != "ode":
         return row
-    oracle = next(iter(oracles.values()))
     guidance = Guidance(all=cfg.evaluate.sample_guidance, form=cfg.evaluate.guidance_form)
     t0 = time.monotonic()
     s = conditional_samples(

@@ -5,8 +5,9 @@ Shapes model, and profile rows per second of ``regenerate`` on a BBBC021 profile
     python benchmarks/regen_speed.py [--data ../shared/data/real] [--images 128] [--rows 10000]
 
 - images: ``factordiff.regenerate`` on ``pretrained/shapes32`` (cubes set to object_hue 0.3) at the
-  run's edit settings (DDIM inversion and regeneration, guidance on the changed factor, the
-  autoencoder), ``--images`` edits after a warm-up of 8; the UNet passes per edit are counted;
+  run's edit settings (its inversion, ``evaluate.edit_inversion``, and regeneration, guidance on
+  the changed factor, the autoencoder), ``--images`` edits after a warm-up of 8; the UNet passes
+  per edit are counted;
 - profiles: a profile model of the real BBBC021 table's shape (516 features, the default MLP
   denoiser; trained for 200 steps only, as throughput does not depend on the weights) regenerating
   ``--rows`` rows (the table's DMSO wells repeated) into another week, from each start
@@ -57,7 +58,8 @@ def image_rate(n: int) -> dict:
         "images": n,
         "images_per_s": round(n / seconds, 1),
         "unet_passes_per_batch_of_64": passes["n"] // (3 * -(-n // 64)),
-        "settings": f"steps {e.steps}, strength {e.edit_strength}, guidance {e.guidance}",
+        "settings": f"{e.edit_inversion} inversion, steps {e.steps}, strength {e.edit_strength}, "
+        f"guidance {e.guidance}",
     }
 
 

@@ -169,8 +169,8 @@ def training_flops_per_image(unet, x: torch.Tensor, batch: int) -> float:
 
 
 def edit_flops_per_image() -> dict:
-    """FLOPs of one quickstart edit (``regenerate`` on the shipped shapes32 model: DDIM inversion and
-    regeneration at the run's steps, strength and guidance, the autoencoder included), counted the
+    """FLOPs of one quickstart edit (``regenerate`` on the shipped shapes32 model: the run's inversion
+    and regeneration at its steps, strength and guidance, the autoencoder included), counted the
     same way, and the number of UNet passes it makes."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -184,7 +184,8 @@ def edit_flops_per_image() -> dict:
     return {
         "flops": counter.get_total_flops(),
         "unet_passes": passes["n"],
-        "settings": f"steps {e.steps}, strength {e.edit_strength}, guidance {e.guidance}",
+        "settings": f"{e.edit_inversion} inversion, steps {e.steps}, strength {e.edit_strength}, "
+        f"guidance {e.guidance}",
     }
 
 
@@ -301,6 +302,8 @@ def main() -> None:
         if "factordiff_img_s" in o and not mine and key not in kept:
             kept[key] = {k: v for k, v in o.items() if k not in ("other_settings", "profile", "flops")}
     result["other_settings"] = list(kept.values())
+    if "equal_wall_clock" in previous:  # benchmarks/train_quality.py's rows stay
+        result["equal_wall_clock"] = previous["equal_wall_clock"]
     atomic_write_json(OUT, result)
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=2))
 

@@ -242,6 +242,31 @@ def nfe_section() -> list[str]:
         ["figure", "default edit", "reference", "difference"],
         [[label, f3(chosen_row[k]), f3(ref[k]), signed(vs[k], 4)] for k, label in names],
     )
+    sound = [r for r in sorted(d["rows"], key=key) if r.get("soundness")]
+    if sound:
+        out += [
+            "Soundness (Monteiro et al. 2023, the quickstart's measure, 32 training images, the first",
+            "oracle): the share of images whose every factor the oracle still reads as the source's after",
+            "the null edit (invert, regenerate under the same codes) once and ten times in a row, and after",
+            "an edit of one factor and back; the exact DDPM inversion returns the latents exactly, so ten",
+            "null edits compound the autoencoder's round trip, which an ODE inversion partly undoes.",
+            "",
+        ]
+        out += table(
+            ["inversion", "strength", "steps", "null edit x1", "null edit x10", "x10 pixel L1", "A->B->A"],
+            [
+                [
+                    "DDPM" if r.get("inversion") == "ddpm" else r["sampler"].upper(),
+                    f"{r['strength']:g}",
+                    str(r["steps"]),
+                    f3(r["soundness"]["null_edit_x1_agree"]),
+                    f3(r["soundness"]["null_edit_x10_agree"]),
+                    f"{r['soundness']['null_edit_x10_l1']:.4f}",
+                    f3(r["soundness"]["reversibility_agree"]),
+                ]
+                for r in sound
+            ],
+        )
     prev = d["defaults"]["edit"].get("previous_default")
     if prev:
         out += [
@@ -1322,6 +1347,37 @@ def speed_section() -> list[str]:
             ]
         )
     out += table(["precision", "factordiff images/s", "reference images/s", "ratio", "date", "command"], rows)
+    eq = t.get("equal_wall_clock")
+    if eq:
+        out += [
+            f"The same levers for quality: the quickstart trained from scratch for {eq['minutes']:g} minutes",
+            f"under each setting and evaluated as the quickstart is ({code(eq['command'])}, {eq['date']};",
+            "rates are every-factor-right shares; steps per stage in the budget):",
+            "",
+        ]
+        out += table(
+            [
+                "setting",
+                "distiller / AE / denoiser steps",
+                "held-out edits",
+                "seen edits",
+                "two-factor",
+                "samples held-out",
+                "samples seen",
+            ],
+            [
+                [
+                    name,
+                    " / ".join(str(r["steps"].get(k, 0)) for k in ("distiller", "autoencoder", "denoiser")),
+                    f3(r["edits_heldout"]),
+                    f3(r["edits_seen"]),
+                    f2(r["pairs_heldout"]),
+                    f3(r["samples_heldout"]),
+                    f3(r["samples_seen"]),
+                ]
+                for name, r in eq["rows"].items()
+            ],
+        )
     fl = t.get("flops")
     if fl:
         ed = fl["edit"]

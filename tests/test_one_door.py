@@ -275,3 +275,23 @@ def test_regenerate_table_of_new_images(tiny_run, tmp_path):
         assert np.array_equal(
             np.asarray(Image.open(a / "images" / fa)), np.asarray(Image.open(b / "images" / fb))
         )
+
+
+def test_inversion_option_for_images_and_its_refusal_for_profiles(profile_runs, tiny_run, tmp_path, capsys):
+    """``--inversion`` picks the images' inversion (the exact DDPM one gives the source back where
+    the ODE one does not); a profile run refuses ``ddpm`` in one line, writing nothing."""
+    out = {}
+    for how in ("ode", "ddpm"):
+        argv = ["regenerate", str(tiny_run), "--where", "shape=cube", "--set", "shape=cube", "--limit", "2"]
+        assert main([*argv, "--steps", "3", "--inversion", how, "--out", str(tmp_path / how)]) == 0
+        table = pd.read_csv(tmp_path / how / "regenerated.csv")
+        out[how] = np.stack(
+            [np.asarray(Image.open(tmp_path / how / "images" / f)) for f in table.FileName_Image]
+        )
+    assert not np.array_equal(out["ode"], out["ddpm"])
+    capsys.readouterr()  # the image runs' progress bars
+    bad = tmp_path / "bad.csv"
+    argv = ["regenerate", str(profile_runs["standard"]), "--set", "batch=Week4", "--inversion", "ddpm"]
+    assert main([*argv, "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--inversion ddpm" in err and len(err.splitlines()) == 1 and not bad.exists()

@@ -300,7 +300,7 @@ def with_inversion(run: Run, inversion: str | None) -> Run:
     profile and set runs have one inversion, the ODE's."""
     if inversion is not None:
         if run.kind != "images" and inversion != "ode":
-            raise FactordiffError(f"--inversion {inversion}: {run.kind} runs invert with the ODE only")
+            raise FactordiffError(f"--inversion {inversion}: a {run.kind} run inverts with the ODE only")
         run.config.evaluate.edit_inversion = inversion  # the model edits by its run folder's settings
     return run
 
