@@ -1349,15 +1349,18 @@ def speed_section() -> list[str]:
     out += table(["precision", "factordiff images/s", "reference images/s", "ratio", "date", "command"], rows)
     eq = t.get("equal_wall_clock")
     if eq:
+        blocks = [eq, *eq.get("other_seeds", [])]
         out += [
             f"The same levers for quality: the quickstart trained from scratch for {eq['minutes']:g} minutes",
-            f"under each setting and evaluated as the quickstart is ({code(eq['command'])}, {eq['date']};",
-            "rates are every-factor-right shares; steps per stage in the budget):",
+            "under each setting and evaluated as the quickstart is ("
+            + ", ".join(f"{code(b['command'])}, {b['date']}" for b in blocks)
+            + "; rates are every-factor-right shares; steps per stage in the budget):",
             "",
         ]
         out += table(
             [
                 "setting",
+                "seed",
                 "distiller / AE / denoiser steps",
                 "held-out edits",
                 "seen edits",
@@ -1368,6 +1371,7 @@ def speed_section() -> list[str]:
             [
                 [
                     name,
+                    str(b.get("seed", 0)),
                     " / ".join(str(r["steps"].get(k, 0)) for k in ("distiller", "autoencoder", "denoiser")),
                     f3(r["edits_heldout"]),
                     f3(r["edits_seen"]),
@@ -1375,7 +1379,8 @@ def speed_section() -> list[str]:
                     f3(r["samples_heldout"]),
                     f3(r["samples_seen"]),
                 ]
-                for name, r in eq["rows"].items()
+                for b in blocks
+                for name, r in b["rows"].items()
             ],
         )
     fl = t.get("flops")
