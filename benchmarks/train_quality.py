@@ -72,12 +72,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     rows = {s: run_setting(s, a.minutes, Path(a.work), a.seed) for s in a.settings.split(",")}
-    first = next(iter(rows.values()))
+    base = next(iter(rows.values()))
     for row in rows.values():
         row["minus_first"] = {
-            name: round(row[name] - first[name], 4)
+            name: round(row[name] - base[name], 4)
             for name, _ in FIGURES
-            if row[name] is not None and first[name] is not None
+            if row[name] is not None and base[name] is not None
         }
     saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
     block = {
@@ -91,8 +91,8 @@ def main() -> None:
     earlier = saved.get("equal_wall_clock", {})
     seeds = {b.get("seed", 0): b for b in [earlier, *earlier.get("other_seeds", [])] if b}
     seeds[a.seed] = block
-    first, *others = [seeds[k] for k in sorted(seeds)]
-    saved["equal_wall_clock"] = {**first, "other_seeds": others}
+    lowest, *others = [seeds[k] for k in sorted(seeds)]
+    saved["equal_wall_clock"] = {**lowest, "other_seeds": others}
     atomic_write_json(OUT, saved)
     print(json.dumps(block, indent=1))
 
