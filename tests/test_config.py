@@ -90,3 +90,20 @@ def test_source_defaults_fill_only_unset_fields(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"data": {"source": "cellsim"}, "evaluate": {"steps": 7}}))
     cfg = load_config(tmp_path / "c.json")
     assert (cfg.evaluate.edit_strength, cfg.evaluate.steps) == (1.0, 7)
+
+
+def test_crop_sources_edit_with_the_inversion_their_figures_were_measured_with(tmp_path):
+    """Crop runs (real crops, cropped fields) keep the ODE inversion at 20 steps, by their source's
+    kind; a run folder saved before ``edit_inversion`` existed reads back the same; Shapes and other
+    file sources take the 10-pass DDPM default; a config's own choice wins."""
+    for source in ("crops:/data/crops.npz", "fields:/data/plate"):
+        e = load_config(None, {"data.source": source}).evaluate
+        assert (e.edit_inversion, e.steps) == ("ode", 20)
+        e = load_config(None, {"data.source": source, "evaluate.edit_inversion": "ddpm"}).evaluate
+        assert (e.edit_inversion, e.steps) == ("ddpm", 20)
+    older = {"data": {"source": "crops:crops.npz"}, "evaluate": {"steps": 20, "edit_strength": 0.65}}
+    (tmp_path / "run_config.json").write_text(json.dumps(older))
+    assert load_config(tmp_path / "run_config.json").evaluate.edit_inversion == "ode"
+    for source in ("shapes", "h5:/data/x.h5", "table:/data/t.csv"):
+        e = load_config(None, {"data.source": source}).evaluate
+        assert (e.edit_inversion, e.steps) == ("ddpm", 5)

@@ -661,8 +661,20 @@ SOURCE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "autoencoder": {"enabled": False},
         "denoiser": {"block_out_channels": [32, 64, 128]},
         "distill": {"steps": 4000, "budget": 0.15},
-    }
+    },
+    # crop runs (real BBBC021 crops, cropped fields): their edit options and every figure of
+    # benchmarks/real_cells.py were measured with the ODE inversion at 20 steps
+    "crops:": {"evaluate": {"steps": 20, "edit_inversion": "ode"}},
+    "fields:": {"evaluate": {"steps": 20, "edit_inversion": "ode"}},
 }
+
+
+def source_defaults(source: str | None) -> dict[str, dict[str, Any]]:
+    """The ``SOURCE_DEFAULTS`` of ``source``: a built-in source's by name, a file source's by its
+    kind (``crops:``, ``fields:``)."""
+    if not isinstance(source, str):
+        return {}
+    return SOURCE_DEFAULTS.get(source) or SOURCE_DEFAULTS.get(source.split(":", 1)[0] + ":", {})
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
@@ -671,7 +683,7 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     if not isinstance(data, dict):
         raise FactordiffError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
     source = data["data"].get("source") if cls is RunConfig and isinstance(data.get("data"), dict) else None
-    for section, fields in SOURCE_DEFAULTS.get(source, {}).items():
+    for section, fields in source_defaults(source).items():
         if isinstance(data.get(section, {}), dict):
             data = {**data, section: {**fields, **data.get(section, {})}}
     hints = typing.get_type_hints(cls)
