@@ -3,6 +3,7 @@ by an image run and judged as profiles, into ``benchmarks/results/real_cells.jso
 
     python benchmarks/real_cells.py [--data ../shared/data/real/bbbc021-singlecell] [--minutes 30]
     python benchmarks/real_cells.py --seed 1 --run runs/real-cells-s1 --repeat   # another seed
+    python benchmarks/real_cells.py --inversion ddpm --steps 5   # the same fit, edits inverted so
 
 One run (``factordiff fit --data crops:crops.npz``, 64x64, ``--minutes``) holds out two cells:
 
@@ -37,6 +38,7 @@ import torch
 
 from factordiff.checkpoint import atomic_write_json
 from factordiff.cli import main as cli
+from factordiff.config import load_config
 from factordiff.evaluate.crops import evaluate_crop_run, summary_lines
 
 RESULTS = Path(__file__).parent / "results" / "real_cells.json"
@@ -79,6 +81,13 @@ def main() -> None:
         action="store_true",
         help="add this seed's figures to the results' repeats instead of replacing the file",
     )
+    ap.add_argument(
+        "--inversion",
+        choices=["ode", "ddpm"],
+        default=None,
+        help="invert every edit so (default: the run's); the figures are added to the results' "
+        "inversions instead of replacing the file",
+    )
     a = ap.parse_args()
     stack = Path(a.data) / "crops.npz"
     if not stack.is_file():
@@ -99,9 +108,25 @@ def main() -> None:
     if json.loads((run / "run_config.json").read_text())["profiles"].get("controls") != CONTROLS:
         sys.exit(f"{run}: fitted without --controls {CONTROLS}; fit it again (remove the folder)")
     t0 = time.monotonic()
-    metrics = evaluate_crop_run(run, sources=a.sources, steps=a.steps, choose=True)
+    metrics = evaluate_crop_run(run, sources=a.sources, steps=a.steps, choose=True, inversion=a.inversion)
     print("\n".join(summary_lines(metrics)))
     command = "python " + shlex.join(sys.argv)
+    e = load_config(run / "run_config.json").evaluate
+    if a.inversion:
+        key = f"{a.inversion}, {a.steps or e.steps} steps, seed {a.seed}"
+        results = json.loads(RESULTS.read_text())
+        results.setdefault("inversions", {})[key] = {
+            "command": command,
+            "date": time.strftime("%Y-%m-%d"),
+            "evaluate_seconds": round(time.monotonic() - t0, 1),
+            "tasks": [
+                {**repeat_summary(t), "tried": (t.get("edit_selection") or {}).get("distances")}
+                for t in metrics["tasks"]
+            ],
+        }
+        atomic_write_json(RESULTS, results)
+        print(f"added the {key} evaluation to {RESULTS}")
+        return
     if a.repeat:
         results = json.loads(RESULTS.read_text())
         results.setdefault("repeats", {})[str(a.seed)] = {
@@ -123,11 +148,12 @@ def main() -> None:
             "fit_command": "factordiff " + shlex.join(fit_argv[:2] + ["crops:crops.npz"] + fit_argv[3:]),
             "fit_seconds": round(fit_seconds, 1),
             "evaluate_seconds": round(time.monotonic() - t0, 1),
+            "edits": f"{e.edit_inversion}, {a.steps or e.steps} steps",
             "features": metrics["features"],
             "oracle_accuracy": metrics["oracle_accuracy"],
             "tasks": metrics["tasks"],
-            # other seeds' figures (--repeat) stay; each floor names its split
-            **({"repeats": before["repeats"]} if "repeats" in before else {}),
+            # other seeds' (--repeat) and inversions' (--inversion) figures stay; each floor names its split
+            **{k: before[k] for k in ("repeats", "inversions") if k in before},
         },
     )
     print(f"wrote {RESULTS}")

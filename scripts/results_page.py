@@ -1840,7 +1840,38 @@ def real_cells_section() -> list[str]:
             rows,
         )
         out += ["Commands: " + "; ".join(code(r["command"]) for _, r in sorted(repeats.items())) + ".", ""]
-    return out
+    return out + real_cells_inversions(d)
+
+
+def real_cells_inversions(d: dict) -> list[str]:
+    """The seed-0 fit's edits under other inversions (``real_cells.py --inversion``) beside its own."""
+    variants = d.get("inversions", {})
+    if not variants:
+        return []
+    own = [_repeat_row(t) for t in d["tasks"]]
+    variants_rows = [(k, v["tasks"]) for k, v in variants.items()]
+    rows = [
+        [
+            name,
+            f"`{t['condition']}`",
+            f3(t["methods"]["model"]["distance"]),
+            f3(t["methods"]["model"]["c2st_auc"]),
+            f3(t["methods"]["copy"]["distance"]),
+            "–" if t["gap_share"] is None else f"{t['gap_share']:.2f}",
+            _edit_text(t.get("chosen")),
+        ]
+        for name, tasks in [(f"{d.get('edits', 'ode, 20 steps')} (above)", own), *variants_rows]
+        for t in tasks
+        if t["kind"] != "skipped"
+    ]
+    out = [
+        "The same seed-0 fit with its edits inverted otherwise (each edit chosen again on the seen"
+        " stand-ins): the DDPM inversion at 5 steps is the Shapes default since it was chosen there;"
+        " crop runs keep the ODE at 20 steps (`config.SOURCE_DEFAULTS`).",
+        "",
+    ]
+    out += table(["inversion", "held out", "model", "model AUC", "copy", "gap share", "edit"], rows)
+    return out + ["Commands: " + "; ".join(code(v["command"]) for v in variants.values()) + ".", ""]
 
 
 def _repeat_row(task: dict) -> dict:

@@ -200,6 +200,7 @@ def evaluate_crop_run(
     steps: int | None = None,
     progress: bool = True,
     choose: bool = False,
+    inversion: str | None = None,
 ) -> dict:
     """Every crop task of the run (module docstring); writes and returns ``RUN/metrics.json``.
     ``sources``: training crops regenerated per task (at most); ``truth_max``: real held-out crops
@@ -207,11 +208,14 @@ def evaluate_crop_run(
     ``choose``: each task's edit (strength, guidance, residual) is the
     one of ``EDIT_OPTIONS`` whose regenerations of its seen stand-ins (``seen_analogues``, half as
     many sources each) land nearest their real training crops (the z-scored mean-feature
-    distance); else the run's settings."""
+    distance); else the run's settings. ``inversion`` (``ode``, ``ddpm``; None: the run's
+    ``evaluate.edit_inversion``) and ``steps`` (None: the run's) say how every edit inverts."""
     run = Path(run)
     t0 = time.monotonic()
     r = load_run(run)
     cfg = r.config
+    if inversion is not None:
+        cfg.evaluate.edit_inversion = inversion  # the model edits by its run folder's settings
     seed = cfg.train.seed
     crops = prepare_crops(cfg, run, progress)
     st, spec, f = crops.stack, crops.stack.spec, crops.stack.factors
