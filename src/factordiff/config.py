@@ -341,8 +341,10 @@ class TrainConfig:
         --precision bf16``); not the default, because a CPU without them runs bf16 slower.
     compile: ``torch.compile`` the UNets while they train (static shapes; minutes of compilation
         per stage, then faster steps: ``benchmarks/train_speed.py --compile``); weights and
-        checkpoints are the same as without it. Refused with bf16 and the ``tokens`` adapter: the
-        quickstart denoiser's loss became NaN at its second step so (fp32 or ``embed`` trained).
+        checkpoints are the same as without it. Refused with bf16 and the ``tokens`` adapter: torch
+        2.13's inductor compiles its cross-attention's backward wrongly in bf16 with AVX-512 (NaN
+        gradients at the first step; attention by matrix products fails too); with AVX2 code
+        (``cpp.simdlen=256``) it trains right but loses the compile's speed (ratio 1.01).
     """
 
     minutes: float | None = None
@@ -810,10 +812,10 @@ def _check_ranges(obj: Any, where: str) -> None:
                 "(--controls), which names the perturbation factor and its control"
             )
     if isinstance(obj, RunConfig) and obj.train.compile and obj.train.precision == "bf16":
-        if obj.denoiser.adapter == "tokens":  # measured: NaN loss at the second step (2026-12-07)
+        if obj.denoiser.adapter == "tokens":  # torch 2.13 inductor, AVX-512, bf16: see TrainConfig.compile
             raise FactordiffError(
-                f"{where}.train.compile: not with train.precision bf16 and the tokens adapter (the "
-                "compiled cross-attention hooks gave a NaN loss at the second step); drop one of them"
+                f"{where}.train.compile: not with train.precision bf16 and the tokens adapter (torch's "
+                "compiled bf16 cross-attention gives NaN gradients on CPU); drop one of them"
             )
     if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
         raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")
