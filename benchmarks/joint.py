@@ -51,7 +51,9 @@ applied to 500 test images of its own data set (in domain) and of the other (out
 noised to t/T = 0.1 with one seeded draw, denoised by the DAE in one pass and by the run's own
 diffusion chain (1 and 10 DDIM steps from the same noised input), every factor absent. Mean
 absolute error to the clean image on [0, 1]; the noised input's own error is the floor a method
-must beat. ``out_of_domain`` and ``in_domain`` average the two directions.
+must beat. ``out_of_domain`` and ``in_domain`` average the two directions. The DAE's output form
+is ``--daed-parameterization`` (``daed.parameterization``; the default ``v``): another form's
+block is kept beside it as ``daed_<form>`` (``daed_edm``), its runs in ``daed-<name>-<form>``.
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
@@ -323,14 +325,16 @@ def denoising_errors(model, images: np.ndarray, noise: float = 0.1, seed: int = 
     return out
 
 
-def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, n: int = 500) -> dict:
-    """The ``daed`` block of the file (module docstring)."""
+def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, form: str = "v", n: int = 500) -> dict:
+    """The ``daed`` block of the file (module docstring), the DAE of output form ``form``."""
     tasks = {"shapes": shapes_task(work), "bbbc021_crops": crops_task(work, crops)}
     tests = {name: task[1].images[:n] for name, task in tasks.items()}
     rows = []
     for name, (train, _, _, extra) in tasks.items():
-        cfg = pixel_config(extra, steps, daed__enabled=True, daed__steps=daed_steps)
-        run = work / f"daed-{name}"
+        cfg = pixel_config(
+            extra, steps, daed__enabled=True, daed__steps=daed_steps, daed__parameterization=form
+        )
+        run = work / (f"daed-{name}" if form == "v" else f"daed-{name}-{form}")
         t0 = time.monotonic()
         model = fit(
             cfg,
@@ -364,6 +368,7 @@ def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, n: int = 50
         "test_images": n,
         "denoiser_steps": steps,
         "daed_steps": daed_steps,
+        "parameterization": form,
         "rows": rows,
         "command": "python " + shlex.join(sys.argv),
     }
@@ -428,6 +433,12 @@ def main() -> None:
     ap.add_argument(
         "--daed-steps", type=int, default=1200, help="--daed: steps of each denoising autoencoder"
     )
+    ap.add_argument(
+        "--daed-parameterization",
+        choices=["v", "edm"],
+        default="v",
+        help="--daed: the DAE's output form (daed.parameterization)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(a.work)
@@ -435,9 +446,10 @@ def main() -> None:
     if a.daed:
         if not Path(a.crops).is_file():
             sys.exit(f"{a.crops}: not found; --daed needs the real BBBC021 crops of ../shared")
-        block = daed_block(work, Path(a.crops), a.steps, a.daed_steps)
+        form = a.daed_parameterization
+        block = daed_block(work, Path(a.crops), a.steps, a.daed_steps, form)
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        atomic_write_json(RESULTS, {**saved, "daed": block})
+        atomic_write_json(RESULTS, {**saved, "daed" if form == "v" else f"daed_{form}": block})
         print(f"wrote {RESULTS}")
         return
     if a.counterfactuals is not None:

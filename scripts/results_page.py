@@ -1932,7 +1932,7 @@ def joint_section() -> list[str]:
     if "visual_counterfactuals" in d:
         out += visual_counterfactual_lines(d["visual_counterfactuals"])
     if "daed" in d:
-        out += daed_lines(d["daed"])
+        out += daed_lines(d["daed"], {k[5:]: v for k, v in d.items() if k.startswith("daed_")})
     if "scldm" in d:
         out += scldm_lines(d["scldm"])
     return out + [""]
@@ -1988,12 +1988,14 @@ def scldm_lines(sc: dict) -> list[str]:
     return out + table(["population", *(f"energy distance, {name}" for name, _ in runs)], rows)
 
 
-def daed_lines(dd: dict) -> list[str]:
-    """DAED's one-pass denoiser against the run's diffusion chain, in and out of domain."""
+def daed_lines(dd: dict, forms: dict[str, dict] | None = None) -> list[str]:
+    """DAED's one-pass denoiser against the run's diffusion chain, in and out of domain; ``forms``:
+    the same measured with the DAE in another output form (``daed_<form>`` of the file)."""
     out = [
         f"DAED (`fit --model daed`; {code(dd['command'])}): one 32x32 pixel-space run per data set",
         f"(denoiser {dd['denoiser_steps']} steps, then the denoising autoencoder {dd['daed_steps']} steps",
-        f"below 0.1 of the schedule), applied to {dd['test_images']} test images of its own data set and",
+        f"below 0.1 of the schedule, output form `{dd.get('parameterization', 'edm')}`), applied to"
+        f" {dd['test_images']} test images of its own data set and",
         f"of the other, noised to t/T = {dd['noise']:g} (one seeded draw) and denoised with every factor",
         "absent. Mean absolute error to the clean image on [0, 1]; *noised*: the noisy input itself.",
         "",
@@ -2011,7 +2013,19 @@ def daed_lines(dd: dict) -> list[str]:
                 ]
             )
     head = ["trained -> applied", "noised", "DAED (1 pass)", "diffusion (1 step)", "diffusion (10 steps)"]
-    return out + table(head, rows)
+    out += table(head, rows)
+    for form, other in (forms or {}).items():
+        mae = lambda kind, key: other[kind][key]  # noqa: E731
+        out += [
+            f"With the DAE in the `{form}` form ({code(other['command'])}; the same denoisers): in domain"
+            f" DAED {mae('in_domain', 'daed_mae'):.4f} against the chain's"
+            f" {mae('in_domain', 'diffusion_mae'):.4f}, out of domain {mae('out_of_domain', 'daed_mae'):.4f}"
+            f" against {mae('out_of_domain', 'diffusion_mae'):.4f} ("
+            + "; ".join(f"{k} {v['daed_mae']:.4f}" for k, v in other["out_of_domain"]["directions"].items())
+            + ").",
+            "",
+        ]
+    return out
 
 
 def visual_counterfactual_lines(vc: dict) -> list[str]:

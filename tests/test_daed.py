@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch.nn import functional as F
 
 from factordiff.checkpoint import load_tensors
 from factordiff.cli import main
+from factordiff.config import load_config, saved_before
 from factordiff.data.images import read_image, save_png
 from factordiff.diffusion.daed import DaedStep, build_daed, split_timestep
 from factordiff.diffusion.objective import noise_schedule
@@ -33,10 +36,10 @@ def smooth_images(n: int, gen: torch.Generator) -> torch.Tensor:
     return F.interpolate(low, size=8, mode="bilinear", align_corners=True)
 
 
-def errors_after_training(draw, steps: int) -> tuple[float, float]:
+def errors_after_training(draw, steps: int, parameterization: str) -> tuple[float, float]:
     """A DAE trained ``steps`` steps on batches ``draw(gen)``, then judged on 16 fresh smooth images
     noised to t = split T: (mean absolute error of its one pass, of the noised input)."""
-    cfg = tiny_config(**{"denoiser.block_out_channels": [16, 32]})
+    cfg = tiny_config(**{"denoiser.block_out_channels": [16, 32], "daed.parameterization": parameterization})
     torch.manual_seed(0)
     dae = build_daed(cfg.daed, cfg.denoiser, 3, 8)
     step = DaedStep(dae, cfg.denoiser)
@@ -56,22 +59,25 @@ def errors_after_training(draw, steps: int) -> tuple[float, float]:
     return float((out - x0).abs().mean()), float((x_t - x0).abs().mean())
 
 
-def test_the_one_step_denoiser_learns_to_round_trip_at_low_noise():
+@pytest.mark.parametrize("parameterization", ["v", "edm"])
+def test_the_one_step_denoiser_learns_to_round_trip_at_low_noise(parameterization):
     """Trained on smooth images, the DAE's one pass from t = split T brings fresh ones (none of its
-    training images) far closer to x_0 than the noised input is."""
-    dae, noised = errors_after_training(lambda gen: smooth_images(32, gen), 300)
+    training images) far closer to x_0 than the noised input is, in either output form."""
+    dae, noised = errors_after_training(lambda gen: smooth_images(32, gen), 300, parameterization)
     assert dae < 0.5 * noised
 
 
-def test_the_one_step_denoiser_carries_over_to_images_unlike_its_training_ones():
+@pytest.mark.parametrize("parameterization", ["v", "edm"])
+def test_the_one_step_denoiser_carries_over_to_images_unlike_its_training_ones(parameterization):
     """Trained on flat images only, the DAE still brings smooth but unflat images at t = split T
-    closer to their x_0 than the noised input is: the skip of its preconditioning keeps what it has
-    not learned (the same UNet asked for x_0 outright lands at 0.167 against the noise's 0.137)."""
+    closer to their x_0 than the noised input is: either form is the identity plus a correction at
+    low noise and keeps what it has not learned (the same UNet asked for x_0 outright lands at 0.167
+    against the noise's 0.137)."""
 
     def flat(gen):
         return (torch.rand(32, 3, 1, 1, generator=gen) * 2 - 1).expand(32, 3, 8, 8).contiguous()
 
-    dae, noised = errors_after_training(flat, 200)
+    dae, noised = errors_after_training(flat, 200, parameterization)
     assert dae < noised
 
 
@@ -161,3 +167,16 @@ def test_daed_is_refused_where_it_has_no_meaning(tmp_path):
     with pytest.raises(FactordiffError, match="supervised image runs"):
         fit(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dae_saved_before_the_v_form_existed_reads_back_in_its_own_form(daed_run):
+    """A model folder whose saved config has every daed field but ``parameterization`` was written
+    when the DAE had EDM's form only: it loads as ``edm``; a user config naming some daed fields
+    takes the default, ``v``."""
+    _, run = daed_run
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["run"]["daed"]["parameterization"] == "v"
+    del meta["run"]["daed"]["parameterization"]
+    assert saved_before(meta["run"])["daed"]["parameterization"] == "edm"
+    assert "parameterization" not in saved_before({"daed": {"enabled": True, "split": 0.2}})["daed"]
+    assert load_config(None, {"daed.enabled": True}).daed.parameterization == "v"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, model_meta, read_json
-from factordiff.config import RunConfig, from_dict
+from factordiff.config import RunConfig, from_dict, saved_before
 from factordiff.data.sources import traits
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, TokenAdapter, token_channels
 from factordiff.diffusion.autoencoder import build_autoencoder, latent_size
@@ -630,7 +630,7 @@ class FactorModel:
             raise FactordiffError(f"{folder}: no {CONFIG}; expected a model folder written by factordiff fit")
         meta = read_json(folder / CONFIG)
         try:
-            config = from_dict(RunConfig, meta["run"], f"{folder / CONFIG}:run")
+            config = from_dict(RunConfig, saved_before(meta["run"]), f"{folder / CONFIG}:run")
             spec = FactorSpec.from_json(meta["factors"])
             shape = ModelShape(**meta["shape"])
         except (KeyError, TypeError) as e:

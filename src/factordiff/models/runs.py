@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from factordiff.checkpoint import read_json
-from factordiff.config import RunConfig, from_dict
+from factordiff.config import RunConfig, from_dict, saved_before
 from factordiff.data.base import FactorDataset
 from factordiff.data.sources import is_profile_source, prepare_data
 from factordiff.errors import FactordiffError
@@ -40,7 +40,7 @@ def read_run_config(run: Path) -> RunConfig:
             f"{run}: no trained model in {run / 'model'}; "
             f"finish the run with factordiff fit --resume --out {run}"
         )
-    return from_dict(RunConfig, read_json(run / RUN_CONFIG), str(run / RUN_CONFIG))
+    return from_dict(RunConfig, saved_before(read_json(run / RUN_CONFIG)), str(run / RUN_CONFIG))
 
 
 def run_kind(run: Path) -> str:
@@ -78,7 +78,7 @@ def check_run_folder(cfg: RunConfig, run: Path, resume: bool, keep: tuple[str, .
             raise FactordiffError(f"{run}: not a factordiff run folder (no {RUN_CONFIG}); nothing to resume")
         return False  # killed before anything was written: start afresh
     if resume:
-        saved = from_dict(RunConfig, read_json(run / RUN_CONFIG), str(run / RUN_CONFIG))
+        saved = from_dict(RunConfig, saved_before(read_json(run / RUN_CONFIG)), str(run / RUN_CONFIG))
         if saved.to_json() != cfg.to_json():
             raise FactordiffError(
                 f"{run}: --resume with a config different from the run's {RUN_CONFIG}; pass the same options"
