@@ -52,8 +52,9 @@ noised to t/T = 0.1 with one seeded draw, denoised by the DAE in one pass and by
 diffusion chain (1 and 10 DDIM steps from the same noised input), every factor absent. Mean
 absolute error to the clean image on [0, 1]; the noised input's own error is the floor a method
 must beat. ``out_of_domain`` and ``in_domain`` average the two directions. The DAE's output form
-is ``--daed-parameterization`` (``daed.parameterization``; the default ``v``): another form's
-block is kept beside it as ``daed_<form>`` (``daed_edm``), its runs in ``daed-<name>-<form>``.
+is ``--daed-parameterization`` (``daed.parameterization``; the default ``v``), the runs' seed
+``--daed-seed`` (0): another form's or seed's block is kept beside it as ``daed_<form>``,
+``daed_seed<N>`` (``daed_edm``, ``daed_seed1``), its runs in ``daed-<name>[-<form>][-s<N>]``.
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
@@ -325,16 +326,25 @@ def denoising_errors(model, images: np.ndarray, noise: float = 0.1, seed: int = 
     return out
 
 
-def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, form: str = "v", n: int = 500) -> dict:
-    """The ``daed`` block of the file (module docstring), the DAE of output form ``form``."""
+def daed_block(
+    work: Path, crops: Path, steps: int, daed_steps: int, form: str = "v", seed: int = 0, n: int = 500
+) -> dict:
+    """The ``daed`` block of the file (module docstring), the DAE of output form ``form``, the runs
+    of train seed ``seed``."""
     tasks = {"shapes": shapes_task(work), "bbbc021_crops": crops_task(work, crops)}
     tests = {name: task[1].images[:n] for name, task in tasks.items()}
     rows = []
     for name, (train, _, _, extra) in tasks.items():
         cfg = pixel_config(
-            extra, steps, daed__enabled=True, daed__steps=daed_steps, daed__parameterization=form
+            extra,
+            steps,
+            daed__enabled=True,
+            daed__steps=daed_steps,
+            daed__parameterization=form,
+            train__seed=seed,
         )
-        run = work / (f"daed-{name}" if form == "v" else f"daed-{name}-{form}")
+        tags = [*([form] if form != "v" else []), *([f"s{seed}"] if seed else [])]
+        run = work / "-".join([f"daed-{name}", *tags])
         t0 = time.monotonic()
         model = fit(
             cfg,
@@ -369,6 +379,7 @@ def daed_block(work: Path, crops: Path, steps: int, daed_steps: int, form: str =
         "denoiser_steps": steps,
         "daed_steps": daed_steps,
         "parameterization": form,
+        "seed": seed,
         "rows": rows,
         "command": "python " + shlex.join(sys.argv),
     }
@@ -439,6 +450,7 @@ def main() -> None:
         default="v",
         help="--daed: the DAE's output form (daed.parameterization)",
     )
+    ap.add_argument("--daed-seed", type=int, default=0, help="--daed: the runs' train.seed")
     a = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(a.work)
@@ -447,9 +459,10 @@ def main() -> None:
         if not Path(a.crops).is_file():
             sys.exit(f"{a.crops}: not found; --daed needs the real BBBC021 crops of ../shared")
         form = a.daed_parameterization
-        block = daed_block(work, Path(a.crops), a.steps, a.daed_steps, form)
+        block = daed_block(work, Path(a.crops), a.steps, a.daed_steps, form, a.daed_seed)
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        atomic_write_json(RESULTS, {**saved, "daed" if form == "v" else f"daed_{form}": block})
+        parts = ["daed", *([form] if form != "v" else []), *([f"seed{a.daed_seed}"] if a.daed_seed else [])]
+        atomic_write_json(RESULTS, {**saved, "_".join(parts): block})
         print(f"wrote {RESULTS}")
         return
     if a.counterfactuals is not None:

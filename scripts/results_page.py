@@ -2014,10 +2014,13 @@ def daed_lines(dd: dict, forms: dict[str, dict] | None = None) -> list[str]:
             )
     head = ["trained -> applied", "noised", "DAED (1 pass)", "diffusion (1 step)", "diffusion (10 steps)"]
     out += table(head, rows)
-    for form, other in (forms or {}).items():
+    for other in (forms or {}).values():
         mae = lambda kind, key: other[kind][key]  # noqa: E731
+        form, seed = other.get("parameterization", "edm"), other.get("seed", 0)
+        which = f"in the `{form}` form" + (f", train seed {seed}" if seed else "")
+        same = "fresh denoisers" if seed else "the same denoisers"
         out += [
-            f"With the DAE in the `{form}` form ({code(other['command'])}; the same denoisers): in domain"
+            f"With the DAE {which} ({code(other['command'])}; {same}): in domain"
             f" DAED {mae('in_domain', 'daed_mae'):.4f} against the chain's"
             f" {mae('in_domain', 'diffusion_mae'):.4f}, out of domain {mae('out_of_domain', 'daed_mae'):.4f}"
             f" against {mae('out_of_domain', 'diffusion_mae'):.4f} ("
