@@ -179,4 +179,6 @@ def test_a_dae_saved_before_the_v_form_existed_reads_back_in_its_own_form(daed_r
     del meta["run"]["daed"]["parameterization"]
     assert saved_before(meta["run"])["daed"]["parameterization"] == "edm"
     assert "parameterization" not in saved_before({"daed": {"enabled": True, "split": 0.2}})["daed"]
+    no_dae = {**meta["run"], "daed": {**meta["run"]["daed"], "enabled": False}}
+    assert saved_before(no_dae) == no_dae  # a run without a DAE resumes under today's defaults
     assert load_config(None, {"daed.enabled": True}).daed.parameterization == "v"

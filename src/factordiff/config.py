@@ -634,10 +634,11 @@ RETIRED = {
 
 def saved_before(data: dict[str, Any]) -> dict[str, Any]:
     """A config that ``fit`` saved (it writes every field) before a field existed, with that field
-    set to what the code then did: ``daed.parameterization`` was ``edm``."""
-    daed = data.get("daed")
+    set to what the code then did: a DAED run's ``daed.parameterization`` was ``edm`` (runs without
+    a DAE are left as they are, so that they resume under today's defaults)."""
+    daed = data.get("daed") if isinstance(data.get("daed"), dict) else {}
     others = {f.name for f in dataclasses.fields(DaedConfig)} - {"parameterization"}
-    if isinstance(daed, dict) and "parameterization" not in daed and others <= set(daed):
+    if daed.get("enabled") and "parameterization" not in daed and others <= set(daed):
         data = {**data, "daed": {**daed, "parameterization": "edm"}}
     return data
 
