@@ -2024,7 +2024,10 @@ def daed_lines(dd: dict, forms: dict[str, dict] | None = None) -> list[str]:
             f" DAED {mae('in_domain', 'daed_mae'):.4f} against the chain's"
             f" {mae('in_domain', 'diffusion_mae'):.4f}, out of domain {mae('out_of_domain', 'daed_mae'):.4f}"
             f" against {mae('out_of_domain', 'diffusion_mae'):.4f} ("
-            + "; ".join(f"{k} {v['daed_mae']:.4f}" for k, v in other["out_of_domain"]["directions"].items())
+            + "; ".join(
+                f"{k} {v['daed_mae']:.4f} against {v['diffusion_mae']:.4f}"
+                for k, v in other["out_of_domain"]["directions"].items()
+            )
             + ").",
             "",
         ]

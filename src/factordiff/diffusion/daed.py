@@ -19,7 +19,8 @@ but with the input scaled by c_in (about 2 there). Both carry over to another da
 network asked for x_0 itself does not (MAE 0.21 on real crops from a DAE trained on the Shapes
 replica, where the noised input's is 0.06); ``v`` carries over further: trained on the replica
 and applied to real BBBC021 crops at 0.1 of the schedule, MAE 0.031 against 0.045 for ``edm``
-(0.031 for the diffusion model's 10-step chain), and 0.032 against 0.039 the other way (0.040),
+(0.031 for the diffusion model's 10-step chain; 0.032 against 0.029 on a second seed), and 0.032
+against 0.039 the other way (0.040),
 while denoising its own data set better too (0.017 / 0.020 against 0.020 / 0.021;
 ``python benchmarks/joint.py --daed``). ``DaedStep`` trains either by the mean square error of x_0
 at t uniform on [0, split T], weighted by 1 / c_out^2 as EDM weights it (for ``edm``, the error
