@@ -54,7 +54,7 @@ absolute error to the clean image on [0, 1]; the noised input's own error is the
 must beat. ``out_of_domain`` and ``in_domain`` average the two directions. The DAE's output form
 is ``--daed-parameterization`` (``daed.parameterization``; the default ``v``), the runs' seed
 ``--daed-seed`` (0): another form's or seed's block is kept beside it as ``daed_<form>``,
-``daed_seed<N>`` (``daed_edm``, ``daed_seed1``), its runs in ``daed-<name>[-<form>][-s<N>]``.
+``daed_seed<N>`` (``daed_edm``, ``daed_seed1``), its runs in ``daed-<name>[-<form>][-seed<N>]``.
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
@@ -326,6 +326,11 @@ def denoising_errors(model, images: np.ndarray, noise: float = 0.1, seed: int = 
     return out
 
 
+def daed_tags(form: str, seed: int) -> list[str]:
+    """What sets a DAED block apart from the default one (form ``v``, seed 0): its name's parts."""
+    return [*([form] if form != "v" else []), *([f"seed{seed}"] if seed else [])]
+
+
 def daed_block(
     work: Path, crops: Path, steps: int, daed_steps: int, form: str = "v", seed: int = 0, n: int = 500
 ) -> dict:
@@ -343,8 +348,7 @@ def daed_block(
             daed__parameterization=form,
             train__seed=seed,
         )
-        tags = [*([form] if form != "v" else []), *([f"s{seed}"] if seed else [])]
-        run = work / "-".join([f"daed-{name}", *tags])
+        run = work / "-".join([f"daed-{name}", *daed_tags(form, seed)])
         t0 = time.monotonic()
         model = fit(
             cfg,
@@ -461,8 +465,7 @@ def main() -> None:
         form = a.daed_parameterization
         block = daed_block(work, Path(a.crops), a.steps, a.daed_steps, form, a.daed_seed)
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        parts = ["daed", *([form] if form != "v" else []), *([f"seed{a.daed_seed}"] if a.daed_seed else [])]
-        atomic_write_json(RESULTS, {**saved, "_".join(parts): block})
+        atomic_write_json(RESULTS, {**saved, "_".join(["daed", *daed_tags(form, a.daed_seed)]): block})
         print(f"wrote {RESULTS}")
         return
     if a.counterfactuals is not None:

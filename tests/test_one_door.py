@@ -278,8 +278,8 @@ def test_regenerate_table_of_new_images(tiny_run, tmp_path):
 
 
 def test_inversion_option_for_images_and_its_refusal_for_profiles(profile_runs, tiny_run, tmp_path, capsys):
-    """``--inversion`` picks the images' inversion (the exact DDPM one gives the source back where
-    the ODE one does not); a profile run refuses ``ddpm`` in one line, writing nothing."""
+    """``--inversion`` picks the images' inversion (the ODE's and the DDPM one's regenerations
+    differ); a profile run refuses ``ddpm`` in one line, writing nothing."""
     out = {}
     for how in ("ode", "ddpm"):
         argv = ["regenerate", str(tiny_run), "--where", "shape=cube", "--set", "shape=cube", "--limit", "2"]

@@ -25,7 +25,7 @@ from factordiff.evaluate.disentanglement import format_table, load_and_score
 from factordiff.evaluate.suite import evaluate, summary_lines
 from factordiff.factors import parse_settings
 from factordiff.fit import fit
-from factordiff.models.runs import Run, load_run
+from factordiff.models.runs import load_run, with_inversion
 from factordiff.probe import probe_edit, probe_for
 from factordiff.quickstart import quickstart
 from factordiff.regenerate import check_out, regenerate, sidecar_path, write_regenerated
@@ -293,16 +293,6 @@ def _classifier_counterfactual(args: argparse.Namespace) -> None:
     )[0]
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
     print(f"wrote {args.out}")
-
-
-def with_inversion(run: Run, inversion: str | None) -> Run:
-    """``run`` with its edits inverting by ``--inversion`` (None: its ``evaluate.edit_inversion``);
-    profile and set runs have one inversion, the ODE's."""
-    if inversion is not None:
-        if run.kind != "images" and inversion != "ode":
-            raise FactordiffError(f"--inversion {inversion}: a {run.kind} run inverts with the ODE only")
-        run.config.evaluate.edit_inversion = inversion  # the model edits by its run folder's settings
-    return run
 
 
 def cmd_regenerate(args: argparse.Namespace) -> None:

@@ -47,7 +47,7 @@ from factordiff.evaluate.distances import classifier_two_sample, energy_distance
 from factordiff.evaluate.morphology import crop_features, feature_names
 from factordiff.evaluate.profiling import standardizer
 from factordiff.factors import parse_pairs
-from factordiff.models.runs import load_run
+from factordiff.models.runs import load_run, with_inversion
 from factordiff.regenerate import regenerate
 
 FIELD_COLUMNS = ("Metadata_Field",)  # a fields: run's field of view
@@ -212,10 +212,8 @@ def evaluate_crop_run(
     ``evaluate.edit_inversion``) and ``steps`` (None: the run's) say how every edit inverts."""
     run = Path(run)
     t0 = time.monotonic()
-    r = load_run(run)
+    r = with_inversion(load_run(run), inversion)
     cfg = r.config
-    if inversion is not None:
-        cfg.evaluate.edit_inversion = inversion  # the model edits by its run folder's settings
     seed = cfg.train.seed
     crops = prepare_crops(cfg, run, progress)
     st, spec, f = crops.stack, crops.stack.spec, crops.stack.factors

@@ -144,6 +144,16 @@ def load_model(run: Path) -> tuple[RunConfig, FactorModel | ProfileModel | SetMo
     return cfg, model
 
 
+def with_inversion(run: Run, inversion: str | None) -> Run:
+    """``run`` with its edits inverting by ``--inversion`` (None: its ``evaluate.edit_inversion``);
+    profile and set runs have one inversion, the ODE's."""
+    if inversion is not None:
+        if run.kind != "images" and inversion != "ode":
+            raise FactordiffError(f"--inversion {inversion}: a {run.kind} run inverts with the ODE only")
+        run.config.evaluate.edit_inversion = inversion  # the model edits by its run folder's settings
+    return run
+
+
 def load_run(path: Path | str) -> Run:
     """Open the run folder ``path`` (the ``--out`` of ``factordiff fit``)."""
     cfg, model = load_model(Path(path))
