@@ -3,7 +3,7 @@
 into ``benchmarks/results/joint.json``.
 
     python benchmarks/joint.py [--datasets shapes,bbbc021_crops] [--fractions 0.05,0.2,0.02,0.1]
-        [--seeds 0,1,2] [--steps 1200] [--cnn-steps 1500]
+        [--seeds 0,1,2] [--steps 1200] [--cnn-steps 1500] [--head-max-t T] [--head-augment dihedral,mixup]
     python benchmarks/joint.py --counterfactuals RUN [--per-factor 100]
     python benchmarks/joint.py --daed [--steps 1200] [--daed-steps 1200]
 
@@ -58,8 +58,10 @@ is ``--daed-parameterization`` (``daed.parameterization``; the default ``v``), t
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
-(dataset, fraction, seed, head_max_t) are kept; the summary lists a head_max_t other than 1 as a
-dataset of its own (``shapes (head_max_t 0.1)``).
+(dataset, fraction, seed, head_max_t, head_augment, steps) are kept; the summary lists a fit other than
+the default as a dataset of its own (``shapes (head_max_t 0.1)``, ``bbbc021_crops (augment
+dihedral+mixup, 3600 steps)``). ``--head-augment`` (``denoiser.head_augment``) augments the CNN's batches the
+same way, so the two networks always see the same labelled images.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ from factordiff.config import RunConfig, from_dict, load_config
 from factordiff.data.crops import crops_dataset, fit_intensity, read_crops
 from factordiff.data.sources import load_data, prepare_data
 from factordiff.data.splits import make_split
-from factordiff.diffusion.head import classify, head_loss
+from factordiff.diffusion.head import augment, classify, head_loss
 from factordiff.edit import classifier_edit
 from factordiff.evaluate.counterfactual import Edits, get_oracle, plan_edits, run_edits, score_edits
 from factordiff.fit import fit, labelled_rows
@@ -144,13 +146,14 @@ def pixel_config(extra: dict, steps: int, **over):
     )
 
 
-def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, head_max_t: float = 1.0):
+def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, head_max_t: float = 1.0, ops=()):
     return pixel_config(
         extra,
         steps,
         denoiser__head=[factor],
         denoiser__label_fraction=fraction,
         denoiser__head_max_t=head_max_t,
+        denoiser__head_augment=list(ops),
         train__seed=seed,
     )
 
@@ -171,7 +174,8 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def train_cnn(cfg, train, k: int, rows: np.ndarray, seed: int, steps: int) -> tuple[torch.nn.Module, dict]:
-    """The run's network, fresh, trained on the labelled rows at t = 0 with early stopping."""
+    """The run's network, fresh, trained on the labelled rows at t = 0 with early stopping; its
+    batches augmented as the head's (``denoiser.head_augment``)."""
     torch.manual_seed(seed)
     net = build_denoiser(cfg, train.spec, ModelShape(train.channels, train.size))
     idx = np.flatnonzero(rows)
@@ -187,7 +191,10 @@ def train_cnn(cfg, train, k: int, rows: np.ndarray, seed: int, steps: int) -> tu
     for step in range(1, steps + 1):
         net.train()
         b = torch.randint(0, len(x), (32,), generator=gen)
-        loss = head_loss(net, x[b], torch.zeros(len(b), dtype=torch.long), y[b].view(-1, 1))
+        xb, yb, mix = x[b], y[b].view(-1, 1), None
+        if cfg.denoiser.head_augment:
+            xb, mix = augment(xb, yb, cfg.denoiser.head_augment, gen)
+        loss = head_loss(net, xb, torch.zeros(len(b), dtype=torch.long), yb, mix)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -389,15 +396,32 @@ def daed_block(
     }
 
 
+STEPS = 1200  # the joint fits' default denoiser steps
+
+
 def _key(r: dict) -> tuple:
-    return r["dataset"], r["fraction"], r["seed"], r.get("head_max_t", 1.0)
+    return (
+        r["dataset"],
+        r["fraction"],
+        r["seed"],
+        r.get("head_max_t", 1.0),
+        tuple(r.get("head_augment", [])),
+        r.get("steps", STEPS),
+    )
+
+
+def variant(head_max_t: float, ops, steps: int = STEPS) -> str:
+    """How a row's joint fit differs from the default, for its dataset's name in the summary."""
+    parts = [] if head_max_t == 1 else [f"head_max_t {head_max_t:g}"]
+    parts += [f"augment {'+'.join(ops)}"] if ops else []
+    return ", ".join(parts + ([f"{steps} steps"] if steps != STEPS else []))
 
 
 def summarise(rows: list[dict]) -> dict:
     out: dict = {}
     for r in rows:
-        t = r.get("head_max_t", 1.0)
-        name = r["dataset"] if t == 1 else f"{r['dataset']} (head_max_t {t:g})"
+        tag = variant(r.get("head_max_t", 1.0), r.get("head_augment", []), r.get("steps", STEPS))
+        name = f"{r['dataset']} ({tag})" if tag else r["dataset"]
         out.setdefault(name, {}).setdefault(str(r["fraction"]), []).append(r)
     table: dict = {}
     for dataset, per in out.items():
@@ -423,13 +447,19 @@ def main() -> None:
     ap.add_argument("--datasets", default="shapes,bbbc021_crops")
     ap.add_argument("--fractions", default="0.05,0.2,0.02,0.1")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=1200, help="denoiser steps of each joint fit")
+    ap.add_argument("--steps", type=int, default=STEPS, help="denoiser steps of each joint fit")
     ap.add_argument("--cnn-steps", type=int, default=1500, help="steps of each CNN")
     ap.add_argument(
         "--head-max-t",
         type=float,
         default=1.0,
         help="denoiser.head_max_t of the joint fits (rows of another value are kept apart)",
+    )
+    ap.add_argument(
+        "--head-augment",
+        default="",
+        help="denoiser.head_augment of the joint fits, comma-separated (dihedral, mixup), given to the "
+        "CNN's batches too (rows of another value are kept apart)",
     )
     ap.add_argument("--crops", default=str(SHARED / "crops.npz"))
     ap.add_argument("--work", default="runs/bench-joint")
@@ -480,6 +510,7 @@ def main() -> None:
         print(f"wrote {RESULTS}")
         return
     rows = saved.get("semi_supervised_rows", [])
+    ops = [op for op in a.head_augment.split(",") if op]
     for dataset in a.datasets.split(","):
         if dataset == "shapes":
             train, test, factor, extra = shapes_task(work)
@@ -495,8 +526,9 @@ def main() -> None:
         x_test = to_unit(test.images)
         for fraction in map(float, a.fractions.split(",")):
             for seed in map(int, a.seeds.split(",")):
-                cfg = config(extra, factor, fraction, seed, a.steps, a.head_max_t)
+                cfg = config(extra, factor, fraction, seed, a.steps, a.head_max_t, ops)
                 tail = "" if a.head_max_t == 1 else f"-t{a.head_max_t:g}"
+                tail += "".join(f"-{op}" for op in ops) + ("" if a.steps == STEPS else f"-{a.steps}steps")
                 run = work / f"{dataset}-{fraction:g}-{seed}{tail}"
                 split = make_split(train.spec, cfg.split)
                 t0 = time.monotonic()
@@ -512,6 +544,8 @@ def main() -> None:
                     "fraction": fraction,
                     "seed": seed,
                     "head_max_t": a.head_max_t,
+                    "head_augment": ops,
+                    "steps": a.steps,
                     "labelled_images": int(labelled.sum()),
                     "train_images": len(train),
                     "test_images": len(test),
@@ -524,7 +558,7 @@ def main() -> None:
                     "command": "python " + shlex.join(sys.argv),
                 }
                 print(json.dumps(row), flush=True)
-                key = (dataset, fraction, seed, a.head_max_t)
+                key = (dataset, fraction, seed, a.head_max_t, tuple(ops), a.steps)
                 rows = [r for r in rows if _key(r) != key] + [row]
                 atomic_write_json(
                     RESULTS,

@@ -13,6 +13,7 @@ from conftest import tiny_config
 
 from factordiff.checkpoint import load_tensors
 from factordiff.cli import main
+from factordiff.config import load_config
 from factordiff.data.images import save_png
 from factordiff.diffusion import objective
 from factordiff.diffusion.adapters import TimeEmbeddingAdapter, token_channels
@@ -21,6 +22,7 @@ from factordiff.diffusion.head import (
     ClassifierGuidance,
     ClassifierHead,
     absent_condition,
+    augment,
     classifier_gradient,
     classify,
     guided_classifier,
@@ -29,6 +31,7 @@ from factordiff.diffusion.head import (
 from factordiff.diffusion.sampling import sample, timesteps
 from factordiff.edit import classifier_edit
 from factordiff.encoders.distill import FactorDistiller
+from factordiff.errors import FactordiffError
 from factordiff.fit import fit, known_factors, labelled_rows
 from factordiff.models.images import FactorModel
 
@@ -72,10 +75,10 @@ def test_the_head_reads_a_labelled_batch_of_its_own_each_step(monkeypatch):
     seen, times = [], []
     real = objective.head_loss
 
-    def spy(denoiser, x_t, t, labels):
+    def spy(denoiser, x_t, t, labels, mix=None):
         seen.append(labels.clone())
         times.append(t.clone())
-        return real(denoiser, x_t, t, labels)
+        return real(denoiser, x_t, t, labels, mix)
 
     monkeypatch.setattr(objective, "head_loss", spy)
     labelled = {"x": torch.randn(3, 4, 8, 8), "labels": torch.tensor([[2], [2], [2]])}
@@ -88,6 +91,61 @@ def test_the_head_reads_a_labelled_batch_of_its_own_each_step(monkeypatch):
     assert info["head_ce"] > 0 and d.head.outs[0].weight.grad.abs().sum() > 0
     plain = objective.DiffusionStep(d, cfg.denoiser)  # no labelled share: the diffusion loss alone
     assert "head_ce" not in plain(batch, torch.Generator().manual_seed(0))[1]
+
+
+def test_head_augment_turns_mirrors_and_mixes_the_labelled_batch(monkeypatch):
+    x, labels = torch.randn(64, 2, 5, 5), torch.randint(0, 3, (64, 1))
+    turned, mix = augment(x, labels, ["dihedral"], torch.Generator().manual_seed(0))
+    assert mix is None
+    found = set()
+    for a, b in zip(x, turned):  # each row is one of the square's eight symmetries of its own image
+        views = [v.rot90(k, (-2, -1)) for v in (a, a.flip(-1)) for k in range(4)]
+        match = [i for i, v in enumerate(views) if torch.equal(v, b)]
+        assert len(match) == 1
+        found.add(match[0])
+    assert found == set(range(8))
+    mixed, (partner, lam) = augment(x, labels, ["mixup"], torch.Generator().manual_seed(1))
+    assert ((lam >= 0) & (lam <= 1)).all() and 0 < int((lam < 1).sum()) < 64  # about half the rows
+    kept = lam == 1
+    assert torch.equal(mixed[kept], x[kept])
+    # every mixed row is its weight's blend of itself and the row whose label it takes as partner
+    blend = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[_partners(x, mixed, lam)]
+    assert torch.allclose(mixed, blend, atol=1e-5)
+    assert torch.equal(partner[~kept], labels[_partners(x, mixed, lam)][~kept])  # (weight 0 elsewhere)
+    # the loss blends the two cross-entropies with the same weights
+    cfg = tiny_config(**{"denoiser.head": ["shape"]})
+    d = _denoiser(cfg)
+    xt, t = torch.randn(4, 4, 8, 8), torch.zeros(4, dtype=torch.long)
+    own, other, w = torch.tensor([[0], [1], [2], [0]]), torch.tensor([[2], [2], [0], [0]]), torch.rand(4)
+    with torch.no_grad():
+        logits = classify(d, xt, t)[0]
+        ce = torch.nn.functional.cross_entropy
+        a, b = ce(logits, own[:, 0], reduction="none"), ce(logits, other[:, 0], reduction="none")
+        want = w * a + (1 - w) * b
+        assert torch.allclose(head_loss(d, xt, t, own, (other, w)), want.mean(), atol=1e-6)
+    # through the denoiser's step: the head's batch is augmented, the diffusion batch is not
+    got = []
+    real = objective.augment
+    monkeypatch.setattr(objective, "augment", lambda *a: got.append(a[2]) or real(*a))
+    pixel = {"autoencoder.enabled": False, "denoiser.head_augment": ["dihedral", "mixup"]}
+    aug = tiny_config(**{"denoiser.head": ["shape"], **pixel})
+    labelled = {"x": torch.randn(3, 4, 8, 8), "labels": torch.tensor([[0], [1], [2]])}
+    step = objective.DiffusionStep(d, aug.denoiser, labelled=labelled)
+    loss, info = step({"x": torch.randn(7, 4, 8, 8), "codes": torch.randn(7, 6, 2)}, torch.Generator())
+    assert got == [["dihedral", "mixup"]] and torch.isfinite(loss) and info["head_ce"] > 0
+    with pytest.raises(FactordiffError, match="head_augment: dihedral needs pixel space"):
+        load_config(None, {"denoiser.head_augment": ["dihedral"], "autoencoder.enabled": True})
+    with pytest.raises(FactordiffError, match="head_augment"):
+        load_config(None, {"denoiser.head_augment": ["rotate"]})
+
+
+def _partners(x, mixed, lam) -> torch.Tensor:
+    """The row each mixed row was blended with (itself where nothing was mixed)."""
+    rows = torch.arange(len(x))
+    for i in torch.nonzero(lam < 1).flatten().tolist():
+        err = (mixed[i] - lam[i] * x[i] - (1 - lam[i]) * x).flatten(1).abs().amax(1)
+        rows[i] = int(err.argmin())
+    return rows
 
 
 def test_hidden_labels_reach_neither_the_distiller_nor_the_prototypes(head_run):

@@ -15,7 +15,7 @@ from factordiff import load_run
 from factordiff.cli import main
 from factordiff.data.images import save_png
 from factordiff.errors import FactordiffError
-from factordiff.probe import PROBES, fit_probe, probe_for
+from factordiff.probe import PROBES, fit_probe, probe_for, probe_from_codes
 
 
 @pytest.fixture
@@ -29,15 +29,40 @@ def test_probe_fits_on_training_codes_and_moves_by_the_amount(run_copy):
     probe = probe_for(run, "shape", "sphere", progress=False)
     assert probe.info["train_codes"] == min(4000, len(train)) and probe.info["nonzero"] >= 1
     codes = run.model.codes(train.images[:5])
-    moved = probe.move(codes, 2.0)
-    np.testing.assert_allclose(
-        (probe.score(moved) - probe.score(codes)).numpy(), np.full(5, 2.0 * probe.sd), rtol=1e-4
-    )
+    for direction in ("pattern", "weight"):  # either way the score rises by the amount asked
+        moved = probe.move(codes, 2.0, direction)
+        np.testing.assert_allclose(
+            (probe.score(moved) - probe.score(codes)).numpy(), np.full(5, 2.0 * probe.sd), rtol=1e-3
+        )
     unused = probe.weight.reshape(codes.shape[1:]) == 0
-    assert torch.equal(moved[:, unused], codes[:, unused])  # only the dimensions the probe reads move
+    assert torch.equal(moved[:, unused], codes[:, unused])  # weight: only the dimensions the probe reads
     assert (run_copy / PROBES / "shape=sphere.json").is_file()
     again = probe_for(run, "shape", "sphere", progress=False)  # read back, not fitted again
     assert torch.equal(again.weight, probe.weight) and again.sd == probe.sd
+    assert torch.equal(again.pattern, probe.pattern)
+
+
+def test_the_pattern_moves_the_codes_where_they_vary_with_the_factor():
+    """A factor the codes carry twice: broadly and noisily in dimension 0 (three units a step, as a
+    denoiser might read it) and precisely in dimension 1. The L1 probe reads dimension 1; moving
+    along its weights to another value leaves dimension 0 where it was, moving along its pattern
+    carries dimension 0 to the target value's codes, as a swap to that value would."""
+    rng = np.random.default_rng(0)
+    pos = rng.integers(0, 10, 2000).astype(float)
+    broad, precise = 3 * pos + rng.normal(0, 1, 2000), pos + rng.normal(0, 0.01, 2000)
+    codes = np.stack([broad, precise, rng.normal(size=2000)], 1).astype(np.float32)
+    factor = type("F", (), {"name": "hue", "values": tuple(range(10))})()
+    probe = probe_from_codes(codes, pos, factor, None)
+    assert abs(probe.weight[1]) > 10 * abs(probe.weight[0])  # the precise copy is what it reads
+    src = torch.from_numpy(codes[pos == 2][:50]).view(-1, 3, 1)
+    target = float(probe.score(torch.from_numpy(codes[pos == 7])).mean())
+    amounts = probe.amounts_to(src, target)
+    by_weight, by_pattern = probe.move(src, amounts, "weight"), probe.move(src, amounts, "pattern")
+    np.testing.assert_allclose(probe.score(by_pattern).numpy(), target, rtol=1e-3)
+    np.testing.assert_allclose(probe.score(by_weight).numpy(), target, rtol=1e-3)
+    assert float((by_weight - src)[:, 0].abs().max()) < 0.5  # the broad dimension stays near 6
+    assert abs(float(by_pattern[:, 0].mean()) - 21) < 0.5  # and moves to 21 along the pattern
+    assert float((by_pattern - src)[:, 2].abs().max()) < 0.2  # an unrelated one all but stays
 
 
 def test_l1_probe_is_sparse_and_refuses_a_single_class():
@@ -58,7 +83,11 @@ def test_cli_probe_edits_and_refusals(run_copy, tmp_path, capsys):
     out = tmp_path / "edit.png"
     base = ["counterfactual", str(run_copy), "--image", str(image), "--method", "probe", "--steps", "3"]
     assert main([*base, "--factor", "scale", "--amount", "2", "--out", str(out)]) == 0  # ordinal
-    assert out.is_file()
+    assert out.is_file() and "along its pattern" in capsys.readouterr().out
+    assert (
+        main([*base, "--factor", "scale", "--amount", "2", "--direction", "weight", "--out", str(out)]) == 0
+    )
+    assert "along its weight" in capsys.readouterr().out
     assert (
         main([*base, "--factor", "shape", "--set", "shape=sphere", "--amount", "1.5", "--out", str(out)]) == 0
     )
@@ -83,6 +112,11 @@ def test_cli_probe_edits_and_refusals(run_copy, tmp_path, capsys):
                 str(out),
             ],
             "--amount goes with --method probe",
+        ),
+        (
+            ["counterfactual", str(run_copy), "--image", str(image), "--set", "shape=cube"]
+            + ["--direction", "weight", "--out", str(out)],
+            "--direction goes with --method probe",
         ),
     ]:
         assert main(argv) == 2

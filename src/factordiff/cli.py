@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--method probe: how far to move, in standard deviations of the probe's score over "
         "training codes",
     )
+    p.add_argument(
+        "--direction",
+        choices=["pattern", "weight"],
+        help="--method probe: move along the probe's activation pattern, where the codes vary with the "
+        "factor (default), or along its weight vector, the shortest move",
+    )
     p.add_argument("--out", required=True, help="output .png")
     _edit_options(p)
     p.set_defaults(handler="cmd_counterfactual")

@@ -137,8 +137,10 @@ def cmd_counterfactual(args: argparse.Namespace) -> None:
         return _probe_counterfactual(args)
     if args.method == "classifier":
         return _classifier_counterfactual(args)
-    if args.amount is not None:
-        raise FactordiffError("--amount goes with --method probe")
+    if args.amount is not None or args.direction is not None:
+        raise FactordiffError(
+            f"{'--amount' if args.amount is not None else '--direction'} goes with --method probe"
+        )
     if not args.set and not (args.from_ and args.factor):
         raise FactordiffError("expected --set FACTOR=VALUE, or --from REF.png with --factor FACTOR")
     if bool(args.from_) != bool(args.factor):
@@ -211,9 +213,13 @@ def _probe_counterfactual(args: argparse.Namespace) -> None:
         guidance,
         strength,
         residual,
+        args.direction or "pattern",
     )[0]
     save_png(out if out.shape[2] != 1 else out[..., 0], Path(args.out), scale=1)
-    print(f"wrote {args.out} (probe {probe.info.get('kind')}, {probe.info.get('nonzero')} code dimensions)")
+    print(
+        f"wrote {args.out} (probe {probe.info.get('kind')}, {probe.info.get('nonzero')} code dimensions, "
+        f"along its {args.direction or 'pattern'})"
+    )
 
 
 def cmd_denoise(args: argparse.Namespace) -> None:

@@ -225,6 +225,13 @@ class DenoiserConfig:
             on [0, head_max_t T)): 1 reads every noise level, as classifier guidance needs; lower
             trains a classifier of nearly clean images (the semi-supervised Joint Diffusion reads
             its labelled batch at t = 1 of 1000).
+        head_augment: what happens to the head's labelled batch before it is noised, as the
+            semi-supervised Joint Diffusion augments its labelled loader (colour, crops, rotations
+            and MixUp there): ``dihedral`` turns and mirrors each image by one of the square's eight
+            symmetries (for data whose labels do not depend on the view, as cell crops; pixel space
+            only: a latent's turn is not the latent of the turned image); ``mixup`` blends half the
+            rows with another row of the batch (weight uniform in [0, 1]) and their cross-entropies
+            with the same weights (Zhang et al. 2018). Empty (the default): the batch as drawn.
         label_fraction: the share of training images whose labels the head sees (drawn once with
             the run's seed); the codes and the denoiser see every training image.
         control: channels of the data (by name, ``data.channels``) that condition the denoiser as
@@ -260,6 +267,7 @@ class DenoiserConfig:
     head_weight: float = 1.0
     head_batch: int = 32
     head_max_t: float = 1.0
+    head_augment: list[Literal["dihedral", "mixup"]] = field(default_factory=list)
     label_fraction: float = 1.0
     control: list[str] = field(default_factory=list)
     control_steps: int = 4000
@@ -833,6 +841,11 @@ def _check_ranges(obj: Any, where: str) -> None:
                 f"{where}.train.compile: not with train.precision bf16 and the tokens adapter (torch's "
                 "compiled bf16 cross-attention gives NaN gradients on CPU); drop one of them"
             )
+    if isinstance(obj, RunConfig) and "dihedral" in obj.denoiser.head_augment and obj.autoencoder.enabled:
+        raise FactordiffError(
+            f"{where}.denoiser.head_augment: dihedral needs pixel space (autoencoder.enabled false): "
+            "a turned latent is not the latent of the turned image"
+        )
     if isinstance(obj, SplitConfig) and obj.kind not in SPLIT_KINDS:
         raise FactordiffError(f"{where}.kind: expected one of {', '.join(SPLIT_KINDS)}, got {obj.kind!r}")
 

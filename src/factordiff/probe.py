@@ -4,11 +4,21 @@ direction of a sparse linear probe for one factor, and regenerate.
 The probe reads the factor from the whole code (every block, flattened), fitted on codes of
 training images only (held-out combinations never reach it): an L1 logistic regression, one value
 against the rest, for a categorical factor (toward the value ``--set F=V`` names); an L1 linear
-regression on the value's position for an ordinal one. ``amount`` A moves a code c to
-c + A * s * w / |w|^2, where w is the probe's weight vector and s the standard deviation of its
-score c . w over the training codes: the probe's score rises by exactly A standard deviations, and
-only the code dimensions the probe uses (w != 0) move. It works the same for supervised codes (the
-distiller's blocks) and unsupervised ones (the segments of the diffusion-driven encoder).
+regression on the value's position for an ordinal one. ``amount`` A raises the probe's score
+c . w + b by exactly A standard deviations s of the score over the training codes, along one of two
+directions:
+
+- ``pattern`` (the default): c + A * s * p, with p = Cov(c, score) / Var(score) over the training
+  codes, the probe's *activation pattern* (Haufe et al., NeuroImage 2014): the direction in which
+  the codes change as the factor does. w . p = 1, so the score rises by A s.
+- ``weight``: c + A * s * w / |w|^2, the shortest move that raises the score (Algorithm 3 read
+  literally); only the dimensions the probe uses (w != 0) move. A probe's weights are a *filter*:
+  an L1 probe picks the dimensions that read the factor most precisely, which need not be those
+  the denoiser reads it from, and on the shipped Shapes model this move leaves the images of the
+  ordinal factors unchanged (``benchmarks/probe_edits.py``).
+
+It works the same for supervised codes (the distiller's blocks) and unsupervised ones (the segments
+of the diffusion-driven encoder).
 
 Probes are kept in ``RUN/probes/`` (safetensors, and the JSON beside them saying what they were
 fitted on), so a second edit with the same probe fits nothing.
@@ -35,7 +45,8 @@ CS = (0.01, 0.1, 1.0, 10.0)  # the L1 logistic probe's inverse penalties, chosen
 @dataclass
 class Probe:
     """A linear probe on flattened codes: ``weight`` (blocks * D,), its score's ``sd`` over the
-    training codes, and what it reads (``factor``, ``value`` or None for an ordinal position)."""
+    training codes, what it reads (``factor``, ``value`` or None for an ordinal position) and its
+    activation ``pattern`` (blocks * D,; module docstring)."""
 
     weight: torch.Tensor
     bias: float
@@ -43,15 +54,24 @@ class Probe:
     factor: str
     value: str | None
     info: dict
+    pattern: torch.Tensor
 
     def score(self, codes: torch.Tensor) -> torch.Tensor:
         return codes.flatten(1).float() @ self.weight + self.bias
 
-    def move(self, codes: torch.Tensor, amount: float) -> torch.Tensor:
-        """``codes`` (N, blocks, D) moved so the probe's score rises by ``amount`` standard deviations."""
+    def move(
+        self, codes: torch.Tensor, amount: float | torch.Tensor, direction: str = "pattern"
+    ) -> torch.Tensor:
+        """``codes`` (N, blocks, D) moved along ``direction`` (``pattern`` or ``weight``) so the
+        probe's score rises by ``amount`` standard deviations (one number, or one per row)."""
         w = self.weight
-        step = amount * self.sd * w / float(w @ w)
-        return (codes.flatten(1) + step).reshape(codes.shape)
+        unit = self.pattern if direction == "pattern" else w / float(w @ w)
+        amount = torch.as_tensor(amount, dtype=torch.float32).reshape(-1, 1)
+        return (codes.flatten(1) + amount * self.sd * unit).reshape(codes.shape)
+
+    def amounts_to(self, codes: torch.Tensor, score: float) -> torch.Tensor:
+        """Per row of ``codes``, the amount that moves its score to ``score``."""
+        return (score - self.score(codes)) / self.sd
 
     def blocks(self, shape: tuple[int, int]) -> list[int]:
         """The code blocks the probe uses (some weight in them is non-zero)."""
@@ -115,31 +135,50 @@ def probe_for(run, factor: str, value: str | None = None, seed: int = 0, progres
     v = f.index(value) if categorical else None
     name = _name(f.name, f.values[v] if categorical else None)
     folder = Path(run.path) / PROBES
-    if (folder / f"{name}.safetensors").is_file():
-        t = load_tensors(folder / f"{name}.safetensors")
+    saved = load_tensors(folder / f"{name}.safetensors") if (folder / f"{name}.safetensors").is_file() else {}
+    if "pattern" in saved:  # (a probe saved before patterns existed is fitted again)
         meta = json.loads((folder / f"{name}.json").read_text())
-        return Probe(t["weight"], meta["bias"], meta["sd"], f.name, meta["value"], meta)
+        return Probe(saved["weight"], meta["bias"], meta["sd"], f.name, meta["value"], meta, saved["pattern"])
     data, split, train = run.data()
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(train), min(MAX_CODES, len(train)), replace=False))
     if progress:
         print(f"fitting the probe for {name} on the codes of {len(rows)} training images", flush=True)
     codes = model.codes(train.images[rows]).flatten(1).numpy()
-    y = (train.factors[rows, k] == v).astype(int) if categorical else train.factors[rows, k].astype(float)
+    probe = probe_from_codes(codes, train.factors[rows, k], f, v, seed)
+    atomic_save_tensors({"weight": probe.weight, "pattern": probe.pattern}, folder / f"{name}.safetensors")
+    atomic_write_json(folder / f"{name}.json", probe.info)
+    return probe
+
+
+def probe_from_codes(codes: np.ndarray, values: np.ndarray, f, v: int | None, seed: int = 0) -> Probe:
+    """The L1 probe of factor ``f`` on flattened training ``codes`` (N, F) whose values of ``f`` are
+    ``values`` (N,): toward value index ``v`` (one against the rest), or with ``v`` None the
+    position of an ordinal factor."""
+    categorical = v is not None
+    y = (values == v).astype(int) if categorical else values.astype(float)
     w, b, info = fit_probe(codes, y, categorical, seed)
     score = codes @ w + b
+    centred = score - score.mean()
+    pattern = (codes - codes.mean(0)).T @ centred / float(centred @ centred)
     meta = {
         "factor": f.name,
         "value": f.values[v] if categorical else None,
         "kind": "l1 logistic, one value against the rest" if categorical else "l1 linear on the position",
         "bias": b,
         "sd": float(score.std()),
-        "train_codes": int(len(rows)),
+        "train_codes": int(len(codes)),
         **info,
     }
-    atomic_save_tensors({"weight": torch.from_numpy(w)}, folder / f"{name}.safetensors")
-    atomic_write_json(folder / f"{name}.json", meta)
-    return Probe(torch.from_numpy(w), b, meta["sd"], f.name, meta["value"], meta)
+    return Probe(
+        torch.from_numpy(w),
+        b,
+        meta["sd"],
+        f.name,
+        meta["value"],
+        meta,
+        torch.from_numpy(pattern.astype(np.float32)),
+    )
 
 
 @torch.no_grad()
@@ -152,11 +191,12 @@ def probe_edit(
     guidance: float,
     strength: float,
     residual: bool | None = None,
+    direction: str = "pattern",
 ) -> np.ndarray:
     """``images`` (N, H, W, C) uint8 regenerated with their codes moved along ``probe`` by ``amount``
-    standard deviations (guidance on the blocks the probe uses)."""
+    standard deviations in ``direction`` (guidance on the blocks the probe uses)."""
     codes = model.codes(images)
-    new = probe.move(codes, amount)
+    new = probe.move(codes, amount, direction)
     used = probe.blocks(tuple(codes.shape[1:]))
     return model.edit(
         images, codes, new, steps, Guidance(factors={b: guidance for b in used}), strength, residual=residual

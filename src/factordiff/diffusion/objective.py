@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from factordiff.config import DenoiserConfig
 from factordiff.diffusion.condition import Condition
-from factordiff.diffusion.head import head_loss
+from factordiff.diffusion.head import augment, head_loss
 
 
 def noise_schedule(cfg: DenoiserConfig) -> DDPMScheduler:
@@ -80,14 +80,14 @@ class DiffusionStep(nn.Module):
     elements, as the regression's) of ``coind_residual`` for one random factor pair per row (the
     first ``cfg.coind_rows`` rows; None: all), on the same x_t and t and in the same forward pass
     as the regression. With the defaults the step draws exactly the random numbers it always did.
-    A denoiser with a classification head (``denoiser.head``) adds ``cfg.head_weight`` times the
-    head's cross-entropy on a batch of its own: ``cfg.head_batch`` images drawn each step from
-    ``labelled`` (``x``: the labelled share's images, ``labels``: their head factors' values),
-    noised at their own t (uniform below ``cfg.head_max_t`` of the schedule) and read with every
-    factor absent (``diffusion/head.py``). The head thus sees a full labelled batch every step
-    however small the labelled share, as the semi-supervised Joint Diffusion draws one from its
-    labelled loader; the diffusion loss still sees every image. Without a head the step draws
-    exactly the random numbers it always did.
+    A denoiser with a classification head (``denoiser.head``) adds ``cfg.head_weight`` times the head's
+    cross-entropy on a batch of its own: ``cfg.head_batch`` images drawn each step from ``labelled``
+    (``x``: the labelled share's images, ``labels``: their head factors' values), noised at their own t
+    (uniform below ``cfg.head_max_t`` of the schedule) and read with every factor absent
+    (``diffusion/head.py``), after ``cfg.head_augment``'s augmentations. The head thus sees a full
+    labelled batch every step however small the labelled share, as the semi-supervised Joint Diffusion
+    draws one from its labelled loader; the diffusion loss still sees every image. Without a head the step
+    draws exactly the random numbers it always did.
     """
 
     def __init__(
@@ -129,11 +129,14 @@ class DiffusionStep(nn.Module):
         """The head's cross-entropy on ``cfg.head_batch`` labelled images at their own noise levels."""
         x, labels = self.labelled["x"], self.labelled["labels"]
         rows = torch.randint(0, len(x), (self.cfg.head_batch,), generator=gen)
-        x0 = x[rows].to(device)
+        x0, y = x[rows].to(device), labels[rows].to(device)
+        mix = None
+        if self.cfg.head_augment:
+            x0, mix = augment(x0, y, self.cfg.head_augment, gen)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         top = max(1, round(self.cfg.head_max_t * self.cfg.num_train_timesteps))
         t = torch.randint(0, top, (len(x0),), generator=gen).to(device)
-        return head_loss(self.denoiser, self.schedule.add_noise(x0, noise, t), t, labels[rows].to(device))
+        return head_loss(self.denoiser, self.schedule.add_noise(x0, noise, t), t, y, mix)
 
     def _regression(self, x_t, t, target, codes, gen, control=None) -> tuple[torch.Tensor, dict[str, float]]:
         """The conditioned regression (with condition dropout and the CoInD term where asked);
