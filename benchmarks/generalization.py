@@ -3,6 +3,7 @@ of them on the interpolation, extrapolation and unseen-value splits, every row a
 denoiser budget; one row per run in ``benchmarks/results/generalization.json``.
 
     python benchmarks/generalization.py [--minutes 10] [--rows composition] [--best embed]
+        [--set distill.ordinal_dims=1]
 
 - ``composition`` rows (``--adapters``): object_hue x shape block held out (the quickstart's split).
   They start from the shipped quickstart model's distiller and autoencoder, which were trained on
@@ -16,8 +17,10 @@ Each row: ``adapter``, ``train_base``, ``split`` (what it holds out), ``guidance
 ``minutes`` (denoiser stages), ``samples_all_right`` (seen and held-out), ``edits_all_right``,
 ``effectiveness`` and ``preservation`` (held-out single-factor edits), ``pairs_all_right``
 (two-factor edits into a held-out combination), ``probe_r2`` (held-out: the mean R^2 of a linear
-read-out of each factor from the distiller's codes) and ``command``. Rows of the same (split,
-adapter, base) replace earlier ones; ``--table`` prints the README table.
+read-out of each factor from the distiller's codes) and ``command``. ``--set KEY=VALUE`` (JSON
+values, repeatable) changes the rows' config: a lever, recorded as the row's ``levers`` and kept
+beside the rows without it. Rows of the same (split, adapter, base, levers) replace earlier ones;
+``--table`` prints the README table.
 """
 
 from __future__ import annotations
@@ -73,7 +76,17 @@ def _steps(out: Path, stage: str) -> int:
     return sum(1 for _ in log.open()) if log.is_file() else 0
 
 
-def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> dict:
+def run_folder(work: Path, split: str, adapter: str, base: str, levers: dict) -> Path:
+    """A row's run folder: split, adapter, base and each lever."""
+    return work / "-".join(
+        [split, adapter, base, *(f"{k}={json.dumps(v)}" for k, v in sorted(levers.items()))]
+    )
+
+
+def run_row(
+    split: str, adapter: str, base: str, minutes: float, work: Path, levers: dict | None = None
+) -> dict:
+    levers = levers or {}
     over = {
         **SPLITS[split],
         "data.source": "shapes",
@@ -91,8 +104,8 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
     over["train.minutes"] = minutes + ENCODING_MINUTES if shipped else minutes / SHARES["denoiser.budget"]
     if not shipped:
         over.update(SHARES)
-    cfg = load_config(None, over)
-    out = work / f"{split}-{adapter}-{base}"
+    cfg = load_config(None, {**over, **levers})
+    out = run_folder(work, split, adapter, base, levers)
     if out.exists():
         shutil.rmtree(out)
     if shipped:
@@ -116,12 +129,14 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
         base,
         "--minutes",
         f"{over['train.minutes']:g}",
+        *(arg for k, v in sorted(levers.items()) for arg in ("--set", f"{k}={json.dumps(v)}")),
     ]
     return {
         "split": split,
         "heldout": json.loads((out / "split.json").read_text()).get("description"),
         "adapter": adapter,
         "train_base": base == "joint",
+        "levers": levers,
         "guidance_form": m.get("samples_guidance", {}).get("form", "joint"),
         "sample_guidance": m.get("samples_guidance", {}).get("weight"),
         "minutes": minutes,
@@ -145,6 +160,11 @@ def run_row(split: str, adapter: str, base: str, minutes: float, work: Path) -> 
         "command": shlex.join(command)
         + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else ""),
     }
+
+
+def _row_key(r: dict) -> tuple:
+    """Rows of the same key replace each other."""
+    return r["split"], r["adapter"], r["train_base"], json.dumps(r.get("levers", {}), sort_keys=True)
 
 
 def probe_summary(readout: dict) -> dict:
@@ -191,7 +211,8 @@ def table(rows: list[dict]) -> str:
 def rescore(previous: dict, work: Path) -> None:
     """Recompute ``probe_r2``/``probe_mae`` of every row whose run folder is in ``work``."""
     for row in previous["rows"]:
-        run = work / f"{row['split']}-{row['adapter']}-{'joint' if row['train_base'] else 'frozen'}"
+        base = "joint" if row["train_base"] else "frozen"
+        run = run_folder(work, row["split"], row["adapter"], base, row.get("levers", {}))
         if not (run / "model").is_dir():
             continue
         cfg, model = load_model(run)
@@ -226,6 +247,13 @@ def main() -> None:
     ap.add_argument("--base", choices=["joint", "frozen"], default="joint")
     ap.add_argument("--work", default="runs/bench-generalization")
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config field of every row this call runs (a lever; JSON value), e.g. distill.ordinal_dims=1",
+    )
+    ap.add_argument(
         "--table", action="store_true", help="print the README table from the results file and stop"
     )
     ap.add_argument(
@@ -247,12 +275,7 @@ def main() -> None:
     rows = list(previous["rows"])
 
     def record(row: dict) -> None:
-        rows[:] = [
-            r
-            for r in rows
-            if (r["split"], r["adapter"], r["train_base"])
-            != (row["split"], row["adapter"], row["train_base"])
-        ] + [row]
+        rows[:] = [r for r in rows if _row_key(r) != _row_key(row)] + [row]
         atomic_write_json(
             RESULTS,
             {
@@ -265,10 +288,11 @@ def main() -> None:
         )
         print(table([row]), flush=True)
 
+    levers = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     wanted = a.rows.split(",")
     if "composition" in wanted:
         for adapter in a.adapters.split(","):
-            record(run_row("composition", adapter, a.base, a.minutes, work))
+            record(run_row("composition", adapter, a.base, a.minutes, work, levers))
     best = (
         a.best
         or max(
@@ -278,7 +302,7 @@ def main() -> None:
         )["adapter"]
     )
     for split in [s for s in wanted if s != "composition"]:
-        record(run_row(split, best, a.base, a.minutes, work))
+        record(run_row(split, best, a.base, a.minutes, work, levers))
     print(f"wrote {RESULTS}")
 
 

@@ -324,7 +324,8 @@ def generalization_section() -> list[str]:
             [
                 r["split"],
                 r["heldout"],
-                r["adapter"],
+                r["adapter"]
+                + "".join(f", {k} = {json.dumps(v)}" for k, v in sorted(r.get("levers", {}).items())),
                 "joint" if r["train_base"] else "frozen",
                 r["encoders"],
                 f"{r['minutes']:g}",
@@ -346,7 +347,8 @@ def generalization_section() -> list[str]:
                 else "prototypes",
             ]
         )
-        cmds.append(f"- {r['split']}, {r['adapter']}: {code(r['command'])}")
+        lever = "".join(f", {k} = {json.dumps(v)}" for k, v in sorted(r.get("levers", {}).items()))
+        cmds.append(f"- {r['split']}, {r['adapter']}{lever}: {code(r['command'])}")
     out += table(
         [
             "split",
@@ -1964,7 +1966,11 @@ def joint_section() -> list[str]:
         "*balanced*: mean per-class recall; *majority*: the most frequent class's share. The head trains",
         "at t uniform over the whole schedule (`denoiser.head_max_t` 1, as classifier guidance needs)",
         "unless the row names `head_max_t` (0.1: nearly clean images, as the semi-supervised Joint",
-        "Diffusion reads its labelled batch); the CNN is the same in both rows of a seed.",
+        "Diffusion reads its labelled batch); the CNN is the same in both rows of a seed. A row naming",
+        "`augment` (`denoiser.head_augment`: each labelled image turned and mirrored by one of the",
+        "square's eight symmetries, half the batch blended by MixUp, as the reference augments its",
+        "labelled loader) gives the CNN's batches the same augmentation; a row naming steps trained",
+        "the joint model's denoiser that many steps (the CNN keeps its own budget).",
         "",
     ]
     rows = []
