@@ -129,7 +129,6 @@ def run_row(
         base,
         "--minutes",
         f"{over['train.minutes']:g}",
-        *(arg for k, v in sorted(levers.items()) for arg in ("--set", f"{k}={json.dumps(v)}")),
     ]
     return {
         "split": split,
@@ -157,7 +156,10 @@ def run_row(
         "edit_strength": cf.get("edit_strength"),
         "edit_steps": cf.get("steps"),
         **probe,
-        "command": shlex.join(command)
+        # a lever is no flag of `factordiff fit`: such a row names the benchmark call that made it
+        "command": "python " + shlex.join(sys.argv)
+        if levers
+        else shlex.join(command)
         + ("  # from the shipped distiller and autoencoder: benchmarks/generalization.py" if shipped else ""),
     }
 
