@@ -134,8 +134,9 @@ def main() -> None:
     if shipped is None:
         sys.exit("the shipped 32x32 quickstart model is missing from the package")
     run = Path(a.work) / "quickstart"
-    if not (run / "model").is_dir():
-        shutil.copytree(shipped, run, dirs_exist_ok=True)
+    # the shipped model and its config, fresh each call (a copy left by an older release would edit
+    # at that release's settings); the oracles kept beside them are not touched
+    shutil.copytree(shipped, run, dirs_exist_ok=True)
     cfg, model = load_model(run)
     data, _, _ = prepare_data(cfg)
     split = make_split(data.spec, cfg.split)

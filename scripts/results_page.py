@@ -1939,8 +1939,9 @@ def probe_edits_section() -> list[str]:
     return out + [
         f"Probes (dimensions kept of the code, 3-fold CV on training codes): {probes}.",
         "",
-        "The distiller codes each value of a factor as a tight cluster of its own (spread about 1 around",
-        "the prototype, prototypes 15-20 apart; the ordinal axis is one dimension of four): a probe reads",
+        "The distiller codes each value of a factor as a tight cluster of its own (a code lies about 1",
+        "from its value's prototype, 16-20 on average from another value's; the ordinal axis is one",
+        "dimension of the block's four, measured on orientation, floor hue and shape): a probe reads",
         "the position almost perfectly, but no straight move carries a code from one cluster onto another,",
         "so the ordinal factors' probe edits mostly leave the image's value where it was; shape, one",
         "value against the rest, moves. The swap, which sets the block to the target's prototype, is the",

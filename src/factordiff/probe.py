@@ -14,8 +14,12 @@ directions:
 - ``weight``: c + A * s * w / |w|^2, the shortest move that raises the score (Algorithm 3 read
   literally); only the dimensions the probe uses (w != 0) move. A probe's weights are a *filter*:
   an L1 probe picks the dimensions that read the factor most precisely, which need not be those
-  the denoiser reads it from, and on the shipped Shapes model this move leaves the images of the
-  ordinal factors unchanged (``benchmarks/probe_edits.py``).
+  the denoiser reads it from.
+
+Neither straight move carries a code from one value's cluster to another's where the codes cluster
+by value, as the supervised distiller's do: on the shipped Shapes model probe edits change shape
+(one value against the rest) but seldom the ordinal factors, where the swap to the value's
+prototype is the edit (``benchmarks/probe_edits.py``).
 
 It works the same for supervised codes (the distiller's blocks) and unsupervised ones (the segments
 of the diffusion-driven encoder).
