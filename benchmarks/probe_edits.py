@@ -48,24 +48,20 @@ import torch
 from factordiff.checkpoint import atomic_write_json
 from factordiff.data.sources import prepare_data
 from factordiff.data.splits import make_split
-from factordiff.diffusion.guidance import Guidance
 from factordiff.evaluate.counterfactual import Edits, get_oracle, plan_edits, run_edits, score_edits
 from factordiff.models.runs import load_model
-from factordiff.probe import MAX_CODES, Probe, probe_from_codes
+from factordiff.probe import Probe, probe_edit, probe_from_codes, training_codes
 from factordiff.quickstart import pretrained_run
 
 RESULTS = Path(__file__).parent / "results" / "probe_edits.json"
 
 
 class Probes:
-    """Every probe an edit plan needs, fitted on the codes of ``MAX_CODES`` training images, and the
+    """Every probe an edit plan needs, fitted on the codes of ``probe.MAX_CODES`` training images, and the
     mean probe score of each target value over those codes."""
 
     def __init__(self, model, train, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(len(train), min(MAX_CODES, len(train)), replace=False))
-        self.codes = model.codes(train.images[rows])
-        self.values = train.factors[rows]
+        self.codes, self.values = training_codes(model, train, seed)
         self.spec, self.seed = train.spec, seed
         self.cache: dict[tuple[int, int | None], Probe] = {}
 
@@ -89,11 +85,9 @@ def probe_edits(model, data, edits: Edits, probes: Probes, gain: float, directio
     for k, v in sorted({(int(k), int(v)) for k, v in pairs}):
         rows = np.flatnonzero((pairs[:, 0] == k) & (pairs[:, 1] == v))
         probe, target = probes.get(k, v)
-        codes = model.codes(src[rows])
-        new = probe.move(codes, gain * probe.amounts_to(codes, target), direction)
-        used = probe.blocks(tuple(codes.shape[1:]))
-        out[rows] = model.edit(
-            src[rows], codes, new, e.steps, Guidance(factors={b: e.guidance for b in used}), e.edit_strength
+        amounts = gain * probe.amounts_to(model.codes(src[rows]), target)
+        out[rows] = probe_edit(
+            model, src[rows], probe, amounts, e.steps, e.guidance, e.edit_strength, None, direction
         )
     return out
 

@@ -144,15 +144,22 @@ def probe_for(run, factor: str, value: str | None = None, seed: int = 0, progres
         meta = json.loads((folder / f"{name}.json").read_text())
         return Probe(saved["weight"], meta["bias"], meta["sd"], f.name, meta["value"], meta, saved["pattern"])
     data, split, train = run.data()
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(train), min(MAX_CODES, len(train)), replace=False))
     if progress:
-        print(f"fitting the probe for {name} on the codes of {len(rows)} training images", flush=True)
-    codes = model.codes(train.images[rows]).flatten(1).numpy()
-    probe = probe_from_codes(codes, train.factors[rows, k], f, v, seed)
+        n = min(MAX_CODES, len(train))
+        print(f"fitting the probe for {name} on the codes of {n} training images", flush=True)
+    codes, values = training_codes(model, train, seed)
+    probe = probe_from_codes(codes.flatten(1).numpy(), values[:, k], f, v, seed)
     atomic_save_tensors({"weight": probe.weight, "pattern": probe.pattern}, folder / f"{name}.safetensors")
     atomic_write_json(folder / f"{name}.json", probe.info)
     return probe
+
+
+def training_codes(model, train, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """The codes (N, blocks, D) of at most ``MAX_CODES`` training images drawn with ``seed``, and
+    their value indices (N, factors): what a probe is fitted on."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(train), min(MAX_CODES, len(train)), replace=False))
+    return model.codes(train.images[rows]), train.factors[rows]
 
 
 def probe_from_codes(codes: np.ndarray, values: np.ndarray, f, v: int | None, seed: int = 0) -> Probe:
@@ -190,7 +197,7 @@ def probe_edit(
     model,
     images: np.ndarray,
     probe: Probe,
-    amount: float,
+    amount: float | torch.Tensor,
     steps: int,
     guidance: float,
     strength: float,
@@ -198,7 +205,8 @@ def probe_edit(
     direction: str = "pattern",
 ) -> np.ndarray:
     """``images`` (N, H, W, C) uint8 regenerated with their codes moved along ``probe`` by ``amount``
-    standard deviations in ``direction`` (guidance on the blocks the probe uses)."""
+    standard deviations (one number, or one per image) in ``direction`` (guidance on the blocks the
+    probe uses)."""
     codes = model.codes(images)
     new = probe.move(codes, amount, direction)
     used = probe.blocks(tuple(codes.shape[1:]))

@@ -106,14 +106,13 @@ def head_loss(
     """Mean over head factors of the cross-entropy of ``labels`` (N, H) value indices; with ``mix``
     (``augment``'s partner labels and weights), each row's cross-entropies blended by its weight."""
     logits = classify(denoiser, x_t, t)
-    if mix is None:
-        return sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits)) / len(logits)
-    partner, lam = mix
     total = 0.0
     for i, lg in enumerate(logits):
-        own = F.cross_entropy(lg, labels[:, i], reduction="none")
-        other = F.cross_entropy(lg, partner[:, i], reduction="none")
-        total = total + (lam * own + (1 - lam) * other).mean()
+        ce = F.cross_entropy(lg, labels[:, i], reduction="none")
+        if mix is not None:
+            partner, lam = mix
+            ce = lam * ce + (1 - lam) * F.cross_entropy(lg, partner[:, i], reduction="none")
+        total = total + ce.mean()
     return total / len(logits)
 
 
@@ -124,18 +123,18 @@ def augment(
     image by 0-3 quarter turns after mirroring it or not; ``mixup`` blends each row, with
     probability 1/2, with another row of the batch by a weight uniform in [0, 1]. Returns the images
     and, with ``mixup``, (partner labels, weights) for ``head_loss``."""
-    n = len(x)
+    n, rows = len(x), (-1,) + (1,) * (x.ndim - 1)
     if "dihedral" in ops:
-        turns = torch.randint(0, 4, (n,), generator=gen)
+        turns = torch.randint(0, 4, (n,), generator=gen).to(x.device)
         mirror = torch.randint(0, 2, (n,), generator=gen).bool().to(x.device)
-        x = torch.where(mirror.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
-        x = torch.stack([xi.rot90(int(k), (-2, -1)) for xi, k in zip(x, turns)])
+        x = torch.where(mirror.view(rows), x.flip(-1), x)
+        x = sum(torch.where((turns == k).view(rows), x.rot90(k, (-2, -1)), 0) for k in range(4))
     if "mixup" not in ops:
         return x, None
     partner = torch.randperm(n, generator=gen)
     lam = torch.where(torch.rand(n, generator=gen) < 0.5, torch.rand(n, generator=gen), torch.ones(n))
     lam = lam.to(x.device)
-    mixed = lam.view(-1, *[1] * (x.ndim - 1)) * x + (1 - lam.view(-1, *[1] * (x.ndim - 1))) * x[partner]
+    mixed = lam.view(rows) * x + (1 - lam.view(rows)) * x[partner]
     return mixed, (labels[partner.to(labels.device)], lam)
 
 
