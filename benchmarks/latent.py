@@ -1,10 +1,22 @@
 """Latent-space numbers on the Shapes replica: disentanglement_lib metrics of the supervised
 distiller and of the unsupervised encoder, written to benchmarks/results/latent.json.
 
-    python benchmarks/latent.py [--part distiller|unsupervised|both] [--size 64]
-                                [--unsupervised-minutes 60] [--out runs/latent]
+    python benchmarks/latent.py [--part distiller|unsupervised|both] [--size 32]
+                                [--retrain] [--base shapes32] [--unsupervised-minutes 60]
+                                [--out runs/latent]
 
-Each part replaces its own entry in the results file and keeps the other's.
+Each part replaces its own entry in the results file and keeps the others': ``distiller`` and
+``unsupervised`` at 32x32, ``distiller_64`` and ``unsupervised_64`` at 64x64. ``--set KEY=VALUE``
+(JSON values, repeatable; with ``--retrain``) trains the unsupervised encoder with a lever: its row
+goes to ``unsupervised_levers`` (one row per size, base, budget and set of levers, the row without
+levers included when asked for with ``--set none``), never to the main entry, so that levers are
+compared at one budget and only the one kept is trained long and shipped.
+
+At 32x32 the shipped models are scored as they are, without training: the quickstart's distiller
+(``pretrained/shapes32``) and the unsupervised encoder trained on its frozen denoiser
+(``pretrained/shapes32-unsupervised``). ``--retrain`` (and any other size) trains them here: the
+distiller from scratch, the unsupervised encoder from scratch or, with ``--base RUN`` (a supervised
+run folder or a shipped model's name), on that run's frozen autoencoder and denoiser.
 
 Codes of 15,000 replica images (10,000 train / 5,000 test points as disentanglement_lib uses),
 nothing held out (as disentanglement papers train on the whole grid). The replica is factordiff's
@@ -19,6 +31,7 @@ import json
 import shlex
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,6 +40,7 @@ from factordiff.config import load_config
 from factordiff.data.shapes import replica
 from factordiff.evaluate.analysis import code_metrics
 from factordiff.fit import fit
+from factordiff.models.images import FactorModel
 
 OUT = Path(__file__).parent / "results" / "latent.json"
 PUBLISHED = {  # Shapes3D, as reported by the papers
@@ -42,54 +56,111 @@ def scores(model, size: int, n: int, seed: int) -> dict:
     return code_metrics(codes, data.factors, scale=1.0, seed=0, progress=True)
 
 
+def shipped(name: str) -> Path:
+    return Path(str(resources.files("factordiff") / "pretrained" / name))
+
+
+def entry(net, size: int, command: str, **extra) -> dict:
+    """The results row of the codes of ``net`` (a FactorModel) on fresh ``size`` x ``size`` replica images."""
+    return {"command": command, "size": size, **extra, **scores(net, size, 15000, seed=101)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--images", type=int, default=60000, help="training images rendered")
     ap.add_argument("--unsupervised-minutes", type=float, default=60.0)
+    ap.add_argument("--unsupervised-steps", type=int, default=None, help="cap on the encoder's steps")
+    ap.add_argument(
+        "--base", default=None, help="train the unsupervised encoder on this run's frozen denoiser"
+    )
+    ap.add_argument(
+        "--retrain", action="store_true", help="train at 32x32 instead of scoring the shipped models"
+    )
     ap.add_argument("--part", choices=("distiller", "unsupervised", "both"), default="both")
     ap.add_argument("--out", default="runs/latent")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted training run in --out")
+    ap.add_argument(
+        "--set", action="append", default=[], help="KEY=VALUE: a lever of the unsupervised encoder (JSON)"
+    )
     args = ap.parse_args()
+    if args.set and not (args.retrain or args.size != 32):
+        ap.error("--set: a lever needs a training run (--retrain)")
     torch.set_num_threads(2)
     out = Path(args.out)
     command = "python " + shlex.join(sys.argv)
     results: dict = json.loads(OUT.read_text()) if OUT.is_file() else {}
     results |= {
-        "size": args.size,
         "points": 15000,
         "published_shapes3d": PUBLISHED,
         "note": "factordiff's procedural replica of 3D Shapes, not the original dataset",
     }
+    suffix = "" if args.size == 32 else f"_{args.size}"
+    train = args.retrain or args.size != 32
     common = {"data.size": args.size, "data.n": args.images, "split.kind": "none", "train.threads": 2}
     if args.part in ("distiller", "both"):
-        t = time.time()
-        over = {**common, "distill.ordinal_dims": 1}  # one axis per ordinal factor (see the README)
-        sup = fit(load_config(None, over), out / "distiller", progress=True, encoder_only=True)
-        results["distiller"] = {
-            "train_seconds": round(time.time() - t),
-            "command": command,
-            "config": over,
-            **scores(sup.model, args.size, 15000, seed=101),
-        }
+        if train:
+            t = time.time()
+            over = {**common, "distill.ordinal_dims": 1}  # one axis per ordinal factor (see the README)
+            sup = fit(
+                load_config(None, over),
+                out / f"distiller{suffix}",
+                args.resume,
+                progress=True,
+                encoder_only=True,
+            )
+            row = {"train_seconds": round(time.time() - t), "config": over}
+            results[f"distiller{suffix}"] = entry(sup.model, args.size, command, **row)
+        else:
+            model = FactorModel.load(shipped("shapes32") / "model")
+            row = {
+                "model": "pretrained/shapes32",
+                "config": json.loads((shipped("shapes32") / "run_config.json").read_text())["distill"],
+            }
+            results["distiller"] = entry(model, 32, command, **row)
     if args.part in ("unsupervised", "both"):
-        over = {
-            **common,
-            "unsupervised.enabled": True,
-            "train.minutes": args.unsupervised_minutes,
-            "autoencoder.block_out_channels": [32, 64, 128, 128] if args.size == 64 else [32, 64, 128],
-        }
-        t = time.time()
-        uns = fit(load_config(None, over), out / "unsupervised", progress=True)
-        results["unsupervised"] = {
-            "train_seconds": round(time.time() - t),
-            "command": command,
-            "config": over,
-            "factor_blocks": uns.model.factor_blocks,
-            **scores(uns.model, args.size, 15000, seed=101),
-        }
+        if train:
+            over = {
+                **common,
+                "unsupervised.enabled": True,
+                "train.minutes": args.unsupervised_minutes,
+            }
+            if args.unsupervised_steps:
+                over["unsupervised.steps"] = args.unsupervised_steps
+            if args.base:
+                over["unsupervised.base"] = args.base
+            else:
+                over["autoencoder.block_out_channels"] = (
+                    [32, 64, 128, 128] if args.size == 64 else [32, 64, 128]
+                )
+            levers = {k: json.loads(v) for k, v in (i.split("=", 1) for i in args.set if i != "none")}
+            over.update(levers)
+            name = f"unsupervised{suffix}" + "".join(
+                f"-{k}={json.dumps(v)}" for k, v in sorted(levers.items())
+            )
+            name += "-levers" if args.set else ""
+            t = time.time()
+            uns = fit(load_config(None, over), out / name, args.resume, progress=True)
+            row = {"train_seconds": round(time.time() - t), "config": over}
+            model = uns.model
+        else:
+            folder = shipped("shapes32-unsupervised")
+            model = FactorModel.load(folder / "model")
+            row = {
+                "model": "pretrained/shapes32-unsupervised",
+                "config": json.loads((folder / "run_config.json").read_text())["unsupervised"],
+            }
+        row = entry(model, args.size, command, factor_blocks=model.factor_blocks, **row)
+        if args.set:
+            row["levers"] = levers
+            same = ("size", "levers", "config")
+            kept = [r for r in results.get("unsupervised_levers", []) if any(r[k] != row[k] for k in same)]
+            results["unsupervised_levers"] = kept + [row]
+        else:
+            results[f"unsupervised{suffix}"] = row
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    for name in ("distiller", "unsupervised"):
+    for name in ("distiller", "unsupervised", "distiller_64", "unsupervised_64"):
         if name in results:
             for variant in ("raw", "first_pc"):
                 r = results[name].get(variant)

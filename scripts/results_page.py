@@ -471,34 +471,73 @@ LATENT_COLUMNS = [
 ]
 
 
+LATENT_ENTRIES = [
+    ("distiller", "distiller"),
+    ("unsupervised", "unsupervised encoder"),
+    ("distiller_64", "distiller"),
+    ("unsupervised_64", "unsupervised encoder"),
+]
+
+
 def latent_section() -> list[str]:
     d = load("latent.json")
-    out = provenance(d, "latent.json", [d["distiller"]["command"], d["unsupervised"]["command"]])
-    st = d["distiller"]["raw"]["settings"]
+    entries = [(key, name) for key, name in LATENT_ENTRIES if key in d]
+    out = provenance(d, "latent.json", [d[key]["command"] for key, _ in entries])
+    st = d[entries[0][0]]["raw"]["settings"]
     out += [
-        f"Codes of {d['points']:,} fresh {d['size']}x{d['size']} replica images scored with",
+        f"Codes of {d['points']:,} fresh replica images (at each model's size) scored with",
         f"disentanglement_lib's protocols (seed {st['seed']}; DCI {st['dci']['num_train']:,} / "
         f"{st['dci']['num_test']:,} points, MIG {st['mig']['num_bins']} bins, FactorVAE batches of "
         f"{st['factorvae']['batch_size']} with dimensions of std < {st['factorvae']['prune_std']} pruned),",
         "raw and with each code block reduced to its first principal component. Nothing is held out.",
-        f"Note: {d['note']}; the published rows are for the original Shapes3D and are indications only.",
+        f"Note: {d['note']}; the published rows are for the original Shapes3D (64x64) and are",
+        "indications only.",
         "",
     ]
     rows = []
-    for part, name in (("distiller", "distiller"), ("unsupervised", "unsupervised encoder")):
-        p = d[part]
+    for key, name in entries:
+        p = d[key]
+        size = f"{p['size']}x{p['size']}"
         for reading, rname in (
             ("raw", f"raw {p['raw']['settings']['code_dims']} dims"),
             ("first_pc", "first PC per block"),
         ):
-            rows.append([f"{name}, {rname}"] + [f3(p[reading][k]) for k, _ in LATENT_COLUMNS])
+            rows.append([f"{name} {size}, {rname}"] + [f3(p[reading][k]) for k, _ in LATENT_COLUMNS])
     for name, figs in sorted(d["published_shapes3d"].items()):
         rows.append([f"{name} (Shapes3D, published)"] + [f3(figs.get(k)) for k, _ in LATENT_COLUMNS])
     out += table(["codes"] + [c for _, c in LATENT_COLUMNS], rows)
-    for part in ("distiller", "unsupervised"):
-        p = d[part]
+    for key, name in entries:
+        p = d[key]
         cfg = ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in sorted(p["config"].items()))
-        out.append(f"- {part}: trained in {p['train_seconds'] / 60:.1f} minutes; config {cfg}.")
+        if "model" in p:
+            out.append(
+                f"- {name} {p['size']}x{p['size']}: the shipped `{p['model']}`, scored as shipped "
+                f"(its README names the training command); `{key.split('_')[0]}` config {cfg}."
+            )
+        else:
+            out.append(
+                f"- {name} {p['size']}x{p['size']}: trained in {p['train_seconds'] / 60:.1f} minutes; "
+                f"config {cfg}."
+            )
+    levers = d.get("unsupervised_levers", [])
+    if levers:
+        out += [
+            "",
+            "Levers of the unsupervised encoder (`--retrain --set KEY=VALUE`), each trained at the same",
+            "budget beside the row without levers (`--set none`); raw codes:",
+            "",
+        ]
+        rows = [
+            [
+                ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in sorted(r["levers"].items())) or "none",
+                f"{r['size']}x{r['size']}",
+                f"{r['train_seconds'] / 60:.0f}",
+                code(r["command"]),
+            ]
+            + [f3(r["raw"][k]) for k in ("dci_disentanglement", "mig", "factorvae")]
+            for r in levers
+        ]
+        out += table(["levers", "size", "minutes", "command", "DCI dis.", "MIG", "FactorVAE"], rows)
     return out + [""]
 
 

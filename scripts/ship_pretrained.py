@@ -1,6 +1,6 @@
 """Copy a finished run into the package as the quickstart's pretrained starting point.
 
-    python scripts/ship_pretrained.py RUN [--data shapes|cellsim] [--size 32] [--oracle RUN2]
+    python scripts/ship_pretrained.py RUN [--data shapes|cellsim] [--size 32] [--oracle RUN2] [--name NAME]
     python scripts/ship_pretrained.py --prototypes-only [--data shapes|cellsim] [--size 32]
 
 Writes ``src/factordiff/pretrained/{data}{size}/``: the run's config, split, full training log and
@@ -12,6 +12,9 @@ stored as float32. ``--prototypes-only`` does only that last step on the shipped
 README in that folder names the command that trained the run. ``--oracle RUN2`` also ships the
 evaluation oracle that ``factordiff evaluate RUN2`` trained (``RUN2/oracle``: weights and its
 accuracy on fresh renders), so the quickstart judges with it instead of training one.
+``--name NAME`` ships to ``pretrained/NAME`` instead. An unsupervised run trained on a shipped
+model's frozen denoiser (``unsupervised.base``) ships without the weights it shares with that base
+(its autoencoder, and the base inside its denoiser): ``FactorModel.load`` takes them from the base.
 """
 
 from __future__ import annotations
@@ -39,9 +42,19 @@ def ship_weights(run: Path, dest: Path) -> dict:
     (dest / "model").mkdir(parents=True)
     for name in ("run_config.json", "split.json", "train_log.jsonl"):
         shutil.copy2(run / name, dest / name)
+    base = read_json(run / "run_config.json")["unsupervised"].get("base")
+    shared = (
+        base is not None and "/" not in base and (PACKAGE / base).is_dir()
+    )  # the base ships too: don't copy its weights
     for f in sorted((run / "model").iterdir()):
+        if shared and f.stem == "autoencoder":
+            continue
         if f.suffix == ".safetensors" and f.stem in HALF:
-            state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_tensors(f).items()}
+            state = {
+                k: (v.half() if v.is_floating_point() else v)
+                for k, v in load_tensors(f).items()
+                if not (shared and k.startswith("base."))
+            }
             atomic_save_tensors(state, dest / "model" / f.name)
         else:
             shutil.copy2(f, dest / "model" / f.name)
@@ -79,13 +92,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--data", choices=["shapes", "cellsim"], default="shapes")
     ap.add_argument("--oracle", type=Path, help="a run whose trained oracle (RUN/oracle) ships too")
+    ap.add_argument("--name", help="the shipped folder's name (default: DATA then SIZE, e.g. shapes32)")
     ap.add_argument(
         "--prototypes-only",
         action="store_true",
         help="only recompute the shipped model's prototypes from its training images",
     )
     args = ap.parse_args()
-    dest = PACKAGE / f"{args.data}{args.size}"
+    dest = PACKAGE / (args.name or f"{args.data}{args.size}")
     if (args.run is None) != args.prototypes_only:
         raise SystemExit("pass RUN, or --prototypes-only without RUN")
     report = {"shipped": str(dest)}

@@ -86,3 +86,122 @@ def test_unsupervised_fit_uses_no_labels_and_fits_the_model_interfaces(tmp_path,
     assert out.shape == images.shape
     meta = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert meta["factor_blocks"] == model.factor_blocks
+
+
+UNSUP_TINY = {
+    "unsupervised.enabled": True,
+    "unsupervised.steps": 4,
+    "unsupervised.branch_channels": [16, 32],
+    "unsupervised.segments": 3,
+    "unsupervised.code_dims": 2,
+    "unsupervised.width": 8,
+    "unsupervised.batch_size": 16,
+}
+
+
+def test_the_encoder_trains_on_a_supervised_runs_frozen_denoiser_through_its_null_tokens(tiny_run, tmp_path):
+    import shutil
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from factordiff.errors import FactordiffError
+    from factordiff.fit import fit
+    from factordiff.models.images import FactorModel
+
+    source = FactorModel.load(tiny_run / "model")
+    cfg = tiny_config(**UNSUP_TINY, **{"unsupervised.base": str(tiny_run), "denoiser.steps": 1})
+    result = fit(cfg, tmp_path / "run", progress=False)
+    stages = {json.loads(line)["stage"] for line in (tmp_path / "run" / "train_log.jsonl").open()}
+    assert stages == {"encoder"}  # no autoencoder, no base: they are the source run's
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert saved["unsupervised"]["base_blocks"] == len(source.spec) == 6
+    assert saved["denoiser"]["steps"] == source.config.denoiser.steps  # the base's section, not --set's
+    model = result.model
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([5, 500, 990])
+    absent = Condition(torch.randn(3, 6, 2), torch.zeros(3, 6, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.equal(model.denoiser.base(x, t), source.denoiser(x, t, absent))
+    images = result.train.images[:4]
+    assert torch.equal(model.latents(images), source.latents(images))  # the source's autoencoder
+    assert model.codes(images).shape == (4, 3, 2)
+
+    # a folder saved without the weights it shares with its base reads them from the base
+    lean = tmp_path / "lean"
+    shutil.copytree(tmp_path / "run" / "model", lean)
+    (lean / "autoencoder.safetensors").unlink()
+    state = load_file(lean / "denoiser.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("base.")}, lean / "denoiser.safetensors")
+    again = FactorModel.load(lean)
+    with torch.no_grad():
+        cond = Condition.full(model.codes(images))
+        xt = torch.randn(4, 4, 8, 8)
+        tt = torch.full((4,), 700)
+        assert torch.equal(again.denoiser(xt, tt, cond), model.denoiser(xt, tt, cond))
+    assert torch.equal(again.latents(images), model.latents(images))
+
+    for over, message in (
+        ({"unsupervised.base": str(tmp_path / "none")}, "unsupervised.base: .*no such folder"),
+        ({"unsupervised.base": str(tmp_path / "run")}, "is an unsupervised run"),
+        ({"unsupervised.base": str(tiny_run), "data.size": 32}, "was trained on 3-channel 16x16 images"),
+        ({"unsupervised.base_blocks": 3}, "unsupervised.base_blocks: 3 without unsupervised.base"),
+    ):
+        with pytest.raises(FactordiffError, match=message):
+            fit(tiny_config(**UNSUP_TINY, **over), tmp_path / "refused", progress=False)
+        assert not (tmp_path / "refused").exists()
+
+
+def test_the_tokens_branch_reads_one_token_per_segment_and_starts_as_a_no_op():
+    from factordiff.diffusion.adapters import TokenAdapter
+    from factordiff.models.images import ModelShape, build_denoiser
+
+    cfg = tiny_config(**UNSUP_TINY, **{"unsupervised.adapter": "tokens"})
+    torch.manual_seed(0)
+    d = build_denoiser(cfg, None, ModelShape(3, 16))
+    assert (
+        isinstance(d.branch.adapter, TokenAdapter) and d.branch.adapter.w1.shape[0] == 3
+    )  # a token a segment
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 900])
+    cond = Condition.full(torch.randn(2, 3, 2))
+    assert torch.equal(d(x, t, cond), d.base(x, t))
+    opt = torch.optim.SGD(d.branch.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (d(x, t, cond) - 1).pow(2).mean().backward()
+        opt.step()
+    other = Condition.full(torch.randn(2, 3, 2))
+    assert not torch.allclose(d(x, t, cond), d(x, t, other))  # the tokens now steer the branch
+
+
+def test_the_shipped_unsupervised_encoder_sits_on_the_shipped_quickstart_denoiser():
+    """`pretrained/shapes32-unsupervised` ships without its base's weights, reads them from
+    `pretrained/shapes32`, and its label-free codes of fresh replica images carry the hues of wall
+    and object and the shape (a linear read-out)."""
+    from importlib import resources
+
+    import numpy as np
+    from safetensors import safe_open
+    from sklearn.linear_model import LogisticRegression
+
+    from factordiff.data.shapes import replica
+    from factordiff.models.images import FactorModel
+
+    folder = resources.files("factordiff") / "pretrained"
+    lean = folder / "shapes32-unsupervised" / "model"
+    assert not (lean / "autoencoder.safetensors").is_file()
+    with safe_open(str(lean / "denoiser.safetensors"), "pt") as f:
+        assert not any(k.startswith("base.") for k in f.keys())
+    model = FactorModel.load(lean)
+    base = FactorModel.load(folder / "shapes32" / "model")
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([50, 800])
+    absent = Condition(torch.zeros(2, 6, 4), torch.zeros(2, 6, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.equal(model.denoiser.base(x, t), base.denoiser(x, t, absent))
+    data = replica(32, n=1024, seed=12)
+    codes = model.codes(data.images).numpy().reshape(1024, -1)
+    codes = (codes - codes[:768].mean(0)) / codes[:768].std(0)
+    for name in ("wall_hue", "object_hue", "shape"):
+        k = model.spec.position(name)
+        probe = LogisticRegression(max_iter=2000).fit(codes[:768], data.factors[:768, k])
+        assert probe.score(codes[768:], data.factors[768:, k]) >= 0.9, name
+    assert np.array_equal(model.latents(data.images[:4]), base.latents(data.images[:4]))

@@ -325,6 +325,15 @@ class UnsupervisedConfig:
         width: channels of the encoder's first convolution.
         branch_channels: UNet channels of the gradient-estimator branch.
         snr_gamma: gamma of PDAE's loss weight snr^gamma / (1 + snr).
+        base: a supervised image run folder (or a shipped model's name, ``shapes32``) whose
+            autoencoder and denoiser become the frozen base: the denoiser runs with every factor
+            absent (its learned null tokens: the unconditional model of classifier-free guidance),
+            only the encoder and its branch train, and the run's ``autoencoder`` and ``denoiser``
+            sections are replaced by the base's. None: the fit trains an autoencoder and a base.
+        base_blocks: the base denoiser's number of factor blocks; written by the fit from ``base``.
+        adapter: how the branch reads the code: ``embed`` (the whole code through an MLP into the
+            time embedding) or ``tokens`` (one token per segment, read by cross-attention layers,
+            as EncDiff's concept tokens; ``denoiser.token_dim`` wide).
     """
 
     enabled: bool = False
@@ -337,6 +346,9 @@ class UnsupervisedConfig:
     batch_size: int = 64
     lr: float = 4e-4
     snr_gamma: float = 0.1
+    base: str | None = None
+    base_blocks: int = 0
+    adapter: Literal["embed", "tokens"] = "embed"
 
 
 @dataclass
@@ -764,6 +776,7 @@ _POSITIVE = {
 }
 _NONNEGATIVE = {
     "lr",
+    "base_blocks",
     "adversary_weight",
     "order_weight",
     "feature_weight",

@@ -10,6 +10,8 @@ Supervised (the default):
 Unsupervised (``unsupervised.enabled``; no label reaches any stage):
 1. ``autoencoder`` without the distiller term; 2. ``base``: an unconditional denoiser;
 3. ``encoder``: the segment encoder and the gradient-estimator branch on the frozen base.
+With ``unsupervised.base`` (a trained supervised run, e.g. the shipped ``shapes32``) stages 1 and 2
+are that run's autoencoder and its denoiser run through its null tokens, and only stage 3 trains.
 
 Held-out combinations are removed before stage 1; no stage sees them, nor do the statistics fitted
 on codes afterwards (block alignment, value prototypes, mean code). Each finished stage's weights
@@ -29,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factordiff.checkpoint import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors
+from factordiff.checkpoint import (
+    atomic_save_tensors,
+    atomic_write_json,
+    atomic_write_text,
+    load_tensors,
+    read_json,
+)
 from factordiff.config import RunConfig
 from factordiff.data.base import FactorDataset
 from factordiff.data.fieldcrops import FIELDS
@@ -48,6 +56,7 @@ from factordiff.errors import FactordiffError
 from factordiff.models.images import (
     FactorModel,
     ModelShape,
+    base_folder,
     build_control,
     build_dae,
     build_denoiser,
@@ -62,7 +71,7 @@ from factordiff.models.profiles import (
     perturbation_table,
     prepare_profiles,
 )
-from factordiff.models.runs import check_run_folder, fit_kind
+from factordiff.models.runs import MODEL_CONFIG, check_run_folder, fit_kind
 from factordiff.models.sets import SetModel, set_members
 from factordiff.train import ArrayBatches, LoopOptions, Stage, barrier, map_batches, process, run_stage
 
@@ -427,19 +436,20 @@ def _train_unsupervised(
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Base denoiser without codes, then encoder + gradient-estimator branch on the frozen base."""
     dn, u = f.cfg.denoiser, f.cfg.unsupervised
-    base = model.denoiser.base.train().requires_grad_(True)
-    base = f.stage(
-        "base",
-        DiffusionStep(base, dn),
-        base,
-        list(base.parameters()),
-        {"x": x},
-        dn,
-        2,
-        dn.ema_decay,
-        warmup=500,
-    )
-    model.denoiser.base = base
+    if not u.base_blocks:  # else the base is a trained run's denoiser (``unsupervised.base``)
+        base = model.denoiser.base.train().requires_grad_(True)
+        base = f.stage(
+            "base",
+            DiffusionStep(base, dn),
+            base,
+            list(base.parameters()),
+            {"x": x},
+            dn,
+            2,
+            dn.ema_decay,
+            warmup=500,
+        )
+        model.denoiser.base = base.requires_grad_(False)
     encoder, branch = (
         model.encoder.train().requires_grad_(True),
         model.denoiser.branch.train().requires_grad_(True),
@@ -473,6 +483,57 @@ def _train_unsupervised(
     return _load_part(f.run, "encoder", encoder), model.denoiser
 
 
+def unsupervised_base(cfg: RunConfig) -> tuple[RunConfig, FactorModel | None]:
+    """``unsupervised.base`` loaded, and ``cfg`` with the base's autoencoder and denoiser sections and
+    its number of factor blocks (``unsupervised.base_blocks``); ``(cfg, None)`` without a base."""
+    u = cfg.unsupervised
+    if not u.enabled or u.base is None:
+        if u.base_blocks:
+            raise FactordiffError(
+                f"unsupervised.base_blocks: {u.base_blocks} without unsupervised.base; expected 0 "
+                "(the fit sets it from the base)"
+            )
+        return cfg, None
+    model_folder = base_folder(u.base)
+    meta = model_folder / "config.json"
+    if not meta.is_file():
+        raise FactordiffError(f"unsupervised.base: {u.base}: no trained model (expected {MODEL_CONFIG})")
+    kind = read_json(meta).get("kind", "images")
+    if kind != "images":
+        raise FactordiffError(f"unsupervised.base: {u.base} holds a {kind} model; expected an image model")
+    base = FactorModel.load(model_folder)
+    bc = base.config
+    if bc.unsupervised.enabled:
+        raise FactordiffError(
+            f"unsupervised.base: {u.base} is an unsupervised run; expected a supervised one (its denoiser "
+            "has null tokens)"
+        )
+    extras = [
+        n
+        for n, on in (
+            ("head", bc.denoiser.head),
+            ("control", bc.denoiser.control),
+            ("structure", bc.denoiser.structure),
+        )
+        if on
+    ]
+    if extras:
+        raise FactordiffError(
+            f"unsupervised.base: {u.base}'s denoiser has denoiser.{extras[0]}; "
+            "expected a plain conditioned one"
+        )
+    return (
+        replace(
+            cfg,
+            autoencoder=bc.autoencoder,
+            denoiser=bc.denoiser,
+            distill=replace(cfg.distill, code_dims=bc.distill.code_dims),
+            unsupervised=replace(u, base_blocks=len(base.spec)),
+        ),
+        base,
+    )
+
+
 def fit(
     cfg: RunConfig,
     out: Path,
@@ -495,6 +556,7 @@ def fit(
     if fit_kind(cfg) in ("profiles", "sets"):
         model, profiles = (fit_sets if fit_kind(cfg) == "sets" else fit_profiles)(cfg, run, resume, progress)
         return FitResult(model, run, profiles.split, profiles, profiles)
+    cfg, base = unsupervised_base(cfg)
     resume = check_run_folder(cfg, run, resume, keep)
     main = process()[2]
     barrier()  # every process has checked the folder before the main one writes to it
@@ -507,6 +569,12 @@ def fit(
     if fields and main:
         barrier()
     build_structure(cfg, train.spec)  # a bad denoiser.structure is refused before any stage trains
+    if base is not None and (base.shape.channels, base.shape.size) != (train.channels, train.size):
+        raise FactordiffError(
+            f"unsupervised.base: {cfg.unsupervised.base} was trained on {base.shape.channels}-channel "
+            f"{base.shape.size}x{base.shape.size} images; expected this run's {train.channels}-channel "
+            f"{train.size}x{train.size}"
+        )
     if main:
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -514,7 +582,7 @@ def fit(
             atomic_write_json(run / "split.json", split.to_json())
     barrier()
     unsup = cfg.unsupervised.enabled
-    shares = {"autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled else 0.0}
+    shares = {"autoencoder": cfg.autoencoder.budget if cfg.autoencoder.enabled and base is None else 0.0}
     frozen = not unsup and not cfg.denoiser.train_base
     if unsup:
         shares.update(base=cfg.denoiser.budget, encoder=cfg.unsupervised.budget)
@@ -527,7 +595,7 @@ def fit(
             control=cfg.denoiser.control_budget if cfg.denoiser.control else 0.0,
         )
     order = (
-        ["autoencoder", "base", "encoder"]
+        (["encoder"] if base is not None else ["autoencoder", "base", "encoder"])
         if unsup
         else ["distiller", "autoencoder", *(["base"] if frozen else []), "denoiser"]
         + (["control"] if cfg.denoiser.control else [])
@@ -551,12 +619,17 @@ def fit(
             train,
             dataset,
         )
-    autoencoder = _train_autoencoder(f, distiller)
+    if base is not None:
+        autoencoder, f.shape.latent_scale = base.autoencoder, base.shape.latent_scale
+    else:
+        autoencoder = _train_autoencoder(f, distiller)
     torch.manual_seed(cfg.train.seed + 2)
     encoder = distiller if distiller is not None else build_encoder(cfg, train.spec, f.shape)
     model = FactorModel(
         cfg, train.spec, f.shape, encoder, autoencoder, build_denoiser(cfg, train.spec, f.shape)
     )
+    if base is not None:
+        model.denoiser.base.denoiser.load_state_dict(base.denoiser.state_dict())
     x = _latents(f, model) if not _stage_done(run, order[-1]) else None
     if unsup:
         model.encoder, model.denoiser = _train_unsupervised(f, model, x)

@@ -55,7 +55,8 @@ class GradientEstimatorDenoiser(nn.Module):
     False: every code block the condition has present reaches the branch at every step.
 
     Args:
-        base: the unconditional denoiser (a Denoiser without adapter); frozen at construction,
+        base: the unconditional denoiser (a Denoiser without adapter, or a conditioned one wrapped
+            in ``NullConditioned``); frozen at construction,
             trained only where a caller sets its parameters trainable (``denoiser.train_base``).
         branch: the code-conditioned gradient estimator (a Denoiser with adapter).
         num_train_timesteps: T, for the segment schedule.
@@ -88,6 +89,32 @@ class GradientEstimatorDenoiser(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.base.unet.conv_out.weight.requires_grad):
             base = self.base(x, t)
         return base + self.branch(x, t, cond)
+
+
+class NullConditioned(nn.Module):
+    """A factor-conditioned denoiser run with every factor absent: through its learned null
+    embeddings it is the unconditional model that classifier-free guidance uses, and so a base for
+    the gradient estimator. Its state dict is the wrapped denoiser's under ``denoiser.``.
+
+    Args:
+        denoiser: the conditioned denoiser (any adapter).
+        blocks: its number of factor blocks.
+        code_dims: dimensions of each block.
+    """
+
+    def __init__(self, denoiser: nn.Module, blocks: int, code_dims: int):
+        super().__init__()
+        self.denoiser, self.blocks, self.code_dims = denoiser, blocks, code_dims
+
+    @property
+    def unet(self):
+        return self.denoiser.unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        codes = x.new_zeros(len(x), self.blocks, self.code_dims)
+        return self.denoiser(
+            x, t, Condition(codes, torch.zeros(codes.shape[:2], dtype=torch.bool, device=x.device))
+        )
 
 
 def zero_output(denoiser: Denoiser) -> Denoiser:

@@ -8,6 +8,7 @@ safetensors file per part, as diffusers' ``save_pretrained`` folders do.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +30,12 @@ from factordiff.diffusion.sampling import ddpm_invert, invert, noise_to, sample
 from factordiff.encoders.distill import FactorDistiller
 from factordiff.encoders.metadata import axis_positions
 from factordiff.encoders.perturbation import StructureCodes, perturbation_features
-from factordiff.encoders.unsupervised import GradientEstimatorDenoiser, SegmentEncoder, zero_output
+from factordiff.encoders.unsupervised import (
+    GradientEstimatorDenoiser,
+    NullConditioned,
+    SegmentEncoder,
+    zero_output,
+)
 from factordiff.errors import FactordiffError
 from factordiff.factors import FactorSpec
 from factordiff.train import map_batches
@@ -98,18 +104,23 @@ def _shift(
     code_dims: int,
     branch_channels: list[int],
     segmented: bool,
+    base: torch.nn.Module | None = None,
+    tokens: bool = False,
 ) -> GradientEstimatorDenoiser:
-    """A base UNet plus a code-conditioned branch UNet whose prediction is added to the base's."""
+    """A base UNet (``base``, or a new unconditional one) plus a code-conditioned branch UNet whose
+    prediction is added to the base's; the branch reads the code through its time embedding, or with
+    ``tokens`` one token per block read by cross-attention."""
     channels, size = denoiser_space(cfg, shape)
-    adapter = TimeEmbeddingAdapter(blocks, code_dims, branch_channels[0] * 4, cfg.denoiser.adapter_hidden)
-    branch = zero_output(
-        Denoiser(
-            build_unet(replace(cfg.denoiser, block_out_channels=list(branch_channels)), channels, size),
-            adapter,
-        )
+    unet = build_unet(replace(cfg.denoiser, block_out_channels=list(branch_channels)), channels, size)
+    hidden = cfg.denoiser.adapter_hidden
+    adapter = (
+        TokenAdapter(blocks, code_dims, cfg.denoiser.token_dim, token_channels(unet), hidden)
+        if tokens
+        else TimeEmbeddingAdapter(blocks, code_dims, branch_channels[0] * 4, hidden)
     )
+    branch = zero_output(Denoiser(unet, adapter))
     return GradientEstimatorDenoiser(
-        build_base(cfg, shape), branch, cfg.denoiser.num_train_timesteps, segmented
+        build_base(cfg, shape) if base is None else base, branch, cfg.denoiser.num_train_timesteps, segmented
     )
 
 
@@ -149,6 +160,19 @@ def build_dae(cfg: RunConfig, shape: ModelShape) -> DenoisingAutoencoder | None:
     return build_daed(cfg.daed, cfg.denoiser, *denoiser_space(cfg, shape))
 
 
+def _conditioned(cfg: RunConfig, shape: ModelShape, blocks: int) -> torch.nn.Module:
+    """A UNet conditioned on ``blocks`` code blocks through ``denoiser.adapter``."""
+    dn, dims = cfg.denoiser, cfg.distill.code_dims
+    if dn.adapter == "shift":
+        return _shift(cfg, shape, blocks, dims, dn.branch_channels, segmented=False)
+    unet = build_unet(dn, *denoiser_space(cfg, shape))
+    if dn.adapter == "tokens":
+        return Denoiser(
+            unet, TokenAdapter(blocks, dims, dn.token_dim, token_channels(unet), dn.adapter_hidden)
+        )
+    return Denoiser(unet, TimeEmbeddingAdapter(blocks, dims, dn.block_out_channels[0] * 4, dn.adapter_hidden))
+
+
 def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
     """The conditioned denoiser: the unsupervised encoder's segmented branch, or the supervised
     codes through ``denoiser.adapter`` (with ``denoiser.structure``, its ``structure`` submodule
@@ -160,25 +184,22 @@ def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch
                 "denoiser.head: a classification head is for supervised runs (unsupervised.enabled)"
             )
         u = cfg.unsupervised
-        return _shift(cfg, shape, u.segments, u.code_dims, u.branch_channels, segmented=True)
-    if dn.adapter == "shift":
-        denoiser = _shift(cfg, shape, len(spec), cfg.distill.code_dims, dn.branch_channels, segmented=False)
-    else:
-        unet = build_unet(dn, *denoiser_space(cfg, shape))
-        if dn.adapter == "tokens":
-            denoiser = Denoiser(
-                unet,
-                TokenAdapter(
-                    len(spec), cfg.distill.code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden
-                ),
+        base = None
+        if u.base_blocks:  # a supervised model's denoiser, run through its null tokens
+            base = NullConditioned(
+                _conditioned(cfg, shape, u.base_blocks), u.base_blocks, cfg.distill.code_dims
             )
-        else:
-            denoiser = Denoiser(
-                unet,
-                TimeEmbeddingAdapter(
-                    len(spec), cfg.distill.code_dims, dn.block_out_channels[0] * 4, dn.adapter_hidden
-                ),
-            )
+        return _shift(
+            cfg,
+            shape,
+            u.segments,
+            u.code_dims,
+            u.branch_channels,
+            segmented=True,
+            base=base,
+            tokens=u.adapter == "tokens",
+        )
+    denoiser = _conditioned(cfg, shape, len(spec))
     structure = build_structure(cfg, spec)
     if structure is not None:
         denoiser.structure = structure
@@ -204,6 +225,35 @@ def build_control(cfg: RunConfig, shape: ModelShape, denoiser: torch.nn.Module) 
         raise FactordiffError("denoiser.control: a controlled run needs the embed or tokens adapter")
     _, space = denoiser_space(cfg, shape)
     return ControlBranch(denoiser.unet, len(cfg.denoiser.control), shape.size // space)
+
+
+def base_folder(name: str) -> Path:
+    """The model folder that ``unsupervised.base`` names: a run folder, a model folder, or the name of
+    a model shipped in the package (``shapes32``)."""
+    folder = Path(name)
+    shipped = Path(str(resources.files("factordiff") / "pretrained"))
+    if not folder.exists() and "/" not in name:
+        folder = shipped / name
+    if not folder.is_dir():
+        raise FactordiffError(
+            f"unsupervised.base: {name}: no such folder; expected a supervised image run folder or a "
+            f"shipped model ({', '.join(sorted(p.name for p in shipped.iterdir() if p.is_dir()))})"
+        )
+    return folder / "model" if (folder / "model" / CONFIG).is_file() else folder
+
+
+def base_weights(config: RunConfig, name: str) -> dict[str, torch.Tensor]:
+    """The weights of part ``name`` (``autoencoder`` or ``denoiser``) that an unsupervised model on
+    a frozen base shares with it, read from the base (``unsupervised.base``): its autoencoder, and its
+    denoiser under ``base.denoiser.``. For model folders saved without them (a shipped one:
+    ``scripts/ship_pretrained.py`` leaves out what its base, shipped too, holds)."""
+    base = base_folder(config.unsupervised.base or "")
+    if not (base / f"{name}.safetensors").is_file():
+        raise FactordiffError(
+            f"unsupervised.base: {base} has no {name}.safetensors; expected the base the model was trained on"
+        )
+    state = load_tensors(base / f"{name}.safetensors")
+    return state if name == "autoencoder" else {f"base.denoiser.{k}": v for k, v in state.items()}
 
 
 class FactorModel:
@@ -651,8 +701,15 @@ class FactorModel:
             **({"daed": dae} if dae is not None else {}),
             **({"control": control} if control is not None else {}),
         }
+        lean = config.unsupervised.base_blocks > 0  # parts shared with the base may be left out
         for name, m in parts.items():
-            state = load_tensors(folder / f"{name}.safetensors")
+            path = folder / f"{name}.safetensors"
+            state = {} if lean and name == "autoencoder" and not path.is_file() else load_tensors(path)
+            if lean and (
+                (name == "autoencoder" and not state)
+                or (name == "denoiser" and not any(k.startswith("base.") for k in state))
+            ):
+                state = {**base_weights(config, name), **state}
             try:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
