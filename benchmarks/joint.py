@@ -4,6 +4,7 @@ into ``benchmarks/results/joint.json``.
 
     python benchmarks/joint.py [--datasets shapes,bbbc021_crops] [--fractions 0.05,0.2,0.02,0.1]
         [--seeds 0,1,2] [--steps 1200] [--cnn-steps 1500] [--head-max-t T] [--head-augment dihedral,mixup]
+        [--head-unconditioned]
     python benchmarks/joint.py --counterfactuals RUN [--per-factor 100]
     python benchmarks/joint.py --daed [--steps 1200] [--daed-steps 1200]
 
@@ -58,10 +59,13 @@ is ``--daed-parameterization`` (``daed.parameterization``; the default ``v``), t
 
 Also reported: the majority class's accuracy (the test share of the most frequent class) and the
 balanced accuracy of both. Rows are written as they finish; rows already in the file for other
-(dataset, fraction, seed, head_max_t, head_augment, steps) are kept; the summary lists a fit other than
-the default as a dataset of its own (``shapes (head_max_t 0.1)``, ``bbbc021_crops (augment
-dihedral+mixup, 3600 steps)``). ``--head-augment`` (``denoiser.head_augment``) augments the CNN's batches the
-same way, so the two networks always see the same labelled images.
+(dataset, fraction, seed, head_max_t, head_augment, head_conditioned, steps) are kept; the summary
+lists a fit other than the default as a dataset of its own (``shapes (head_max_t 0.1)``,
+``bbbc021_crops (augment dihedral+mixup, 3600 steps)``). ``--head-augment``
+(``denoiser.head_augment``) augments the CNN's batches the same way, so the two networks always see
+the same labelled images. ``--head-unconditioned`` (``denoiser.head_conditioned`` false) keeps the
+head factor's codes from the UNet, whose features then have to carry it, as Joint Diffusion's
+unconditional UNet (rows ``... (head unconditioned)``).
 """
 
 from __future__ import annotations
@@ -146,7 +150,16 @@ def pixel_config(extra: dict, steps: int, **over):
     )
 
 
-def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, head_max_t: float = 1.0, ops=()):
+def config(
+    extra: dict,
+    factor: str,
+    fraction: float,
+    seed: int,
+    steps: int,
+    head_max_t: float = 1.0,
+    ops=(),
+    conditioned: bool = True,
+):
     return pixel_config(
         extra,
         steps,
@@ -154,6 +167,7 @@ def config(extra: dict, factor: str, fraction: float, seed: int, steps: int, hea
         denoiser__label_fraction=fraction,
         denoiser__head_max_t=head_max_t,
         denoiser__head_augment=list(ops),
+        denoiser__head_conditioned=conditioned,
         train__seed=seed,
     )
 
@@ -407,20 +421,27 @@ def _key(r: dict) -> tuple:
         r.get("head_max_t", 1.0),
         tuple(r.get("head_augment", [])),
         r.get("steps", STEPS),
+        r.get("head_conditioned", True),
     )
 
 
-def variant(head_max_t: float, ops, steps: int = STEPS) -> str:
+def variant(head_max_t: float, ops, steps: int = STEPS, conditioned: bool = True) -> str:
     """How a row's joint fit differs from the default, for its dataset's name in the summary."""
     parts = [] if head_max_t == 1 else [f"head_max_t {head_max_t:g}"]
     parts += [f"augment {'+'.join(ops)}"] if ops else []
+    parts += [] if conditioned else ["head unconditioned"]
     return ", ".join(parts + ([f"{steps} steps"] if steps != STEPS else []))
 
 
 def summarise(rows: list[dict]) -> dict:
     out: dict = {}
     for r in rows:
-        tag = variant(r.get("head_max_t", 1.0), r.get("head_augment", []), r.get("steps", STEPS))
+        tag = variant(
+            r.get("head_max_t", 1.0),
+            r.get("head_augment", []),
+            r.get("steps", STEPS),
+            r.get("head_conditioned", True),
+        )
         name = f"{r['dataset']} ({tag})" if tag else r["dataset"]
         out.setdefault(name, {}).setdefault(str(r["fraction"]), []).append(r)
     table: dict = {}
@@ -460,6 +481,11 @@ def main() -> None:
         default="",
         help="denoiser.head_augment of the joint fits, comma-separated (dihedral, mixup), given to the "
         "CNN's batches too (rows of another value are kept apart)",
+    )
+    ap.add_argument(
+        "--head-unconditioned",
+        action="store_true",
+        help="denoiser.head_conditioned false: the head factor's codes never reach the UNet",
     )
     ap.add_argument("--crops", default=str(SHARED / "crops.npz"))
     ap.add_argument("--work", default="runs/bench-joint")
@@ -526,9 +552,11 @@ def main() -> None:
         x_test = to_unit(test.images)
         for fraction in map(float, a.fractions.split(",")):
             for seed in map(int, a.seeds.split(",")):
-                cfg = config(extra, factor, fraction, seed, a.steps, a.head_max_t, ops)
+                conditioned = not a.head_unconditioned
+                cfg = config(extra, factor, fraction, seed, a.steps, a.head_max_t, ops, conditioned)
                 tail = "" if a.head_max_t == 1 else f"-t{a.head_max_t:g}"
                 tail += "".join(f"-{op}" for op in ops) + ("" if a.steps == STEPS else f"-{a.steps}steps")
+                tail += "" if conditioned else "-uncond"
                 run = work / f"{dataset}-{fraction:g}-{seed}{tail}"
                 split = make_split(train.spec, cfg.split)
                 t0 = time.monotonic()
@@ -546,6 +574,7 @@ def main() -> None:
                     "head_max_t": a.head_max_t,
                     "head_augment": ops,
                     "steps": a.steps,
+                    **({} if conditioned else {"head_conditioned": False}),
                     "labelled_images": int(labelled.sum()),
                     "train_images": len(train),
                     "test_images": len(test),

@@ -148,6 +148,21 @@ def _partners(x, mixed, lam) -> torch.Tensor:
     return rows
 
 
+def test_head_conditioned_false_keeps_the_head_factors_codes_from_the_unet(monkeypatch):
+    d = _denoiser(tiny_config(**{"denoiser.head": ["shape"]}))  # the head reads factor 4
+    seen = []
+    real = d.forward
+    monkeypatch.setattr(d, "forward", lambda x, t, cond=None, **k: seen.append(cond) or real(x, t, cond, **k))
+    batch = {"x": torch.randn(64, 4, 8, 8), "codes": torch.randn(64, 6, 2)}
+    for conditioned in (True, False):
+        cfg = tiny_config(**{"denoiser.head": ["shape"], "denoiser.head_conditioned": conditioned})
+        seen.clear()
+        objective.DiffusionStep(d, cfg.denoiser)(batch, torch.Generator().manual_seed(0))
+        present = seen[0].present
+        assert present[:, 4].any() == conditioned  # 90% of rows keep it when conditioned
+        assert present[:, [0, 1, 2, 3, 5]].float().mean() > 0.7  # the other factors as before
+
+
 def test_hidden_labels_reach_neither_the_distiller_nor_the_prototypes(head_run):
     result, _ = head_run
     cfg, train, k = result.model.config, result.train, result.train.spec.resolve("shape")

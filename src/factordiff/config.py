@@ -232,6 +232,10 @@ class DenoiserConfig:
             only: a latent's turn is not the latent of the turned image); ``mixup`` blends half the
             rows with another row of the batch (weight uniform in [0, 1]) and their cross-entropies
             with the same weights (Zhang et al. 2018). Empty (the default): the batch as drawn.
+        head_conditioned: whether the head's factors' codes reach the denoiser in the diffusion
+            loss (with the usual dropout). False: they are always absent there, so the UNet's
+            features must carry those factors themselves, as in Joint Diffusion, whose UNet is
+            unconditional; their codes then do not steer generation (classifier guidance does).
         label_fraction: the share of training images whose labels the head sees (drawn once with
             the run's seed); the codes and the denoiser see every training image.
         control: channels of the data (by name, ``data.channels``) that condition the denoiser as
@@ -268,6 +272,7 @@ class DenoiserConfig:
     head_batch: int = 32
     head_max_t: float = 1.0
     head_augment: list[Literal["dihedral", "mixup"]] = field(default_factory=list)
+    head_conditioned: bool = True
     label_fraction: float = 1.0
     control: list[str] = field(default_factory=list)
     control_steps: int = 4000

@@ -84,7 +84,8 @@ class DiffusionStep(nn.Module):
     cross-entropy on a batch of its own: ``cfg.head_batch`` images drawn each step from ``labelled``
     (``x``: the labelled share's images, ``labels``: their head factors' values), noised at their own t
     (uniform below ``cfg.head_max_t`` of the schedule) and read with every factor absent
-    (``diffusion/head.py``), after ``cfg.head_augment``'s augmentations. The head thus sees a full
+    (``diffusion/head.py``), after ``cfg.head_augment``'s augmentations; with ``cfg.head_conditioned``
+    false the head's factors are absent from every row of the regression. The head thus sees a full
     labelled batch every step however small the labelled share, as the semi-supervised Joint Diffusion
     draws one from its labelled loader; the diffusion loss still sees every image. Without a head the step
     draws exactly the random numbers it always did.
@@ -143,6 +144,9 @@ class DiffusionStep(nn.Module):
         ``control``: a controlled denoiser's conditioning images (never dropped)."""
         full = Condition.full(codes)
         present = drop_factors(full.present, self.cfg.cond_dropout, gen)
+        head = getattr(self.denoiser, "head", None)
+        if head is not None and not self.cfg.head_conditioned:
+            present[:, head.factors] = False  # the head's factors never reach the UNet as codes
         if self.cfg.dropout_schedule == "with_singles":
             present = keep_singles(present, full.present, self.cfg.single_prob, gen)
         cond = Condition(codes, present, control)
