@@ -3,10 +3,11 @@ distiller and of the unsupervised encoder, written to benchmarks/results/latent.
 
     python benchmarks/latent.py [--part distiller|unsupervised|both] [--size 32]
                                 [--retrain] [--base shapes32] [--unsupervised-minutes 60]
-                                [--out runs/latent]
+                                [--from RUN] [--out runs/latent]
 
 Each part replaces its own entry in the results file and keeps the others': ``distiller`` and
-``unsupervised`` at 32x32, ``distiller_64`` and ``unsupervised_64`` at 64x64. ``--set KEY=VALUE``
+``unsupervised`` at 32x32, ``distiller_64`` and ``unsupervised_64`` at 64x64; ``unsupervised_raw``
+scores the same encoder's raw codes, before its basis (``unsupervised.unmix``). ``--set KEY=VALUE``
 (JSON values, repeatable; with ``--retrain``) trains the unsupervised encoder with a lever: its row
 goes to ``unsupervised_levers`` (one row per size, base, budget and set of levers, the row without
 levers included when asked for with ``--set none``), never to the main entry, so that levers are
@@ -16,7 +17,9 @@ At 32x32 the shipped models are scored as they are, without training: the quicks
 (``pretrained/shapes32``) and the unsupervised encoder trained on its frozen denoiser
 (``pretrained/shapes32-unsupervised``). ``--retrain`` (and any other size) trains them here: the
 distiller from scratch, the unsupervised encoder from scratch or, with ``--base RUN`` (a supervised
-run folder or a shipped model's name), on that run's frozen autoencoder and denoiser.
+run folder or a shipped model's name), on that run's frozen autoencoder and denoiser. ``--from RUN``
+keeps a finished unsupervised run's encoder and branch and runs only the stages after them (the
+basis of ``unsupervised.unmix``) into ``--out``, for ``scripts/ship_pretrained.py``; it scores nothing.
 
 Codes of 15,000 replica images (10,000 train / 5,000 test points as disentanglement_lib uses),
 nothing held out (as disentanglement papers train on the whole grid). The replica is factordiff's
@@ -31,15 +34,17 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from factordiff.config import load_config
+from factordiff.checkpoint import read_json
+from factordiff.config import RunConfig, from_dict, load_config, saved_before
 from factordiff.data.shapes import replica
 from factordiff.evaluate.analysis import code_metrics
-from factordiff.fit import fit
+from factordiff.fit import fit, start_from
 from factordiff.models.images import FactorModel
 
 OUT = Path(__file__).parent / "results" / "latent.json"
@@ -80,6 +85,12 @@ def main() -> None:
     ap.add_argument("--part", choices=("distiller", "unsupervised", "both"), default="both")
     ap.add_argument("--out", default="runs/latent")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted training run in --out")
+    ap.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="a finished unsupervised run whose encoder and branch to keep: only later stages run (unmix)",
+    )
     ap.add_argument(
         "--set", action="append", default=[], help="KEY=VALUE: a lever of the unsupervised encoder (JSON)"
     )
@@ -140,7 +151,19 @@ def main() -> None:
             )
             name += "-levers" if args.set else ""
             t = time.time()
-            uns = fit(load_config(None, over), out / name, args.resume, progress=True)
+            cfg = load_config(None, over)
+            if args.source and not (args.resume and (out / name).exists()):
+                source = Path(args.source)
+                kept = from_dict(RunConfig, saved_before(read_json(source / "run_config.json")))
+                cfg = replace(kept, unsupervised=replace(kept.unsupervised, unmix=cfg.unsupervised.unmix))
+                start_from(source, out / name, cfg, ("encoder", "denoiser"))
+                args.resume = True
+            uns = fit(cfg, out / name, args.resume, progress=True)
+            if args.source:  # what is shipped is scored, not this folder
+                print(
+                    f"{out / name}: {args.source} and its later stages; ship with scripts/ship_pretrained.py"
+                )
+                return
             row = {"train_seconds": round(time.time() - t), "config": over}
             model = uns.model
         else:
@@ -150,7 +173,8 @@ def main() -> None:
                 "model": "pretrained/shapes32-unsupervised",
                 "config": json.loads((folder / "run_config.json").read_text())["unsupervised"],
             }
-        row = entry(model, args.size, command, factor_blocks=model.factor_blocks, **row)
+        about = {"factor_blocks": model.factor_blocks, **row}
+        row = entry(model, args.size, command, **about)
         if args.set:
             row["levers"] = levers
             same = ("size", "levers", "config")
@@ -158,9 +182,13 @@ def main() -> None:
             results["unsupervised_levers"] = kept + [row]
         else:
             results[f"unsupervised{suffix}"] = row
+        if getattr(model.encoder, "basis", None) is not None and not args.set:
+            model.encoder.basis = None  # the same encoder's raw codes: its output before the basis
+            raw = entry(model, args.size, command, **about, codes="unmix none")
+            results[f"unsupervised_raw{suffix}"] = raw
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    for name in ("distiller", "unsupervised", "distiller_64", "unsupervised_64"):
+    for name in ("distiller", "unsupervised", "unsupervised_raw", "distiller_64", "unsupervised_64"):
         if name in results:
             for variant in ("raw", "first_pc"):
                 r = results[name].get(variant)

@@ -5,11 +5,12 @@
 
 Writes ``src/factordiff/pretrained/{data}{size}/``: the run's config, split, full training log and
 its model, with the network weights stored as float16 (half the size; they are cast back to
-float32 on load, and the quickstart's numbers are measured on these float16 weights). The value
-prototypes and the mean code are then recomputed with those shipped weights from the training
-images only (the run's data rendered again from its config, held-out combinations removed), and
-stored as float32. ``--prototypes-only`` does only that last step on the shipped folder. The
-README in that folder names the command that trained the run. ``--oracle RUN2`` also ships the
+float32 on load; an unsupervised code's basis stays float32, and the quickstart's numbers are
+measured on these float16 weights). The value prototypes and the mean code are then recomputed
+with those shipped weights from the training images only (the run's data rendered again from its
+config, held-out combinations removed), and stored as float32. ``--prototypes-only`` does only
+that last step on the shipped folder. The README in that folder names the command that trained
+the run. ``--oracle RUN2`` also ships the
 evaluation oracle that ``factordiff evaluate RUN2`` trained (``RUN2/oracle``: weights and its
 accuracy on fresh renders), so the quickstart judges with it instead of training one.
 ``--name NAME`` ships to ``pretrained/NAME`` instead. An unsupervised run trained on a shipped
@@ -27,7 +28,7 @@ from pathlib import Path
 from factordiff.checkpoint import atomic_save_tensors, load_tensors, read_json
 from factordiff.config import RunConfig, from_dict
 from factordiff.data.sources import prepare_data
-from factordiff.models.images import PROTOTYPES, FactorModel
+from factordiff.models.images import PROTOTYPES, FactorModel, base_folder
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "factordiff" / "pretrained"
 HALF = ("distiller", "encoder", "autoencoder", "denoiser")
@@ -43,15 +44,14 @@ def ship_weights(run: Path, dest: Path) -> dict:
     for name in ("run_config.json", "split.json", "train_log.jsonl"):
         shutil.copy2(run / name, dest / name)
     base = read_json(run / "run_config.json")["unsupervised"].get("base")
-    shared = (
-        base is not None and "/" not in base and (PACKAGE / base).is_dir()
-    )  # the base ships too: don't copy its weights
+    # a base that ships too (the folder that the fit and the loader resolve is in the package)
+    shared = base is not None and PACKAGE in base_folder(base).resolve().parents
     for f in sorted((run / "model").iterdir()):
         if shared and f.stem == "autoencoder":
             continue
         if f.suffix == ".safetensors" and f.stem in HALF:
             state = {
-                k: (v.half() if v.is_floating_point() else v)
+                k: (v.half() if v.is_floating_point() and "basis." not in k else v)  # a basis stays exact
                 for k, v in load_tensors(f).items()
                 if not (shared and k.startswith("base."))
             }

@@ -183,6 +183,7 @@ def test_the_shipped_unsupervised_encoder_sits_on_the_shipped_quickstart_denoise
     from safetensors import safe_open
     from sklearn.linear_model import LogisticRegression
 
+    from factordiff.checkpoint import load_tensors
     from factordiff.data.shapes import replica
     from factordiff.models.images import FactorModel
 
@@ -192,6 +193,10 @@ def test_the_shipped_unsupervised_encoder_sits_on_the_shipped_quickstart_denoise
     with safe_open(str(lean / "denoiser.safetensors"), "pt") as f:
         assert not any(k.startswith("base.") for k in f.keys())
     model = FactorModel.load(lean)
+    assert model.config.unsupervised.unmix == "ica"  # its basis, float32 in both parts
+    kept = load_tensors(lean / "unmix.safetensors")
+    for part in (model.encoder.basis, model.denoiser.basis):
+        assert all(torch.equal(v, kept[k]) for k, v in part.state_dict().items())
     base = FactorModel.load(folder / "shapes32" / "model")
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([50, 800])
     absent = Condition(torch.zeros(2, 6, 4), torch.zeros(2, 6, dtype=torch.bool))
@@ -205,3 +210,62 @@ def test_the_shipped_unsupervised_encoder_sits_on_the_shipped_quickstart_denoise
         probe = LogisticRegression(max_iter=2000).fit(codes[:768], data.factors[:768, k])
         assert probe.score(codes[768:], data.factors[768:, k]) >= 0.9, name
     assert np.array_equal(model.latents(data.images[:4]), base.latents(data.images[:4]))
+
+
+def test_the_code_basis_recovers_mixed_independent_sources_and_keeps_a_degenerate_segment():
+    import numpy as np
+
+    from factordiff.encoders.unsupervised import CodeBasis
+
+    rng = np.random.default_rng(0)
+    sources = rng.uniform(-1, 1, (4000, 2, 3))
+    mixing = rng.normal(size=(2, 3, 3))
+    codes = np.einsum("ked,bkd->bke", mixing, sources) + np.array([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    codes[:, 1, 2] = 0.25  # segment 1 has a constant dimension: it keeps the identity
+    basis = CodeBasis(2, 3)
+    log = basis.fit(codes.astype(np.float32), seed=0)
+    assert log["ica_iterations_0"] > 0 and log["ica_iterations_1"] == 0
+    c = torch.from_numpy(codes).float()
+    u = basis.unmix(c)
+    corr = np.abs(np.corrcoef(u[:, 0].T.numpy(), sources[:, 0].T)[:3, 3:])
+    assert (corr.max(1) > 0.98).all() and sorted(corr.argmax(1)) == [0, 1, 2]  # each source found once
+    assert np.allclose(u[:, 0].numpy().std(0), 1.0, atol=0.01)
+    assert torch.equal(u[:, 1], c[:, 1]) and torch.allclose(basis.mix(u), c, atol=1e-4)
+
+
+def test_an_unmixed_encoder_changes_the_codes_coordinates_and_not_the_models_predictions(tiny_run, tmp_path):
+    import numpy as np
+
+    from factordiff.config import RunConfig, from_dict, saved_before
+    from factordiff.fit import fit
+
+    cfg = tiny_config(**UNSUP_TINY, **{"unsupervised.base": str(tiny_run), "denoiser.steps": 1})
+    assert cfg.unsupervised.unmix == "ica"
+    result = fit(cfg, tmp_path / "run", progress=False)
+    model, images = result.model, result.train.images
+    assert (tmp_path / "run" / "model" / "unmix.safetensors").is_file()
+    basis = model.encoder.basis
+    assert not torch.equal(basis.unmixing, torch.eye(2).expand(3, 2, 2))
+    assert all(torch.equal(a, b) for a, b in zip(basis.buffers(), model.denoiser.basis.buffers()))
+    codes = model.codes(images)
+    for k in range(3):  # fitted on these training images: whitened inside each segment
+        assert np.allclose(np.cov(codes[:, k].numpy(), rowvar=False), np.eye(2), atol=0.05)
+    raw = model.encoder.raw(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert torch.allclose(basis.mix(codes), raw, atol=1e-4)
+    x, t = torch.randn(len(images), 4, 8, 8), torch.randint(0, 1000, (len(images),))
+    with torch.no_grad():
+        unmixed = model.denoiser(x, t, Condition.full(codes))
+        model.denoiser.basis = None  # the same model on the raw codes
+        assert torch.allclose(unmixed, model.denoiser(x, t, Condition.full(raw)), atol=1e-4)
+
+    again = fit(cfg, tmp_path / "run", resume=True, progress=False).model  # a finished run resumed
+    assert all(torch.equal(a, b) for a, b in zip(again.encoder.basis.buffers(), basis.buffers()))
+
+    # weights saved before the basis existed load as the identity; their configs read unmix none
+    old = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("basis.")}
+    fresh = SegmentEncoder(3, 16, 3, 2, width=8, unmix=True)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.basis.mixing, torch.eye(2).expand(3, 2, 2))
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    del saved["unsupervised"]["unmix"]
+    assert from_dict(RunConfig, saved_before(saved)).unsupervised.unmix == "none"

@@ -339,6 +339,10 @@ class UnsupervisedConfig:
         adapter: how the branch reads the code: ``embed`` (the whole code through an MLP into the
             time embedding) or ``tokens`` (one token per segment, read by cross-attention layers,
             as EncDiff's concept tokens; ``denoiser.token_dim`` wide).
+        unmix: the code's basis inside each segment, fitted after training on training images'
+            codes (no label): ``ica`` (FastICA: independent components of unit variance, the branch
+            mixing them back so that predictions do not change) or ``none`` (the encoder's raw
+            output). Configs saved before the option existed read ``none``.
     """
 
     enabled: bool = False
@@ -354,6 +358,7 @@ class UnsupervisedConfig:
     base: str | None = None
     base_blocks: int = 0
     adapter: Literal["embed", "tokens"] = "embed"
+    unmix: Literal["none", "ica"] = "ica"
 
 
 @dataclass
@@ -659,12 +664,17 @@ RETIRED = {
 
 def saved_before(data: dict[str, Any]) -> dict[str, Any]:
     """A config that ``fit`` saved (it writes every field) before a field existed, with that field
-    set to what the code then did: a DAED run's ``daed.parameterization`` was ``edm`` (runs without
-    a DAE are left as they are, so that they resume under today's defaults)."""
+    set to what the code then did: a DAED run's ``daed.parameterization`` was ``edm``, an
+    unsupervised run's ``unsupervised.unmix`` was ``none`` (runs without them are left as they are,
+    so that they resume under today's defaults)."""
     daed = data.get("daed") if isinstance(data.get("daed"), dict) else {}
     others = {f.name for f in dataclasses.fields(DaedConfig)} - {"parameterization"}
     if daed.get("enabled") and "parameterization" not in daed and others <= set(daed):
         data = {**data, "daed": {**daed, "parameterization": "edm"}}
+    u = data.get("unsupervised") if isinstance(data.get("unsupervised"), dict) else {}
+    others = {f.name for f in dataclasses.fields(UnsupervisedConfig)} - {"unmix"}
+    if u.get("enabled") and "unmix" not in u and others <= set(u):
+        data = {**data, "unsupervised": {**u, "unmix": "none"}}
     return data
 
 

@@ -51,7 +51,7 @@ from factordiff.diffusion.denoiser import Denoiser
 from factordiff.diffusion.objective import DiffusionStep
 from factordiff.encoders.distill import DistillStep
 from factordiff.encoders.metadata import fit_additive, seen_values
-from factordiff.encoders.unsupervised import UnsupervisedStep, align_blocks
+from factordiff.encoders.unsupervised import CodeBasis, UnsupervisedStep, align_blocks
 from factordiff.errors import FactordiffError
 from factordiff.models.images import (
     FactorModel,
@@ -480,7 +480,34 @@ def _train_unsupervised(
     else:
         f.budget.seconds("encoder")
     _load_part(f.run, "denoiser", model.denoiser)
-    return _load_part(f.run, "encoder", encoder), model.denoiser
+    encoder = _load_part(f.run, "encoder", encoder)
+    if encoder.basis is not None:
+        _unmix(f, encoder, model.denoiser)
+    return encoder, model.denoiser
+
+
+UNMIX_IMAGES = 10000  # training images whose codes the basis is fitted on
+
+
+def _unmix(f: _Fit, encoder: torch.nn.Module, denoiser: torch.nn.Module) -> None:
+    """Stage ``unmix`` (``unsupervised.unmix``): the code's basis fitted on the raw codes of the first
+    ``UNMIX_IMAGES`` training images (no label), saved as ``model/unmix.safetensors`` and set in the
+    encoder and, to mix the codes back, in the branch. The raw code is read past any basis the
+    loaded encoder already holds, so a resumed run fits the same basis."""
+    u = f.cfg.unsupervised
+    if not _stage_done(f.run, "unmix"):
+        n = min(len(f.images), UNMIX_IMAGES)
+        raw = map_batches(lambda b: encoder.raw(to_unit(b)), f.images[:n]).numpy()
+        basis = CodeBasis(u.segments, u.code_dims)
+        row = {"step": 0, "images": n, **basis.fit(raw, f.cfg.train.seed)}
+        if f.opts.progress:
+            print(f"unmix: {u.unmix} basis of the codes of {n} training images", flush=True)
+        if process()[2]:
+            _save_part(f.run, "unmix", basis, [row])
+        barrier()
+    basis = _load_part(f.run, "unmix", CodeBasis(u.segments, u.code_dims))
+    encoder.basis.load_state_dict(basis.state_dict())
+    denoiser.basis.load_state_dict(basis.state_dict())
 
 
 def unsupervised_base(cfg: RunConfig) -> tuple[RunConfig, FactorModel | None]:

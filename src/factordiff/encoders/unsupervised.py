@@ -15,11 +15,24 @@ The branch is a diffusers UNet2DModel whose output convolution starts at zero, s
 equals the frozen base at initialisation; its code enters through the same TimeEmbeddingAdapter as
 the supervised model's. The encoder maps images to codes (B, S, D) like the distiller, so every
 metric, edit and report works on it.
+
+Nothing in the loss fixes a basis inside a segment: any invertible map of a segment's D dimensions
+that the branch undoes predicts as well, so a trained segment holds its factors mixed. ``CodeBasis``
+(``unsupervised.unmix = "ica"``) is fitted once after training, on training images' codes and no
+label: per segment, FastICA's unmixing to independent, unit-variance components. The encoder gives
+the unmixed code and the branch mixes it back before it reads it, so the model predicts exactly as
+before and only the code's coordinates change.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
+
+import numpy as np
 import torch
+from sklearn.decomposition import FastICA
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from factordiff.diffusion.condition import Condition
@@ -28,17 +41,77 @@ from factordiff.diffusion.objective import noise_schedule
 from factordiff.encoders.backbone import ConvEncoder
 
 
-class SegmentEncoder(nn.Module):
-    """Image (B, C, S, S) in [-1, 1] -> code (B, segments, code_dims)."""
+class CodeBasis(nn.Module):
+    """Per segment, an affine change of the code's coordinates and its inverse: ``unmix(c)[k] =
+    unmixing[k] (c[k] - center[k])`` and ``mix`` undoes it. Starts as the identity; ``fit`` sets it.
 
-    def __init__(self, in_channels: int, size: int, segments: int, code_dims: int, width: int = 16):
+    A state dict saved before the basis existed (raw codes) loads as the identity.
+    """
+
+    def __init__(self, segments: int, code_dims: int):
+        super().__init__()
+        eye = torch.eye(code_dims).expand(segments, code_dims, code_dims)
+        self.register_buffer("unmixing", eye.clone())
+        self.register_buffer("mixing", eye.clone())
+        self.register_buffer("center", torch.zeros(segments, code_dims))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        names = [prefix + n for n in self._buffers]
+        if not any(n in state_dict for n in names):  # weights from before the basis: raw codes
+            state_dict.update({n: b.clone() for n, b in zip(names, self._buffers.values())})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def unmix(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ked,bkd->bke", self.unmixing, codes - self.center)
+
+    def mix(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ked,bkd->bke", self.mixing, codes) + self.center
+
+    @torch.no_grad()
+    def fit(self, codes: np.ndarray, seed: int = 0) -> dict[str, float]:
+        """FastICA per segment on raw codes (N, segments, D): independent components of unit
+        variance. A segment whose spread is degenerate (a dimension with under 1e-6 of the largest
+        variance) keeps the identity. Returns, per segment, FastICA's iterations (0: identity) and
+        whether it converged (the basis of a segment that did not is still a whitening)."""
+        log = {}
+        for k in range(codes.shape[1]):
+            x = codes[:, k].astype(np.float64)
+            var = np.linalg.eigvalsh(np.cov(x, rowvar=False))
+            if var.min() <= 1e-6 * var.max():
+                log[f"ica_iterations_{k}"] = 0
+                continue
+            ica = FastICA(len(var), whiten="unit-variance", max_iter=2000, tol=1e-5, random_state=seed)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                ica.fit(x)
+            log[f"ica_converged_{k}"] = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+            self.unmixing[k] = torch.from_numpy(ica.components_).float()
+            self.mixing[k] = torch.from_numpy(ica.mixing_).float()
+            self.center[k] = torch.from_numpy(ica.mean_).float()
+            log[f"ica_iterations_{k}"] = int(ica.n_iter_)
+        return log
+
+
+class SegmentEncoder(nn.Module):
+    """Image (B, C, S, S) in [-1, 1] -> code (B, segments, code_dims); with ``unmix``, in the
+    ``CodeBasis`` that ``basis`` holds."""
+
+    def __init__(
+        self, in_channels: int, size: int, segments: int, code_dims: int, width: int = 16, unmix: bool = False
+    ):
         super().__init__()
         self.segments, self.code_dims = segments, code_dims
         self.backbone = ConvEncoder(in_channels, size, width, out_dim=256)
         self.to_codes = nn.Linear(256, segments * code_dims)
+        self.basis = CodeBasis(segments, code_dims) if unmix else None
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The code before the basis change."""
+        return self.to_codes(self.backbone(x)).view(len(x), self.segments, self.code_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_codes(self.backbone(x)).view(len(x), self.segments, self.code_dims)
+        codes = self.raw(x)
+        return codes if self.basis is None else self.basis.unmix(codes)
 
 
 def active_segments(t: torch.Tensor, segments: int, num_train_timesteps: int) -> torch.Tensor:
@@ -61,9 +134,17 @@ class GradientEstimatorDenoiser(nn.Module):
         branch: the code-conditioned gradient estimator (a Denoiser with adapter).
         num_train_timesteps: T, for the segment schedule.
         segmented: DiffSiam's schedule of code segments over the time steps.
+        basis: the encoder's ``CodeBasis`` (a copy): codes are mixed back before the branch reads them.
     """
 
-    def __init__(self, base: Denoiser, branch: Denoiser, num_train_timesteps: int, segmented: bool = True):
+    def __init__(
+        self,
+        base: Denoiser,
+        branch: Denoiser,
+        num_train_timesteps: int,
+        segmented: bool = True,
+        basis: CodeBasis | None = None,
+    ):
         super().__init__()
         self.base, self.branch, self.num_train_timesteps, self.segmented = (
             base,
@@ -71,6 +152,7 @@ class GradientEstimatorDenoiser(nn.Module):
             num_train_timesteps,
             segmented,
         )
+        self.basis = basis
         self.base.requires_grad_(False)
 
     @property
@@ -82,6 +164,8 @@ class GradientEstimatorDenoiser(nn.Module):
             raise ValueError("this denoiser is conditioned: pass a Condition (codes and present mask)")
         if t.ndim == 0:
             t = t.expand(len(x))
+        if self.basis is not None:
+            cond = replace(cond, codes=self.basis.mix(cond.codes))
         if self.segmented:
             cond = Condition(
                 cond.codes, cond.present & active_segments(t, cond.codes.shape[1], self.num_train_timesteps)

@@ -31,6 +31,7 @@ from factordiff.encoders.distill import FactorDistiller
 from factordiff.encoders.metadata import axis_positions
 from factordiff.encoders.perturbation import StructureCodes, perturbation_features
 from factordiff.encoders.unsupervised import (
+    CodeBasis,
     GradientEstimatorDenoiser,
     NullConditioned,
     SegmentEncoder,
@@ -73,7 +74,9 @@ def code_part(cfg: RunConfig) -> str:
 def build_encoder(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
     if cfg.unsupervised.enabled:
         u = cfg.unsupervised
-        return SegmentEncoder(shape.channels, shape.size, u.segments, u.code_dims, u.width)
+        return SegmentEncoder(
+            shape.channels, shape.size, u.segments, u.code_dims, u.width, unmix=u.unmix != "none"
+        )
     return FactorDistiller(
         spec.sizes,
         [f.kind == "ordinal" for f in spec.factors],
@@ -106,6 +109,7 @@ def _shift(
     segmented: bool,
     base: torch.nn.Module | None = None,
     tokens: bool = False,
+    basis: CodeBasis | None = None,
 ) -> GradientEstimatorDenoiser:
     """A base UNet (``base``, or a new unconditional one) plus a code-conditioned branch UNet whose
     prediction is added to the base's; the branch reads the code through its time embedding, or with
@@ -120,7 +124,11 @@ def _shift(
     )
     branch = zero_output(Denoiser(unet, adapter))
     return GradientEstimatorDenoiser(
-        build_base(cfg, shape) if base is None else base, branch, cfg.denoiser.num_train_timesteps, segmented
+        build_base(cfg, shape) if base is None else base,
+        branch,
+        cfg.denoiser.num_train_timesteps,
+        segmented,
+        basis,
     )
 
 
@@ -198,6 +206,7 @@ def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch
             segmented=True,
             base=base,
             tokens=u.adapter == "tokens",
+            basis=CodeBasis(u.segments, u.code_dims) if u.unmix != "none" else None,
         )
     denoiser = _conditioned(cfg, shape, len(spec))
     structure = build_structure(cfg, spec)
