@@ -533,7 +533,8 @@ def latent_section() -> list[str]:
         out += [
             "",
             "Levers of the unsupervised encoder (`--retrain --set KEY=VALUE`), each trained at the same",
-            "budget beside the row without levers (`--set none`); all dimensions:",
+            "budget beside the row without levers (`--set none`), one seed each; all dimensions, after the",
+            "code's basis (`unsupervised.unmix`, `ica` unless a lever sets it):",
             "",
         ]
         rows = [
