@@ -40,12 +40,12 @@ from pathlib import Path
 
 import torch
 
-from factordiff.checkpoint import read_json
-from factordiff.config import RunConfig, from_dict, load_config, saved_before
+from factordiff.config import load_config
 from factordiff.data.shapes import replica
 from factordiff.evaluate.analysis import code_metrics
 from factordiff.fit import fit, start_from
 from factordiff.models.images import FactorModel
+from factordiff.models.runs import read_run_config
 
 OUT = Path(__file__).parent / "results" / "latent.json"
 PUBLISHED = {  # Shapes3D, as reported by the papers
@@ -154,8 +154,8 @@ def main() -> None:
             cfg = load_config(None, over)
             if args.source and not (args.resume and (out / name).exists()):
                 source = Path(args.source)
-                kept = from_dict(RunConfig, saved_before(read_json(source / "run_config.json")))
-                cfg = replace(kept, unsupervised=replace(kept.unsupervised, unmix=cfg.unsupervised.unmix))
+                done = read_run_config(source)  # a finished run (refused in one line otherwise)
+                cfg = replace(done, unsupervised=replace(done.unsupervised, unmix=cfg.unsupervised.unmix))
                 start_from(source, out / name, cfg, ("encoder", "denoiser"))
                 args.resume = True
             uns = fit(cfg, out / name, args.resume, progress=True)

@@ -54,6 +54,7 @@ from factordiff.encoders.metadata import fit_additive, seen_values
 from factordiff.encoders.unsupervised import CodeBasis, UnsupervisedStep, align_blocks
 from factordiff.errors import FactordiffError
 from factordiff.models.images import (
+    CONFIG,
     FactorModel,
     ModelShape,
     base_folder,
@@ -522,7 +523,7 @@ def unsupervised_base(cfg: RunConfig) -> tuple[RunConfig, FactorModel | None]:
             )
         return cfg, None
     model_folder = base_folder(u.base)
-    meta = model_folder / "config.json"
+    meta = model_folder / CONFIG
     if not meta.is_file():
         raise FactordiffError(f"unsupervised.base: {u.base}: no trained model (expected {MODEL_CONFIG})")
     kind = read_json(meta).get("kind", "images")

@@ -116,13 +116,7 @@ def _shift(
     ``tokens`` one token per block read by cross-attention."""
     channels, size = denoiser_space(cfg, shape)
     unet = build_unet(replace(cfg.denoiser, block_out_channels=list(branch_channels)), channels, size)
-    hidden = cfg.denoiser.adapter_hidden
-    adapter = (
-        TokenAdapter(blocks, code_dims, cfg.denoiser.token_dim, token_channels(unet), hidden)
-        if tokens
-        else TimeEmbeddingAdapter(blocks, code_dims, branch_channels[0] * 4, hidden)
-    )
-    branch = zero_output(Denoiser(unet, adapter))
+    branch = zero_output(Denoiser(unet, _adapter(cfg, unet, blocks, code_dims, tokens)))
     return GradientEstimatorDenoiser(
         build_base(cfg, shape) if base is None else base,
         branch,
@@ -168,17 +162,22 @@ def build_dae(cfg: RunConfig, shape: ModelShape) -> DenoisingAutoencoder | None:
     return build_daed(cfg.daed, cfg.denoiser, *denoiser_space(cfg, shape))
 
 
+def _adapter(cfg: RunConfig, unet, blocks: int, code_dims: int, tokens: bool) -> torch.nn.Module:
+    """How ``unet`` reads ``blocks`` code blocks: one token per block read by cross-attention
+    (``tokens``), or per-block MLPs summed into its time embedding (4 x its first block's width)."""
+    dn = cfg.denoiser
+    if tokens:
+        return TokenAdapter(blocks, code_dims, dn.token_dim, token_channels(unet), dn.adapter_hidden)
+    return TimeEmbeddingAdapter(blocks, code_dims, unet.config.block_out_channels[0] * 4, dn.adapter_hidden)
+
+
 def _conditioned(cfg: RunConfig, shape: ModelShape, blocks: int) -> torch.nn.Module:
     """A UNet conditioned on ``blocks`` code blocks through ``denoiser.adapter``."""
     dn, dims = cfg.denoiser, cfg.distill.code_dims
     if dn.adapter == "shift":
         return _shift(cfg, shape, blocks, dims, dn.branch_channels, segmented=False)
     unet = build_unet(dn, *denoiser_space(cfg, shape))
-    if dn.adapter == "tokens":
-        return Denoiser(
-            unet, TokenAdapter(blocks, dims, dn.token_dim, token_channels(unet), dn.adapter_hidden)
-        )
-    return Denoiser(unet, TimeEmbeddingAdapter(blocks, dims, dn.block_out_channels[0] * 4, dn.adapter_hidden))
+    return Denoiser(unet, _adapter(cfg, unet, blocks, dims, dn.adapter == "tokens"))
 
 
 def build_denoiser(cfg: RunConfig, spec: FactorSpec, shape: ModelShape) -> torch.nn.Module:
